@@ -39,8 +39,8 @@ pub enum FdPassError {
         #[source]
         source: io::Error,
     },
-    /// The peer closed the connection (or sent an empty message, which reads the same on
-    /// `SOCK_SEQPACKET`).
+    /// The peer closed the connection. (An empty message is not this: it arrives as a
+    /// [`Received`] with no bytes and no descriptors.)
     #[error("connection closed by peer")]
     Closed,
     /// The message did not fit ([`MAX_MESSAGE`]); what arrived was discarded.
@@ -169,11 +169,25 @@ pub fn recv(socket: BorrowedFd<'_>) -> Result<Received, FdPassError> {
     if msg.flags.contains(ReturnFlags::TRUNC) {
         return Err(FdPassError::DataTruncated { max: MAX_MESSAGE });
     }
-    if msg.bytes == 0 && fds.is_empty() {
+    if msg.bytes == 0 && fds.is_empty() && peer_hung_up(socket) {
         return Err(FdPassError::Closed);
     }
     bytes.truncate(msg.bytes);
     Ok(Received { bytes, fds })
+}
+
+/// Whether the peer closed its end. `recvmsg` returns 0 both for an empty message and at end of
+/// stream on `SOCK_SEQPACKET`; only the poll flags tell them apart.
+fn peer_hung_up(socket: BorrowedFd<'_>) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(&socket, PollFlags::RDHUP)];
+    match poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+        Ok(_) => fds[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+        // If we cannot tell, treat it as closed: the caller stops reading.
+        Err(_) => true,
+    }
 }
 
 /// An async `SOCK_SEQPACKET` connection, driven by tokio readiness.
@@ -396,6 +410,16 @@ mod tests {
         let (a, _b) = pair().unwrap();
         let err = a.send(&vec![0; MAX_MESSAGE + 1], &[]).await.unwrap_err();
         assert!(matches!(err, FdPassError::TooLarge { .. }));
+    }
+
+    #[tokio::test]
+    async fn empty_message_is_not_end_of_stream() {
+        let (a, b) = pair().unwrap();
+        a.send(b"", &[]).await.unwrap();
+        let got = b.recv().await.unwrap();
+        assert!(got.bytes.is_empty() && got.fds.is_empty());
+        a.send(b"after", &[]).await.unwrap();
+        assert_eq!(b.recv().await.unwrap().bytes, b"after");
     }
 
     #[tokio::test]

@@ -1,0 +1,230 @@
+//! Daemon configuration: defaults, then the TOML file, then environment variables, then
+//! command-line flags (each later source overrides the earlier ones).
+//!
+//! | setting | flag | environment | TOML key | default |
+//! |---|---|---|---|---|
+//! | runtime directory | `--runtime-dir` | `GPUSHARE_RUNTIME_DIR` | `runtime_dir` | `$XDG_RUNTIME_DIR/gpushare`, else `/run/gpushare` |
+//! | device | `--device` | `GPUSHARE_DEVICE` | `device` | `auto` (first non-CPU device, else the first) |
+//! | log filter | `--log` | `GPUSHARE_LOG` | `log` | `info` |
+//! | socket mode | — | — | `socket_mode` | `0o660` |
+//! | limits | — | — | `[limits]` | see [`Limits`] |
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Resource limits. Every field has a safe default.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest buffer, in bytes. 0 means the size of the device's largest memory heap.
+    pub max_buffer_size: u64,
+    /// Largest Write payload or Read length, in bytes (default 32 MiB).
+    pub max_transfer_size: u64,
+    /// How long an export ticket stays redeemable, in milliseconds (default 10 s).
+    pub ticket_ttl_ms: u32,
+    /// Longest Wait or wait-point timeout a call may ask for, in milliseconds (default 1 h).
+    pub max_wait_timeout_ms: u32,
+    /// A connection on fd.sock that sends nothing for this long is closed (default 30 s).
+    pub fd_idle_timeout_ms: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_buffer_size: 0,
+            max_transfer_size: 32 << 20,
+            ticket_ttl_ms: 10_000,
+            max_wait_timeout_ms: 3_600_000,
+            fd_idle_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// The daemon's configuration after every source was applied.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding control.sock, fd.sock and the lock file.
+    pub runtime_dir: PathBuf,
+    /// `auto`, a device index (`0`), or a device UUID (32 hex digits, dashes allowed).
+    pub device: String,
+    /// A `tracing` filter (`info`, `gpushare_server=debug`, ...).
+    pub log: String,
+    /// Permission bits of both sockets.
+    pub socket_mode: u32,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            runtime_dir: default_runtime_dir(),
+            device: "auto".into(),
+            log: "info".into(),
+            socket_mode: 0o660,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// `$XDG_RUNTIME_DIR/gpushare` when set, else `/run/gpushare` (the service's directory).
+pub fn default_runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("gpushare"),
+        _ => PathBuf::from("/run/gpushare"),
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value that is out of its allowed range.
+    #[error("invalid setting {key}: {reason}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// Overrides from the command line and the environment (clap reads both).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--runtime-dir` / `GPUSHARE_RUNTIME_DIR`.
+    pub runtime_dir: Option<PathBuf>,
+    /// `--device` / `GPUSHARE_DEVICE`.
+    pub device: Option<String>,
+    /// `--log` / `GPUSHARE_LOG`.
+    pub log: Option<String>,
+}
+
+impl Config {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Loads `path` if given (defaults otherwise), applies the overrides and validates.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::from_toml(&text, path)?
+            }
+            None => Self::default(),
+        };
+        if let Some(dir) = overrides.runtime_dir {
+            config.runtime_dir = dir;
+        }
+        if let Some(device) = overrides.device {
+            config.device = device;
+        }
+        if let Some(log) = overrides.log {
+            config.log = log;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that the types alone do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason| Err(ConfigError::Invalid { key, reason });
+        if self.socket_mode & !0o777 != 0 {
+            return invalid("socket_mode", "only permission bits (0o000..=0o777) are allowed");
+        }
+        if self.socket_mode & 0o600 != 0o600 {
+            return invalid("socket_mode", "the owner needs read and write (0o600)");
+        }
+        if self.runtime_dir.as_os_str().is_empty() {
+            return invalid("runtime_dir", "must not be empty");
+        }
+        let l = &self.limits;
+        if l.max_transfer_size == 0 || l.max_transfer_size > (1 << 30) {
+            return invalid("limits.max_transfer_size", "must be in 1..=1 GiB");
+        }
+        if l.ticket_ttl_ms == 0 {
+            return invalid("limits.ticket_ttl_ms", "must not be zero");
+        }
+        if l.max_wait_timeout_ms == 0 {
+            return invalid("limits.max_wait_timeout_ms", "must not be zero");
+        }
+        if l.fd_idle_timeout_ms == 0 {
+            return invalid("limits.fd_idle_timeout_ms", "must not be zero");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_matches_defaults_where_commented_out() {
+        let text = include_str!("../../deploy/config.example.toml");
+        let config = Config::from_toml(text, Path::new("config.example.toml")).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.limits, Limits::default());
+    }
+
+    #[test]
+    fn overrides_win_over_file() {
+        let dir = std::env::temp_dir().join(format!("gpushare-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "device = \"1\"\nlog = \"debug\"\n[limits]\nticket_ttl_ms = 5\n").unwrap();
+        let config = Config::load(
+            Some(&path),
+            Overrides {
+                device: Some("0".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.device, "0");
+        assert_eq!(config.log, "debug");
+        assert_eq!(config.limits.ticket_ttl_ms, 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let p = Path::new("x.toml");
+        assert!(matches!(Config::from_toml("devcie = \"0\"", p), Err(ConfigError::Parse { .. })));
+        let mut c = Config::default();
+        c.socket_mode = 0o1777;
+        assert!(c.validate().is_err());
+        c.socket_mode = 0o060;
+        assert!(c.validate().is_err());
+        c = Config::default();
+        c.limits.ticket_ttl_ms = 0;
+        assert!(c.validate().is_err());
+    }
+}

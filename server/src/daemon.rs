@@ -1,0 +1,182 @@
+//! The daemon's shared state: configuration, devices, registry, tickets and the wait service,
+//! with the checks every handler shares (caller identity, session, lookups by kind).
+
+use std::sync::{Arc, Mutex};
+
+use gpushare_interop::vulkan::{ExportableBuffer, TimelineSemaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::devices::DeviceSlot;
+use crate::error::{Error, Result};
+use crate::ids;
+use crate::registry::{Object, Registry, Resource, Snapshot};
+use crate::tickets::Tickets;
+use crate::waiter::WaitService;
+
+/// Longest client-chosen text (resource names, client names), in bytes.
+pub const MAX_NAME: usize = 128;
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The configuration in force.
+    pub config: Config,
+    /// Served devices, by index.
+    pub devices: Vec<DeviceSlot>,
+    /// Resources and sessions.
+    pub registry: Registry,
+    /// Export tickets.
+    pub tickets: Tickets,
+    /// Host waits.
+    pub waits: Arc<WaitService>,
+    /// Cancelled when the daemon starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Effective largest buffer size.
+    pub max_buffer_size: u64,
+    /// Serializes host signals, so that the value check and the signal are one step.
+    pub signal_lock: Mutex<()>,
+}
+
+/// Who is calling: from the connection's peer credentials, plus the session header.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// uid.
+    pub uid: u32,
+    /// gid.
+    pub gid: u32,
+    /// pid (0 when the kernel did not report one).
+    pub pid: i32,
+    /// The session named by the call, checked live and the caller's.
+    pub session: Option<String>,
+}
+
+impl Daemon {
+    /// Builds the state. `max_buffer_size` 0 in the config means the largest heap.
+    pub fn new(config: Config, devices: Vec<DeviceSlot>, waits: Arc<WaitService>) -> Self {
+        let largest_heap = devices
+            .iter()
+            .flat_map(|d| d.info().heaps.iter().map(|h| h.size))
+            .max()
+            .unwrap_or(0);
+        let max_buffer_size = match config.limits.max_buffer_size {
+            0 => largest_heap,
+            n => n,
+        };
+        let tickets = Tickets::new(std::time::Duration::from_millis(config.limits.ticket_ttl_ms.into()));
+        Self {
+            config,
+            devices,
+            registry: Registry::default(),
+            tickets,
+            waits,
+            shutdown: CancellationToken::new(),
+            max_buffer_size,
+            signal_lock: Mutex::new(()),
+        }
+    }
+
+    /// The device with daemon index `index`.
+    pub fn device(&self, index: u32) -> Result<&DeviceSlot> {
+        self.devices.get(index as usize).ok_or(Error::NoDevice {
+            index,
+            count: self.devices.len(),
+        })
+    }
+
+    /// Checks a session id from a call's header.
+    pub fn caller(&self, uid: u32, gid: u32, pid: i32, session: Option<&str>) -> Result<Caller> {
+        if let Some(s) = session {
+            self.registry.check_session(s, uid)?;
+        }
+        Ok(Caller {
+            uid,
+            gid,
+            pid,
+            session: session.map(str::to_owned),
+        })
+    }
+
+    /// Looks up any resource of the caller's, validating the id's shape first.
+    pub fn resource(&self, id: &str, caller: &Caller) -> Result<Snapshot> {
+        if !ids::is_well_formed(id, "buf") && !ids::is_well_formed(id, "sem") {
+            return Err(Error::MalformedId {
+                what: "resource",
+                id: ids::shown(id),
+            });
+        }
+        self.registry.get(id, caller.uid)
+    }
+
+    /// Looks up a buffer of the caller's.
+    pub fn buffer(&self, id: &str, caller: &Caller) -> Result<(Arc<Resource>, Arc<ExportableBuffer>)> {
+        if !ids::is_well_formed(id, "buf") {
+            return Err(Error::MalformedId {
+                what: "buffer",
+                id: ids::shown(id),
+            });
+        }
+        let snap = self.registry.get(id, caller.uid)?;
+        match &snap.resource.object {
+            Object::Buffer(b) => Ok((snap.resource.clone(), b.clone())),
+            Object::Semaphore(_) => Err(Error::NotFound {
+                what: "buffer",
+                id: ids::shown(id),
+            }),
+        }
+    }
+
+    /// Looks up a semaphore of the caller's.
+    pub fn semaphore(&self, id: &str, caller: &Caller) -> Result<(Arc<Resource>, Arc<TimelineSemaphore>)> {
+        if !ids::is_well_formed(id, "sem") {
+            return Err(Error::MalformedId {
+                what: "semaphore",
+                id: ids::shown(id),
+            });
+        }
+        let snap = self.registry.get(id, caller.uid)?;
+        match &snap.resource.object {
+            Object::Semaphore(s) => Ok((snap.resource.clone(), s.clone())),
+            Object::Buffer(_) => Err(Error::NotFound {
+                what: "semaphore",
+                id: ids::shown(id),
+            }),
+        }
+    }
+
+    /// Host-signals `sem` to `value`, refusing non-increasing values, and wakes its waiters.
+    pub fn signal(&self, id: &str, sem: &TimelineSemaphore, value: u64) -> Result<u64> {
+        {
+            let _serial = self.signal_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let current = sem.value().map_err(Error::gpu("reading a semaphore value"))?;
+            if value <= current {
+                return Err(Error::NotIncreasing {
+                    id: ids::shown(id),
+                    current,
+                    requested: value,
+                });
+            }
+            sem.signal(value).map_err(Error::gpu("signaling a semaphore"))?;
+        }
+        self.waits.notify();
+        Ok(value)
+    }
+
+    /// Called with what a release or a session end freed.
+    pub fn freed(&self, freed: impl IntoIterator<Item = Arc<Resource>>) {
+        for r in freed {
+            tracing::debug!(id = %r.id, "resource freed");
+            if matches!(r.object, Object::Semaphore(_)) {
+                self.waits.forget(&r.id);
+            }
+        }
+    }
+
+    /// Checks a client-chosen name.
+    pub fn check_name(what: &'static str, name: &str) -> Result<()> {
+        if name.len() > MAX_NAME {
+            return Err(Error::TextTooLong { what, limit: MAX_NAME });
+        }
+        Ok(())
+    }
+}

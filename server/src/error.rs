@@ -1,0 +1,218 @@
+//! The daemon's error type and its one mapping to gRPC status codes.
+//!
+//! Every handler returns [`Error`]; `From<Error> for tonic::Status` is the only place that picks
+//! a status code, and [`Error::code`] is reused for fd-socket replies.
+
+use gpushare_interop::vulkan;
+use tonic::Code;
+
+/// What went wrong serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The connection carried no peer credentials (not a Unix socket).
+    #[error("caller has no peer credentials")]
+    NoPeerCredentials,
+    /// A resource-creating call named no session and did not ask for a pin.
+    #[error("no client session: open a Session stream and send its id in `{header}`, or set pin")]
+    NoSession {
+        /// The metadata header that names the session.
+        header: &'static str,
+    },
+    /// The session header names no live session of the caller's uid.
+    #[error("unknown client session {0:?}")]
+    UnknownSession(String),
+    /// An id that is not well formed.
+    #[error("malformed {what} id {id:?}")]
+    MalformedId {
+        /// Which kind of id was expected.
+        what: &'static str,
+        /// The id as given (truncated).
+        id: String,
+    },
+    /// No resource of the caller's with that id.
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// buffer, semaphore or resource.
+        what: &'static str,
+        /// The id.
+        id: String,
+    },
+    /// A size of zero.
+    #[error("{what} must not be zero")]
+    Zero {
+        /// The field.
+        what: &'static str,
+    },
+    /// A size above a configured limit.
+    #[error("{what} {value} exceeds the limit of {limit}")]
+    TooLarge {
+        /// The field.
+        what: &'static str,
+        /// The value asked for.
+        value: u64,
+        /// The limit (see GetInfo's limits).
+        limit: u64,
+    },
+    /// A range outside a buffer, or one whose end overflows.
+    #[error("range [{offset}, {offset}+{length}) is outside {what} of {size} bytes")]
+    OutOfRange {
+        /// The buffer's role (buffer, source, destination).
+        what: &'static str,
+        /// Start of the range.
+        offset: u64,
+        /// Its length.
+        length: u64,
+        /// The buffer's size.
+        size: u64,
+    },
+    /// A fill range not aligned to 4 bytes.
+    #[error("{what} {value} is not a multiple of 4")]
+    Misaligned {
+        /// The field.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// A text field that is too long.
+    #[error("{what} is longer than {limit} bytes")]
+    TextTooLong {
+        /// The field.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
+    /// Copy within one buffer with overlapping ranges.
+    #[error("source and destination ranges overlap in buffer {0}")]
+    Overlap(String),
+    /// No device with that daemon index.
+    #[error("device {index} does not exist (the daemon serves {count})")]
+    NoDevice {
+        /// The index asked for.
+        index: u32,
+        /// How many devices the daemon serves.
+        count: usize,
+    },
+    /// The two buffers of a copy live on different devices.
+    #[error("buffers {0} and {1} are on different devices")]
+    CrossDevice(String, String),
+    /// A signal value that does not exceed the current value.
+    #[error("semaphore {id}: value {requested} does not exceed the current value {current}")]
+    NotIncreasing {
+        /// The semaphore.
+        id: String,
+        /// Its value now.
+        current: u64,
+        /// The value asked for.
+        requested: u64,
+    },
+    /// A semaphore that its device cannot export.
+    #[error("semaphore {0} is not exportable: the device cannot export timeline semaphores")]
+    NotExportable(String),
+    /// Release of a reference the caller does not hold.
+    #[error("{0} holds no reference of the caller to release")]
+    NoReference(String),
+    /// A wait that ran out of time.
+    #[error("semaphore {id} did not reach {value} within {timeout_ms} ms")]
+    WaitTimeout {
+        /// The semaphore.
+        id: String,
+        /// The value waited for.
+        value: u64,
+        /// The time allowed.
+        timeout_ms: u64,
+    },
+    /// A semaphore freed while a wait or op was pending on it.
+    #[error("semaphore {0} was freed while waiting on it")]
+    SemaphoreFreed(String),
+    /// The daemon is shutting down.
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    /// A ticket that is unknown, already redeemed, or another uid's.
+    #[error("unknown or already redeemed ticket")]
+    UnknownTicket,
+    /// A ticket redeemed after its time to live.
+    #[error("ticket expired")]
+    TicketExpired,
+    /// A malformed fd-socket request.
+    #[error("malformed fd-socket request: {0}")]
+    BadFdRequest(&'static str),
+    /// Descriptors sent to the daemon (never accepted; they were closed).
+    #[error("descriptors sent to the daemon are not accepted ({0} closed)")]
+    FdsRefused(usize),
+    /// The GPU executor thread is gone.
+    #[error("the GPU executor stopped")]
+    ExecutorGone,
+    /// A GPU driver call failed.
+    #[error("{op} failed")]
+    Gpu {
+        /// What the daemon was doing.
+        op: &'static str,
+        /// The driver error.
+        #[source]
+        source: vulkan::Error,
+    },
+}
+
+impl Error {
+    /// Wraps a driver error with what the daemon was doing.
+    pub fn gpu(op: &'static str) -> impl FnOnce(vulkan::Error) -> Error {
+        move |source| Error::Gpu { op, source }
+    }
+
+    /// The gRPC status code for this error.
+    pub fn code(&self) -> Code {
+        use Error::*;
+        match self {
+            NoPeerCredentials => Code::Unauthenticated,
+            MalformedId { .. } | Zero { .. } | TooLarge { .. } | OutOfRange { .. }
+            | Misaligned { .. } | TextTooLong { .. } | Overlap(_) | NoDevice { .. }
+            | CrossDevice(..) | BadFdRequest(_) | FdsRefused(_) => Code::InvalidArgument,
+            NotFound { .. } | UnknownTicket => Code::NotFound,
+            NoSession { .. } | UnknownSession(_) | NotIncreasing { .. } | NotExportable(_)
+            | NoReference(_) => Code::FailedPrecondition,
+            WaitTimeout { .. } | TicketExpired => Code::DeadlineExceeded,
+            SemaphoreFreed(_) => Code::Aborted,
+            ShuttingDown | ExecutorGone => Code::Unavailable,
+            Gpu { source, .. } => gpu_code(source),
+        }
+    }
+}
+
+fn gpu_code(e: &vulkan::Error) -> Code {
+    if e.is_out_of_memory() {
+        return Code::ResourceExhausted;
+    }
+    match e {
+        vulkan::Error::OutOfRange { .. } => Code::InvalidArgument,
+        vulkan::Error::InvalidValue { .. } | vulkan::Error::Unsupported(_) => {
+            Code::FailedPrecondition
+        }
+        vulkan::Error::Timeout => Code::DeadlineExceeded,
+        _ => Code::Internal,
+    }
+}
+
+/// The full message: this error and each of its sources.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        let code = e.code();
+        if code == Code::Internal {
+            tracing::error!(error = %chain(&e), "request failed");
+        }
+        tonic::Status::new(code, chain(&e))
+    }
+}
+
+/// Result of a request handler.
+pub type Result<T> = std::result::Result<T, Error>;

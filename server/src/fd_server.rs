@@ -1,0 +1,157 @@
+//! fd.sock: redeems export tickets and sends each resource's descriptor with its import
+//! metadata as `SCM_RIGHTS`.
+//!
+//! One request message in, one reply out, any number of times per connection. Malformed,
+//! empty, oversized or truncated requests, and requests that carry descriptors (closed at
+//! once), get an `FdError` reply with INVALID_ARGUMENT and the connection stays usable. A
+//! connection that sends nothing for `fd_idle_timeout_ms` is closed.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gpushare_proto::fdpass::{FdPassError, SeqPacket, SeqPacketListener};
+use gpushare_proto::v1;
+use prost::Message;
+use tokio_util::task::TaskTracker;
+
+use crate::daemon::Daemon;
+use crate::error::{chain, Error, Result};
+use crate::registry::Object;
+
+/// Accepts connections until shutdown; each is served on its own task, tracked by `tasks`.
+pub async fn serve(d: Arc<Daemon>, listener: SeqPacketListener, tasks: TaskTracker) {
+    loop {
+        let conn = tokio::select! {
+            _ = d.shutdown.cancelled() => return,
+            c = listener.accept() => c,
+        };
+        match conn {
+            Ok(conn) => {
+                let d = d.clone();
+                tasks.spawn(async move { serve_connection(d, conn).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "fd.sock accept failed");
+                // EMFILE and the like: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
+    let cred = match conn.peer_credentials() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %chain(&e), "fd.sock: no peer credentials");
+            return;
+        }
+    };
+    let uid = cred.uid.as_raw();
+    let idle = Duration::from_millis(d.config.limits.fd_idle_timeout_ms.into());
+    loop {
+        let received = tokio::select! {
+            _ = d.shutdown.cancelled() => return,
+            r = tokio::time::timeout(idle, conn.recv()) => match r {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::debug!(uid, "fd.sock: idle connection closed");
+                    return;
+                }
+            },
+        };
+        let (reply, fd) = match received {
+            Err(FdPassError::Closed) => return,
+            Err(FdPassError::Io { call, source }) => {
+                tracing::debug!(uid, call, error = %source, "fd.sock: connection failed");
+                return;
+            }
+            Err(FdPassError::DataTruncated { .. }) => (error_reply(&Error::BadFdRequest("message too large")), None),
+            Err(FdPassError::ControlTruncated { max }) | Err(FdPassError::TooLarge { fds: max, .. }) => {
+                (error_reply(&Error::FdsRefused(max)), None)
+            }
+            Ok(msg) if !msg.fds.is_empty() => {
+                let n = msg.fds.len();
+                drop(msg.fds);
+                (error_reply(&Error::FdsRefused(n)), None)
+            }
+            Ok(msg) => match handle(&d, uid, &msg.bytes) {
+                Ok((exported, fd)) => (
+                    v1::FdReply {
+                        reply: Some(v1::fd_reply::Reply::Exported(exported)),
+                    },
+                    Some(fd),
+                ),
+                Err(e) => (error_reply(&e), None),
+            },
+        };
+        let bytes = reply.encode_to_vec();
+        let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
+        if let Err(e) = conn.send(&bytes, &fds).await {
+            tracing::debug!(uid, error = %chain(&e), "fd.sock: reply not delivered");
+            return;
+        }
+        // `fd` (the daemon's copy) closes here; the client holds its own.
+    }
+}
+
+fn error_reply(e: &Error) -> v1::FdReply {
+    v1::FdReply {
+        reply: Some(v1::fd_reply::Reply::Error(v1::FdError {
+            code: e.code() as i32,
+            message: chain(e),
+        })),
+    }
+}
+
+/// Redeems one request: the import metadata and a fresh descriptor.
+fn handle(d: &Daemon, uid: u32, bytes: &[u8]) -> Result<(v1::ExportedFd, OwnedFd)> {
+    if bytes.is_empty() {
+        return Err(Error::BadFdRequest("empty message"));
+    }
+    let req = v1::FdRequest::decode(bytes).map_err(|_| Error::BadFdRequest("not an FdRequest"))?;
+    let ticket = match req.request {
+        Some(v1::fd_request::Request::Redeem(t)) => t,
+        None => return Err(Error::BadFdRequest("no request set")),
+    };
+    let id = d.tickets.redeem(&ticket, uid)?;
+    let snap = d.registry.get(&id, uid)?;
+    let r = &snap.resource;
+    let info = d.device(r.device)?.info();
+    let handle_type = crate::service::handle_type(gpushare_interop::vulkan::HandleType::OpaqueFd);
+    let (kind, details, fd) = match &r.object {
+        Object::Buffer(b) => (
+            v1::ResourceKind::Buffer,
+            v1::exported_fd::Details::Buffer(v1::BufferImport {
+                size: b.size(),
+                allocation_size: b.allocation_size(),
+                dedicated: b.dedicated(),
+                memory_type_index: b.memory_type_index(),
+                usage: b.usage(),
+            }),
+            b.export_fd().map_err(Error::gpu("exporting buffer memory"))?,
+        ),
+        Object::Semaphore(s) => {
+            let fd = s.export_fd().map_err(Error::gpu("exporting a semaphore"))?;
+            let value = s.value().map_err(Error::gpu("reading a semaphore value"))?;
+            (
+                v1::ResourceKind::Semaphore,
+                v1::exported_fd::Details::Semaphore(v1::SemaphoreImport { timeline: true, value }),
+                fd,
+            )
+        }
+    };
+    tracing::debug!(id = %r.id, uid, "descriptor exported");
+    Ok((
+        v1::ExportedFd {
+            resource_id: r.id.clone(),
+            kind: kind as i32,
+            handle_type,
+            device_uuid: info.device_uuid.to_vec(),
+            driver_uuid: info.driver_uuid.to_vec(),
+            details: Some(details),
+        },
+        fd,
+    ))
+}

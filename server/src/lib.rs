@@ -1,0 +1,24 @@
+//! gpushared, the gpushare daemon: owns the GPU's Vulkan device, allocates exportable buffers
+//! and timeline semaphores, hands their descriptors to client processes over fd.sock, serves the
+//! gRPC control API on control.sock, and sequences host signal and wait.
+//!
+//! Module map: [`config`] (settings), [`runtime_dir`] (lock + sockets), [`server`] (wiring and
+//! shutdown), [`service`] (gRPC handlers), [`ops`] (daemon-executed operations),
+//! [`executor`] (GPU execution), [`waiter`] (host waits), [`registry`] (resources and
+//! sessions), [`tickets`] and [`fd_server`] (descriptor export), [`error`] (status codes).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod config;
+pub mod daemon;
+pub mod devices;
+pub mod error;
+pub mod executor;
+pub mod fd_server;
+pub mod ids;
+pub mod ops;
+pub mod registry;
+pub mod runtime_dir;
+pub mod server;
+pub mod service;
+pub mod tickets;
+pub mod waiter;

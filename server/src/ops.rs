@@ -1,0 +1,240 @@
+//! Daemon-executed operations (Write, Read, Fill, Copy): validation, then wait points, then the
+//! executor, then signal points.
+//!
+//! Wait points are awaited on the host through the wait service, not on the GPU queue, so a
+//! wait point that is never reached holds only its own call (bounded by its timeout), never the
+//! queue that serves every client. Signal values are checked before any work starts, and again
+//! at signal time under the signal lock.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gpushare_interop::vulkan::{ExportableBuffer, TimelineSemaphore};
+use gpushare_proto::v1;
+
+use crate::daemon::Caller;
+use crate::error::{Error, Result};
+use crate::executor::Op;
+use crate::ids;
+use crate::registry::Resource;
+use crate::service::Service;
+
+struct Point {
+    id: String,
+    sem: Arc<TimelineSemaphore>,
+    value: u64,
+}
+
+/// The resolved wait and signal points of one call.
+struct Sequenced {
+    wait: Vec<Point>,
+    signal: Vec<Point>,
+    timeout: Duration,
+}
+
+/// Most wait or signal points in one call.
+const MAX_POINTS: usize = 64;
+
+fn resolve(svc: &Service, caller: &Caller, sync: Option<v1::Sync>) -> Result<Sequenced> {
+    let sync = sync.unwrap_or_default();
+    let limits = &svc.d.config.limits;
+    for (what, points) in [("wait points", &sync.wait), ("signal points", &sync.signal)] {
+        if points.len() > MAX_POINTS {
+            return Err(Error::TooLarge {
+                what,
+                value: points.len() as u64,
+                limit: MAX_POINTS as u64,
+            });
+        }
+    }
+    let points = |list: Vec<v1::SemaphorePoint>| -> Result<Vec<Point>> {
+        list.into_iter()
+            .map(|p| {
+                let (_, sem) = svc.d.semaphore(&p.semaphore_id, caller)?;
+                Ok(Point {
+                    id: p.semaphore_id,
+                    sem,
+                    value: p.value,
+                })
+            })
+            .collect()
+    };
+    let wait = points(sync.wait)?;
+    let signal = points(sync.signal)?;
+    for p in &signal {
+        let current = p.sem.value().map_err(Error::gpu("reading a semaphore value"))?;
+        if p.value <= current {
+            return Err(Error::NotIncreasing {
+                id: ids::shown(&p.id),
+                current,
+                requested: p.value,
+            });
+        }
+    }
+    let max = limits.max_wait_timeout_ms;
+    let ms = if sync.timeout_ms == 0 { max } else { sync.timeout_ms.min(max) };
+    Ok(Sequenced {
+        wait,
+        signal,
+        timeout: Duration::from_millis(ms.into()),
+    })
+}
+
+/// Runs `op` between the wait points and the signal points.
+async fn sequenced(svc: &Service, seq: Sequenced, device: u32, op: Op) -> Result<Vec<u8>> {
+    let deadline = Instant::now() + seq.timeout;
+    for p in &seq.wait {
+        let left = deadline.saturating_duration_since(Instant::now());
+        svc.d.waits.wait(&p.id, &p.sem, p.value, left).await?;
+    }
+    let slot = svc.d.device(device)?;
+    let out = slot.executor.run(op).await?;
+    for p in &seq.signal {
+        svc.d.signal(&p.id, &p.sem, p.value)?;
+    }
+    Ok(out)
+}
+
+/// Checks `[offset, offset + length)` against a buffer of `size` bytes.
+pub fn check_range(what: &'static str, offset: u64, length: u64, size: u64) -> Result<()> {
+    if length == 0 {
+        return Err(Error::Zero { what: "length" });
+    }
+    match offset.checked_add(length) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::OutOfRange {
+            what,
+            offset,
+            length,
+            size,
+        }),
+    }
+}
+
+fn check_transfer(svc: &Service, length: u64) -> Result<()> {
+    let limit = svc.d.config.limits.max_transfer_size;
+    if length > limit {
+        return Err(Error::TooLarge {
+            what: "transfer length",
+            value: length,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+fn buffer(svc: &Service, caller: &Caller, id: &str) -> Result<(Arc<Resource>, Arc<ExportableBuffer>)> {
+    svc.d.buffer(id, caller)
+}
+
+/// Write.
+pub async fn write(svc: &Service, caller: &Caller, r: v1::WriteRequest) -> Result<()> {
+    let (res, dst) = buffer(svc, caller, &r.buffer_id)?;
+    let length = r.data.len() as u64;
+    check_transfer(svc, length)?;
+    check_range("buffer", r.offset, length, dst.size())?;
+    let seq = resolve(svc, caller, r.sync)?;
+    sequenced(
+        svc,
+        seq,
+        res.device,
+        Op::Write {
+            dst,
+            offset: r.offset,
+            data: r.data,
+        },
+    )
+    .await
+    .map(drop)
+}
+
+/// Read.
+pub async fn read(svc: &Service, caller: &Caller, r: v1::ReadRequest) -> Result<Vec<u8>> {
+    let (res, src) = buffer(svc, caller, &r.buffer_id)?;
+    check_transfer(svc, r.length)?;
+    check_range("buffer", r.offset, r.length, src.size())?;
+    let seq = resolve(svc, caller, r.sync)?;
+    sequenced(
+        svc,
+        seq,
+        res.device,
+        Op::Read {
+            src,
+            offset: r.offset,
+            length: r.length,
+        },
+    )
+    .await
+}
+
+/// Fill.
+pub async fn fill(svc: &Service, caller: &Caller, r: v1::FillRequest) -> Result<()> {
+    let (res, dst) = buffer(svc, caller, &r.buffer_id)?;
+    for (what, value) in [("offset", r.offset), ("length", r.length)] {
+        if value % 4 != 0 {
+            return Err(Error::Misaligned { what, value });
+        }
+    }
+    check_range("buffer", r.offset, r.length, dst.size())?;
+    let seq = resolve(svc, caller, r.sync)?;
+    sequenced(
+        svc,
+        seq,
+        res.device,
+        Op::Fill {
+            dst,
+            offset: r.offset,
+            length: r.length,
+            value: r.value,
+        },
+    )
+    .await
+    .map(drop)
+}
+
+/// Copy.
+pub async fn copy(svc: &Service, caller: &Caller, r: v1::CopyRequest) -> Result<()> {
+    let (src_res, src) = buffer(svc, caller, &r.src_buffer_id)?;
+    let (dst_res, dst) = buffer(svc, caller, &r.dst_buffer_id)?;
+    check_range("source", r.src_offset, r.length, src.size())?;
+    check_range("destination", r.dst_offset, r.length, dst.size())?;
+    if src_res.device != dst_res.device {
+        return Err(Error::CrossDevice(src_res.id.clone(), dst_res.id.clone()));
+    }
+    if src_res.id == dst_res.id {
+        let (a, b) = (r.src_offset, r.dst_offset);
+        if a < b + r.length && b < a + r.length {
+            return Err(Error::Overlap(src_res.id.clone()));
+        }
+    }
+    let seq = resolve(svc, caller, r.sync)?;
+    sequenced(
+        svc,
+        seq,
+        dst_res.device,
+        Op::Copy {
+            src,
+            src_offset: r.src_offset,
+            dst,
+            dst_offset: r.dst_offset,
+            length: r.length,
+        },
+    )
+    .await
+    .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert!(check_range("b", 0, 16, 16).is_ok());
+        assert!(check_range("b", 8, 8, 16).is_ok());
+        assert!(matches!(check_range("b", 8, 9, 16), Err(Error::OutOfRange { .. })));
+        assert!(matches!(check_range("b", 0, 0, 16), Err(Error::Zero { .. })));
+        assert!(matches!(check_range("b", u64::MAX, 2, 16), Err(Error::OutOfRange { .. })));
+        assert!(matches!(check_range("b", 1, u64::MAX, u64::MAX), Err(Error::OutOfRange { .. })));
+    }
+}

@@ -1,0 +1,247 @@
+//! The registry of resources and client sessions, and the references between them.
+//!
+//! A resource is held by the sessions that reference it and, optionally, by a pin owned by its
+//! uid. When the last reference goes, the registry drops its `Arc` of the GPU object; operations
+//! in flight hold their own `Arc`s, so the memory is freed when the last of them finishes, never
+//! under a running transfer. Processes that imported the resource's fd keep their import: the
+//! driver holds its own reference.
+//!
+//! Visibility: a resource is visible only to its owner uid. Lookups by another uid read exactly
+//! like an unknown id (NOT_FOUND).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use gpushare_interop::vulkan::{ExportableBuffer, TimelineSemaphore};
+
+use crate::error::{Error, Result};
+use crate::ids;
+
+/// The GPU object behind a resource.
+#[derive(Debug, Clone)]
+pub enum Object {
+    /// An exportable buffer.
+    Buffer(Arc<ExportableBuffer>),
+    /// A timeline semaphore.
+    Semaphore(Arc<TimelineSemaphore>),
+}
+
+/// One resource's fixed description.
+#[derive(Debug)]
+pub struct Resource {
+    /// Random id, `buf-…` or `sem-…`.
+    pub id: String,
+    /// Optional name.
+    pub name: String,
+    /// Daemon device index.
+    pub device: u32,
+    /// Owner uid.
+    pub owner_uid: u32,
+    /// When it was created.
+    pub created: Instant,
+    /// The GPU object.
+    pub object: Object,
+}
+
+/// A resource with its current references, as listings show it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The resource.
+    pub resource: Arc<Resource>,
+    /// Session references plus the pin.
+    pub references: u32,
+    /// Whether the uid pin holds it.
+    pub pinned: bool,
+}
+
+struct Entry {
+    resource: Arc<Resource>,
+    sessions: HashSet<String>,
+    pinned: bool,
+}
+
+impl Entry {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            resource: self.resource.clone(),
+            references: u32::try_from(self.sessions.len()).unwrap_or(u32::MAX) + u32::from(self.pinned),
+            pinned: self.pinned,
+        }
+    }
+}
+
+/// A client session.
+#[derive(Debug)]
+struct Session {
+    uid: u32,
+    pid: i32,
+    name: String,
+    started: Instant,
+    resources: HashSet<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    resources: HashMap<String, Entry>,
+    sessions: HashMap<String, Session>,
+}
+
+/// Resources and sessions. Cheap, short critical sections under one mutex.
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (r, s) = self.counts();
+        f.debug_struct("Registry")
+            .field("resources", &r)
+            .field("sessions", &s)
+            .finish()
+    }
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every mutation below leaves the maps consistent before anything can panic.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens a session for a process and returns its id.
+    pub fn open_session(&self, uid: u32, pid: i32, name: &str) -> String {
+        let id = ids::new_id("ses");
+        self.lock().sessions.insert(
+            id.clone(),
+            Session {
+                uid,
+                pid,
+                name: name.to_owned(),
+                started: Instant::now(),
+                resources: HashSet::new(),
+            },
+        );
+        id
+    }
+
+    /// Checks that `session` is live and belongs to `uid`.
+    pub fn check_session(&self, session: &str, uid: u32) -> Result<()> {
+        match self.lock().sessions.get(session) {
+            Some(s) if s.uid == uid => Ok(()),
+            _ => Err(Error::UnknownSession(ids::shown(session))),
+        }
+    }
+
+    /// Ends a session, dropping its references. Returns the resources this freed.
+    pub fn end_session(&self, session: &str) -> Vec<Arc<Resource>> {
+        let mut inner = self.lock();
+        let Some(s) = inner.sessions.remove(session) else {
+            return Vec::new();
+        };
+        tracing::debug!(session, uid = s.uid, pid = s.pid, name = %s.name, age_ms = s.started.elapsed().as_millis() as u64, "session ended");
+        let mut freed = Vec::new();
+        for id in s.resources {
+            if let Some(e) = inner.resources.get_mut(&id) {
+                e.sessions.remove(session);
+                if e.sessions.is_empty() && !e.pinned {
+                    if let Some(e) = inner.resources.remove(&id) {
+                        freed.push(e.resource);
+                    }
+                }
+            }
+        }
+        freed
+    }
+
+    /// Adds a new resource referenced by `session` (checked by the caller) and/or pinned.
+    pub fn insert(&self, resource: Resource, session: Option<&str>, pin: bool) -> Result<Snapshot> {
+        let mut inner = self.lock();
+        let id = resource.id.clone();
+        let mut sessions = HashSet::new();
+        if let Some(sid) = session {
+            let s = inner
+                .sessions
+                .get_mut(sid)
+                .ok_or_else(|| Error::UnknownSession(ids::shown(sid)))?;
+            s.resources.insert(id.clone());
+            sessions.insert(sid.to_owned());
+        }
+        let entry = Entry {
+            resource: Arc::new(resource),
+            sessions,
+            pinned: pin,
+        };
+        let snap = entry.snapshot();
+        inner.resources.insert(id, entry);
+        Ok(snap)
+    }
+
+    /// The caller's resource `id`. `what` names the expected kind in errors.
+    pub fn get(&self, id: &str, uid: u32) -> Result<Snapshot> {
+        match self.lock().resources.get(id) {
+            Some(e) if e.resource.owner_uid == uid => Ok(e.snapshot()),
+            _ => Err(Error::NotFound {
+                what: "resource",
+                id: ids::shown(id),
+            }),
+        }
+    }
+
+    /// Every resource of `uid`, oldest first.
+    pub fn list(&self, uid: u32) -> Vec<Snapshot> {
+        let mut out: Vec<_> = self
+            .lock()
+            .resources
+            .values()
+            .filter(|e| e.resource.owner_uid == uid)
+            .map(Entry::snapshot)
+            .collect();
+        out.sort_by_key(|s| s.resource.created);
+        out
+    }
+
+    /// Drops the reference of `session` if it holds one, otherwise the pin. Returns the resource
+    /// if this freed it.
+    pub fn release(&self, id: &str, uid: u32, session: Option<&str>) -> Result<Option<Arc<Resource>>> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let entry = match inner.resources.get_mut(id) {
+            Some(e) if e.resource.owner_uid == uid => e,
+            _ => {
+                return Err(Error::NotFound {
+                    what: "resource",
+                    id: ids::shown(id),
+                })
+            }
+        };
+        let by_session = session.filter(|s| entry.sessions.contains(*s));
+        match by_session {
+            Some(sid) => {
+                entry.sessions.remove(sid);
+                if let Some(s) = inner.sessions.get_mut(sid) {
+                    s.resources.remove(id);
+                }
+            }
+            None if entry.pinned => entry.pinned = false,
+            None => return Err(Error::NoReference(ids::shown(id))),
+        }
+        if entry.sessions.is_empty() && !entry.pinned {
+            return Ok(inner.resources.remove(id).map(|e| e.resource));
+        }
+        Ok(None)
+    }
+
+    /// Drops every resource and session (shutdown). Returns the resources.
+    pub fn clear(&self) -> Vec<Arc<Resource>> {
+        let mut inner = self.lock();
+        inner.sessions.clear();
+        inner.resources.drain().map(|(_, e)| e.resource).collect()
+    }
+
+    /// (live resources, live sessions).
+    pub fn counts(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.resources.len(), inner.sessions.len())
+    }
+}

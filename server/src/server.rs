@@ -1,0 +1,108 @@
+//! Wiring: the gRPC server on control.sock (GpuShare, health, reflection v1 and v1alpha), the
+//! fd.sock server, and graceful shutdown.
+//!
+//! [`run`] takes bound listeners and a shutdown future, so tests and socket activation hand it
+//! sockets and the binary hands it SIGTERM/SIGINT. On shutdown: health turns NOT_SERVING, no new
+//! connection is accepted, waits and watches end with UNAVAILABLE, session streams end, calls in
+//! flight finish (bounded by [`DRAIN_TIMEOUT`]), then executors stop and every resource is freed.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gpushare_proto::fdpass::SeqPacketListener;
+use gpushare_proto::v1::gpu_share_server::GpuShareServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::task::TaskTracker;
+
+use crate::daemon::Daemon;
+use crate::service::Service;
+
+/// How long calls in flight may take to finish once shutdown began.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest gRPC message in either direction.
+pub const MAX_GRPC_MESSAGE: usize = 64 << 20;
+
+/// Why the server stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC server failed.
+    #[error("gRPC server failed")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("cannot build the reflection service")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves until `shutdown` resolves, then drains and stops.
+pub async fn run(
+    d: Arc<Daemon>,
+    control: UnixListener,
+    fd: SeqPacketListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<GpuShareServer<Service>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(gpushare_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(gpushare_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let service = GpuShareServer::new(Service::new(d.clone()))
+        .max_decoding_message_size(MAX_GRPC_MESSAGE)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE);
+
+    // Shutdown fan-out: health, waits, session streams (they watch the token).
+    let token = d.shutdown.clone();
+    tokio::spawn({
+        let d = d.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = d.shutdown.cancelled() => {}
+            }
+            tracing::info!("shutting down: draining calls in flight");
+            health.set_not_serving::<GpuShareServer<Service>>().await;
+            d.shutdown.cancel();
+            let waits = d.waits.clone();
+            let _ = tokio::task::spawn_blocking(move || waits.shutdown()).await;
+        }
+    });
+
+    let fd_tasks = TaskTracker::new();
+    let fd_server = tokio::spawn(crate::fd_server::serve(d.clone(), fd, fd_tasks.clone()));
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(control), {
+            let token = token.clone();
+            async move { token.cancelled().await }
+        });
+    tracing::info!("serving");
+    let served = tokio::select! {
+        r = grpc => r,
+        _ = async {
+            token.cancelled().await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } => {
+            tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "calls still in flight after the drain timeout; stopping anyway");
+            Ok(())
+        }
+    };
+    token.cancel();
+    let _ = fd_server.await;
+    fd_tasks.close();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, fd_tasks.wait()).await;
+    let freed = d.registry.clear();
+    d.freed(freed);
+    let waits = d.waits.clone();
+    let _ = tokio::task::spawn_blocking(move || waits.shutdown()).await;
+    tracing::info!("stopped");
+    served.map_err(ServeError::from)
+}

@@ -1,0 +1,402 @@
+//! The `gpushare.v1.GpuShare` gRPC service: request parsing, the caller's identity, and
+//! conversion to and from the wire types. Policy lives in [`crate::daemon`], the registry and
+//! the wait service; daemon-executed operations in [`crate::ops`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{Stream, StreamExt};
+use gpushare_interop::vulkan::{self, DeviceType, HandleType};
+use gpushare_proto::v1::{self, gpu_share_server::GpuShare};
+use gpushare_proto::SESSION_HEADER;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::daemon::{Caller, Daemon};
+use crate::error::{Error, Result};
+use crate::ids;
+use crate::registry::{Object, Resource, Snapshot};
+use crate::waiter::End;
+
+/// The gRPC service over the daemon's state.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub(crate) d: Arc<Daemon>,
+}
+
+impl Service {
+    /// A service over `daemon`.
+    pub fn new(daemon: Arc<Daemon>) -> Self {
+        Self { d: daemon }
+    }
+
+    /// The caller of `req`: peer credentials of its connection and its session header.
+    pub(crate) fn caller<T>(&self, req: &Request<T>) -> Result<Caller> {
+        let cred = req
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred)
+            .ok_or(Error::NoPeerCredentials)?;
+        let session = match req.metadata().get(SESSION_HEADER) {
+            Some(v) => Some(v.to_str().map_err(|_| Error::UnknownSession("(not ASCII)".into()))?),
+            None => None,
+        };
+        self.d
+            .caller(cred.uid(), cred.gid(), cred.pid().unwrap_or(0), session)
+    }
+
+    fn wait_timeout(&self, timeout_ms: u32) -> Duration {
+        Duration::from_millis(timeout_ms.min(self.d.config.limits.max_wait_timeout_ms).into())
+    }
+}
+
+pub(crate) fn handle_type(h: HandleType) -> i32 {
+    match h {
+        HandleType::OpaqueFd => v1::HandleType::OpaqueFd as i32,
+        HandleType::DmaBuf => v1::HandleType::DmaBuf as i32,
+    }
+}
+
+fn device_type(t: DeviceType) -> i32 {
+    (match t {
+        DeviceType::Other => v1::DeviceType::Other,
+        DeviceType::IntegratedGpu => v1::DeviceType::IntegratedGpu,
+        DeviceType::DiscreteGpu => v1::DeviceType::DiscreteGpu,
+        DeviceType::VirtualGpu => v1::DeviceType::VirtualGpu,
+        DeviceType::Cpu => v1::DeviceType::Cpu,
+    }) as i32
+}
+
+fn device_info(index: u32, i: &vulkan::PhysicalDeviceInfo) -> v1::DeviceInfo {
+    let handles = |v: &[HandleType]| v.iter().copied().map(handle_type).collect();
+    v1::DeviceInfo {
+        index,
+        name: i.name.clone(),
+        vendor_id: i.vendor_id,
+        device_id: i.device_id,
+        device_type: device_type(i.device_type),
+        driver_name: i.driver_name.clone(),
+        driver_info: i.driver_info.clone(),
+        device_uuid: i.device_uuid.to_vec(),
+        driver_uuid: i.driver_uuid.to_vec(),
+        api_version: format!("{}.{}.{}", i.api_version.0, i.api_version.1, i.api_version.2),
+        memory_heaps: i
+            .heaps
+            .iter()
+            .map(|h| v1::MemoryHeap {
+                size: h.size,
+                device_local: h.device_local,
+            })
+            .collect(),
+        capabilities: Some(v1::Capabilities {
+            buffer_export: handles(&i.caps.buffer_export),
+            buffer_import: handles(&i.caps.buffer_import),
+            timeline_semaphore_export: handles(&i.caps.timeline_semaphore_export),
+            timeline_semaphore_import: handles(&i.caps.timeline_semaphore_import),
+        }),
+    }
+}
+
+/// The wire form of a resource.
+pub(crate) fn resource_msg(s: &Snapshot) -> v1::Resource {
+    let r = &s.resource;
+    let (kind, details) = match &r.object {
+        Object::Buffer(b) => (
+            v1::ResourceKind::Buffer,
+            v1::resource::Details::Buffer(v1::BufferDetails {
+                size: b.size(),
+                allocation_size: b.allocation_size(),
+                dedicated: b.dedicated(),
+            }),
+        ),
+        Object::Semaphore(sem) => (
+            v1::ResourceKind::Semaphore,
+            v1::resource::Details::Semaphore(v1::SemaphoreDetails {
+                // A failed read shows 0; GetValue reports the error itself.
+                value: sem.value().unwrap_or(0),
+                exportable: sem.exportable(),
+            }),
+        ),
+    };
+    v1::Resource {
+        id: r.id.clone(),
+        kind: kind as i32,
+        name: r.name.clone(),
+        device: r.device,
+        owner_uid: r.owner_uid,
+        references: s.references,
+        pinned: s.pinned,
+        details: Some(details),
+    }
+}
+
+/// Ends its session when dropped: the Session stream owns one, so the session ends however the
+/// stream goes (client close, connection reset by a dead process, daemon shutdown).
+struct SessionGuard {
+    d: Arc<Daemon>,
+    id: String,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let freed = self.d.registry.end_session(&self.id);
+        self.d.freed(freed);
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl GpuShare for Service {
+    async fn get_info(&self, _req: Request<v1::GetInfoRequest>) -> std::result::Result<Response<v1::GetInfoResponse>, Status> {
+        let d = &self.d;
+        let l = &d.config.limits;
+        let (resources, sessions) = d.registry.counts();
+        Ok(Response::new(v1::GetInfoResponse {
+            daemon_version: env!("CARGO_PKG_VERSION").into(),
+            devices: d.devices.iter().map(|s| device_info(s.index, s.info())).collect(),
+            limits: Some(v1::Limits {
+                max_buffer_size: d.max_buffer_size,
+                max_transfer_size: l.max_transfer_size,
+                ticket_ttl_ms: l.ticket_ttl_ms,
+                max_wait_timeout_ms: l.max_wait_timeout_ms,
+            }),
+            executor: d.devices.first().map(|s| s.executor.name()).unwrap_or("none").into(),
+            stats: Some(v1::DaemonStats {
+                live_resources: resources as u64,
+                live_sessions: sessions as u64,
+                pending_waits: d.waits.pending_waits() as u64,
+                outstanding_tickets: d.tickets.len() as u64,
+            }),
+        }))
+    }
+
+    type SessionStream = BoxStream<v1::SessionEvent>;
+
+    async fn session(&self, req: Request<v1::SessionRequest>) -> std::result::Result<Response<Self::SessionStream>, Status> {
+        let caller = self.caller(&req)?;
+        let name = req.into_inner().client_name;
+        Daemon::check_name("client_name", &name)?;
+        if self.d.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown.into());
+        }
+        let id = self.d.registry.open_session(caller.uid, caller.pid, &name);
+        tracing::debug!(session = %id, uid = caller.uid, pid = caller.pid, client = %name, "session started");
+        let guard = SessionGuard {
+            d: self.d.clone(),
+            id: id.clone(),
+        };
+        let started = v1::SessionEvent {
+            event: Some(v1::session_event::Event::Started(v1::SessionStarted { session_id: id })),
+        };
+        let shutdown = self.d.shutdown.clone();
+        let end = futures_util::stream::once(async move {
+            shutdown.cancelled().await;
+            drop(guard);
+            Err(Status::from(Error::ShuttingDown))
+        });
+        let stream = futures_util::stream::iter([Ok(started)]).chain(end);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn create_buffer(&self, req: Request<v1::CreateBufferRequest>) -> std::result::Result<Response<v1::Resource>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        Ok(Response::new(self.create(&caller, r.device, r.name, r.pin, |slot| {
+            if r.size == 0 {
+                return Err(Error::Zero { what: "size" });
+            }
+            if r.size > self.d.max_buffer_size {
+                return Err(Error::TooLarge {
+                    what: "size",
+                    value: r.size,
+                    limit: self.d.max_buffer_size,
+                });
+            }
+            let b = slot
+                .device
+                .create_exportable_buffer(r.size)
+                .map_err(Error::gpu("allocating a buffer"))?;
+            Ok(("buf", Object::Buffer(Arc::new(b))))
+        })?))
+    }
+
+    async fn create_semaphore(&self, req: Request<v1::CreateSemaphoreRequest>) -> std::result::Result<Response<v1::Resource>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        Ok(Response::new(self.create(&caller, r.device, r.name, r.pin, |slot| {
+            let exportable = slot
+                .info()
+                .caps
+                .timeline_semaphore_export
+                .contains(&HandleType::OpaqueFd);
+            let s = slot
+                .device
+                .create_timeline_semaphore(r.initial_value, exportable)
+                .map_err(Error::gpu("creating a timeline semaphore"))?;
+            Ok(("sem", Object::Semaphore(Arc::new(s))))
+        })?))
+    }
+
+    async fn list_resources(&self, req: Request<v1::ListResourcesRequest>) -> std::result::Result<Response<v1::ListResourcesResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let resources = self.d.registry.list(caller.uid).iter().map(resource_msg).collect();
+        Ok(Response::new(v1::ListResourcesResponse { resources }))
+    }
+
+    async fn describe_resource(&self, req: Request<v1::ResourceRef>) -> std::result::Result<Response<v1::Resource>, Status> {
+        let caller = self.caller(&req)?;
+        let snap = self.d.resource(&req.get_ref().id, &caller)?;
+        Ok(Response::new(resource_msg(&snap)))
+    }
+
+    async fn release_resource(&self, req: Request<v1::ResourceRef>) -> std::result::Result<Response<v1::ReleaseResourceResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let id = &req.get_ref().id;
+        self.d.resource(id, &caller)?;
+        let freed = self.d.registry.release(id, caller.uid, caller.session.as_deref())?;
+        let was_freed = freed.is_some();
+        self.d.freed(freed);
+        Ok(Response::new(v1::ReleaseResourceResponse { freed: was_freed }))
+    }
+
+    async fn export(&self, req: Request<v1::ResourceRef>) -> std::result::Result<Response<v1::ExportResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let id = &req.get_ref().id;
+        let snap = self.d.resource(id, &caller)?;
+        if let Object::Semaphore(s) = &snap.resource.object {
+            if !s.exportable() {
+                return Err(Error::NotExportable(id.clone()).into());
+            }
+        }
+        let ticket = self.d.tickets.issue(id, caller.uid);
+        Ok(Response::new(v1::ExportResponse {
+            ticket: ticket.to_vec(),
+            ttl_ms: self.d.config.limits.ticket_ttl_ms,
+        }))
+    }
+
+    async fn signal(&self, req: Request<v1::SignalRequest>) -> std::result::Result<Response<v1::SemaphoreValue>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.get_ref();
+        let (_, sem) = self.d.semaphore(&r.id, &caller)?;
+        let value = self.d.signal(&r.id, &sem, r.value)?;
+        Ok(Response::new(v1::SemaphoreValue { value }))
+    }
+
+    async fn wait(&self, req: Request<v1::WaitRequest>) -> std::result::Result<Response<v1::SemaphoreValue>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let (_, sem) = self.d.semaphore(&r.id, &caller)?;
+        let value = self
+            .d
+            .waits
+            .wait(&r.id, &sem, r.value, self.wait_timeout(r.timeout_ms))
+            .await?;
+        Ok(Response::new(v1::SemaphoreValue { value }))
+    }
+
+    async fn get_value(&self, req: Request<v1::ResourceRef>) -> std::result::Result<Response<v1::SemaphoreValue>, Status> {
+        let caller = self.caller(&req)?;
+        let (_, sem) = self.d.semaphore(&req.get_ref().id, &caller)?;
+        let value = sem.value().map_err(Error::gpu("reading a semaphore value"))?;
+        Ok(Response::new(v1::SemaphoreValue { value }))
+    }
+
+    type WatchStream = BoxStream<v1::SemaphoreValue>;
+
+    async fn watch(&self, req: Request<v1::ResourceRef>) -> std::result::Result<Response<Self::WatchStream>, Status> {
+        let caller = self.caller(&req)?;
+        let id = req.into_inner().id;
+        let (_, sem) = self.d.semaphore(&id, &caller)?;
+        let rx = self.d.waits.watch(&id, &sem)?;
+        // State: the receiver, the last value sent, and whether the stream has ended.
+        let stream = futures_util::stream::unfold(Some((rx, None::<u64>)), move |state| {
+            let id = id.clone();
+            async move {
+                let (mut rx, last) = state?;
+                loop {
+                    let s = *rx.borrow_and_update();
+                    if let Some(end) = s.end {
+                        let err = match end {
+                            End::Freed => Error::NotFound {
+                                what: "semaphore",
+                                id,
+                            },
+                            End::ShuttingDown => Error::ShuttingDown,
+                        };
+                        return Some((Err(Status::from(err)), None));
+                    }
+                    if last != Some(s.value) {
+                        return Some((Ok(v1::SemaphoreValue { value: s.value }), Some((rx, Some(s.value)))));
+                    }
+                    if rx.changed().await.is_err() {
+                        return Some((Err(Status::from(Error::ShuttingDown)), None));
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn write(&self, req: Request<v1::WriteRequest>) -> std::result::Result<Response<v1::OpResponse>, Status> {
+        let caller = self.caller(&req)?;
+        crate::ops::write(self, &caller, req.into_inner()).await?;
+        Ok(Response::new(v1::OpResponse {}))
+    }
+
+    async fn read(&self, req: Request<v1::ReadRequest>) -> std::result::Result<Response<v1::ReadResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let data = crate::ops::read(self, &caller, req.into_inner()).await?;
+        Ok(Response::new(v1::ReadResponse { data }))
+    }
+
+    async fn fill(&self, req: Request<v1::FillRequest>) -> std::result::Result<Response<v1::OpResponse>, Status> {
+        let caller = self.caller(&req)?;
+        crate::ops::fill(self, &caller, req.into_inner()).await?;
+        Ok(Response::new(v1::OpResponse {}))
+    }
+
+    async fn copy(&self, req: Request<v1::CopyRequest>) -> std::result::Result<Response<v1::OpResponse>, Status> {
+        let caller = self.caller(&req)?;
+        crate::ops::copy(self, &caller, req.into_inner()).await?;
+        Ok(Response::new(v1::OpResponse {}))
+    }
+}
+
+impl Service {
+    /// Shared part of CreateBuffer and CreateSemaphore: checks, allocation, registration.
+    fn create(
+        &self,
+        caller: &Caller,
+        device: u32,
+        name: String,
+        pin: bool,
+        make: impl FnOnce(&crate::devices::DeviceSlot) -> Result<(&'static str, Object)>,
+    ) -> Result<v1::Resource> {
+        if caller.session.is_none() && !pin {
+            return Err(Error::NoSession {
+                header: SESSION_HEADER,
+            });
+        }
+        Daemon::check_name("name", &name)?;
+        let slot = self.d.device(device)?;
+        let started = Instant::now();
+        let (prefix, object) = make(slot)?;
+        let resource = Resource {
+            id: ids::new_id(prefix),
+            name,
+            device,
+            owner_uid: caller.uid,
+            created: Instant::now(),
+            object,
+        };
+        tracing::debug!(id = %resource.id, uid = caller.uid, us = started.elapsed().as_micros() as u64, "resource created");
+        let snap = self
+            .d
+            .registry
+            .insert(resource, caller.session.as_deref(), pin)?;
+        Ok(resource_msg(&snap))
+    }
+}

@@ -1,0 +1,111 @@
+//! Export tickets: one-time, short-lived, bound to the uid that asked for them.
+//!
+//! An `Export` call issues a ticket; redeeming it on fd.sock consumes it. A ticket presented by
+//! another uid reads as unknown and stays valid for its owner (so nobody can burn someone
+//! else's ticket). Expired tickets are swept whenever one is issued.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::ids;
+
+#[derive(Debug)]
+struct Ticket {
+    resource_id: String,
+    uid: u32,
+    expires: Instant,
+}
+
+/// The outstanding tickets.
+#[derive(Debug)]
+pub struct Tickets {
+    ttl: Duration,
+    map: Mutex<HashMap<[u8; ids::ID_BYTES], Ticket>>,
+}
+
+impl Tickets {
+    /// Tickets that live for `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Their time to live.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Issues a ticket for `resource_id`, redeemable by `uid`.
+    pub fn issue(&self, resource_id: &str, uid: u32) -> [u8; ids::ID_BYTES] {
+        let ticket = ids::random16();
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, t| t.expires > now);
+        map.insert(
+            ticket,
+            Ticket {
+                resource_id: resource_id.to_owned(),
+                uid,
+                expires: now + self.ttl,
+            },
+        );
+        ticket
+    }
+
+    /// Consumes `ticket` for `uid` and returns the resource id it names.
+    pub fn redeem(&self, ticket: &[u8], uid: u32) -> Result<String> {
+        let key: [u8; ids::ID_BYTES] = ticket.try_into().map_err(|_| Error::BadFdRequest("a ticket is 16 bytes"))?;
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&key) {
+            Some(t) if t.uid == uid => {}
+            _ => return Err(Error::UnknownTicket),
+        }
+        let t = map.remove(&key).ok_or(Error::UnknownTicket)?;
+        if t.expires <= Instant::now() {
+            return Err(Error::TicketExpired);
+        }
+        Ok(t.resource_id)
+    }
+
+    /// Outstanding tickets (expired ones included until the next sweep).
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none is outstanding.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_time_and_uid_bound() {
+        let t = Tickets::new(Duration::from_secs(10));
+        let ticket = t.issue("buf-x", 1000);
+        assert!(matches!(t.redeem(&ticket, 1001), Err(Error::UnknownTicket)));
+        assert_eq!(t.redeem(&ticket, 1000).unwrap(), "buf-x");
+        assert!(matches!(t.redeem(&ticket, 1000), Err(Error::UnknownTicket)));
+        assert!(matches!(t.redeem(&[0; 3], 1000), Err(Error::BadFdRequest(_))));
+        assert!(matches!(t.redeem(&[0; 16], 1000), Err(Error::UnknownTicket)));
+    }
+
+    #[test]
+    fn expired_tickets_are_refused_and_swept() {
+        let t = Tickets::new(Duration::from_millis(1));
+        let ticket = t.issue("buf-x", 0);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(matches!(t.redeem(&ticket, 0), Err(Error::TicketExpired)));
+        let _old = t.issue("buf-y", 0);
+        std::thread::sleep(Duration::from_millis(5));
+        let _new = t.issue("buf-z", 0);
+        assert_eq!(t.len(), 1, "the expired ticket was swept");
+    }
+}
