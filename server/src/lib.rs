@@ -15,6 +15,7 @@ pub mod error;
 pub mod executor;
 pub mod fd_server;
 pub mod ids;
+pub mod inflight;
 pub mod ops;
 pub mod registry;
 pub mod runtime_dir;

@@ -7,12 +7,16 @@ use std::sync::Arc;
 use clap::Parser;
 use gpushare_server::config::{Config, Overrides};
 use gpushare_server::daemon::Daemon;
+use gpushare_interop::vulkan;
 use gpushare_server::error::chain;
 use gpushare_server::runtime_dir::RuntimeDir;
 use gpushare_server::waiter::WaitService;
 use gpushare_server::{devices, server};
 
 /// gpushare daemon: shares GPU buffers and timeline semaphores between processes.
+///
+/// Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 1 on failure, 2 for an invalid
+/// configuration, 3 when no usable Vulkan device exists.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -71,18 +75,34 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err((code, e)) => {
             tracing::error!("{e}");
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
 }
 
-async fn serve(config: Config) -> Result<(), String> {
-    let dir = RuntimeDir::lock(&config.runtime_dir).map_err(|e| chain(&e))?;
-    let slots = devices::open(&config.device).map_err(|e| chain(&e))?;
-    let (control, fd) = dir.bind(config.socket_mode).map_err(|e| chain(&e))?;
-    let waits = WaitService::start().map_err(|e| format!("cannot start the wait service: {e}"))?;
+/// Exit status when no usable Vulkan device exists (no loader, no driver, no device): a
+/// service manager should not restart the daemon in a loop for this (`RestartPreventExitStatus`).
+const EXIT_NO_DEVICE: u8 = 3;
+
+async fn serve(config: Config) -> Result<(), (u8, String)> {
+    let fail = |e: &dyn std::error::Error| (1, chain(e));
+    let dir = RuntimeDir::lock(&config.runtime_dir).map_err(|e| fail(&e))?;
+    let slots = devices::open(&config.device).map_err(|e| {
+        let code = match &e {
+            devices::DevicesError::Vulkan(vulkan::Error::Loader(_) | vulkan::Error::NoDevice) => EXIT_NO_DEVICE,
+            devices::DevicesError::Vulkan(vulkan::Error::Call { result, .. })
+                if *result == vulkan::vk::Result::ERROR_INCOMPATIBLE_DRIVER =>
+            {
+                EXIT_NO_DEVICE
+            }
+            _ => 1,
+        };
+        (code, chain(&e))
+    })?;
+    let (control, fd) = dir.bind(config.socket_mode).map_err(|e| fail(&e))?;
+    let waits = WaitService::start().map_err(|e| (1, format!("cannot start the wait service: {e}")))?;
     let daemon = Arc::new(Daemon::new(config, slots, waits));
     tracing::info!(runtime_dir = %dir.path().display(), "listening");
     let shutdown = async {
@@ -102,5 +122,5 @@ async fn serve(config: Config) -> Result<(), String> {
     };
     let result = server::run(daemon, control, fd, shutdown).await;
     drop(dir);
-    result.map_err(|e| chain(&e))
+    result.map_err(|e| fail(&e))
 }

@@ -17,10 +17,14 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::task::TaskTracker;
 
 use crate::daemon::Daemon;
+use crate::inflight::{InFlight, InFlightLayer};
 use crate::service::Service;
 
 /// How long calls in flight may take to finish once shutdown began.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Time for the last responses to reach their sockets once no call is in flight.
+const FLUSH_GRACE: Duration = Duration::from_millis(100);
 
 /// Largest gRPC message in either direction.
 pub const MAX_GRPC_MESSAGE: usize = 64 << 20;
@@ -75,7 +79,9 @@ pub async fn run(
     let fd_tasks = TaskTracker::new();
     let fd_server = tokio::spawn(crate::fd_server::serve(d.clone(), fd, fd_tasks.clone()));
 
+    let in_flight = Arc::new(InFlight::default());
     let grpc = tonic::transport::Server::builder()
+        .layer(InFlightLayer(in_flight.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -88,12 +94,14 @@ pub async fn run(
     let served = tokio::select! {
         r = grpc => r,
         _ = async {
+            // Idle client connections would hold tonic's graceful close open; calls in flight
+            // are what must finish.
             token.cancelled().await;
-            tokio::time::sleep(DRAIN_TIMEOUT).await;
-        } => {
-            tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "calls still in flight after the drain timeout; stopping anyway");
-            Ok(())
-        }
+            if !in_flight.drained(DRAIN_TIMEOUT).await {
+                tracing::warn!(calls = in_flight.count(), timeout_s = DRAIN_TIMEOUT.as_secs(), "calls still in flight after the drain timeout; stopping anyway");
+            }
+            tokio::time::sleep(FLUSH_GRACE).await;
+        } => Ok(()),
     };
     token.cancel();
     let _ = fd_server.await;

@@ -1,1 +1,249 @@
-//! placeholder
+//! Test harness: starts the real `gpushared` binary on a temporary runtime directory and
+//! locates the other binaries (`gpusharectl`, `gpushare-peer`), so that integration tests drive
+//! real processes over real sockets.
+//!
+//! Binaries are looked up in `$GPUSHARE_BIN_DIR` when set (the GPU bundle), else next to the
+//! test executable's `target/<profile>/` directory (build them first: `cargo build --bins`).
+//!
+//! Skips: when no Vulkan device exists the daemon exits with status 3 and [`TestDaemon::start`]
+//! prints `SKIP: <reason>` and returns `None` — unless `GPUSHARE_REQUIRE_GPU=1` or
+//! `GPUSHARE_REQUIRE_VULKAN=1` is set (CI and the GPU machine), where it panics instead.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Exit status of `gpushared` when no usable Vulkan device exists.
+pub const EXIT_NO_DEVICE: i32 = 3;
+
+/// Whether a missing device must fail the test instead of skipping it.
+pub fn device_required() -> bool {
+    ["GPUSHARE_REQUIRE_GPU", "GPUSHARE_REQUIRE_VULKAN"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| s == "1"))
+}
+
+/// Path of one of the workspace's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("GPUSHARE_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    // target/<profile>/deps/<test-exe> → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (cargo build --bins) or set GPUSHARE_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// A temporary directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `/tmp/gpushare-test-<pid>-<n>`.
+    pub fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "gpushare-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `gpushared`. Dropping it kills the daemon; [`TestDaemon::stop`] stops it
+/// gracefully and returns its exit status.
+#[derive(Debug)]
+pub struct TestDaemon {
+    child: Option<Child>,
+    dir: TempDir,
+    runtime_dir: PathBuf,
+}
+
+impl TestDaemon {
+    /// Starts the daemon with default settings. `None` when skipped (see the module docs).
+    pub fn start() -> Option<Self> {
+        Self::start_with("")
+    }
+
+    /// Starts the daemon with `config` as its TOML configuration file.
+    pub fn start_with(config: &str) -> Option<Self> {
+        let dir = TempDir::new();
+        let runtime_dir = dir.path().join("run");
+        let config_path = dir.path().join("config.toml");
+        fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("gpushared.log");
+        let log = fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(bin("gpushared"))
+            .arg("--runtime-dir")
+            .arg(&runtime_dir)
+            .arg("--config")
+            .arg(&config_path)
+            .env("GPUSHARE_LOG", std::env::var("GPUSHARE_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gpushared");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let control = runtime_dir.join(gpushare_proto::CONTROL_SOCKET);
+        let fd = runtime_dir.join(gpushare_proto::FD_SOCKET);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let log = fs::read_to_string(&log_path).unwrap_or_default();
+                if status.code() == Some(EXIT_NO_DEVICE) && !device_required() {
+                    println!("SKIP: no Vulkan device: {}", log.lines().last().unwrap_or(""));
+                    return None;
+                }
+                panic!("gpushared exited early with {status}:\n{log}");
+            }
+            if control.exists() && fd.exists() && fs::read_to_string(&log_path).unwrap_or_default().contains("serving") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "gpushared did not start within 30 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(Self {
+            child: Some(child),
+            dir,
+            runtime_dir,
+        })
+    }
+
+    /// The runtime directory holding control.sock and fd.sock.
+    pub fn runtime_dir(&self) -> &Path {
+        &self.runtime_dir
+    }
+
+    /// A scratch directory that lives as long as the daemon.
+    pub fn scratch(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Number of descriptors the daemon has open.
+    pub fn fd_count(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Number of threads the daemon runs.
+    pub fn thread_count(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/task", self.pid())).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Resident memory in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("gpushared.log")).unwrap_or_default()
+    }
+
+    /// Whether the daemon still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Sends SIGTERM and waits up to 10 s for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("gpushared did not exit within 10 s of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs a command to completion with a timeout; returns (status, stdout, stderr).
+pub fn run(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (status, reader.join().unwrap(), err_reader.join().unwrap())
+}

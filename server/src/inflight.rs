@@ -1,0 +1,97 @@
+//! Counts gRPC calls in flight, so that shutdown can wait for them to finish without waiting
+//! for idle client connections to go away (an HTTP/2 graceful close needs the client's help).
+//!
+//! A call counts from its arrival until its handler returned a response (for streaming calls,
+//! until the stream started: streams end on their own at shutdown).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::Notify;
+
+/// The shared counter.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    /// Calls in flight now.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no call is in flight, or after `timeout`. Returns whether it drained.
+    pub async fn drained(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.count() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+}
+
+struct Guard(Arc<InFlight>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Tower layer that counts calls in an [`InFlight`].
+#[derive(Debug, Clone)]
+pub struct InFlightLayer(pub Arc<InFlight>);
+
+impl<S> tower::Layer<S> for InFlightLayer {
+    type Service = InFlightService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        InFlightService {
+            inner,
+            counter: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`InFlightLayer`] wraps around the router.
+#[derive(Debug, Clone)]
+pub struct InFlightService<S> {
+    inner: S,
+    counter: Arc<InFlight>,
+}
+
+impl<S, R> tower::Service<R> for InFlightService<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        self.counter.count.fetch_add(1, Ordering::AcqRel);
+        let guard = Guard(self.counter.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let out = fut.await;
+            drop(guard);
+            out
+        })
+    }
+}

@@ -1,0 +1,82 @@
+//! `gpushare-peer`: the "other process" of the integration tests and the GPU suite.
+//!
+//! ```text
+//! gpushare-peer <runtime-dir> import-read  <ticket-hex> <offset> <length>   # prints the bytes as hex
+//! gpushare-peer <runtime-dir> import-write <ticket-hex> <offset> <hex>      # writes through its import
+//! gpushare-peer <runtime-dir> hold <buffer-size>                           # session + buffer + semaphore, then sleeps
+//! ```
+//!
+//! `import-*` redeem the ticket on fd.sock, open the Vulkan device named by the UUID in the
+//! descriptor's metadata (a device of this process, not the daemon's), import the memory, and
+//! move bytes with this process's own transfer queue: what it reads is what the daemon's
+//! process wrote into the same memory, with no copy between processes. `hold` prints
+//! `<buffer-id> <semaphore-id>` and sleeps until killed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use gpushare_client::{import, Client, CreateOptions};
+use gpushare_interop::vulkan::{Instance, SyncPoints, Transfer};
+
+fn usage() -> ExitCode {
+    eprintln!("usage: gpushare-peer <runtime-dir> (import-read TICKET OFFSET LEN | import-write TICKET OFFSET HEX | hold SIZE)");
+    ExitCode::from(2)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [dir, cmd, rest @ ..] = args.as_slice() else {
+        return usage();
+    };
+    let result = match (cmd.as_str(), rest) {
+        ("import-read", [ticket, offset, len]) => import_rw(dir, ticket, offset.parse().unwrap(), Access::Read(len.parse().unwrap())).await,
+        ("import-write", [ticket, offset, data]) => {
+            import_rw(dir, ticket, offset.parse().unwrap(), Access::Write(hex::decode(data).unwrap())).await
+        }
+        ("hold", [size]) => hold(dir, size.parse().unwrap()).await,
+        _ => return usage(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gpushare-peer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Access {
+    Read(u64),
+    Write(Vec<u8>),
+}
+
+async fn import_rw(dir: &str, ticket: &str, offset: u64, access: Access) -> Result<(), Box<dyn std::error::Error>> {
+    let client = Client::connect(dir).await?;
+    let exported = client.redeem(&hex::decode(ticket)?).await?;
+    let instance = Instance::new("gpushare-peer")?;
+    let device = import::vulkan_device_for(&instance, &exported)?;
+    let buffer = import::import_buffer_vulkan(&device, exported)?;
+    let mut transfer = Transfer::new(&device)?;
+    match access {
+        Access::Read(len) => {
+            let bytes = transfer.download(&buffer, offset, len, &SyncPoints::default())?;
+            println!("{}", hex::encode(bytes));
+        }
+        Access::Write(data) => transfer.upload(&buffer, offset, &data, &SyncPoints::default())?,
+    }
+    Ok(())
+}
+
+async fn hold(dir: &str, size: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let client = Client::connect_with_session(dir, "gpushare-peer hold").await?;
+    let opts = CreateOptions::default();
+    let buffer = client.create_buffer(size, &opts).await?;
+    let sem = client.create_semaphore(0, &opts).await?;
+    let mut out = std::io::stdout();
+    writeln!(out, "{} {}", buffer.id(), sem.id())?;
+    out.flush()?;
+    std::future::pending::<()>().await;
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! End to end over lavapipe (or a real GPU): the real daemon binary, real client processes, real
+//! sockets and descriptor passing, real Vulkan imports in another process.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gpushare_client::{import, Client, CreateOptions, Sync};
+use gpushare_interop::vulkan::{Instance, SyncPoints, Transfer};
+use gpushare_tests::{bin, run, TestDaemon};
+use tonic::Code;
+
+macro_rules! daemon {
+    () => {
+        match TestDaemon::start() {
+            Some(d) => d,
+            None => return,
+        }
+    };
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+fn pinned() -> CreateOptions {
+    CreateOptions {
+        pin: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn info_reports_the_device_and_its_capabilities() {
+    let d = daemon!();
+    let c = Client::connect(d.runtime_dir()).await.unwrap();
+    let info = c.info().await.unwrap();
+    assert_eq!(info.devices.len(), 1);
+    let dev = &info.devices[0];
+    assert_eq!(dev.device_uuid.len(), 16);
+    assert_eq!(dev.driver_uuid.len(), 16);
+    assert!(!dev.memory_heaps.is_empty());
+    let caps = dev.capabilities.as_ref().unwrap();
+    assert!(caps.buffer_export.contains(&(gpushare_client::v1::HandleType::OpaqueFd as i32)));
+    assert_eq!(info.executor, "vulkan");
+    assert!(info.limits.unwrap().max_buffer_size > 0);
+    assert_eq!(d.stop().code(), Some(0));
+}
+
+/// Process A (this test) writes through the daemon; process B (gpushare-peer) redeems a
+/// ticket, imports the descriptor into its own Vulkan device and reads the same bytes — then
+/// writes through its import, and A reads that back through the daemon.
+#[tokio::test]
+async fn buffer_is_shared_zero_copy_with_another_process() {
+    let d = daemon!();
+    let a = Client::connect_with_session(d.runtime_dir(), "process A").await.unwrap();
+    let buf = a.create_buffer(1 << 20, &CreateOptions::default()).await.unwrap();
+    let data = pattern(64 << 10, 7);
+    buf.write(4096, &data, &Sync::none()).await.unwrap();
+
+    let ticket = a.export_ticket(buf.id()).await.unwrap().ticket;
+    let (status, out, err) = run(
+        Command::new(bin("gpushare-peer")).args([
+            d.runtime_dir().to_str().unwrap(),
+            "import-read",
+            &hex::encode(&ticket),
+            "4096",
+            &data.len().to_string(),
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "peer failed: {err}");
+    assert_eq!(out.trim(), hex::encode(&data), "process B read other bytes than A wrote");
+
+    let back = pattern(4096, 99);
+    let ticket = a.export_ticket(buf.id()).await.unwrap().ticket;
+    let (status, _, err) = run(
+        Command::new(bin("gpushare-peer")).args([
+            d.runtime_dir().to_str().unwrap(),
+            "import-write",
+            &hex::encode(&ticket),
+            "0",
+            &hex::encode(&back),
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "peer failed: {err}");
+    assert_eq!(buf.read(0, 4096, &Sync::none()).await.unwrap(), back);
+    // The first write is untouched beyond what B overwrote.
+    assert_eq!(buf.read(4096, data.len() as u64, &Sync::none()).await.unwrap(), data);
+}
+
+/// Freeing on the daemon's side never breaks an import: the driver holds its own reference.
+#[tokio::test]
+async fn an_import_outlives_the_daemons_release() {
+    let d = daemon!();
+    let c = Client::connect_with_session(d.runtime_dir(), "importer").await.unwrap();
+    let buf = c.create_buffer(65536, &CreateOptions::default()).await.unwrap();
+    let data = pattern(65536, 3);
+    buf.write(0, &data, &Sync::none()).await.unwrap();
+    let exported = c.export(buf.id()).await.unwrap();
+    match &exported.info.details {
+        Some(gpushare_client::v1::exported_fd::Details::Buffer(b)) => assert!(b.allocation_size >= 65536),
+        other => panic!("not buffer metadata: {other:?}"),
+    }
+    let instance = Instance::new("test").unwrap();
+    let device = import::vulkan_device_for(&instance, &exported).unwrap();
+    let imported = import::import_buffer_vulkan(&device, exported).unwrap();
+    assert!(buf.release().await.unwrap(), "the session held the only reference");
+    let err = buf.read(0, 4, &Sync::none()).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound));
+    let mut t = Transfer::new(&device).unwrap();
+    assert_eq!(t.download(&imported, 0, 65536, &SyncPoints::default()).unwrap(), data);
+}
+
+#[tokio::test]
+async fn host_signal_and_wait_across_processes() {
+    let d = daemon!();
+    let a = Client::connect_with_session(d.runtime_dir(), "signaler").await.unwrap();
+    let sem = a.create_semaphore(0, &CreateOptions::default()).await.unwrap();
+    let dir = d.runtime_dir().to_str().unwrap().to_owned();
+
+    // Process B waits with gpusharectl; A signals after B has been waiting a while.
+    let waiter = std::thread::spawn({
+        let (dir, id) = (dir.clone(), sem.id().to_owned());
+        move || {
+            run(
+                Command::new(bin("gpusharectl")).args(["--runtime-dir", &dir, "sem", "wait", &id, "5", "--timeout", "20000"]),
+                Duration::from_secs(30),
+            )
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "the wait returned before the signal");
+    let signaled = Instant::now();
+    a.semaphore(sem.id()).signal(5).await.unwrap();
+    let (status, out, err) = waiter.join().unwrap();
+    assert!(status.success(), "gpusharectl sem wait failed: {err}");
+    assert!(out.contains('5'), "{out}");
+    println!("cross-process wake + process exit: {:?}", signaled.elapsed());
+
+    // Deadline: exit code 4 (DEADLINE_EXCEEDED) after about the timeout.
+    let started = Instant::now();
+    let (status, _, err) = run(
+        Command::new(bin("gpusharectl")).args(["--runtime-dir", &dir, "sem", "wait", sem.id(), "6", "--timeout", "100"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(4), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(100));
+
+    // A non-increasing value never reaches the driver: FAILED_PRECONDITION (exit code 5).
+    let e = a.semaphore(sem.id()).signal(5).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+    let (status, _, err) = run(
+        Command::new(bin("gpusharectl")).args(["--runtime-dir", &dir, "sem", "signal", sem.id(), "3"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(5), "{err}");
+    assert_eq!(a.semaphore(sem.id()).value().await.unwrap(), 5);
+}
+
+#[tokio::test]
+async fn watch_streams_each_new_value() {
+    use futures_util::StreamExt;
+    let d = daemon!();
+    let a = Client::connect_with_session(d.runtime_dir(), "watcher").await.unwrap();
+    let sem = a.create_semaphore(10, &CreateOptions::default()).await.unwrap();
+    let b = Client::connect(d.runtime_dir()).await.unwrap();
+    let mut watch = b.semaphore(sem.id()).watch();
+    assert_eq!(watch.next().await.unwrap().unwrap(), 10);
+    for v in [11, 15, 20] {
+        sem.signal(v).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(got, v);
+    }
+    // The semaphore is freed (its only session ends): the stream ends with NOT_FOUND.
+    drop(sem);
+    drop(a);
+    let end = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap();
+    assert_eq!(end.unwrap().unwrap_err().code(), Some(Code::NotFound));
+}
+
+/// Write/Read/Fill/Copy run between their wait points and signal points.
+#[tokio::test]
+async fn daemon_executed_ops_follow_their_sync_points() {
+    let d = daemon!();
+    let c = Client::connect_with_session(d.runtime_dir(), "ops").await.unwrap();
+    let a = c.create_buffer(1 << 16, &CreateOptions::default()).await.unwrap();
+    let b = c.create_buffer(1 << 16, &CreateOptions::default()).await.unwrap();
+    let s = c.create_semaphore(0, &CreateOptions::default()).await.unwrap();
+
+    let data = pattern(1024, 1);
+    let write = tokio::spawn({
+        let (a, data, sid) = (a.clone(), data.clone(), s.id().to_owned());
+        async move { a.write(100, &data, &Sync::none().wait(sid.clone(), 1).signal(sid, 2)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!write.is_finished(), "the write ran before its wait point");
+    assert_eq!(s.value().await.unwrap(), 0);
+    s.signal(1).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), write).await.unwrap().unwrap().unwrap();
+    assert_eq!(s.value().await.unwrap(), 2, "the signal point was not signaled");
+
+    b.fill(0, 1 << 16, 0xAABB_CCDD, &Sync::none().wait(s.id(), 2).signal(s.id(), 3)).await.unwrap();
+    b.copy_from(&a, 100, 8, 1024, &Sync::none().wait(s.id(), 3).signal(s.id(), 4)).await.unwrap();
+    let got = b.read(0, 2048, &Sync::none().wait(s.id(), 4)).await.unwrap();
+    assert_eq!(&got[..8], &[0xDD, 0xCC, 0xBB, 0xAA, 0xDD, 0xCC, 0xBB, 0xAA]);
+    assert_eq!(&got[8..1032], &data[..]);
+    assert_eq!(&got[1032..1036], &[0xDD, 0xCC, 0xBB, 0xAA]);
+
+    // A wait point that is never reached: DEADLINE_EXCEEDED after the call's timeout, and
+    // nothing ran.
+    let e = b
+        .fill(0, 4, 0, &Sync::none().wait(s.id(), 100).timeout(Duration::from_millis(50)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Code::DeadlineExceeded), "{e}");
+    assert_eq!(&b.read(0, 4, &Sync::none()).await.unwrap(), &[0xDD, 0xCC, 0xBB, 0xAA]);
+    // A signal point that would not increase: refused before anything runs.
+    let e = b.fill(0, 4, 0, &Sync::none().signal(s.id(), 4)).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+}
+
+/// SIGTERM: pending waits get UNAVAILABLE, the daemon exits 0 and removes its sockets.
+#[tokio::test]
+async fn sigterm_drains_and_ends_waits_with_unavailable() {
+    let d = daemon!();
+    let c = Client::connect_with_session(d.runtime_dir(), "shutdown").await.unwrap();
+    let s = c.create_semaphore(0, &pinned()).await.unwrap();
+    let wait = tokio::spawn({
+        let s = s.clone();
+        async move { s.wait(1, Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let dir = d.runtime_dir().to_owned();
+    let stopped = Instant::now();
+    let status = tokio::task::spawn_blocking(move || d.stop()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(stopped.elapsed() < Duration::from_secs(5), "shutdown took {:?}", stopped.elapsed());
+    let e = wait.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Some(Code::Unavailable), "{e}");
+    assert!(!dir.join("control.sock").exists());
+    assert!(!dir.join("fd.sock").exists());
+}
+
+#[test]
+fn a_second_daemon_on_the_same_directory_is_refused() {
+    let d = daemon!();
+    let (status, _, err) = run(
+        Command::new(bin("gpushared")).arg("--runtime-dir").arg(d.runtime_dir()),
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains("another gpushared is running"), "{err}");
+    assert!(d.runtime_dir().join("control.sock").exists(), "the first daemon's socket was removed");
+}
