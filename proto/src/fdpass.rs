@@ -181,7 +181,13 @@ pub fn recv(socket: BorrowedFd<'_>) -> Result<Received, FdPassError> {
 fn peer_hung_up(socket: BorrowedFd<'_>) -> bool {
     use rustix::event::{poll, PollFd, PollFlags};
     let mut fds = [PollFd::new(&socket, PollFlags::RDHUP)];
-    match poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+    match poll(
+        &mut fds,
+        Some(&rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        }),
+    ) {
         Ok(_) => fds[0]
             .revents()
             .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),

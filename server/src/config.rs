@@ -157,7 +157,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason| Err(ConfigError::Invalid { key, reason });
         if self.socket_mode & !0o777 != 0 {
-            return invalid("socket_mode", "only permission bits (0o000..=0o777) are allowed");
+            return invalid(
+                "socket_mode",
+                "only permission bits (0o000..=0o777) are allowed",
+            );
         }
         if self.socket_mode & 0o600 != 0o600 {
             return invalid("socket_mode", "the owner needs read and write (0o600)");
@@ -199,7 +202,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gpushare-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
-        std::fs::write(&path, "device = \"1\"\nlog = \"debug\"\n[limits]\nticket_ttl_ms = 5\n").unwrap();
+        std::fs::write(
+            &path,
+            "device = \"1\"\nlog = \"debug\"\n[limits]\nticket_ttl_ms = 5\n",
+        )
+        .unwrap();
         let config = Config::load(
             Some(&path),
             Overrides {
@@ -217,7 +224,10 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         let p = Path::new("x.toml");
-        assert!(matches!(Config::from_toml("devcie = \"0\"", p), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            Config::from_toml("devcie = \"0\"", p),
+            Err(ConfigError::Parse { .. })
+        ));
         let mut c = Config::default();
         c.socket_mode = 0o1777;
         assert!(c.validate().is_err());

@@ -63,7 +63,9 @@ impl Daemon {
             0 => largest_heap,
             n => n,
         };
-        let tickets = Tickets::new(std::time::Duration::from_millis(config.limits.ticket_ttl_ms.into()));
+        let tickets = Tickets::new(std::time::Duration::from_millis(
+            config.limits.ticket_ttl_ms.into(),
+        ));
         Self {
             config,
             devices,
@@ -109,7 +111,11 @@ impl Daemon {
     }
 
     /// Looks up a buffer of the caller's.
-    pub fn buffer(&self, id: &str, caller: &Caller) -> Result<(Arc<Resource>, Arc<ExportableBuffer>)> {
+    pub fn buffer(
+        &self,
+        id: &str,
+        caller: &Caller,
+    ) -> Result<(Arc<Resource>, Arc<ExportableBuffer>)> {
         if !ids::is_well_formed(id, "buf") {
             return Err(Error::MalformedId {
                 what: "buffer",
@@ -127,7 +133,11 @@ impl Daemon {
     }
 
     /// Looks up a semaphore of the caller's.
-    pub fn semaphore(&self, id: &str, caller: &Caller) -> Result<(Arc<Resource>, Arc<TimelineSemaphore>)> {
+    pub fn semaphore(
+        &self,
+        id: &str,
+        caller: &Caller,
+    ) -> Result<(Arc<Resource>, Arc<TimelineSemaphore>)> {
         if !ids::is_well_formed(id, "sem") {
             return Err(Error::MalformedId {
                 what: "semaphore",
@@ -148,7 +158,9 @@ impl Daemon {
     pub fn signal(&self, id: &str, sem: &TimelineSemaphore, value: u64) -> Result<u64> {
         {
             let _serial = self.signal_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let current = sem.value().map_err(Error::gpu("reading a semaphore value"))?;
+            let current = sem
+                .value()
+                .map_err(Error::gpu("reading a semaphore value"))?;
             if value <= current {
                 return Err(Error::NotIncreasing {
                     id: ids::shown(id),
@@ -156,7 +168,8 @@ impl Daemon {
                     requested: value,
                 });
             }
-            sem.signal(value).map_err(Error::gpu("signaling a semaphore"))?;
+            sem.signal(value)
+                .map_err(Error::gpu("signaling a semaphore"))?;
         }
         self.waits.notify();
         Ok(value)
@@ -175,7 +188,10 @@ impl Daemon {
     /// Checks a client-chosen name.
     pub fn check_name(what: &'static str, name: &str) -> Result<()> {
         if name.len() > MAX_NAME {
-            return Err(Error::TextTooLong { what, limit: MAX_NAME });
+            return Err(Error::TextTooLong {
+                what,
+                limit: MAX_NAME,
+            });
         }
         Ok(())
     }

@@ -84,7 +84,10 @@ mod tests {
 
     #[test]
     fn selectors_parse() {
-        assert!(matches!(parse_selector("auto"), Ok(DeviceSelector::Default)));
+        assert!(matches!(
+            parse_selector("auto"),
+            Ok(DeviceSelector::Default)
+        ));
         assert!(matches!(parse_selector("2"), Ok(DeviceSelector::Index(2))));
         let u = parse_selector("00112233-4455-6677-8899-aabbccddeeff").unwrap();
         assert!(matches!(u, DeviceSelector::Uuid(b) if b[0] == 0 && b[15] == 0xff));

@@ -164,11 +164,22 @@ impl Error {
         use Error::*;
         match self {
             NoPeerCredentials => Code::Unauthenticated,
-            MalformedId { .. } | Zero { .. } | TooLarge { .. } | OutOfRange { .. }
-            | Misaligned { .. } | TextTooLong { .. } | Overlap(_) | NoDevice { .. }
-            | CrossDevice(..) | BadFdRequest(_) | FdsRefused(_) => Code::InvalidArgument,
+            MalformedId { .. }
+            | Zero { .. }
+            | TooLarge { .. }
+            | OutOfRange { .. }
+            | Misaligned { .. }
+            | TextTooLong { .. }
+            | Overlap(_)
+            | NoDevice { .. }
+            | CrossDevice(..)
+            | BadFdRequest(_)
+            | FdsRefused(_) => Code::InvalidArgument,
             NotFound { .. } | UnknownTicket => Code::NotFound,
-            NoSession { .. } | UnknownSession(_) | NotIncreasing { .. } | NotExportable(_)
+            NoSession { .. }
+            | UnknownSession(_)
+            | NotIncreasing { .. }
+            | NotExportable(_)
             | NoReference(_) => Code::FailedPrecondition,
             WaitTimeout { .. } | TicketExpired => Code::DeadlineExceeded,
             SemaphoreFreed(_) => Code::Aborted,

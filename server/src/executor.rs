@@ -110,10 +110,8 @@ impl VulkanExecutor {
             .spawn(move || {
                 for (op, reply) in rx {
                     let label = op.label();
-                    let result = execute(&mut transfer, op).map_err(|source| Error::Gpu {
-                        op: label,
-                        source,
-                    });
+                    let result = execute(&mut transfer, op)
+                        .map_err(|source| Error::Gpu { op: label, source });
                     // The caller may have gone (client cancelled); the work is done regardless.
                     let _ = reply.send(result);
                 }
@@ -149,14 +147,22 @@ fn execute(t: &mut Transfer, op: Op) -> std::result::Result<Vec<u8>, vulkan::Err
         ..Default::default()
     };
     match op {
-        Op::Write { dst, offset, data } => t.upload(&*dst, offset, &data, &sync).map(|()| Vec::new()),
-        Op::Read { src, offset, length } => t.download(&*src, offset, length, &sync),
+        Op::Write { dst, offset, data } => {
+            t.upload(&*dst, offset, &data, &sync).map(|()| Vec::new())
+        }
+        Op::Read {
+            src,
+            offset,
+            length,
+        } => t.download(&*src, offset, length, &sync),
         Op::Fill {
             dst,
             offset,
             length,
             value,
-        } => t.fill(&*dst, offset, length, value, &sync).map(|()| Vec::new()),
+        } => t
+            .fill(&*dst, offset, length, value, &sync)
+            .map(|()| Vec::new()),
         Op::Copy {
             src,
             src_offset,

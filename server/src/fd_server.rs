@@ -67,8 +67,11 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
                 tracing::debug!(uid, call, error = %source, "fd.sock: connection failed");
                 return;
             }
-            Err(FdPassError::DataTruncated { .. }) => (error_reply(&Error::BadFdRequest("message too large")), None),
-            Err(FdPassError::ControlTruncated { max }) | Err(FdPassError::TooLarge { fds: max, .. }) => {
+            Err(FdPassError::DataTruncated { .. }) => {
+                (error_reply(&Error::BadFdRequest("message too large")), None)
+            }
+            Err(FdPassError::ControlTruncated { max })
+            | Err(FdPassError::TooLarge { fds: max, .. }) => {
                 (error_reply(&Error::FdsRefused(max)), None)
             }
             Ok(msg) if !msg.fds.is_empty() => {
@@ -130,14 +133,18 @@ fn handle(d: &Daemon, uid: u32, bytes: &[u8]) -> Result<(v1::ExportedFd, OwnedFd
                 memory_type_index: b.memory_type_index(),
                 usage: b.usage(),
             }),
-            b.export_fd().map_err(Error::gpu("exporting buffer memory"))?,
+            b.export_fd()
+                .map_err(Error::gpu("exporting buffer memory"))?,
         ),
         Object::Semaphore(s) => {
             let fd = s.export_fd().map_err(Error::gpu("exporting a semaphore"))?;
             let value = s.value().map_err(Error::gpu("reading a semaphore value"))?;
             (
                 v1::ResourceKind::Semaphore,
-                v1::exported_fd::Details::Semaphore(v1::SemaphoreImport { timeline: true, value }),
+                v1::exported_fd::Details::Semaphore(v1::SemaphoreImport {
+                    timeline: true,
+                    value,
+                }),
                 fd,
             )
         }

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use gpushare_interop::vulkan;
 use gpushare_server::config::{Config, Overrides};
 use gpushare_server::daemon::Daemon;
-use gpushare_interop::vulkan;
 use gpushare_server::error::chain;
 use gpushare_server::runtime_dir::RuntimeDir;
 use gpushare_server::waiter::WaitService;
@@ -65,8 +65,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -86,12 +93,29 @@ fn main() -> ExitCode {
 /// service manager should not restart the daemon in a loop for this (`RestartPreventExitStatus`).
 const EXIT_NO_DEVICE: u8 = 3;
 
+/// Raises the soft descriptor limit to the hard limit: every client connection, export and
+/// lavapipe allocation costs a descriptor, and the default soft limit (1024) is far too low for
+/// a daemon serving many clients.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "cannot raise the descriptor limit");
+        }
+    }
+}
+
 async fn serve(config: Config) -> Result<(), (u8, String)> {
+    raise_fd_limit();
     let fail = |e: &dyn std::error::Error| (1, chain(e));
     let dir = RuntimeDir::lock(&config.runtime_dir).map_err(|e| fail(&e))?;
     let slots = devices::open(&config.device).map_err(|e| {
         let code = match &e {
-            devices::DevicesError::Vulkan(vulkan::Error::Loader(_) | vulkan::Error::NoDevice) => EXIT_NO_DEVICE,
+            devices::DevicesError::Vulkan(vulkan::Error::Loader(_) | vulkan::Error::NoDevice) => {
+                EXIT_NO_DEVICE
+            }
             devices::DevicesError::Vulkan(vulkan::Error::Call { result, .. })
                 if *result == vulkan::vk::Result::ERROR_INCOMPATIBLE_DRIVER =>
             {
@@ -102,12 +126,16 @@ async fn serve(config: Config) -> Result<(), (u8, String)> {
         (code, chain(&e))
     })?;
     let (control, fd) = dir.bind(config.socket_mode).map_err(|e| fail(&e))?;
-    let waits = WaitService::start().map_err(|e| (1, format!("cannot start the wait service: {e}")))?;
+    let waits =
+        WaitService::start().map_err(|e| (1, format!("cannot start the wait service: {e}")))?;
     let daemon = Arc::new(Daemon::new(config, slots, waits));
     tracing::info!(runtime_dir = %dir.path().display(), "listening");
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM received"),

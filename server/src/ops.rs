@@ -35,9 +35,14 @@ struct Sequenced {
 /// Most wait or signal points in one call.
 const MAX_POINTS: usize = 64;
 
-fn resolve(svc: &Service, caller: &Caller, sync: Option<v1::Sync>) -> Result<Sequenced> {
+/// `cap` bounds the wait points' timeout (the daemon's limit and the call's gRPC deadline).
+fn resolve(
+    svc: &Service,
+    caller: &Caller,
+    cap: Duration,
+    sync: Option<v1::Sync>,
+) -> Result<Sequenced> {
     let sync = sync.unwrap_or_default();
-    let limits = &svc.d.config.limits;
     for (what, points) in [("wait points", &sync.wait), ("signal points", &sync.signal)] {
         if points.len() > MAX_POINTS {
             return Err(Error::TooLarge {
@@ -62,7 +67,10 @@ fn resolve(svc: &Service, caller: &Caller, sync: Option<v1::Sync>) -> Result<Seq
     let wait = points(sync.wait)?;
     let signal = points(sync.signal)?;
     for p in &signal {
-        let current = p.sem.value().map_err(Error::gpu("reading a semaphore value"))?;
+        let current = p
+            .sem
+            .value()
+            .map_err(Error::gpu("reading a semaphore value"))?;
         if p.value <= current {
             return Err(Error::NotIncreasing {
                 id: ids::shown(&p.id),
@@ -71,12 +79,14 @@ fn resolve(svc: &Service, caller: &Caller, sync: Option<v1::Sync>) -> Result<Seq
             });
         }
     }
-    let max = limits.max_wait_timeout_ms;
-    let ms = if sync.timeout_ms == 0 { max } else { sync.timeout_ms.min(max) };
+    let asked = match sync.timeout_ms {
+        0 => cap,
+        ms => Duration::from_millis(ms.into()).min(cap),
+    };
     Ok(Sequenced {
         wait,
         signal,
-        timeout: Duration::from_millis(ms.into()),
+        timeout: asked,
     })
 }
 
@@ -123,17 +133,26 @@ fn check_transfer(svc: &Service, length: u64) -> Result<()> {
     Ok(())
 }
 
-fn buffer(svc: &Service, caller: &Caller, id: &str) -> Result<(Arc<Resource>, Arc<ExportableBuffer>)> {
+fn buffer(
+    svc: &Service,
+    caller: &Caller,
+    id: &str,
+) -> Result<(Arc<Resource>, Arc<ExportableBuffer>)> {
     svc.d.buffer(id, caller)
 }
 
 /// Write.
-pub async fn write(svc: &Service, caller: &Caller, r: v1::WriteRequest) -> Result<()> {
+pub async fn write(
+    svc: &Service,
+    caller: &Caller,
+    cap: Duration,
+    r: v1::WriteRequest,
+) -> Result<()> {
     let (res, dst) = buffer(svc, caller, &r.buffer_id)?;
     let length = r.data.len() as u64;
     check_transfer(svc, length)?;
     check_range("buffer", r.offset, length, dst.size())?;
-    let seq = resolve(svc, caller, r.sync)?;
+    let seq = resolve(svc, caller, cap, r.sync)?;
     sequenced(
         svc,
         seq,
@@ -149,11 +168,16 @@ pub async fn write(svc: &Service, caller: &Caller, r: v1::WriteRequest) -> Resul
 }
 
 /// Read.
-pub async fn read(svc: &Service, caller: &Caller, r: v1::ReadRequest) -> Result<Vec<u8>> {
+pub async fn read(
+    svc: &Service,
+    caller: &Caller,
+    cap: Duration,
+    r: v1::ReadRequest,
+) -> Result<Vec<u8>> {
     let (res, src) = buffer(svc, caller, &r.buffer_id)?;
     check_transfer(svc, r.length)?;
     check_range("buffer", r.offset, r.length, src.size())?;
-    let seq = resolve(svc, caller, r.sync)?;
+    let seq = resolve(svc, caller, cap, r.sync)?;
     sequenced(
         svc,
         seq,
@@ -168,7 +192,7 @@ pub async fn read(svc: &Service, caller: &Caller, r: v1::ReadRequest) -> Result<
 }
 
 /// Fill.
-pub async fn fill(svc: &Service, caller: &Caller, r: v1::FillRequest) -> Result<()> {
+pub async fn fill(svc: &Service, caller: &Caller, cap: Duration, r: v1::FillRequest) -> Result<()> {
     let (res, dst) = buffer(svc, caller, &r.buffer_id)?;
     for (what, value) in [("offset", r.offset), ("length", r.length)] {
         if value % 4 != 0 {
@@ -176,7 +200,7 @@ pub async fn fill(svc: &Service, caller: &Caller, r: v1::FillRequest) -> Result<
         }
     }
     check_range("buffer", r.offset, r.length, dst.size())?;
-    let seq = resolve(svc, caller, r.sync)?;
+    let seq = resolve(svc, caller, cap, r.sync)?;
     sequenced(
         svc,
         seq,
@@ -193,7 +217,7 @@ pub async fn fill(svc: &Service, caller: &Caller, r: v1::FillRequest) -> Result<
 }
 
 /// Copy.
-pub async fn copy(svc: &Service, caller: &Caller, r: v1::CopyRequest) -> Result<()> {
+pub async fn copy(svc: &Service, caller: &Caller, cap: Duration, r: v1::CopyRequest) -> Result<()> {
     let (src_res, src) = buffer(svc, caller, &r.src_buffer_id)?;
     let (dst_res, dst) = buffer(svc, caller, &r.dst_buffer_id)?;
     check_range("source", r.src_offset, r.length, src.size())?;
@@ -207,7 +231,7 @@ pub async fn copy(svc: &Service, caller: &Caller, r: v1::CopyRequest) -> Result<
             return Err(Error::Overlap(src_res.id.clone()));
         }
     }
-    let seq = resolve(svc, caller, r.sync)?;
+    let seq = resolve(svc, caller, cap, r.sync)?;
     sequenced(
         svc,
         seq,
@@ -232,9 +256,21 @@ mod tests {
     fn ranges() {
         assert!(check_range("b", 0, 16, 16).is_ok());
         assert!(check_range("b", 8, 8, 16).is_ok());
-        assert!(matches!(check_range("b", 8, 9, 16), Err(Error::OutOfRange { .. })));
-        assert!(matches!(check_range("b", 0, 0, 16), Err(Error::Zero { .. })));
-        assert!(matches!(check_range("b", u64::MAX, 2, 16), Err(Error::OutOfRange { .. })));
-        assert!(matches!(check_range("b", 1, u64::MAX, u64::MAX), Err(Error::OutOfRange { .. })));
+        assert!(matches!(
+            check_range("b", 8, 9, 16),
+            Err(Error::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            check_range("b", 0, 0, 16),
+            Err(Error::Zero { .. })
+        ));
+        assert!(matches!(
+            check_range("b", u64::MAX, 2, 16),
+            Err(Error::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            check_range("b", 1, u64::MAX, u64::MAX),
+            Err(Error::OutOfRange { .. })
+        ));
     }
 }

@@ -65,7 +65,8 @@ impl Entry {
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             resource: self.resource.clone(),
-            references: u32::try_from(self.sessions.len()).unwrap_or(u32::MAX) + u32::from(self.pinned),
+            references: u32::try_from(self.sessions.len()).unwrap_or(u32::MAX)
+                + u32::from(self.pinned),
             pinned: self.pinned,
         }
     }
@@ -203,7 +204,12 @@ impl Registry {
 
     /// Drops the reference of `session` if it holds one, otherwise the pin. Returns the resource
     /// if this freed it.
-    pub fn release(&self, id: &str, uid: u32, session: Option<&str>) -> Result<Option<Arc<Resource>>> {
+    pub fn release(
+        &self,
+        id: &str,
+        uid: u32,
+        session: Option<&str>,
+    ) -> Result<Option<Arc<Resource>>> {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let entry = match inner.resources.get_mut(id) {

@@ -39,7 +39,10 @@ pub enum RuntimeDirError {
     },
 }
 
-fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RuntimeDirError + 'a {
+fn io<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> RuntimeDirError + 'a {
     move |source| RuntimeDirError::Io {
         what,
         path: path.to_owned(),
@@ -85,7 +88,8 @@ impl RuntimeDir {
             return Err(io("cannot lock", &path)(e.into()));
         }
         let mut file = std::fs::File::from(lock);
-        file.set_len(0).map_err(io("cannot write lock file", &path))?;
+        file.set_len(0)
+            .map_err(io("cannot write lock file", &path))?;
         writeln!(file, "{}", std::process::id()).map_err(io("cannot write lock file", &path))?;
         Ok(Self {
             dir: dir.to_owned(),
@@ -109,7 +113,10 @@ impl RuntimeDir {
     }
 
     /// Binds both sockets with permission bits `mode`, removing stale ones first.
-    pub fn bind(&self, mode: u32) -> Result<(tokio::net::UnixListener, SeqPacketListener), RuntimeDirError> {
+    pub fn bind(
+        &self,
+        mode: u32,
+    ) -> Result<(tokio::net::UnixListener, SeqPacketListener), RuntimeDirError> {
         let control = self.control_path();
         let fd = self.fd_path();
         for path in [&control, &fd] {
@@ -121,7 +128,8 @@ impl RuntimeDir {
         }
         let old = rustix::process::umask(Mode::from_raw_mode(!mode & 0o777));
         let bound = (|| {
-            let c = tokio::net::UnixListener::bind(&control).map_err(io("cannot bind", &control))?;
+            let c =
+                tokio::net::UnixListener::bind(&control).map_err(io("cannot bind", &control))?;
             let f = SeqPacketListener::bind(&fd, 1024).map_err(|e| RuntimeDirError::Io {
                 what: "cannot bind",
                 path: fd.clone(),
@@ -163,7 +171,10 @@ mod tests {
         let err = RuntimeDir::lock(&dir).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, RuntimeDirError::Locked { .. }), "{msg}");
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         drop(first);
         let again = RuntimeDir::lock(&dir).unwrap();
         drop(again);

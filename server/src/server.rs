@@ -70,9 +70,11 @@ pub async fn run(
             }
             tracing::info!("shutting down: draining calls in flight");
             health.set_not_serving::<GpuShareServer<Service>>().await;
-            d.shutdown.cancel();
+            // Waits and watches first, so that they end with UNAVAILABLE rather than seeing
+            // their semaphores freed by the session streams that the token ends.
             let waits = d.waits.clone();
             let _ = tokio::task::spawn_blocking(move || waits.shutdown()).await;
+            d.shutdown.cancel();
         }
     });
 

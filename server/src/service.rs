@@ -39,16 +39,56 @@ impl Service {
             .and_then(|i| i.peer_cred)
             .ok_or(Error::NoPeerCredentials)?;
         let session = match req.metadata().get(SESSION_HEADER) {
-            Some(v) => Some(v.to_str().map_err(|_| Error::UnknownSession("(not ASCII)".into()))?),
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| Error::UnknownSession("(not ASCII)".into()))?,
+            ),
             None => None,
         };
         self.d
             .caller(cred.uid(), cred.gid(), cred.pid().unwrap_or(0), session)
     }
 
-    fn wait_timeout(&self, timeout_ms: u32) -> Duration {
-        Duration::from_millis(timeout_ms.min(self.d.config.limits.max_wait_timeout_ms).into())
+    /// The time a wait may take: the call's `timeout_ms`, capped by the daemon's limit and by
+    /// the call's own gRPC deadline (less a margin, so that the caller gets DEADLINE_EXCEEDED
+    /// from the wait rather than tonic's CANCELLED).
+    fn wait_timeout<T>(&self, req: &Request<T>, timeout_ms: u32) -> Duration {
+        let mut t = Duration::from_millis(
+            timeout_ms
+                .min(self.d.config.limits.max_wait_timeout_ms)
+                .into(),
+        );
+        if let Some(deadline) = req
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+        {
+            t = t.min(deadline.saturating_sub(DEADLINE_MARGIN));
+        }
+        t
     }
+}
+
+/// How much earlier than the gRPC deadline a wait gives up.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
+
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 pub(crate) fn handle_type(h: HandleType) -> i32 {
@@ -80,7 +120,10 @@ fn device_info(index: u32, i: &vulkan::PhysicalDeviceInfo) -> v1::DeviceInfo {
         driver_info: i.driver_info.clone(),
         device_uuid: i.device_uuid.to_vec(),
         driver_uuid: i.driver_uuid.to_vec(),
-        api_version: format!("{}.{}.{}", i.api_version.0, i.api_version.1, i.api_version.2),
+        api_version: format!(
+            "{}.{}.{}",
+            i.api_version.0, i.api_version.1, i.api_version.2
+        ),
         memory_heaps: i
             .heaps
             .iter()
@@ -149,20 +192,32 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + 
 
 #[tonic::async_trait]
 impl GpuShare for Service {
-    async fn get_info(&self, _req: Request<v1::GetInfoRequest>) -> std::result::Result<Response<v1::GetInfoResponse>, Status> {
+    async fn get_info(
+        &self,
+        _req: Request<v1::GetInfoRequest>,
+    ) -> std::result::Result<Response<v1::GetInfoResponse>, Status> {
         let d = &self.d;
         let l = &d.config.limits;
         let (resources, sessions) = d.registry.counts();
         Ok(Response::new(v1::GetInfoResponse {
             daemon_version: env!("CARGO_PKG_VERSION").into(),
-            devices: d.devices.iter().map(|s| device_info(s.index, s.info())).collect(),
+            devices: d
+                .devices
+                .iter()
+                .map(|s| device_info(s.index, s.info()))
+                .collect(),
             limits: Some(v1::Limits {
                 max_buffer_size: d.max_buffer_size,
                 max_transfer_size: l.max_transfer_size,
                 ticket_ttl_ms: l.ticket_ttl_ms,
                 max_wait_timeout_ms: l.max_wait_timeout_ms,
             }),
-            executor: d.devices.first().map(|s| s.executor.name()).unwrap_or("none").into(),
+            executor: d
+                .devices
+                .first()
+                .map(|s| s.executor.name())
+                .unwrap_or("none")
+                .into(),
             stats: Some(v1::DaemonStats {
                 live_resources: resources as u64,
                 live_sessions: sessions as u64,
@@ -174,7 +229,10 @@ impl GpuShare for Service {
 
     type SessionStream = BoxStream<v1::SessionEvent>;
 
-    async fn session(&self, req: Request<v1::SessionRequest>) -> std::result::Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        req: Request<v1::SessionRequest>,
+    ) -> std::result::Result<Response<Self::SessionStream>, Status> {
         let caller = self.caller(&req)?;
         let name = req.into_inner().client_name;
         Daemon::check_name("client_name", &name)?;
@@ -188,7 +246,9 @@ impl GpuShare for Service {
             id: id.clone(),
         };
         let started = v1::SessionEvent {
-            event: Some(v1::session_event::Event::Started(v1::SessionStarted { session_id: id })),
+            event: Some(v1::session_event::Event::Started(v1::SessionStarted {
+                session_id: id,
+            })),
         };
         let shutdown = self.d.shutdown.clone();
         let end = futures_util::stream::once(async move {
@@ -200,68 +260,109 @@ impl GpuShare for Service {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn create_buffer(&self, req: Request<v1::CreateBufferRequest>) -> std::result::Result<Response<v1::Resource>, Status> {
+    async fn create_buffer(
+        &self,
+        req: Request<v1::CreateBufferRequest>,
+    ) -> std::result::Result<Response<v1::Resource>, Status> {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
-        Ok(Response::new(self.create(&caller, r.device, r.name, r.pin, |slot| {
-            if r.size == 0 {
-                return Err(Error::Zero { what: "size" });
-            }
-            if r.size > self.d.max_buffer_size {
-                return Err(Error::TooLarge {
-                    what: "size",
-                    value: r.size,
-                    limit: self.d.max_buffer_size,
-                });
-            }
-            let b = slot
-                .device
-                .create_exportable_buffer(r.size)
-                .map_err(Error::gpu("allocating a buffer"))?;
-            Ok(("buf", Object::Buffer(Arc::new(b))))
-        })?))
+        Ok(Response::new(self.create(
+            &caller,
+            r.device,
+            r.name,
+            r.pin,
+            |slot| {
+                if r.size == 0 {
+                    return Err(Error::Zero { what: "size" });
+                }
+                if r.size > self.d.max_buffer_size {
+                    return Err(Error::TooLarge {
+                        what: "size",
+                        value: r.size,
+                        limit: self.d.max_buffer_size,
+                    });
+                }
+                let b = slot
+                    .device
+                    .create_exportable_buffer(r.size)
+                    .map_err(Error::gpu("allocating a buffer"))?;
+                Ok(("buf", Object::Buffer(Arc::new(b))))
+            },
+        )?))
     }
 
-    async fn create_semaphore(&self, req: Request<v1::CreateSemaphoreRequest>) -> std::result::Result<Response<v1::Resource>, Status> {
+    async fn create_semaphore(
+        &self,
+        req: Request<v1::CreateSemaphoreRequest>,
+    ) -> std::result::Result<Response<v1::Resource>, Status> {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
-        Ok(Response::new(self.create(&caller, r.device, r.name, r.pin, |slot| {
-            let exportable = slot
-                .info()
-                .caps
-                .timeline_semaphore_export
-                .contains(&HandleType::OpaqueFd);
-            let s = slot
-                .device
-                .create_timeline_semaphore(r.initial_value, exportable)
-                .map_err(Error::gpu("creating a timeline semaphore"))?;
-            Ok(("sem", Object::Semaphore(Arc::new(s))))
-        })?))
+        Ok(Response::new(self.create(
+            &caller,
+            r.device,
+            r.name,
+            r.pin,
+            |slot| {
+                let exportable = slot
+                    .info()
+                    .caps
+                    .timeline_semaphore_export
+                    .contains(&HandleType::OpaqueFd);
+                let s = slot
+                    .device
+                    .create_timeline_semaphore(r.initial_value, exportable)
+                    .map_err(Error::gpu("creating a timeline semaphore"))?;
+                Ok(("sem", Object::Semaphore(Arc::new(s))))
+            },
+        )?))
     }
 
-    async fn list_resources(&self, req: Request<v1::ListResourcesRequest>) -> std::result::Result<Response<v1::ListResourcesResponse>, Status> {
+    async fn list_resources(
+        &self,
+        req: Request<v1::ListResourcesRequest>,
+    ) -> std::result::Result<Response<v1::ListResourcesResponse>, Status> {
         let caller = self.caller(&req)?;
-        let resources = self.d.registry.list(caller.uid).iter().map(resource_msg).collect();
+        let resources = self
+            .d
+            .registry
+            .list(caller.uid)
+            .iter()
+            .map(resource_msg)
+            .collect();
         Ok(Response::new(v1::ListResourcesResponse { resources }))
     }
 
-    async fn describe_resource(&self, req: Request<v1::ResourceRef>) -> std::result::Result<Response<v1::Resource>, Status> {
+    async fn describe_resource(
+        &self,
+        req: Request<v1::ResourceRef>,
+    ) -> std::result::Result<Response<v1::Resource>, Status> {
         let caller = self.caller(&req)?;
         let snap = self.d.resource(&req.get_ref().id, &caller)?;
         Ok(Response::new(resource_msg(&snap)))
     }
 
-    async fn release_resource(&self, req: Request<v1::ResourceRef>) -> std::result::Result<Response<v1::ReleaseResourceResponse>, Status> {
+    async fn release_resource(
+        &self,
+        req: Request<v1::ResourceRef>,
+    ) -> std::result::Result<Response<v1::ReleaseResourceResponse>, Status> {
         let caller = self.caller(&req)?;
         let id = &req.get_ref().id;
         self.d.resource(id, &caller)?;
-        let freed = self.d.registry.release(id, caller.uid, caller.session.as_deref())?;
+        let freed = self
+            .d
+            .registry
+            .release(id, caller.uid, caller.session.as_deref())?;
         let was_freed = freed.is_some();
         self.d.freed(freed);
-        Ok(Response::new(v1::ReleaseResourceResponse { freed: was_freed }))
+        Ok(Response::new(v1::ReleaseResourceResponse {
+            freed: was_freed,
+        }))
     }
 
-    async fn export(&self, req: Request<v1::ResourceRef>) -> std::result::Result<Response<v1::ExportResponse>, Status> {
+    async fn export(
+        &self,
+        req: Request<v1::ResourceRef>,
+    ) -> std::result::Result<Response<v1::ExportResponse>, Status> {
         let caller = self.caller(&req)?;
         let id = &req.get_ref().id;
         let snap = self.d.resource(id, &caller)?;
@@ -277,7 +378,10 @@ impl GpuShare for Service {
         }))
     }
 
-    async fn signal(&self, req: Request<v1::SignalRequest>) -> std::result::Result<Response<v1::SemaphoreValue>, Status> {
+    async fn signal(
+        &self,
+        req: Request<v1::SignalRequest>,
+    ) -> std::result::Result<Response<v1::SemaphoreValue>, Status> {
         let caller = self.caller(&req)?;
         let r = req.get_ref();
         let (_, sem) = self.d.semaphore(&r.id, &caller)?;
@@ -285,28 +389,36 @@ impl GpuShare for Service {
         Ok(Response::new(v1::SemaphoreValue { value }))
     }
 
-    async fn wait(&self, req: Request<v1::WaitRequest>) -> std::result::Result<Response<v1::SemaphoreValue>, Status> {
+    async fn wait(
+        &self,
+        req: Request<v1::WaitRequest>,
+    ) -> std::result::Result<Response<v1::SemaphoreValue>, Status> {
         let caller = self.caller(&req)?;
+        let timeout = self.wait_timeout(&req, req.get_ref().timeout_ms);
         let r = req.into_inner();
         let (_, sem) = self.d.semaphore(&r.id, &caller)?;
-        let value = self
-            .d
-            .waits
-            .wait(&r.id, &sem, r.value, self.wait_timeout(r.timeout_ms))
-            .await?;
+        let value = self.d.waits.wait(&r.id, &sem, r.value, timeout).await?;
         Ok(Response::new(v1::SemaphoreValue { value }))
     }
 
-    async fn get_value(&self, req: Request<v1::ResourceRef>) -> std::result::Result<Response<v1::SemaphoreValue>, Status> {
+    async fn get_value(
+        &self,
+        req: Request<v1::ResourceRef>,
+    ) -> std::result::Result<Response<v1::SemaphoreValue>, Status> {
         let caller = self.caller(&req)?;
         let (_, sem) = self.d.semaphore(&req.get_ref().id, &caller)?;
-        let value = sem.value().map_err(Error::gpu("reading a semaphore value"))?;
+        let value = sem
+            .value()
+            .map_err(Error::gpu("reading a semaphore value"))?;
         Ok(Response::new(v1::SemaphoreValue { value }))
     }
 
     type WatchStream = BoxStream<v1::SemaphoreValue>;
 
-    async fn watch(&self, req: Request<v1::ResourceRef>) -> std::result::Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<v1::ResourceRef>,
+    ) -> std::result::Result<Response<Self::WatchStream>, Status> {
         let caller = self.caller(&req)?;
         let id = req.into_inner().id;
         let (_, sem) = self.d.semaphore(&id, &caller)?;
@@ -329,7 +441,10 @@ impl GpuShare for Service {
                         return Some((Err(Status::from(err)), None));
                     }
                     if last != Some(s.value) {
-                        return Some((Ok(v1::SemaphoreValue { value: s.value }), Some((rx, Some(s.value)))));
+                        return Some((
+                            Ok(v1::SemaphoreValue { value: s.value }),
+                            Some((rx, Some(s.value))),
+                        ));
                     }
                     if rx.changed().await.is_err() {
                         return Some((Err(Status::from(Error::ShuttingDown)), None));
@@ -340,27 +455,43 @@ impl GpuShare for Service {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn write(&self, req: Request<v1::WriteRequest>) -> std::result::Result<Response<v1::OpResponse>, Status> {
+    async fn write(
+        &self,
+        req: Request<v1::WriteRequest>,
+    ) -> std::result::Result<Response<v1::OpResponse>, Status> {
         let caller = self.caller(&req)?;
-        crate::ops::write(self, &caller, req.into_inner()).await?;
+        let cap = self.wait_timeout(&req, u32::MAX);
+        crate::ops::write(self, &caller, cap, req.into_inner()).await?;
         Ok(Response::new(v1::OpResponse {}))
     }
 
-    async fn read(&self, req: Request<v1::ReadRequest>) -> std::result::Result<Response<v1::ReadResponse>, Status> {
+    async fn read(
+        &self,
+        req: Request<v1::ReadRequest>,
+    ) -> std::result::Result<Response<v1::ReadResponse>, Status> {
         let caller = self.caller(&req)?;
-        let data = crate::ops::read(self, &caller, req.into_inner()).await?;
+        let cap = self.wait_timeout(&req, u32::MAX);
+        let data = crate::ops::read(self, &caller, cap, req.into_inner()).await?;
         Ok(Response::new(v1::ReadResponse { data }))
     }
 
-    async fn fill(&self, req: Request<v1::FillRequest>) -> std::result::Result<Response<v1::OpResponse>, Status> {
+    async fn fill(
+        &self,
+        req: Request<v1::FillRequest>,
+    ) -> std::result::Result<Response<v1::OpResponse>, Status> {
         let caller = self.caller(&req)?;
-        crate::ops::fill(self, &caller, req.into_inner()).await?;
+        let cap = self.wait_timeout(&req, u32::MAX);
+        crate::ops::fill(self, &caller, cap, req.into_inner()).await?;
         Ok(Response::new(v1::OpResponse {}))
     }
 
-    async fn copy(&self, req: Request<v1::CopyRequest>) -> std::result::Result<Response<v1::OpResponse>, Status> {
+    async fn copy(
+        &self,
+        req: Request<v1::CopyRequest>,
+    ) -> std::result::Result<Response<v1::OpResponse>, Status> {
         let caller = self.caller(&req)?;
-        crate::ops::copy(self, &caller, req.into_inner()).await?;
+        let cap = self.wait_timeout(&req, u32::MAX);
+        crate::ops::copy(self, &caller, cap, req.into_inner()).await?;
         Ok(Response::new(v1::OpResponse {}))
     }
 }
@@ -398,5 +529,25 @@ impl Service {
             .registry
             .insert(resource, caller.session.as_deref(), pin)?;
         Ok(resource_msg(&snap))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        assert_eq!(parse_grpc_timeout("123456789m"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
     }
 }

@@ -58,7 +58,9 @@ impl Tickets {
 
     /// Consumes `ticket` for `uid` and returns the resource id it names.
     pub fn redeem(&self, ticket: &[u8], uid: u32) -> Result<String> {
-        let key: [u8; ids::ID_BYTES] = ticket.try_into().map_err(|_| Error::BadFdRequest("a ticket is 16 bytes"))?;
+        let key: [u8; ids::ID_BYTES] = ticket
+            .try_into()
+            .map_err(|_| Error::BadFdRequest("a ticket is 16 bytes"))?;
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&key) {
             Some(t) if t.uid == uid => {}
@@ -93,8 +95,14 @@ mod tests {
         assert!(matches!(t.redeem(&ticket, 1001), Err(Error::UnknownTicket)));
         assert_eq!(t.redeem(&ticket, 1000).unwrap(), "buf-x");
         assert!(matches!(t.redeem(&ticket, 1000), Err(Error::UnknownTicket)));
-        assert!(matches!(t.redeem(&[0; 3], 1000), Err(Error::BadFdRequest(_))));
-        assert!(matches!(t.redeem(&[0; 16], 1000), Err(Error::UnknownTicket)));
+        assert!(matches!(
+            t.redeem(&[0; 3], 1000),
+            Err(Error::BadFdRequest(_))
+        ));
+        assert!(matches!(
+            t.redeem(&[0; 16], 1000),
+            Err(Error::UnknownTicket)
+        ));
     }
 
     #[test]

@@ -121,7 +121,9 @@ impl WaitService {
         target: u64,
         timeout: Duration,
     ) -> Result<u64> {
-        let value = sem.value().map_err(Error::gpu("reading a semaphore value"))?;
+        let value = sem
+            .value()
+            .map_err(Error::gpu("reading a semaphore value"))?;
         if value >= target {
             return Ok(value);
         }
@@ -165,8 +167,14 @@ impl WaitService {
     }
 
     /// Subscribes to semaphore `id`'s values. The receiver starts at the current value.
-    pub fn watch(&self, id: &str, sem: &Arc<TimelineSemaphore>) -> Result<watch::Receiver<WatchState>> {
-        let value = sem.value().map_err(Error::gpu("reading a semaphore value"))?;
+    pub fn watch(
+        &self,
+        id: &str,
+        sem: &Arc<TimelineSemaphore>,
+    ) -> Result<watch::Receiver<WatchState>> {
+        let value = sem
+            .value()
+            .map_err(Error::gpu("reading a semaphore value"))?;
         let rx = {
             let mut st = self.shared.lock();
             if st.shutdown {
@@ -181,7 +189,10 @@ impl WaitService {
             match &w.watch {
                 Some(tx) => tx.subscribe(),
                 None => {
-                    let (tx, rx) = watch::channel(WatchState { value: w.last.max(value), end: None });
+                    let (tx, rx) = watch::channel(WatchState {
+                        value: w.last.max(value),
+                        end: None,
+                    });
                     w.watch = Some(tx);
                     rx
                 }
@@ -207,7 +218,12 @@ impl WaitService {
 
     /// Number of pending waits (for introspection and tests).
     pub fn pending_waits(&self) -> usize {
-        self.shared.lock().sems.values().map(|w| w.waiters.len()).sum()
+        self.shared
+            .lock()
+            .sems
+            .values()
+            .map(|w| w.waiters.len())
+            .sum()
     }
 
     /// Ends every wait and watch with UNAVAILABLE and stops the poller thread.
@@ -286,7 +302,8 @@ fn poll_loop(shared: &Shared) {
                 }
             }
         }
-        st.sems.retain(|_, w| !w.waiters.is_empty() || w.watch.is_some());
+        st.sems
+            .retain(|_, w| !w.waiters.is_empty() || w.watch.is_some());
         if st.kick {
             st.kick = false;
             continue;

@@ -27,6 +27,11 @@ pub fn device_required() -> bool {
         .any(|v| std::env::var(v).is_ok_and(|s| s == "1"))
 }
 
+/// Whether a real GPU is required (`GPUSHARE_REQUIRE_GPU=1`, the GPU machine).
+pub fn gpu_required() -> bool {
+    std::env::var("GPUSHARE_REQUIRE_GPU").is_ok_and(|s| s == "1")
+}
+
 /// Path of one of the workspace's binaries.
 pub fn bin(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("GPUSHARE_BIN_DIR") {
@@ -34,7 +39,10 @@ pub fn bin(name: &str) -> PathBuf {
     }
     // target/<profile>/deps/<test-exe> → target/<profile>/<name>
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
@@ -108,7 +116,10 @@ impl TestDaemon {
             .arg(&runtime_dir)
             .arg("--config")
             .arg(&config_path)
-            .env("GPUSHARE_LOG", std::env::var("GPUSHARE_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "GPUSHARE_LOG",
+                std::env::var("GPUSHARE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -121,15 +132,26 @@ impl TestDaemon {
             if let Some(status) = child.try_wait().unwrap() {
                 let log = fs::read_to_string(&log_path).unwrap_or_default();
                 if status.code() == Some(EXIT_NO_DEVICE) && !device_required() {
-                    println!("SKIP: no Vulkan device: {}", log.lines().last().unwrap_or(""));
+                    println!(
+                        "SKIP: no Vulkan device: {}",
+                        log.lines().last().unwrap_or("")
+                    );
                     return None;
                 }
                 panic!("gpushared exited early with {status}:\n{log}");
             }
-            if control.exists() && fd.exists() && fs::read_to_string(&log_path).unwrap_or_default().contains("serving") {
+            if control.exists()
+                && fd.exists()
+                && fs::read_to_string(&log_path)
+                    .unwrap_or_default()
+                    .contains("serving")
+            {
                 break;
             }
-            assert!(Instant::now() < deadline, "gpushared did not start within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "gpushared did not start within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         Some(Self {
@@ -156,12 +178,16 @@ impl TestDaemon {
 
     /// Number of descriptors the daemon has open.
     pub fn fd_count(&self) -> usize {
-        fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+        fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// Number of threads the daemon runs.
     pub fn thread_count(&self) -> usize {
-        fs::read_dir(format!("/proc/{}/task", self.pid())).map(|d| d.count()).unwrap_or(0)
+        fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// Resident memory in KiB (VmRSS).
@@ -182,7 +208,9 @@ impl TestDaemon {
 
     /// Whether the daemon still runs.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Sends SIGTERM and waits up to 10 s for the exit.
@@ -197,7 +225,10 @@ impl TestDaemon {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("gpushared did not exit within 10 s of SIGTERM:\n{}", self.log());
+                panic!(
+                    "gpushared did not exit within 10 s of SIGTERM:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -42,10 +42,18 @@ async fn within(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> Option<D
 #[tokio::test]
 async fn bad_requests_get_their_precise_status() {
     let d = daemon!("[limits]\nmax_buffer_size = 1048576\nmax_transfer_size = 65536\n");
-    let c = Client::connect_with_session(d.runtime_dir(), "hostile").await.unwrap();
+    let c = Client::connect_with_session(d.runtime_dir(), "hostile")
+        .await
+        .unwrap();
     let no_session = Client::connect(d.runtime_dir()).await.unwrap();
-    let buf = c.create_buffer(4096, &CreateOptions::default()).await.unwrap();
-    let sem = c.create_semaphore(0, &CreateOptions::default()).await.unwrap();
+    let buf = c
+        .create_buffer(4096, &CreateOptions::default())
+        .await
+        .unwrap();
+    let sem = c
+        .create_semaphore(0, &CreateOptions::default())
+        .await
+        .unwrap();
     // Warm up, then take the baseline.
     buf.write(0, &[1; 16], &Sync::none()).await.unwrap();
     let fds = d.fd_count();
@@ -55,34 +63,154 @@ async fn bad_requests_get_their_precise_status() {
     let none = Sync::none();
 
     let cases: Vec<(&str, Code, gpushare_client::Error)> = vec![
-        ("size 0", Code::InvalidArgument, c.create_buffer(0, &CreateOptions::default()).await.unwrap_err()),
-        ("size over the limit", Code::InvalidArgument, c.create_buffer((1 << 20) + 1, &CreateOptions::default()).await.unwrap_err()),
-        ("size u64::MAX", Code::InvalidArgument, c.create_buffer(u64::MAX, &CreateOptions::default()).await.unwrap_err()),
-        ("no session, no pin", Code::FailedPrecondition, no_session.create_buffer(16, &CreateOptions::default()).await.unwrap_err()),
-        ("device that does not exist", Code::InvalidArgument, c.create_buffer(16, &CreateOptions { device: 7, ..Default::default() }).await.unwrap_err()),
-        ("name too long", Code::InvalidArgument, c.create_buffer(16, &CreateOptions { name: "x".repeat(200), ..Default::default() }).await.unwrap_err()),
-        ("write past the end", Code::InvalidArgument, buf.write(4090, &[0; 16], &none).await.unwrap_err()),
-        ("write offset overflow", Code::InvalidArgument, buf.write(u64::MAX - 4, &[0; 16], &none).await.unwrap_err()),
-        ("write over max transfer", Code::InvalidArgument, buf.write(0, &vec![0; 65537], &none).await.unwrap_err()),
-        ("read zero length", Code::InvalidArgument, buf.read(0, 0, &none).await.unwrap_err()),
-        ("read length overflow", Code::InvalidArgument, buf.read(8, u64::MAX, &none).await.unwrap_err()),
-        ("fill misaligned", Code::InvalidArgument, buf.fill(2, 8, 0, &none).await.unwrap_err()),
-        ("copy overlapping", Code::InvalidArgument, buf.copy_from(&buf, 0, 8, 16, &none).await.unwrap_err()),
-        ("unknown buffer", Code::NotFound, c.buffer(&forged_buf).read(0, 4, &none).await.unwrap_err()),
-        ("unknown semaphore", Code::NotFound, c.semaphore(&forged_sem).value().await.unwrap_err()),
-        ("malformed id", Code::InvalidArgument, c.buffer("buf-../../etc").read(0, 4, &none).await.unwrap_err()),
-        ("semaphore id used as buffer", Code::InvalidArgument, c.buffer(sem.id()).read(0, 4, &none).await.unwrap_err()),
-        ("unknown wait point", Code::NotFound, buf.read(0, 4, &Sync::none().wait(&forged_sem, 1)).await.unwrap_err()),
-        ("release unknown", Code::NotFound, c.release(&forged_buf).await.unwrap_err()),
-        ("export unknown", Code::NotFound, c.export_ticket(&forged_sem).await.unwrap_err()),
-        ("non-increasing signal", Code::FailedPrecondition, sem.signal(0).await.unwrap_err()),
+        (
+            "size 0",
+            Code::InvalidArgument,
+            c.create_buffer(0, &CreateOptions::default())
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "size over the limit",
+            Code::InvalidArgument,
+            c.create_buffer((1 << 20) + 1, &CreateOptions::default())
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "size u64::MAX",
+            Code::InvalidArgument,
+            c.create_buffer(u64::MAX, &CreateOptions::default())
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "no session, no pin",
+            Code::FailedPrecondition,
+            no_session
+                .create_buffer(16, &CreateOptions::default())
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "device that does not exist",
+            Code::InvalidArgument,
+            c.create_buffer(
+                16,
+                &CreateOptions {
+                    device: 7,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "name too long",
+            Code::InvalidArgument,
+            c.create_buffer(
+                16,
+                &CreateOptions {
+                    name: "x".repeat(200),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "write past the end",
+            Code::InvalidArgument,
+            buf.write(4090, &[0; 16], &none).await.unwrap_err(),
+        ),
+        (
+            "write offset overflow",
+            Code::InvalidArgument,
+            buf.write(u64::MAX - 4, &[0; 16], &none).await.unwrap_err(),
+        ),
+        (
+            "write over max transfer",
+            Code::InvalidArgument,
+            buf.write(0, &vec![0; 65537], &none).await.unwrap_err(),
+        ),
+        (
+            "read zero length",
+            Code::InvalidArgument,
+            buf.read(0, 0, &none).await.unwrap_err(),
+        ),
+        (
+            "read length overflow",
+            Code::InvalidArgument,
+            buf.read(8, u64::MAX, &none).await.unwrap_err(),
+        ),
+        (
+            "fill misaligned",
+            Code::InvalidArgument,
+            buf.fill(2, 8, 0, &none).await.unwrap_err(),
+        ),
+        (
+            "copy overlapping",
+            Code::InvalidArgument,
+            buf.copy_from(&buf, 0, 8, 16, &none).await.unwrap_err(),
+        ),
+        (
+            "unknown buffer",
+            Code::NotFound,
+            c.buffer(&forged_buf).read(0, 4, &none).await.unwrap_err(),
+        ),
+        (
+            "unknown semaphore",
+            Code::NotFound,
+            c.semaphore(&forged_sem).value().await.unwrap_err(),
+        ),
+        (
+            "malformed id",
+            Code::InvalidArgument,
+            c.buffer("buf-../../etc")
+                .read(0, 4, &none)
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "semaphore id used as buffer",
+            Code::InvalidArgument,
+            c.buffer(sem.id()).read(0, 4, &none).await.unwrap_err(),
+        ),
+        (
+            "unknown wait point",
+            Code::NotFound,
+            buf.read(0, 4, &Sync::none().wait(&forged_sem, 1))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "release unknown",
+            Code::NotFound,
+            c.release(&forged_buf).await.unwrap_err(),
+        ),
+        (
+            "export unknown",
+            Code::NotFound,
+            c.export_ticket(&forged_sem).await.unwrap_err(),
+        ),
+        (
+            "non-increasing signal",
+            Code::FailedPrecondition,
+            sem.signal(0).await.unwrap_err(),
+        ),
     ];
     for (what, want, err) in cases {
         assert_eq!(err.code(), Some(want), "{what}: {err}");
     }
     // A forged session header.
-    let mut req = tonic::Request::new(v1::CreateBufferRequest { size: 16, ..Default::default() });
-    req.metadata_mut().insert(gpushare_proto::SESSION_HEADER, "ses-forged".parse().unwrap());
+    let mut req = tonic::Request::new(v1::CreateBufferRequest {
+        size: 16,
+        ..Default::default()
+    });
+    req.metadata_mut().insert(
+        gpushare_proto::SESSION_HEADER,
+        "ses-forged".parse().unwrap(),
+    );
     let e = no_session.grpc().create_buffer(req).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
 
@@ -93,9 +221,16 @@ async fn bad_requests_get_their_precise_status() {
     assert_eq!(stats(&c).await.live_resources, 2);
 }
 
-async fn raw_request(conn: &SeqPacket, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> v1::FdReply {
+async fn raw_request(
+    conn: &SeqPacket,
+    bytes: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> v1::FdReply {
     conn.send(bytes, fds).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), conn.recv()).await.unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), conn.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(got.fds.is_empty(), "an error reply carried descriptors");
     v1::FdReply::decode(&got.bytes[..]).unwrap()
 }
@@ -110,67 +245,129 @@ fn error_code(reply: &v1::FdReply) -> Code {
 #[tokio::test]
 async fn fd_socket_survives_garbage_and_refuses_descriptors() {
     let d = daemon!("");
-    let c = Client::connect_with_session(d.runtime_dir(), "fd hostile").await.unwrap();
-    let buf = c.create_buffer(4096, &CreateOptions::default()).await.unwrap();
+    let c = Client::connect_with_session(d.runtime_dir(), "fd hostile")
+        .await
+        .unwrap();
+    let buf = c
+        .create_buffer(4096, &CreateOptions::default())
+        .await
+        .unwrap();
     let _warm = c.export(buf.id()).await.unwrap();
     let fds = d.fd_count();
     let path = d.runtime_dir().join(gpushare_proto::FD_SOCKET);
     let conn = SeqPacket::connect(&path).await.unwrap();
 
-    let redeem = |t: Vec<u8>| v1::FdRequest { request: Some(v1::fd_request::Request::Redeem(t)) }.encode_to_vec();
+    let redeem = |t: Vec<u8>| {
+        v1::FdRequest {
+            request: Some(v1::fd_request::Request::Redeem(t)),
+        }
+        .encode_to_vec()
+    };
     let valid = redeem(vec![7; 16]);
     let cases: Vec<(&str, Vec<u8>, Code)> = vec![
-        ("garbage", b"\xff\xff\xff\xff garbage \x00\x01".to_vec(), Code::InvalidArgument),
+        (
+            "garbage",
+            b"\xff\xff\xff\xff garbage \x00\x01".to_vec(),
+            Code::InvalidArgument,
+        ),
         ("empty", Vec::new(), Code::InvalidArgument),
-        ("truncated protobuf", valid[..valid.len() - 5].to_vec(), Code::InvalidArgument),
-        ("no request set", v1::FdRequest { request: None }.encode_to_vec(), Code::InvalidArgument),
+        (
+            "truncated protobuf",
+            valid[..valid.len() - 5].to_vec(),
+            Code::InvalidArgument,
+        ),
+        (
+            "no request set",
+            v1::FdRequest { request: None }.encode_to_vec(),
+            Code::InvalidArgument,
+        ),
         ("short ticket", redeem(vec![1, 2, 3]), Code::InvalidArgument),
         ("unknown ticket", valid.clone(), Code::NotFound),
     ];
     for (what, bytes, want) in cases {
-        assert_eq!(error_code(&raw_request(&conn, &bytes, &[]).await), want, "{what}");
+        assert_eq!(
+            error_code(&raw_request(&conn, &bytes, &[]).await),
+            want,
+            "{what}"
+        );
     }
     // Oversized: larger than any request may be. Sent raw: our own sender refuses it.
     {
         use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
         let big = vec![0u8; fdpass::MAX_MESSAGE + 100];
-        sendmsg(&conn, &[std::io::IoSlice::new(&big)], &mut SendAncillaryBuffer::default(), SendFlags::empty()).unwrap();
+        sendmsg(
+            &conn,
+            &[std::io::IoSlice::new(&big)],
+            &mut SendAncillaryBuffer::default(),
+            SendFlags::empty(),
+        )
+        .unwrap();
         let got = conn.recv().await.unwrap();
-        assert_eq!(error_code(&v1::FdReply::decode(&got.bytes[..]).unwrap()), Code::InvalidArgument, "oversized");
+        assert_eq!(
+            error_code(&v1::FdReply::decode(&got.bytes[..]).unwrap()),
+            Code::InvalidArgument,
+            "oversized"
+        );
     }
     // Descriptors sent to the daemon are closed: the pipe reads end-of-file once the daemon
     // dropped the copies it received.
     let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
-    let copies: Vec<OwnedFd> = (0..3).map(|_| rustix::io::dup(&write_end).unwrap()).collect();
+    let copies: Vec<OwnedFd> = (0..3)
+        .map(|_| rustix::io::dup(&write_end).unwrap())
+        .collect();
     let borrowed: Vec<_> = copies.iter().map(|f| f.as_fd()).collect();
     let reply = raw_request(&conn, &valid, &borrowed).await;
-    assert_eq!(error_code(&reply), Code::InvalidArgument, "descriptors sent");
+    assert_eq!(
+        error_code(&reply),
+        Code::InvalidArgument,
+        "descriptors sent"
+    );
     drop(borrowed);
     drop(copies);
     drop(write_end);
     let mut b = [0u8; 1];
-    assert_eq!(rustix::io::read(&read_end, &mut b).unwrap(), 0, "the daemon kept a descriptor it was sent");
+    assert_eq!(
+        rustix::io::read(&read_end, &mut b).unwrap(),
+        0,
+        "the daemon kept a descriptor it was sent"
+    );
 
     // The same connection still redeems a real ticket; tickets are one-time.
     let ticket = c.export_ticket(buf.id()).await.unwrap().ticket;
     conn.send(&redeem(ticket.clone()), &[]).await.unwrap();
     let got = conn.recv().await.unwrap();
     assert_eq!(got.fds.len(), 1);
-    assert!(matches!(v1::FdReply::decode(&got.bytes[..]).unwrap().reply, Some(v1::fd_reply::Reply::Exported(_))));
+    assert!(matches!(
+        v1::FdReply::decode(&got.bytes[..]).unwrap().reply,
+        Some(v1::fd_reply::Reply::Exported(_))
+    ));
     drop(got);
-    assert_eq!(error_code(&raw_request(&conn, &redeem(ticket), &[]).await), Code::NotFound, "replayed ticket");
+    assert_eq!(
+        error_code(&raw_request(&conn, &redeem(ticket), &[]).await),
+        Code::NotFound,
+        "replayed ticket"
+    );
 
     drop(conn);
     let settled = within(Duration::from_secs(2), async || d.fd_count() == fds).await;
-    assert!(settled.is_some(), "daemon descriptors {} != baseline {fds}", d.fd_count());
+    assert!(
+        settled.is_some(),
+        "daemon descriptors {} != baseline {fds}",
+        d.fd_count()
+    );
     assert!(c.info().await.is_ok());
 }
 
 #[tokio::test]
 async fn tickets_expire_and_bind_to_their_uid() {
     let d = daemon!("socket_mode = 0o666\n[limits]\nticket_ttl_ms = 100\n");
-    let c = Client::connect_with_session(d.runtime_dir(), "tickets").await.unwrap();
-    let buf = c.create_buffer(4096, &CreateOptions::default()).await.unwrap();
+    let c = Client::connect_with_session(d.runtime_dir(), "tickets")
+        .await
+        .unwrap();
+    let buf = c
+        .create_buffer(4096, &CreateOptions::default())
+        .await
+        .unwrap();
     let ticket = c.export_ticket(buf.id()).await.unwrap();
     assert_eq!(ticket.ttl_ms, 100);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -187,13 +384,23 @@ async fn tickets_expire_and_bind_to_their_uid() {
     std::fs::copy(bin("gpushare-peer"), &peer).unwrap();
     let (status, _, err) = run(
         Command::new(&peer)
-            .args([d.runtime_dir().to_str().unwrap(), "import-read", &hex::encode(&ticket), "0", "4"])
+            .args([
+                d.runtime_dir().to_str().unwrap(),
+                "import-read",
+                &hex::encode(&ticket),
+                "0",
+                "4",
+            ])
             .uid(65534)
             .gid(65534),
         Duration::from_secs(30),
     );
     assert!(!status.success());
-    assert!(err.to_lowercase().contains("unknown or already redeemed ticket"), "{err}");
+    assert!(
+        err.to_lowercase()
+            .contains("unknown or already redeemed ticket"),
+        "{err}"
+    );
     let exported = c.redeem(&ticket).await.unwrap();
     assert_eq!(exported.info.resource_id, buf.id());
 }
@@ -215,7 +422,9 @@ async fn sigkilled_client_session_ends_and_frees_what_it_held() {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(peer.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(peer.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let ids: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(ids.len(), 2, "{line}");
         let s = stats(&c).await;
@@ -232,10 +441,24 @@ async fn sigkilled_client_session_ends_and_frees_what_it_held() {
         })
         .await;
         let took = took.expect("the dead client's session did not end within 2 s");
-        println!("round {round}: session ended {:?} after SIGKILL (reaped {:?})", took, killed.elapsed());
-        assert!(took < Duration::from_millis(500), "session ended only after {took:?}");
-        assert_eq!(c.describe(ids[0]).await.unwrap_err().code(), Some(Code::NotFound));
+        println!(
+            "round {round}: session ended {:?} after SIGKILL (reaped {:?})",
+            took,
+            killed.elapsed()
+        );
+        assert!(
+            took < Duration::from_millis(500),
+            "session ended only after {took:?}"
+        );
+        assert_eq!(
+            c.describe(ids[0]).await.unwrap_err().code(),
+            Some(Code::NotFound)
+        );
     }
     let settled = within(Duration::from_secs(2), async || d.fd_count() == fds).await;
-    assert!(settled.is_some(), "daemon descriptors {} != baseline {fds}", d.fd_count());
+    assert!(
+        settled.is_some(),
+        "daemon descriptors {} != baseline {fds}",
+        d.fd_count()
+    );
 }

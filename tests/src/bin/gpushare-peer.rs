@@ -4,6 +4,7 @@
 //! gpushare-peer <runtime-dir> import-read  <ticket-hex> <offset> <length>   # prints the bytes as hex
 //! gpushare-peer <runtime-dir> import-write <ticket-hex> <offset> <hex>      # writes through its import
 //! gpushare-peer <runtime-dir> hold <buffer-size>                           # session + buffer + semaphore, then sleeps
+//! gpushare-peer <runtime-dir> sem-signal <ticket-hex> <value> [<delay-ms>]   # imports a semaphore, host-signals it
 //! ```
 //!
 //! `import-*` redeem the ticket on fd.sock, open the Vulkan device named by the UUID in the
@@ -31,11 +32,27 @@ async fn main() -> ExitCode {
         return usage();
     };
     let result = match (cmd.as_str(), rest) {
-        ("import-read", [ticket, offset, len]) => import_rw(dir, ticket, offset.parse().unwrap(), Access::Read(len.parse().unwrap())).await,
+        ("import-read", [ticket, offset, len]) => {
+            import_rw(
+                dir,
+                ticket,
+                offset.parse().unwrap(),
+                Access::Read(len.parse().unwrap()),
+            )
+            .await
+        }
         ("import-write", [ticket, offset, data]) => {
-            import_rw(dir, ticket, offset.parse().unwrap(), Access::Write(hex::decode(data).unwrap())).await
+            import_rw(
+                dir,
+                ticket,
+                offset.parse().unwrap(),
+                Access::Write(hex::decode(data).unwrap()),
+            )
+            .await
         }
         ("hold", [size]) => hold(dir, size.parse().unwrap()).await,
+        ("sem-signal", [ticket, value]) => sem_signal(dir, ticket, value.parse().unwrap(), 0).await,
+        ("sem-signal", [ticket, value, delay]) => sem_signal(dir, ticket, value.parse().unwrap(), delay.parse().unwrap()).await,
         _ => return usage(),
     };
     match result {
@@ -52,7 +69,12 @@ enum Access {
     Write(Vec<u8>),
 }
 
-async fn import_rw(dir: &str, ticket: &str, offset: u64, access: Access) -> Result<(), Box<dyn std::error::Error>> {
+async fn import_rw(
+    dir: &str,
+    ticket: &str,
+    offset: u64,
+    access: Access,
+) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect(dir).await?;
     let exported = client.redeem(&hex::decode(ticket)?).await?;
     let instance = Instance::new("gpushare-peer")?;
@@ -78,5 +100,21 @@ async fn hold(dir: &str, size: u64) -> Result<(), Box<dyn std::error::Error>> {
     writeln!(out, "{} {}", buffer.id(), sem.id())?;
     out.flush()?;
     std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Imports a timeline semaphore into this process's Vulkan device and signals it from the host
+/// (`vkSignalSemaphore` on the import): the daemon sees the new value only through the shared
+/// semaphore, never through a call. Prints the nanoseconds since the epoch at which it signaled.
+async fn sem_signal(dir: &str, ticket: &str, value: u64, delay_ms: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let client = Client::connect(dir).await?;
+    let exported = client.redeem(&hex::decode(ticket)?).await?;
+    let instance = Instance::new("gpushare-peer")?;
+    let device = import::vulkan_device_for(&instance, &exported)?;
+    let sem = import::import_semaphore_vulkan(&device, exported)?;
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    sem.signal(value)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    println!("{}", now.as_nanos());
     Ok(())
 }

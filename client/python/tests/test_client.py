@@ -1,0 +1,528 @@
+"""Tests of the Python client against the real gpushared daemon.
+
+The session-scoped `daemon` fixture starts target/debug/gpushared (or $GPUSHARED) in a temporary
+runtime directory, and stops it with SIGTERM at the end.
+"""
+
+import array
+import fcntl
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PKG_ROOT = os.path.dirname(HERE)  # client/python
+REPO = os.path.normpath(os.path.join(PKG_ROOT, "..", ".."))
+sys.path.insert(0, PKG_ROOT)
+
+import grpc  # noqa: E402
+
+import gpushare  # noqa: E402
+from gpushare import pb  # noqa: E402
+
+# gpushared's exit status when no usable Vulkan loader/driver/device exists.
+EXIT_NO_DEVICE = 3
+NO_DEVICE_MARKERS = (
+    "no Vulkan physical device",
+    "cannot load the Vulkan loader",
+    "ERROR_INCOMPATIBLE_DRIVER",
+)
+
+
+def _require_device() -> bool:
+    return os.environ.get("GPUSHARE_REQUIRE_GPU") == "1" or os.environ.get("GPUSHARE_REQUIRE_VULKAN") == "1"
+
+
+class Daemon:
+    def __init__(self, proc, runtime_dir, log_path):
+        self.proc = proc
+        self.runtime_dir = runtime_dir
+        self.log_path = log_path
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def client(self, **kw) -> gpushare.Client:
+        return gpushare.Client(self.runtime_dir, **kw)
+
+
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory):
+    binary = os.environ.get("GPUSHARED") or os.path.join(REPO, "target", "debug", "gpushared")
+    if not os.access(binary, os.X_OK):
+        pytest.fail(f"gpushared not found at {binary}: run `cargo build -p gpushare-server` or set GPUSHARED")
+    base = tmp_path_factory.mktemp("gpushare")
+    runtime_dir = str(base / "rt")
+    log_path = str(base / "gpushared.log")
+    env = dict(os.environ)
+    env.setdefault("GPUSHARE_LOG", "info")
+    env.setdefault("NO_COLOR", "1")  # the daemon colours its log even when it is not a terminal
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [binary, "--runtime-dir", runtime_dir],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+        )
+    d = Daemon(proc, runtime_dir, log_path)
+    control = os.path.join(runtime_dir, "control.sock")
+    deadline = time.monotonic() + 20.0
+    last_error = None
+    try:
+        while True:
+            rc = proc.poll()
+            if rc is not None:
+                text = d.log()
+                if rc == EXIT_NO_DEVICE or any(m in text for m in NO_DEVICE_MARKERS):
+                    msg = f"SKIP: no Vulkan device: gpushared exited {rc}: {text.strip()[-500:]}"
+                    if _require_device():
+                        pytest.fail(msg + " (GPUSHARE_REQUIRE_GPU/GPUSHARE_REQUIRE_VULKAN is set)")
+                    pytest.skip(msg)
+                pytest.fail(f"gpushared exited {rc} at startup:\n{text}")
+            if os.path.exists(control):
+                try:
+                    with d.client(session=False, timeout=2.0) as c:
+                        c.info()
+                    break
+                except gpushare.GpushareError as e:
+                    last_error = e
+            if time.monotonic() > deadline:
+                pytest.fail(f"gpushared not ready within 20 s (last error: {last_error}):\n{d.log()}")
+            time.sleep(0.05)
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
+
+    yield d
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"gpushared did not exit within 10 s of SIGTERM:\n{d.log()}")
+    assert rc == 0, f"gpushared exited {rc} after SIGTERM:\n{d.log()}"
+
+
+@pytest.fixture
+def client(daemon):
+    with daemon.client(client_name="pytest") as c:
+        yield c
+
+
+@pytest.fixture
+def info(client):
+    return client.info()
+
+
+def assert_code(excinfo, code: grpc.StatusCode):
+    assert excinfo.value.code == code, f"expected {code.name}, got {excinfo.value}"
+
+
+def _fds_linking_to(fragment: str) -> int:
+    """How many of this process's fds point at something whose /proc link contains `fragment`."""
+    n = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if fragment in os.readlink(f"/proc/self/fd/{name}"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def _poll(predicate, timeout=1.0, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+# ---- info ----
+
+
+def test_info_lists_devices(info):
+    assert info.daemon_version
+    assert len(info.devices) >= 1
+    for dev in info.devices:
+        assert len(dev.device_uuid) == 16
+        assert len(dev.driver_uuid) == 16
+    caps = info.devices[0].capabilities
+    assert pb.HANDLE_TYPE_OPAQUE_FD in caps.buffer_export
+    assert info.limits.max_buffer_size > 0
+    assert info.stats.live_sessions >= 1  # this test's own session
+
+
+# ---- buffers, export, zero copy ----
+
+
+def _memfd_payload_offset(fd: int) -> int:
+    """Where the buffer's bytes start inside a lavapipe memory fd.
+
+    Investigated on Mesa 25.0 lavapipe: the exported OPAQUE_FD is a memfd
+    ("memfd:llvmpipe memory fd") made by Mesa's os_malloc_aligned_fd(): it starts with a small
+    header (u64 total fd size, u64 offset of the data, then the driver UUID) and the memory the
+    buffer is bound to starts at that offset (4096), so fstat size = offset + allocation_size +
+    a small tail. A plain pread at offset 0 therefore reads the header, not the pattern; pread at
+    the header's data offset reads exactly the bytes the daemon wrote: the fd is the very memory
+    the daemon's Vulkan device uses (a genuine zero-copy check from Python).
+    """
+    size = os.fstat(fd).st_size
+    header = os.pread(fd, 16, 0)
+    total, offset = struct.unpack("<QQ", header)
+    assert total == size, f"unexpected lavapipe memfd header: total {total} != fstat size {size}"
+    assert 0 < offset < size
+    return offset
+
+
+def test_buffer_write_export_zero_copy(client, info):
+    size = 64 * 1024
+    buf = client.create_buffer(size, name="py-zero-copy")
+    assert buf.kind == pb.RESOURCE_KIND_BUFFER
+    assert buf.id.startswith("buf-")
+    assert buf.buffer.size == size and buf.buffer.allocation_size >= size
+    assert buf.references == 1 and not buf.pinned
+
+    pattern = bytes((i * 7 + 3) & 0xFF for i in range(4096))
+    client.write(buf, 512, pattern)
+    assert client.read(buf, 512, len(pattern)) == pattern
+
+    with client.export(buf) as exp:
+        fd = exp.fd
+        st = os.fstat(fd)
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC, "fd received without CLOEXEC"
+        meta = exp.info
+        assert meta.resource_id == buf.id
+        assert meta.kind == pb.RESOURCE_KIND_BUFFER
+        assert meta.handle_type == pb.HANDLE_TYPE_OPAQUE_FD
+        assert meta.WhichOneof("details") == "buffer"
+        assert meta.buffer.size == size
+        assert meta.buffer.allocation_size >= size
+        assert meta.buffer.allocation_size == buf.buffer.allocation_size
+        assert meta.device_uuid == info.devices[buf.device].device_uuid
+        assert meta.driver_uuid == info.devices[buf.device].driver_uuid
+
+        if info.devices[buf.device].driver_name != "llvmpipe":
+            return  # vendor opaque fds (NVIDIA) are not readable files: import them instead
+        assert "memfd:" in os.readlink(f"/proc/self/fd/{fd}")
+        assert st.st_size >= meta.buffer.allocation_size
+        base = _memfd_payload_offset(fd)
+        assert st.st_size >= base + meta.buffer.allocation_size
+        # Daemon -> Python: bytes written through the daemon are in the fd's memory.
+        assert os.pread(fd, len(pattern), base + 512) == pattern
+        # Still live, not a snapshot: a later daemon write shows up in the same memory...
+        client.fill(buf, 0, 256, 0xA5A5A5A5)
+        assert os.pread(fd, 256, base) == b"\xa5" * 256
+        # ... and Python -> daemon: bytes written into the fd are what the daemon reads.
+        os.pwrite(fd, b"from python", base + 8192)
+        assert client.read(buf, 8192, 11) == b"from python"
+        # Freeing on the daemon's side never breaks an existing import.
+        assert client.release(buf) is True
+        assert os.pread(fd, len(pattern), base + 512) == pattern
+    assert exp.closed
+
+
+def test_fill_and_copy(client):
+    a = client.create_buffer(4096)
+    b = client.create_buffer(4096)
+    client.fill(a, 0, 4096, 0x04030201)
+    client.write(b, 0, b"\xff" * 4096)
+    client.copy(a, 16, b, 1024, 64)
+    out = client.read(b, 1000, 100)
+    assert out == b"\xff" * 24 + bytes([1, 2, 3, 4]) * 16 + b"\xff" * 12
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.read(a, 4000, 200)
+    assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.read(a, 0, 0)
+    assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.write(a, 2**64 - 1, b"xy")
+    assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.fill(a, 2, 8, 0)
+    assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_write_waits_and_signals(client):
+    buf = client.create_buffer(1024)
+    sem = client.create_semaphore(0)
+    errors = []
+
+    def writer():
+        try:
+            client.write(buf, 0, b"synced", wait=[(sem, 1)], signal=[(sem.id, 2)], timeout_ms=5000)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    time.sleep(0.05)
+    assert client.value(sem) == 0  # the write is still waiting for value 1
+    client.signal(sem, 1)
+    assert client.wait(sem, 2, timeout_ms=5000) == 2
+    t.join(5)
+    assert not errors, errors
+    assert client.read(buf, 0, 6) == b"synced"
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.write(buf, 0, b"x", wait=[(sem, 10)], timeout_ms=20)
+    assert_code(e, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+# ---- fd.sock tickets ----
+
+
+def test_redeem_twice_and_bad_tickets(client):
+    buf = client.create_buffer(4096)
+    before = _fds_linking_to("memfd:")
+    ticket = client.export_ticket(buf)
+    assert len(ticket.ticket) == 16 and ticket.ttl_ms > 0
+    with client.redeem(ticket.ticket) as exp:
+        assert exp.info.resource_id == buf.id
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.redeem(ticket.ticket)
+    assert_code(e, grpc.StatusCode.NOT_FOUND)
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.redeem(os.urandom(16))
+    assert_code(e, grpc.StatusCode.NOT_FOUND)
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.redeem(b"abc")
+    assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+    # A ticket for a resource freed since it was issued.
+    t2 = client.export_ticket(buf)
+    assert client.release(buf)
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.redeem(t2.ticket)
+    assert_code(e, grpc.StatusCode.NOT_FOUND)
+    assert _fds_linking_to("memfd:") == before, "a descriptor leaked"
+
+
+def test_semaphore_export_matches_capability(client, info):
+    sem = client.create_semaphore(3)
+    caps = info.devices[sem.device].capabilities
+    assert sem.semaphore.exportable == (pb.HANDLE_TYPE_OPAQUE_FD in caps.timeline_semaphore_export)
+    if sem.semaphore.exportable:
+        with client.export(sem) as exp:
+            assert exp.info.kind == pb.RESOURCE_KIND_SEMAPHORE
+            assert exp.info.semaphore.timeline and exp.info.semaphore.value == 3
+    else:
+        with pytest.raises(gpushare.GpushareError) as e:
+            client.export(sem)
+        assert_code(e, grpc.StatusCode.FAILED_PRECONDITION)
+
+
+# ---- semaphores ----
+
+
+def test_semaphore_signal_wait_value(client):
+    sem = client.create_semaphore(initial=5, name="py-sem")
+    assert sem.kind == pb.RESOURCE_KIND_SEMAPHORE and sem.semaphore.value == 5
+    assert client.value(sem) == 5
+    assert client.signal(sem, 7) == 7
+    assert client.value(sem.id) == 7
+    assert client.wait(sem, 7) == 7
+    assert client.wait(sem, 3, timeout_ms=10) == 7
+    for bad in (7, 6):
+        with pytest.raises(gpushare.GpushareError) as e:
+            client.signal(sem, bad)
+        assert_code(e, grpc.StatusCode.FAILED_PRECONDITION)
+    t0 = time.monotonic()
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.wait(sem, 100, timeout_ms=50)
+    assert_code(e, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert time.monotonic() - t0 >= 0.04
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.wait(sem, 100, timeout_ms=0)  # 0: check once
+    assert_code(e, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    # A wait woken by a signal from another thread.
+    timer = threading.Timer(0.05, client.signal, args=(sem, 9))
+    timer.start()
+    assert client.wait(sem, 9, timeout_ms=5000) >= 9
+    timer.join()
+    assert client.describe(sem).semaphore.value == 9
+
+
+def test_watch(client):
+    sem = client.create_semaphore(initial=1)
+    seen = []
+    with client.watch(sem) as watch:
+        assert next(watch) == 1
+
+        def signaler():
+            for v in (2, 3, 10):
+                time.sleep(0.02)
+                client.signal(sem, v)
+
+        t = threading.Thread(target=signaler)
+        t.start()
+        for v in watch:
+            seen.append(v)
+            if v >= 10:
+                break
+        t.join()
+    assert seen[-1] == 10
+    assert seen == sorted(set(seen)) and set(seen) <= {2, 3, 10}
+    assert list(watch) == []  # cancelled: iteration just ends
+
+
+# ---- errors ----
+
+
+def test_errors(daemon, client):
+    with daemon.client(session=False) as bare:
+        assert bare.session_id is None
+        with pytest.raises(gpushare.GpushareError) as e:
+            bare.create_buffer(4096)
+        assert_code(e, grpc.StatusCode.FAILED_PRECONDITION)
+        with pytest.raises(gpushare.GpushareError) as e:
+            bare.create_semaphore(0)
+        assert_code(e, grpc.StatusCode.FAILED_PRECONDITION)
+        # A pinned buffer needs no session; releasing it without one drops the pin.
+        pinned = bare.create_buffer(4096, pin=True)
+        assert pinned.pinned and pinned.references == 1
+        assert bare.release(pinned) is True
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.create_buffer(0)
+    assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.create_buffer(client.info().limits.max_buffer_size + 1)
+    assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+    for unknown in ("buf-" + "0" * 32, "sem-" + "ab" * 16):
+        with pytest.raises(gpushare.GpushareError) as e:
+            client.describe(unknown)
+        assert_code(e, grpc.StatusCode.NOT_FOUND)
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.value("sem-" + "0" * 32)
+    assert_code(e, grpc.StatusCode.NOT_FOUND)
+    for malformed in ("nonsense", "", "buf-XYZ", "buf-" + "0" * 31):
+        with pytest.raises(gpushare.GpushareError) as e:
+            client.describe(malformed)
+        assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+    # A session id that names no live session.
+    bogus = gpushare.Client(daemon.runtime_dir, session=False)
+    bogus._metadata = ((gpushare.SESSION_HEADER, "0" * 32),)
+    with bogus, pytest.raises(gpushare.GpushareError) as e:
+        bogus.create_buffer(4096)
+    assert_code(e, grpc.StatusCode.FAILED_PRECONDITION)
+
+
+# ---- sessions ----
+
+
+def test_session_close_frees_unpinned(daemon):
+    with daemon.client(session=False) as observer:
+        live = lambda: observer.info().stats.live_resources  # noqa: E731
+        base = live()
+        c = daemon.client(client_name="pytest-session")
+        assert c.session_active and c.session_id
+        unpinned = c.create_buffer(4096)
+        pinned = c.create_buffer(4096, pin=True)
+        assert pinned.references == 2 and pinned.pinned
+        assert {r.id for r in c.list()} >= {unpinned.id, pinned.id}
+        assert live() == base + 2
+        c.close()
+        assert not c.session_active
+        assert _poll(lambda: live() == base + 1, timeout=1.0), f"live_resources {live()} != {base + 1}"
+        with pytest.raises(gpushare.GpushareError) as e:
+            observer.describe(unpinned)
+        assert_code(e, grpc.StatusCode.NOT_FOUND)
+        still = observer.describe(pinned)
+        assert still.pinned and still.references == 1
+        assert observer.release(pinned) is True
+        assert live() == base
+        with pytest.raises(gpushare.GpushareError) as e:
+            observer.release(pinned)
+        assert_code(e, grpc.StatusCode.NOT_FOUND)
+
+
+def test_session_reference_release(client):
+    buf = client.create_buffer(4096, pin=True)
+    assert buf.references == 2
+    assert client.release(buf) is False  # drops the session's reference, the pin stays
+    assert client.describe(buf).references == 1
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.write(buf, 0, b"\0" * 4097)
+    assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+    assert client.release(buf) is True  # no session reference left: drops the pin
+
+
+def test_exported_ownership(client):
+    buf = client.create_buffer(4096)
+    exp = client.export(buf)
+    fd = exp.detach()
+    assert exp.closed
+    exp.close()  # no-op: no longer owns the fd
+    os.fstat(fd)
+    os.close(fd)
+
+
+# ---- fd.sock receive rules, against a fake daemon ----
+
+
+def _fake_fd_server(path, reply: bytes, fds):
+    """Serves one fd.sock request with `reply` and `fds` as SCM_RIGHTS; returns the thread."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    srv.bind(path)
+    srv.listen(1)
+
+    def serve():
+        with srv:
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(4096)
+                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+                conn.sendmsg([reply], anc)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize(
+    "case, nfds, expected",
+    [
+        ("ctrunc", 6, "MSG_CTRUNC"),  # more fds than the client accepts
+        ("trunc", 1, "MSG_TRUNC"),  # a reply longer than the receive buffer
+        ("two_fds", 2, "exactly one descriptor"),
+        ("error_with_fd", 1, "NOT_FOUND"),
+        ("garbage", 1, "undecodable"),
+    ],
+)
+def test_redeem_never_leaks_fds(tmp_path, case, nfds, expected):
+    exported = pb.FdReply(exported=pb.ExportedFd(resource_id="buf-x", kind=pb.RESOURCE_KIND_BUFFER))
+    reply = {
+        "ctrunc": exported.SerializeToString(),
+        "trunc": exported.SerializeToString() + b"\0" * 20000,
+        "two_fds": exported.SerializeToString(),
+        "error_with_fd": pb.FdReply(error=pb.FdError(code=5, message="gone")).SerializeToString(),
+        "garbage": b"\xff\xff\xff\xff",
+    }[case]
+    r, w = os.pipe()
+    try:
+        link = os.readlink(f"/proc/self/fd/{r}")
+        before = _fds_linking_to(link)
+        t = _fake_fd_server(str(tmp_path / "fd.sock"), reply, [r] * nfds)
+        with gpushare.Client(str(tmp_path), session=False) as c:
+            with pytest.raises(gpushare.GpushareError, match=expected) as e:
+                c.redeem(b"t" * 16)
+        t.join(5)
+        if case == "error_with_fd":
+            assert_code(e, grpc.StatusCode.NOT_FOUND)
+        else:
+            assert isinstance(e.value, gpushare.ProtocolError)
+        assert _fds_linking_to(link) == before, "received descriptors were not closed"
+    finally:
+        os.close(r)
+        os.close(w)

@@ -1,0 +1,156 @@
+//! The client's one error type: what failed talking to the daemon, what the daemon refused (with
+//! its gRPC code), and what a reply broke of the protocol.
+
+use std::path::PathBuf;
+
+use gpushare_proto::fdpass::FdPassError;
+
+/// Everything that can go wrong in the client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The control socket could not be reached (no daemon, wrong runtime directory, no access).
+    #[error("cannot connect to {}", path.display())]
+    Connect {
+        /// The control socket's path.
+        path: PathBuf,
+        /// What the transport reported.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The descriptor socket could not be reached.
+    #[error("cannot connect to {}", path.display())]
+    FdConnect {
+        /// The descriptor socket's path.
+        path: PathBuf,
+        /// What the socket layer reported.
+        #[source]
+        source: FdPassError,
+    },
+    /// The daemon (or the gRPC transport) answered a call with an error status.
+    /// (Not a `#[source]`: the status's message is the whole story, and its `Display` repeats
+    /// metadata no user needs.)
+    #[error("{}", status_text(.0))]
+    Status(tonic::Status),
+    /// Sending or receiving on the descriptor socket failed.
+    #[error("descriptor socket")]
+    FdSocket(#[from] FdPassError),
+    /// The daemon refused to redeem an export ticket.
+    #[error("{}", if message.is_empty() { code.description() } else { message.as_str() })]
+    Redeem {
+        /// The daemon's code (`NOT_FOUND` for an unknown or used ticket, `DEADLINE_EXCEEDED`
+        /// for an expired one).
+        code: tonic::Code,
+        /// The daemon's message.
+        message: String,
+    },
+    /// A message from the daemon could not be decoded.
+    #[error("malformed message from the daemon")]
+    Decode(#[from] prost::DecodeError),
+    /// A reply lacks a field the protocol requires.
+    #[error("daemon reply lacks {0}")]
+    MissingField(&'static str),
+    /// A descriptor reply carried a number of descriptors other than one (all were closed).
+    #[error("descriptor reply carried {0} descriptors instead of 1")]
+    FdCount(usize),
+    /// A reply is about another resource than the one asked for.
+    #[error("daemon replied about resource {found:?} instead of {expected:?}")]
+    WrongResource {
+        /// The id asked for.
+        expected: String,
+        /// The id in the reply.
+        found: String,
+    },
+    /// A read returned another number of bytes than asked for.
+    #[error("read returned {got} bytes instead of {expected}")]
+    ShortRead {
+        /// Bytes asked for.
+        expected: u64,
+        /// Bytes received.
+        got: usize,
+    },
+    /// The session id is not valid in a metadata header.
+    #[error("daemon sent a session id that is not a valid header value")]
+    InvalidSessionId,
+    /// An exported descriptor is not of the kind the operation needs.
+    #[error("exported resource is a {found:?}, not a {expected:?}")]
+    WrongKind {
+        /// The kind needed.
+        expected: gpushare_proto::v1::ResourceKind,
+        /// The kind in the metadata (raw value: it may be one this client does not know).
+        found: i32,
+    },
+    /// An exported descriptor has a handle type the importer cannot use.
+    #[error("unsupported handle type {0} for this import")]
+    HandleType(i32),
+    /// A UUID in the metadata is not 16 bytes long.
+    #[error("{what} is {len} bytes long, not 16")]
+    BadUuid {
+        /// Which UUID.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+    },
+    /// Importing a descriptor into Vulkan failed (the descriptor was closed).
+    #[error("Vulkan import failed")]
+    Import(#[from] gpushare_interop::vulkan::Error),
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        Error::Status(status)
+    }
+}
+
+/// The client's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A status's message, or its code's description when the message is empty.
+fn status_text(status: &tonic::Status) -> &str {
+    if status.message().is_empty() {
+        status.code().description()
+    } else {
+        status.message()
+    }
+}
+
+impl Error {
+    /// The gRPC code the daemon answered with, for errors the daemon reported ([`Error::Status`],
+    /// [`Error::Redeem`]); `None` for local and protocol errors.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Error::Status(status) => Some(status.code()),
+            Error::Redeem { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether the daemon could not be reached at all (no socket, nobody listening, refused).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::FdConnect { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_message_or_code() {
+        let e = Error::from(tonic::Status::not_found("no resource abc"));
+        assert_eq!(e.to_string(), "no resource abc");
+        assert_eq!(e.code(), Some(tonic::Code::NotFound));
+        let e = Error::from(tonic::Status::new(tonic::Code::DeadlineExceeded, ""));
+        assert_eq!(e.to_string(), tonic::Code::DeadlineExceeded.description());
+    }
+
+    #[test]
+    fn redeem_code_is_exposed() {
+        let e = Error::Redeem {
+            code: tonic::Code::from_i32(5),
+            message: "ticket expired".into(),
+        };
+        assert_eq!(e.code(), Some(tonic::Code::NotFound));
+        assert_eq!(e.to_string(), "ticket expired");
+        assert_eq!(Error::MissingField("FdReply.reply").code(), None);
+    }
+}

@@ -1,0 +1,172 @@
+//! Redeeming export tickets on `fd.sock`, and the descriptor that comes back with its metadata.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use gpushare_proto::fdpass::{Received, SeqPacket};
+use gpushare_proto::v1;
+use prost::Message;
+
+use crate::{Error, Result};
+
+/// An exported descriptor and everything needed to import it.
+///
+/// Importing takes ownership of `fd` only when it succeeds; the importers in
+/// [`import`](crate::import) take an `Exported` by value and close the descriptor on failure.
+#[derive(Debug)]
+pub struct Exported {
+    /// The descriptor, close-on-exec.
+    pub fd: OwnedFd,
+    /// Its metadata: kind, handle type, device and driver UUIDs, buffer or semaphore details.
+    pub info: v1::ExportedFd,
+}
+
+impl Exported {
+    /// The resource's kind (`Unspecified` for a value this client does not know).
+    pub fn kind(&self) -> v1::ResourceKind {
+        v1::ResourceKind::try_from(self.info.kind).unwrap_or(v1::ResourceKind::Unspecified)
+    }
+
+    /// The descriptor's handle type (`Unspecified` for a value this client does not know).
+    pub fn handle_type(&self) -> v1::HandleType {
+        v1::HandleType::try_from(self.info.handle_type).unwrap_or(v1::HandleType::Unspecified)
+    }
+
+    /// The exporting physical device's UUID.
+    pub fn device_uuid(&self) -> Result<[u8; 16]> {
+        uuid(&self.info.device_uuid, "ExportedFd.device_uuid")
+    }
+
+    /// The exporting driver's UUID.
+    pub fn driver_uuid(&self) -> Result<[u8; 16]> {
+        uuid(&self.info.driver_uuid, "ExportedFd.driver_uuid")
+    }
+}
+
+/// A 16-byte UUID from the wire.
+pub(crate) fn uuid(bytes: &[u8], what: &'static str) -> Result<[u8; 16]> {
+    bytes.try_into().map_err(|_| Error::BadUuid {
+        what,
+        len: bytes.len(),
+    })
+}
+
+/// Connects to the descriptor socket at `path`, redeems `ticket`, and returns the descriptor.
+pub(crate) async fn redeem(path: &Path, ticket: &[u8]) -> Result<Exported> {
+    let socket = SeqPacket::connect(path)
+        .await
+        .map_err(|source| Error::FdConnect {
+            path: path.to_owned(),
+            source,
+        })?;
+    let request = v1::FdRequest {
+        request: Some(v1::fd_request::Request::Redeem(ticket.to_vec())),
+    };
+    socket.send(&request.encode_to_vec(), &[]).await?;
+    parse_reply(socket.recv().await?)
+}
+
+/// Interprets one reply from `fd.sock`. Every descriptor that arrived is closed on every error
+/// path (they are dropped with `received`).
+fn parse_reply(received: Received) -> Result<Exported> {
+    let Received { bytes, mut fds } = received;
+    let reply = v1::FdReply::decode(bytes.as_slice())?;
+    match reply.reply {
+        Some(v1::fd_reply::Reply::Exported(info)) => match (fds.pop(), fds.is_empty()) {
+            (Some(fd), true) => Ok(Exported { fd, info }),
+            (fd, _) => Err(Error::FdCount(fds.len() + usize::from(fd.is_some()))),
+        },
+        Some(v1::fd_reply::Reply::Error(e)) => Err(Error::Redeem {
+            code: tonic::Code::from_i32(e.code),
+            message: e.message,
+        }),
+        None => Err(Error::MissingField("FdReply.reply")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn devnull() -> OwnedFd {
+        std::fs::File::open("/dev/null")
+            .expect("open /dev/null")
+            .into()
+    }
+
+    fn exported_reply() -> Vec<u8> {
+        v1::FdReply {
+            reply: Some(v1::fd_reply::Reply::Exported(v1::ExportedFd {
+                resource_id: "abc".into(),
+                kind: v1::ResourceKind::Buffer as i32,
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn one_fd_is_success() {
+        let got = parse_reply(Received {
+            bytes: exported_reply(),
+            fds: vec![devnull()],
+        })
+        .expect("success");
+        assert_eq!(got.info.resource_id, "abc");
+        assert_eq!(got.kind(), v1::ResourceKind::Buffer);
+    }
+
+    #[test]
+    fn wrong_fd_counts_are_protocol_errors() {
+        for n in [0, 2, 3] {
+            let err = parse_reply(Received {
+                bytes: exported_reply(),
+                fds: (0..n).map(|_| devnull()).collect(),
+            })
+            .expect_err("wrong count");
+            assert!(matches!(err, Error::FdCount(c) if c == n), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn error_reply_carries_code() {
+        let bytes = v1::FdReply {
+            reply: Some(v1::fd_reply::Reply::Error(v1::FdError {
+                code: tonic::Code::NotFound as i32,
+                message: "ticket expired".into(),
+            })),
+        }
+        .encode_to_vec();
+        let err = parse_reply(Received {
+            bytes,
+            fds: vec![devnull()],
+        })
+        .expect_err("error reply");
+        assert_eq!(err.code(), Some(tonic::Code::NotFound));
+    }
+
+    #[test]
+    fn empty_and_garbage_replies() {
+        let err = parse_reply(Received {
+            bytes: Vec::new(),
+            fds: vec![],
+        })
+        .expect_err("empty");
+        assert!(matches!(err, Error::MissingField(_)));
+        let err = parse_reply(Received {
+            bytes: vec![0xff, 0xff, 0xff],
+            fds: vec![],
+        })
+        .expect_err("garbage");
+        assert!(matches!(err, Error::Decode(_)));
+    }
+
+    #[test]
+    fn uuid_length_is_checked() {
+        assert_eq!(uuid(&[7; 16], "u").expect("16 bytes"), [7; 16]);
+        assert!(matches!(
+            uuid(&[7; 15], "u"),
+            Err(Error::BadUuid { len: 15, .. })
+        ));
+    }
+}

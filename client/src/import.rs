@@ -1,0 +1,156 @@
+//! Importing exported descriptors into Vulkan on the exporting physical device.
+//!
+//! Each importer takes the [`Exported`] by value, checks the metadata (kind, handle type, UUID
+//! length) before any driver call, and hands the descriptor to `gpushare-interop`, which checks the
+//! device UUID, usage and memory type before the driver sees them. An import takes ownership of
+//! the descriptor when it succeeds; when it fails, the descriptor is closed.
+//!
+//! Not here: CUDA imports (they come with the interop crate's CUDA layer).
+
+use std::sync::Arc;
+
+use gpushare_interop::vulkan::{
+    BufferImportDesc, Device, DeviceSelector, ImportedBuffer, Instance, TimelineSemaphore,
+};
+use gpushare_proto::v1;
+
+use crate::{Error, Exported, Result};
+
+/// Opens the Vulkan device that exported `exported`, chosen by the device UUID in its metadata.
+pub fn vulkan_device_for(instance: &Arc<Instance>, exported: &Exported) -> Result<Arc<Device>> {
+    let uuid = exported.device_uuid()?;
+    Ok(Device::open(instance, &DeviceSelector::Uuid(uuid))?)
+}
+
+/// Imports an exported buffer's memory into `device` (which must be the exporting physical
+/// device: see [`vulkan_device_for`]), as a buffer of the same size and usage.
+pub fn import_buffer_vulkan(device: &Arc<Device>, exported: Exported) -> Result<ImportedBuffer> {
+    let desc = exported.buffer_import_desc()?;
+    Ok(device.import_buffer(exported.fd, &desc)?)
+}
+
+/// Imports an exported timeline semaphore into `device`.
+pub fn import_semaphore_vulkan(
+    device: &Arc<Device>,
+    exported: Exported,
+) -> Result<TimelineSemaphore> {
+    check_kind(&exported, v1::ResourceKind::Semaphore)?;
+    check_opaque_fd(&exported)?;
+    if !matches!(
+        exported.info.details,
+        Some(v1::exported_fd::Details::Semaphore(v1::SemaphoreImport {
+            timeline: true,
+            ..
+        }))
+    ) {
+        return Err(Error::MissingField("ExportedFd.semaphore.timeline"));
+    }
+    Ok(device.import_timeline_semaphore(exported.fd)?)
+}
+
+impl Exported {
+    /// What a Vulkan importer needs to import this buffer: fails unless this is a buffer exported
+    /// as `OPAQUE_FD` with a 16-byte device UUID and its buffer details.
+    pub fn buffer_import_desc(&self) -> Result<BufferImportDesc> {
+        check_kind(self, v1::ResourceKind::Buffer)?;
+        check_opaque_fd(self)?;
+        let Some(v1::exported_fd::Details::Buffer(buffer)) = &self.info.details else {
+            return Err(Error::MissingField("ExportedFd.buffer"));
+        };
+        Ok(BufferImportDesc {
+            size: buffer.size,
+            allocation_size: buffer.allocation_size,
+            dedicated: buffer.dedicated,
+            memory_type_index: buffer.memory_type_index,
+            usage: buffer.usage,
+            device_uuid: self.device_uuid()?,
+        })
+    }
+}
+
+fn check_kind(exported: &Exported, expected: v1::ResourceKind) -> Result<()> {
+    if exported.info.kind != expected as i32 {
+        return Err(Error::WrongKind {
+            expected,
+            found: exported.info.kind,
+        });
+    }
+    Ok(())
+}
+
+fn check_opaque_fd(exported: &Exported) -> Result<()> {
+    if exported.info.handle_type != v1::HandleType::OpaqueFd as i32 {
+        return Err(Error::HandleType(exported.info.handle_type));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exported(info: v1::ExportedFd) -> Exported {
+        let fd = std::fs::File::open("/dev/null")
+            .expect("open /dev/null")
+            .into();
+        Exported { fd, info }
+    }
+
+    fn buffer_info() -> v1::ExportedFd {
+        v1::ExportedFd {
+            resource_id: "b".into(),
+            kind: v1::ResourceKind::Buffer as i32,
+            handle_type: v1::HandleType::OpaqueFd as i32,
+            device_uuid: vec![3; 16],
+            driver_uuid: vec![4; 16],
+            details: Some(v1::exported_fd::Details::Buffer(v1::BufferImport {
+                size: 1000,
+                allocation_size: 1024,
+                dedicated: true,
+                memory_type_index: 2,
+                usage: 0x3,
+            })),
+        }
+    }
+
+    #[test]
+    fn desc_from_metadata() {
+        let desc = exported(buffer_info())
+            .buffer_import_desc()
+            .expect("valid metadata");
+        assert_eq!(desc.size, 1000);
+        assert_eq!(desc.allocation_size, 1024);
+        assert!(desc.dedicated);
+        assert_eq!(desc.memory_type_index, 2);
+        assert_eq!(desc.usage, 0x3);
+        assert_eq!(desc.device_uuid, [3; 16]);
+    }
+
+    #[test]
+    fn desc_checks_metadata() {
+        let mut info = buffer_info();
+        info.kind = v1::ResourceKind::Semaphore as i32;
+        assert!(matches!(
+            exported(info).buffer_import_desc(),
+            Err(Error::WrongKind { .. })
+        ));
+        let mut info = buffer_info();
+        info.handle_type = v1::HandleType::DmaBuf as i32;
+        assert!(matches!(
+            exported(info).buffer_import_desc(),
+            Err(Error::HandleType(2))
+        ));
+        let mut info = buffer_info();
+        info.device_uuid.pop();
+        assert!(matches!(
+            exported(info).buffer_import_desc(),
+            Err(Error::BadUuid { len: 15, .. })
+        ));
+        let mut info = buffer_info();
+        info.details = None;
+        assert!(matches!(
+            exported(info).buffer_import_desc(),
+            Err(Error::MissingField(_))
+        ));
+    }
+}
