@@ -228,13 +228,21 @@ mod tests {
             Config::from_toml("devcie = \"0\"", p),
             Err(ConfigError::Parse { .. })
         ));
-        let mut c = Config::default();
-        c.socket_mode = 0o1777;
-        assert!(c.validate().is_err());
-        c.socket_mode = 0o060;
-        assert!(c.validate().is_err());
-        c = Config::default();
-        c.limits.ticket_ttl_ms = 0;
-        assert!(c.validate().is_err());
+        let bad = |c: Config| assert!(c.validate().is_err(), "{c:?}");
+        bad(Config {
+            socket_mode: 0o1777,
+            ..Config::default()
+        });
+        bad(Config {
+            socket_mode: 0o060,
+            ..Config::default()
+        });
+        bad(Config {
+            limits: Limits {
+                ticket_ttl_ms: 0,
+                ..Limits::default()
+            },
+            ..Config::default()
+        });
     }
 }

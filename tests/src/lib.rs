@@ -37,12 +37,12 @@ pub fn bin(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("GPUSHARE_BIN_DIR") {
         return PathBuf::from(dir).join(name);
     }
-    // target/<profile>/deps/<test-exe> → target/<profile>/<name>
+    // target/<profile>/deps/<test-exe> or target/<profile>/<bin> → target/<profile>/<name>
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
+    let mut profile_dir = exe.parent().expect("the executable's directory");
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().expect("target/<profile>");
+    }
     let path = profile_dir.join(name);
     assert!(
         path.exists(),

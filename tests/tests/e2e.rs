@@ -405,16 +405,23 @@ fn a_second_daemon_on_the_same_directory_is_refused() {
 #[tokio::test]
 async fn semaphore_signaled_in_another_process_wakes_a_daemon_wait() {
     let d = daemon!();
-    let c = Client::connect_with_session(d.runtime_dir(), "sem export").await.unwrap();
+    let c = Client::connect_with_session(d.runtime_dir(), "sem export")
+        .await
+        .unwrap();
     let info = c.info().await.unwrap();
     let caps = info.devices[0].capabilities.clone().unwrap();
-    let sem = c.create_semaphore(0, &CreateOptions::default()).await.unwrap();
+    let sem = c
+        .create_semaphore(0, &CreateOptions::default())
+        .await
+        .unwrap();
     let exportable = caps
         .timeline_semaphore_export
         .contains(&(gpushare_client::v1::HandleType::OpaqueFd as i32));
     let described = c.describe(sem.id()).await.unwrap();
     match described.details {
-        Some(gpushare_client::v1::resource::Details::Semaphore(s)) => assert_eq!(s.exportable, exportable),
+        Some(gpushare_client::v1::resource::Details::Semaphore(s)) => {
+            assert_eq!(s.exportable, exportable)
+        }
         other => panic!("{other:?}"),
     }
     if !exportable {
@@ -432,10 +439,24 @@ async fn semaphore_signaled_in_another_process_wakes_a_daemon_wait() {
         let ticket = hex::encode(c.export_ticket(sem.id()).await.unwrap().ticket);
         let peer = std::thread::spawn({
             let dir = dir.clone();
-            move || run(Command::new(bin("gpushare-peer")).args([&dir, "sem-signal", &ticket, &round.to_string(), "50"]), Duration::from_secs(30))
+            move || {
+                run(
+                    Command::new(bin("gpushare-peer")).args([
+                        &dir,
+                        "sem-signal",
+                        &ticket,
+                        &round.to_string(),
+                        "50",
+                    ]),
+                    Duration::from_secs(30),
+                )
+            }
         });
         let got = sem.wait(round, Duration::from_secs(20)).await.unwrap();
-        let woke = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let woke = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         assert!(got >= round);
         let (status, out, err) = peer.join().unwrap();
         assert!(status.success(), "peer failed: {err}");
@@ -444,6 +465,12 @@ async fn semaphore_signaled_in_another_process_wakes_a_daemon_wait() {
     }
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let p50 = latencies[latencies.len() / 2];
-    println!("signal in another process -> daemon Wait returns: p50 {p50:.0} us, max {:.0} us", latencies[latencies.len() - 1]);
-    assert!(p50 < 5_000.0, "waits woke {p50} us after the signal: the poller is not polling");
+    println!(
+        "signal in another process -> daemon Wait returns: p50 {p50:.0} us, max {:.0} us",
+        latencies[latencies.len() - 1]
+    );
+    assert!(
+        p50 < 5_000.0,
+        "waits woke {p50} us after the signal: the poller is not polling"
+    );
 }

@@ -52,7 +52,9 @@ async fn main() -> ExitCode {
         }
         ("hold", [size]) => hold(dir, size.parse().unwrap()).await,
         ("sem-signal", [ticket, value]) => sem_signal(dir, ticket, value.parse().unwrap(), 0).await,
-        ("sem-signal", [ticket, value, delay]) => sem_signal(dir, ticket, value.parse().unwrap(), delay.parse().unwrap()).await,
+        ("sem-signal", [ticket, value, delay]) => {
+            sem_signal(dir, ticket, value.parse().unwrap(), delay.parse().unwrap()).await
+        }
         _ => return usage(),
     };
     match result {
@@ -106,7 +108,12 @@ async fn hold(dir: &str, size: u64) -> Result<(), Box<dyn std::error::Error>> {
 /// Imports a timeline semaphore into this process's Vulkan device and signals it from the host
 /// (`vkSignalSemaphore` on the import): the daemon sees the new value only through the shared
 /// semaphore, never through a call. Prints the nanoseconds since the epoch at which it signaled.
-async fn sem_signal(dir: &str, ticket: &str, value: u64, delay_ms: u64) -> Result<(), Box<dyn std::error::Error>> {
+async fn sem_signal(
+    dir: &str,
+    ticket: &str,
+    value: u64,
+    delay_ms: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect(dir).await?;
     let exported = client.redeem(&hex::decode(ticket)?).await?;
     let instance = Instance::new("gpushare-peer")?;
