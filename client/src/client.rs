@@ -4,7 +4,7 @@
 //! `export.rs`.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::export::FdChannel;
 use crate::{Buffer, Error, Exported, Result, Semaphore};
 
 /// Largest gRPC message either side of the client sends or accepts.
@@ -38,14 +39,14 @@ pub struct CreateOptions {
 #[derive(Clone)]
 pub struct Client {
     grpc: GpuShareClient<Channel>,
-    fd_path: PathBuf,
+    fd: Arc<FdChannel>,
     session: Option<Arc<SessionGuard>>,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("fd_path", &self.fd_path)
+            .field("fd", &self.fd)
             .field("session", &self.session_id())
             .finish_non_exhaustive()
     }
@@ -84,7 +85,7 @@ impl Client {
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         Ok(Client {
             grpc,
-            fd_path: dir.join(FD_SOCKET),
+            fd: Arc::new(FdChannel::new(dir.join(FD_SOCKET))),
             session: None,
         })
     }
@@ -265,7 +266,7 @@ impl Client {
 
     /// Redeems an export ticket on the descriptor socket.
     pub async fn redeem(&self, ticket: &[u8]) -> Result<Exported> {
-        crate::export::redeem(&self.fd_path, ticket).await
+        self.fd.redeem(ticket).await
     }
 }
 

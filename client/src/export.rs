@@ -1,9 +1,9 @@
 //! Redeeming export tickets on `fd.sock`, and the descriptor that comes back with its metadata.
 
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::PathBuf;
 
-use gpushare_proto::fdpass::{Received, SeqPacket};
+use gpushare_proto::fdpass::{FdPassError, Received, SeqPacket};
 use gpushare_proto::v1;
 use prost::Message;
 
@@ -51,19 +51,62 @@ pub(crate) fn uuid(bytes: &[u8], what: &'static str) -> Result<[u8; 16]> {
     })
 }
 
-/// Connects to the descriptor socket at `path`, redeems `ticket`, and returns the descriptor.
-pub(crate) async fn redeem(path: &Path, ticket: &[u8]) -> Result<Exported> {
-    let socket = SeqPacket::connect(path)
-        .await
-        .map_err(|source| Error::FdConnect {
-            path: path.to_owned(),
-            source,
-        })?;
-    let request = v1::FdRequest {
-        request: Some(v1::fd_request::Request::Redeem(ticket.to_vec())),
-    };
-    socket.send(&request.encode_to_vec(), &[]).await?;
-    parse_reply(socket.recv().await?)
+/// A client's connection to `fd.sock`, opened on first use and kept for later redeems (the
+/// protocol allows any number of request/reply pairs per connection). Redeems are serialized on
+/// it, so replies cannot cross.
+#[derive(Debug)]
+pub(crate) struct FdChannel {
+    path: PathBuf,
+    conn: tokio::sync::Mutex<Option<SeqPacket>>,
+}
+
+impl FdChannel {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Redeems `ticket`. A kept connection that the daemon closed meanwhile (its idle timeout)
+    /// is replaced once: a request the daemon never read consumed no ticket.
+    pub(crate) async fn redeem(&self, ticket: &[u8]) -> Result<Exported> {
+        let request = v1::FdRequest {
+            request: Some(v1::fd_request::Request::Redeem(ticket.to_vec())),
+        }
+        .encode_to_vec();
+        let mut conn = self.conn.lock().await;
+        let reused = conn.is_some();
+        match self.exchange(&mut conn, &request).await {
+            Err(Error::FdSocket(e)) if reused && is_stale(&e) => {
+                *conn = None;
+                self.exchange(&mut conn, &request).await
+            }
+            other => other,
+        }
+    }
+
+    async fn exchange(&self, conn: &mut Option<SeqPacket>, request: &[u8]) -> Result<Exported> {
+        let socket = match conn.take() {
+            Some(s) => s,
+            None => SeqPacket::connect(&self.path)
+                .await
+                .map_err(|source| Error::FdConnect {
+                    path: self.path.clone(),
+                    source,
+                })?,
+        };
+        socket.send(request, &[]).await?;
+        let received = socket.recv().await?;
+        // Only a connection that completed an exchange is kept.
+        *conn = Some(socket);
+        parse_reply(received)
+    }
+}
+
+/// Whether an fd-socket error means the kept connection was closed by the daemon.
+fn is_stale(e: &FdPassError) -> bool {
+    matches!(e, FdPassError::Closed | FdPassError::Io { .. })
 }
 
 /// Interprets one reply from `fd.sock`. Every descriptor that arrived is closed on every error

@@ -92,6 +92,6 @@ mod tests {
         let u = parse_selector("00112233-4455-6677-8899-aabbccddeeff").unwrap();
         assert!(matches!(u, DeviceSelector::Uuid(b) if b[0] == 0 && b[15] == 0xff));
         assert!(parse_selector("gpu0").is_err());
-        assert!(parse_selector("0011").is_err());
+        assert!(parse_selector("00aa11").is_err());
     }
 }

@@ -462,3 +462,61 @@ async fn sigkilled_client_session_ends_and_frees_what_it_held() {
         d.fd_count()
     );
 }
+
+/// A connection on fd.sock that sends nothing is closed after `fd_idle_timeout_ms`; a client
+/// whose kept connection was closed that way reconnects and redeems as before.
+#[tokio::test]
+async fn idle_fd_connections_are_dropped_and_clients_reconnect() {
+    let d = daemon!("[limits]\nfd_idle_timeout_ms = 100\n");
+    {
+        // Warm-up: the driver creates some state of its own on the first allocation and export.
+        let warm = Client::connect_with_session(d.runtime_dir(), "warm")
+            .await
+            .unwrap();
+        let b = warm
+            .create_buffer(4096, &CreateOptions::default())
+            .await
+            .unwrap();
+        warm.export(b.id()).await.unwrap();
+    }
+    let probe = Client::connect(d.runtime_dir()).await.unwrap();
+    within(Duration::from_secs(2), async || {
+        stats(&probe).await.live_sessions == 0
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fds = d.fd_count();
+    let idle = SeqPacket::connect(&d.runtime_dir().join(gpushare_proto::FD_SOCKET))
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.recv())
+        .await
+        .unwrap();
+    assert!(
+        matches!(closed, Err(fdpass::FdPassError::Closed)),
+        "{closed:?}"
+    );
+    drop(idle);
+
+    let c = Client::connect_with_session(d.runtime_dir(), "reconnect")
+        .await
+        .unwrap();
+    let buf = c
+        .create_buffer(4096, &CreateOptions::default())
+        .await
+        .unwrap();
+    c.export(buf.id()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the daemon drops the kept connection
+    let again = c.export(buf.id()).await.unwrap();
+    assert_eq!(again.info.resource_id, buf.id());
+    drop(again);
+    drop(buf); // a handle holds its client, and with it the session
+    drop(c);
+    let settled = within(Duration::from_secs(2), async || d.fd_count() == fds).await;
+    assert!(
+        settled.is_some(),
+        "daemon descriptors {} vs baseline {fds}",
+        d.fd_count()
+    );
+}
