@@ -244,10 +244,11 @@ impl Client {
         Ok(reply.into_inner().freed)
     }
 
-    /// Exports `id` and redeems the ticket on the descriptor socket at once.
+    /// Exports `id` for this process: one request on the descriptor socket (no ticket), which
+    /// returns a fresh descriptor and its import metadata. To hand a descriptor to another
+    /// process, give it a ticket from [`Client::export_ticket`] instead.
     pub async fn export(&self, id: &str) -> Result<Exported> {
-        let ticket = self.export_ticket(id).await?;
-        let exported = self.redeem(&ticket.ticket).await?;
+        let exported = self.fd.export(id).await?;
         if exported.info.resource_id != id {
             return Err(Error::WrongResource {
                 expected: id.to_owned(),

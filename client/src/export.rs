@@ -68,11 +68,23 @@ impl FdChannel {
         }
     }
 
-    /// Redeems `ticket`. A kept connection that the daemon closed meanwhile (its idle timeout)
-    /// is replaced once: a request the daemon never read consumed no ticket.
+    /// Exports the caller's own resource `id` directly (one round trip, no ticket).
+    pub(crate) async fn export(&self, id: &str) -> Result<Exported> {
+        self.request(v1::fd_request::Request::Export(id.to_owned()))
+            .await
+    }
+
+    /// Redeems `ticket`.
     pub(crate) async fn redeem(&self, ticket: &[u8]) -> Result<Exported> {
+        self.request(v1::fd_request::Request::Redeem(ticket.to_vec()))
+            .await
+    }
+
+    /// Sends one request and reads its reply. A kept connection that the daemon closed meanwhile (its idle timeout)
+    /// is replaced once: a request the daemon never read consumed no ticket.
+    async fn request(&self, request: v1::fd_request::Request) -> Result<Exported> {
         let request = v1::FdRequest {
-            request: Some(v1::fd_request::Request::Redeem(ticket.to_vec())),
+            request: Some(request),
         }
         .encode_to_vec();
         let mut conn = self.conn.lock().await;

@@ -51,6 +51,18 @@ pub struct Caller {
     pub session: Option<String>,
 }
 
+impl Caller {
+    /// A caller known only by uid (fd.sock: peer credentials, no session).
+    pub fn of_uid(uid: u32) -> Self {
+        Self {
+            uid,
+            gid: 0,
+            pid: 0,
+            session: None,
+        }
+    }
+}
+
 impl Daemon {
     /// Builds the state. `max_buffer_size` 0 in the config means the largest heap.
     pub fn new(config: Config, devices: Vec<DeviceSlot>, waits: Arc<WaitService>) -> Self {

@@ -1,5 +1,5 @@
-//! fd.sock: redeems export tickets and sends each resource's descriptor with its import
-//! metadata as `SCM_RIGHTS`.
+//! fd.sock: redeems export tickets (and direct exports of the caller's own resources) and sends
+//! each resource's descriptor with its import metadata as `SCM_RIGHTS`.
 //!
 //! One request message in, one reply out, any number of times per connection. Malformed,
 //! empty, oversized or truncated requests, and requests that carry descriptors (closed at
@@ -15,7 +15,7 @@ use gpushare_proto::v1;
 use prost::Message;
 use tokio_util::task::TaskTracker;
 
-use crate::daemon::Daemon;
+use crate::daemon::{Caller, Daemon};
 use crate::error::{chain, Error, Result};
 use crate::registry::Object;
 
@@ -114,12 +114,22 @@ fn handle(d: &Daemon, uid: u32, bytes: &[u8]) -> Result<(v1::ExportedFd, OwnedFd
         return Err(Error::BadFdRequest("empty message"));
     }
     let req = v1::FdRequest::decode(bytes).map_err(|_| Error::BadFdRequest("not an FdRequest"))?;
-    let ticket = match req.request {
-        Some(v1::fd_request::Request::Redeem(t)) => t,
+    let snap = match req.request {
+        Some(v1::fd_request::Request::Redeem(ticket)) => {
+            let id = d.tickets.redeem(&ticket, uid)?;
+            d.registry.get(&id, uid)?
+        }
+        Some(v1::fd_request::Request::Export(id)) => {
+            let snap = d.resource(&id, &Caller::of_uid(uid))?;
+            if let Object::Semaphore(s) = &snap.resource.object {
+                if !s.exportable() {
+                    return Err(Error::NotExportable(id));
+                }
+            }
+            snap
+        }
         None => return Err(Error::BadFdRequest("no request set")),
     };
-    let id = d.tickets.redeem(&ticket, uid)?;
-    let snap = d.registry.get(&id, uid)?;
     let r = &snap.resource;
     let info = d.device(r.device)?.info();
     let handle_type = crate::service::handle_type(gpushare_interop::vulkan::HandleType::OpaqueFd);

@@ -427,6 +427,12 @@ async fn semaphore_signaled_in_another_process_wakes_a_daemon_wait() {
     if !exportable {
         let e = c.export_ticket(sem.id()).await.unwrap_err();
         assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+        let e = c.export(sem.id()).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(Code::FailedPrecondition),
+            "direct export: {e}"
+        );
         if gpushare_tests::gpu_required() {
             panic!("GPUSHARE_REQUIRE_GPU=1 but the device cannot export timeline semaphores");
         }

@@ -263,6 +263,12 @@ async fn fd_socket_survives_garbage_and_refuses_descriptors() {
         }
         .encode_to_vec()
     };
+    let export = |id: String| {
+        v1::FdRequest {
+            request: Some(v1::fd_request::Request::Export(id)),
+        }
+        .encode_to_vec()
+    };
     let valid = redeem(vec![7; 16]);
     let cases: Vec<(&str, Vec<u8>, Code)> = vec![
         (
@@ -283,6 +289,16 @@ async fn fd_socket_survives_garbage_and_refuses_descriptors() {
         ),
         ("short ticket", redeem(vec![1, 2, 3]), Code::InvalidArgument),
         ("unknown ticket", valid.clone(), Code::NotFound),
+        (
+            "direct export, unknown id",
+            export(format!("buf-{}", "ab".repeat(16))),
+            Code::NotFound,
+        ),
+        (
+            "direct export, malformed id",
+            export("buf-/../x".into()),
+            Code::InvalidArgument,
+        ),
     ];
     for (what, bytes, want) in cases {
         assert_eq!(

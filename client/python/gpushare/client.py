@@ -468,13 +468,20 @@ class Client:
         """The Export RPC alone: a one-time ticket (and its TTL) to pass to :meth:`redeem`."""
         return self._call("Export", gpushare_pb2.ResourceRef(id=_rid(resource)))
 
-    def export(self, resource: ResourceId) -> Exported:
-        """Export + redeem: the resource's descriptor and its import metadata."""
-        return self.redeem(self.export_ticket(resource).ticket)
+    def export(self, resource: ResourceId, timeout: Optional[float] = 10.0) -> Exported:
+        """The resource's descriptor and its import metadata, for this process: one request on
+        fd.sock (no ticket). To hand a descriptor to another process, pass it a ticket from
+        :meth:`export_ticket`, which that process redeems with :meth:`redeem`."""
+        request = gpushare_pb2.FdRequest(export=_rid(resource)).SerializeToString()
+        return self._fd_request(request, timeout)
 
     def redeem(self, ticket: bytes, timeout: Optional[float] = 10.0) -> Exported:
         """Redeems an Export ticket on fd.sock. Raises GpushareError with the daemon's code."""
         request = gpushare_pb2.FdRequest(redeem=bytes(ticket)).SerializeToString()
+        return self._fd_request(request, timeout)
+
+    def _fd_request(self, request: bytes, timeout: Optional[float]) -> Exported:
+        """One request/reply on a fresh fd.sock connection."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
             sock.settimeout(timeout)
             try:

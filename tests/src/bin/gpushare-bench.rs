@@ -26,9 +26,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gpushare_client::{Client, CreateOptions};
-use gpushare_proto::fdpass::SeqPacket;
 use gpushare_tests::{TempDir, TestDaemon};
-use prost::Message;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
@@ -264,8 +262,7 @@ async fn measure(daemon: &TestDaemon, machine: &mut Value) -> BenchResult<(Vec<R
         drop(session.export(&buffer_id).await?);
     }
     let (mut full, mut ticket_lat, mut redeem_lat) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut reused_full, mut reused_redeem) = (Vec::new(), Vec::new());
-    let fd_conn = SeqPacket::connect(&dir.join(gpushare_proto::FD_SOCKET)).await?;
+    let mut ticket_path = Vec::new();
     const EBLOCK: usize = 500;
     for _ in 0..EXPORT_N / EBLOCK {
         tokio::task::block_in_place(|| echo.round_trips(EBLOCK, &mut echo_lat));
@@ -283,20 +280,10 @@ async fn measure(daemon: &TestDaemon, machine: &mut Value) -> BenchResult<(Vec<R
             let t2 = Instant::now();
             ticket_lat.push(t1 - t0);
             redeem_lat.push(t2 - t1);
+            ticket_path.push(t2 - t0);
             drop(exported);
         }
-        for _ in 0..EBLOCK {
-            let t0 = Instant::now();
-            let ticket = session.export_ticket(&buffer_id).await?;
-            let t1 = Instant::now();
-            let fd = redeem_on(&fd_conn, &ticket.ticket, &buffer_id).await?;
-            let t2 = Instant::now();
-            reused_full.push(t2 - t0);
-            reused_redeem.push(t2 - t1);
-            drop(fd);
-        }
     }
-    drop(fd_conn);
 
     // Stats and rows of 1 (baseline B was sampled alongside 1 and 2), then of 2.
     drop(echo);
@@ -356,11 +343,10 @@ async fn measure(daemon: &TestDaemon, machine: &mut Value) -> BenchResult<(Vec<R
     let full = Stats::of(full);
     let ticket_lat = Stats::of(ticket_lat);
     let redeem_lat = Stats::of(redeem_lat);
-    let reused_full = Stats::of(reused_full);
-    let reused_redeem = Stats::of(reused_redeem);
+    let ticket_path = Stats::of(ticket_path);
     let eratio = full.p50 / echo.p50;
     rows.push(Row::new(
-        "Export RTT p50 (1 MiB buffer)",
+        "Export RTT p50 (client.export, 1 MiB)",
         us(full.p50),
         format!("{} (raw UDS echo)", us(echo.p50)),
         Some(eratio),
@@ -374,7 +360,19 @@ async fn measure(daemon: &TestDaemon, machine: &mut Value) -> BenchResult<(Vec<R
         Some(full.p99 / echo.p99),
     ));
     rows.push(Row::info(
-        "  Export call alone p50",
+        "  vkGetMemoryFdKHR + close in-process p50",
+        us(driver.memory_fd.p50),
+        "-".into(),
+        None,
+    ));
+    rows.push(Row::info(
+        "Ticket path p50 (Export RPC + redeem)",
+        us(ticket_path.p50),
+        format!("{} (raw UDS echo)", us(echo.p50)),
+        Some(ticket_path.p50 / echo.p50),
+    ));
+    rows.push(Row::info(
+        "  Export RPC alone p50",
         us(ticket_lat.p50),
         format!("{} (bare tonic unary)", us(health_lat.p50)),
         Some(ticket_lat.p50 / health_lat.p50),
@@ -385,35 +383,17 @@ async fn measure(daemon: &TestDaemon, machine: &mut Value) -> BenchResult<(Vec<R
         format!("{} (raw UDS echo)", us(echo.p50)),
         Some(redeem_lat.p50 / echo.p50),
     ));
-    rows.push(Row::info(
-        "  vkGetMemoryFdKHR + close in-process p50",
-        us(driver.memory_fd.p50),
-        "-".into(),
-        None,
-    ));
-    rows.push(Row::info(
-        "  redeem, fd.sock connection reused p50",
-        us(reused_redeem.p50),
-        format!("{} (raw UDS echo)", us(echo.p50)),
-        Some(reused_redeem.p50 / echo.p50),
-    ));
-    rows.push(Row::info(
-        "  Export RTT p50 if fd.sock conn reused",
-        us(reused_full.p50),
-        format!("{} (raw UDS echo)", us(echo.p50)),
-        Some(reused_full.p50 / echo.p50),
-    ));
     details.insert(
         "export_rtt".into(),
         json!({
             "buffer_bytes": EXPORT_BUFFER,
             "target": full.json(),
-            "export_call_only": ticket_lat.json(),
+            "what": "client.export(): one request on the client's kept fd.sock connection (FdRequest.export), descriptor received",
+            "ticket_path": ticket_path.json(),
+            "ticket_path_what": "Export RPC (ticket) + redeem on the kept fd.sock connection: how a descriptor is handed to another process",
+            "export_rpc_only": ticket_lat.json(),
             "redeem_only": redeem_lat.json(),
             "driver_vkGetMemoryFdKHR_and_close_in_process": driver.memory_fd.json(),
-            "redeem_reused_connection": reused_redeem.json(),
-            "export_with_reused_connection": reused_full.json(),
-            "note": "Client::redeem connects to fd.sock per call; the *_reused_* figures redeem on one SeqPacket connection held by the bench (the protocol allows reuse), not through the client",
             "baseline": {"label": "raw Unix-socket echo round trip (baseline B)", "stats": echo.json()},
             "ratio_p50": eratio,
             "target_ratio": EXPORT_MAX_RATIO,
@@ -714,27 +694,6 @@ fn pin_to(cpu: Option<usize>) {
         let mut set = rustix::thread::CpuSet::new();
         set.set(cpu);
         let _ = rustix::thread::sched_setaffinity(None, &set);
-    }
-}
-
-/// Redeems `ticket` on an open fd.sock connection (what `Client::redeem` does on a fresh one);
-/// returns the descriptor after checking that it is `id`'s.
-async fn redeem_on(conn: &SeqPacket, ticket: &[u8], id: &str) -> BenchResult<std::os::fd::OwnedFd> {
-    let request = gpushare_client::v1::FdRequest {
-        request: Some(gpushare_client::v1::fd_request::Request::Redeem(
-            ticket.to_vec(),
-        )),
-    };
-    conn.send(&request.encode_to_vec(), &[]).await?;
-    let mut received = conn.recv().await?;
-    let reply = gpushare_client::v1::FdReply::decode(received.bytes.as_slice())?;
-    match (reply.reply, received.fds.pop()) {
-        (Some(gpushare_client::v1::fd_reply::Reply::Exported(e)), Some(fd))
-            if e.resource_id == id && received.fds.is_empty() =>
-        {
-            Ok(fd)
-        }
-        (r, _) => Err(format!("redeem failed: {r:?}").into()),
     }
 }
 
