@@ -143,11 +143,10 @@ fn handle(d: &Daemon, uid: u32, bytes: &[u8]) -> Result<(v1::ExportedFd, OwnedFd
                 memory_type_index: b.memory_type_index(),
                 usage: b.usage(),
             }),
-            b.export_fd()
-                .map_err(Error::gpu("exporting buffer memory"))?,
+            r.take_fd().map_err(Error::gpu("exporting buffer memory"))?,
         ),
         Object::Semaphore(s) => {
-            let fd = s.export_fd().map_err(Error::gpu("exporting a semaphore"))?;
+            let fd = r.take_fd().map_err(Error::gpu("exporting a semaphore"))?;
             let value = s.value().map_err(Error::gpu("reading a semaphore value"))?;
             (
                 v1::ResourceKind::Semaphore,

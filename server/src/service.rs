@@ -515,14 +515,7 @@ impl Service {
         let slot = self.d.device(device)?;
         let started = Instant::now();
         let (prefix, object) = make(slot)?;
-        let resource = Resource {
-            id: ids::new_id(prefix),
-            name,
-            device,
-            owner_uid: caller.uid,
-            created: Instant::now(),
-            object,
-        };
+        let resource = Resource::new(ids::new_id(prefix), name, device, caller.uid, object);
         tracing::debug!(id = %resource.id, uid = caller.uid, us = started.elapsed().as_micros() as u64, "resource created");
         let snap = self
             .d

@@ -83,14 +83,18 @@ impl std::fmt::Debug for WaitService {
 }
 
 /// How long the poller sleeps, given the age of its youngest pending wait (None: only watches).
+///
+/// Reading a counter costs well under a microsecond; what polling costs is the poller's
+/// wake-ups. Young waits (a pipeline's next frame) get a 20 µs cadence; a wait that has gone
+/// on for seconds costs one wake-up per millisecond.
 pub fn poll_interval(youngest_wait: Option<Duration>) -> Duration {
     match youngest_wait {
         None => Duration::from_millis(1),
-        Some(age) if age < Duration::from_millis(1) => Duration::from_micros(20),
-        Some(age) if age < Duration::from_millis(10) => Duration::from_micros(50),
-        Some(age) if age < Duration::from_millis(100) => Duration::from_micros(200),
-        Some(age) if age < Duration::from_secs(1) => Duration::from_millis(1),
-        Some(_) => Duration::from_millis(4),
+        Some(age) if age < Duration::from_millis(2) => Duration::from_micros(20),
+        Some(age) if age < Duration::from_millis(20) => Duration::from_micros(50),
+        Some(age) if age < Duration::from_millis(200) => Duration::from_micros(100),
+        Some(age) if age < Duration::from_secs(2) => Duration::from_micros(250),
+        Some(_) => Duration::from_millis(1),
     }
 }
 
