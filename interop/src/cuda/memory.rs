@@ -1,0 +1,271 @@
+//! Memory helpers over raw device pointers (the seed's `memcpy*` / `memset` on imported memory),
+//! and [`PinnedBuffer`], page-locked host memory for staging.
+//!
+//! For memory CUDA allocates itself, use cudarc: `CudaStream::alloc_zeros`, `memcpy_htod`,
+//! `memcpy_dtoh`, `memcpy_dtod`, `memset_zeros` (the seed's `mallocDevice`, `freeDevice`,
+//! `memcpy*`, `memset`), and [`CudaDevice::synchronize`] for `deviceSynchronize`. The helpers
+//! here exist for pointers cudarc does not own: [`ExternalMemory`](super::ExternalMemory)
+//! mappings, and [`DeviceAllocation`], plain `cuMemAlloc` memory. cudarc allocates from the
+//! stream-ordered pool (`cuMemAllocAsync`) where the device has one, and stream memory operations
+//! reject pool memory (`CUDA_ERROR_INVALID_VALUE` from `cuStreamWaitValue64`, seen on the H100).
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use cudarc::driver::{sys, CudaStream};
+
+use super::device::{bind, CudaDevice};
+use super::error::{check, Error, Result};
+
+/// Enqueues on `stream` a copy of `src` to device address `dst`.
+///
+/// From pageable memory the driver stages `src` before returning; from pinned memory (a
+/// [`PinnedBuffer`]) the copy reads it asynchronously.
+///
+/// # Safety
+///
+/// `dst..dst + src.len()` is device memory accessible to `stream`'s context, valid until the
+/// copy has executed; if `src` is pinned, it stays valid and unmodified until then.
+pub unsafe fn copy_htod(stream: &CudaStream, dst: u64, src: &[u8]) -> Result<()> {
+    if src.is_empty() {
+        return Ok(());
+    }
+    bind(stream.context())?;
+    // SAFETY: the context is current, the stream live; `src` is readable for its length; the
+    // caller guarantees `dst` and the pinned-source lifetime.
+    check("cuMemcpyHtoDAsync", unsafe {
+        sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr().cast(), src.len(), stream.cu_stream())
+    })
+}
+
+/// Enqueues on `stream` a copy of `dst.len()` bytes from device address `src` into `dst`.
+///
+/// # Safety
+///
+/// `src..src + dst.len()` is device memory accessible to `stream`'s context, valid until the
+/// copy has executed; `dst` stays valid, and is neither read nor written, until the stream has
+/// passed the copy (synchronize it first).
+pub unsafe fn copy_dtoh(stream: &CudaStream, src: u64, dst: &mut [u8]) -> Result<()> {
+    if dst.is_empty() {
+        return Ok(());
+    }
+    bind(stream.context())?;
+    // SAFETY: the context is current, the stream live; `dst` is writable for its length; the
+    // caller guarantees `src` and that `dst` outlives the copy.
+    check("cuMemcpyDtoHAsync", unsafe {
+        sys::cuMemcpyDtoHAsync_v2(dst.as_mut_ptr().cast(), src, dst.len(), stream.cu_stream())
+    })
+}
+
+/// Enqueues on `stream` a copy of `len` bytes from device address `src` to `dst`.
+///
+/// # Safety
+///
+/// Both ranges are device memory accessible to `stream`'s context, valid until the copy has
+/// executed, and do not overlap.
+pub unsafe fn copy_dtod(stream: &CudaStream, dst: u64, src: u64, len: u64) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    bind(stream.context())?;
+    // SAFETY: the context is current, the stream live; the caller guarantees the ranges.
+    check("cuMemcpyDtoDAsync", unsafe {
+        sys::cuMemcpyDtoDAsync_v2(dst, src, len as usize, stream.cu_stream())
+    })
+}
+
+/// Enqueues on `stream` a fill of `count` 32-bit words from device address `ptr` with `value`.
+/// [`Error::InvalidValue`] unless `ptr` is 4-byte aligned.
+///
+/// # Safety
+///
+/// `ptr..ptr + 4 * count` is device memory accessible to `stream`'s context, valid until the
+/// fill has executed.
+pub unsafe fn memset_d32(stream: &CudaStream, ptr: u64, value: u32, count: usize) -> Result<()> {
+    if ptr % 4 != 0 {
+        return Err(Error::InvalidValue {
+            what: "memset address",
+            value: ptr,
+            reason: "must be 4-byte aligned",
+        });
+    }
+    if count == 0 {
+        return Ok(());
+    }
+    bind(stream.context())?;
+    // SAFETY: the context is current, the stream live, `ptr` aligned; the caller guarantees the
+    // range.
+    check("cuMemsetD32Async", unsafe {
+        sys::cuMemsetD32Async(ptr, value, count, stream.cu_stream())
+    })
+}
+
+/// Device memory from `cuMemAlloc` (not from a pool), freed with `cuMemFree` in `Drop`. Its
+/// contents start undefined. Use it where pool memory does not do: stream memory operations.
+pub struct DeviceAllocation {
+    device: Arc<CudaDevice>,
+    ptr: sys::CUdeviceptr,
+    len: u64,
+}
+
+impl fmt::Debug for DeviceAllocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceAllocation")
+            .field("ptr", &format_args!("{:#x}", self.ptr))
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl DeviceAllocation {
+    /// Allocates `len` bytes (`len > 0`) of device memory.
+    pub fn new(device: &Arc<CudaDevice>, len: u64) -> Result<DeviceAllocation> {
+        let bytes = usize::try_from(len)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or(Error::InvalidValue {
+                what: "device allocation length",
+                value: len,
+                reason: "must be positive and fit in usize",
+            })?;
+        device.bind()?;
+        let mut ptr: sys::CUdeviceptr = 0;
+        // SAFETY: the context is current; `ptr` is a valid out-pointer.
+        check("cuMemAlloc", unsafe { sys::cuMemAlloc_v2(&mut ptr, bytes) })?;
+        Ok(DeviceAllocation {
+            device: Arc::clone(device),
+            ptr,
+            len,
+        })
+    }
+
+    /// The device pointer, valid while `self` lives.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Never: an allocation is never empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for DeviceAllocation {
+    fn drop(&mut self) {
+        if let Err(e) = self.device.bind() {
+            tracing::error!(error = %e, "leaking device memory: cannot bind its context");
+            return;
+        }
+        // SAFETY: the context is current; `ptr` came from cuMemAlloc and is freed once (cuMemFree
+        // waits for work in flight that uses it).
+        if let Err(e) = check("cuMemFree", unsafe { sys::cuMemFree_v2(self.ptr) }) {
+            tracing::warn!(error = %e, "freeing device memory");
+        }
+    }
+}
+
+/// Page-locked host memory (`cuMemHostAlloc`, freed with `cuMemFreeHost` in `Drop`), for
+/// staging uploads and downloads at full bandwidth. Zeroed on creation.
+///
+/// Asynchronous copies from or to it must have completed before it is written, read or dropped.
+pub struct PinnedBuffer {
+    device: Arc<CudaDevice>,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the buffer owns its host memory exclusively (like a `Box<[u8]>`); `&self` gives only
+// shared reads, `&mut self` exclusive access; freeing makes the context current first.
+unsafe impl Send for PinnedBuffer {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for PinnedBuffer {}
+
+impl fmt::Debug for PinnedBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedBuffer")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl PinnedBuffer {
+    /// Allocates `len` bytes (`len > 0`) of pinned memory, usable by all contexts (PORTABLE).
+    pub fn new(device: &Arc<CudaDevice>, len: usize) -> Result<PinnedBuffer> {
+        if len == 0 || len > isize::MAX as usize {
+            return Err(Error::InvalidValue {
+                what: "pinned buffer length",
+                value: len as u64,
+                reason: "must be positive and fit in isize",
+            });
+        }
+        device.bind()?;
+        let mut raw: *mut std::ffi::c_void = std::ptr::null_mut();
+        // SAFETY: the context is current; `raw` is a valid out-pointer; the flags are documented.
+        check("cuMemHostAlloc", unsafe {
+            sys::cuMemHostAlloc(&mut raw, len, sys::CU_MEMHOSTALLOC_PORTABLE)
+        })?;
+        let ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(|| Error::Call {
+            call: "cuMemHostAlloc",
+            code: sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY as i32,
+            name: "CUDA_ERROR_OUT_OF_MEMORY".to_owned(),
+            description: "the driver returned a null pointer".to_owned(),
+        })?;
+        // SAFETY: `ptr` points to `len` writable bytes just allocated for us alone.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+        Ok(PinnedBuffer {
+            device: Arc::clone(device),
+            ptr,
+            len,
+        })
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never: a pinned buffer is never empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The host address (for asynchronous copies).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Its bytes (no asynchronous copy into it may be pending).
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len` initialized bytes (zeroed at creation) owned by `self`;
+        // the shared borrow of `self` prevents writes through `as_mut_slice`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Its bytes, writable (no asynchronous copy from or into it may be pending).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, with exclusive access through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for PinnedBuffer {
+    fn drop(&mut self) {
+        if let Err(e) = self.device.bind() {
+            tracing::error!(error = %e, "leaking pinned host memory: cannot bind its context");
+            return;
+        }
+        // SAFETY: the context is current; `ptr` came from cuMemHostAlloc and is freed once.
+        if let Err(e) = check("cuMemFreeHost", unsafe {
+            sys::cuMemFreeHost(self.ptr.as_ptr().cast())
+        }) {
+            tracing::warn!(error = %e, "freeing pinned host memory");
+        }
+    }
+}

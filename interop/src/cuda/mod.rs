@@ -1,0 +1,31 @@
+//! CUDA: loading the driver, device enumeration and matching with Vulkan devices, external
+//! memory and timeline semaphore imports, stream memory operations, and memory helpers over
+//! imported memory (Falcor's `CudaUtils`).
+//!
+//! Driver API only, loaded at run time (cudarc with `dynamic-loading`): a host without CUDA
+//! builds and runs, and every entry point returns [`Error::NotPresent`] there. Three layers, as
+//! in cudarc: `cudarc::driver::sys` → thin `unsafe fn`s returning [`Result`] (one per call,
+//! through one checked path) → safe types that release their handle in `Drop`.
+//!
+//! Not here: mipmapped arrays and surfaces (images), the daemon's executor, client helpers.
+
+mod device;
+mod error;
+mod external_memory;
+mod external_semaphore;
+mod loader;
+mod matching;
+pub mod memops;
+mod memory;
+
+pub use device::{devices, CudaDevice, CudaDeviceInfo};
+pub use error::{Error, Result};
+pub use external_memory::{ExternalMemory, MappedBuffer};
+pub use external_semaphore::ExternalSemaphore;
+pub use loader::{driver_version, is_present};
+pub use matching::{match_device, MatchMethod};
+pub use memory::{copy_dtod, copy_dtoh, copy_htod, memset_d32, DeviceAllocation, PinnedBuffer};
+
+/// Re-exported so callers can use cudarc's safe API (streams, allocations, copies) and raw
+/// handles without a cudarc dependency of their own, at the same version.
+pub use cudarc;
