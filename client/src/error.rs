@@ -93,6 +93,35 @@ pub enum Error {
     /// Importing a descriptor into Vulkan failed (the descriptor was closed).
     #[error("Vulkan import failed")]
     Import(#[from] gpushare_interop::vulkan::Error),
+    /// The CUDA device that is the exporting GPU cannot be opened in this process: no CUDA, no
+    /// device, or `CUDA_VISIBLE_DEVICES` hides it.
+    #[error("cannot open the CUDA device with UUID {uuid} (the GPU that exported the descriptor)")]
+    CudaDevice {
+        /// The exporting GPU's UUID, from the descriptor's metadata.
+        uuid: crate::cuda::Uuid,
+        /// What the CUDA layer reported.
+        #[source]
+        source: gpushare_interop::cuda::Error,
+    },
+    /// A descriptor was about to be imported into a CUDA device other than the exporting GPU.
+    #[error("descriptor exported by GPU {exported} cannot be imported into CUDA device {device}")]
+    WrongDevice {
+        /// The exporting GPU's UUID.
+        exported: crate::cuda::Uuid,
+        /// The UUID of the CUDA device asked to import it.
+        device: crate::cuda::Uuid,
+    },
+    /// A buffer's metadata gives a size that is zero or larger than its allocation.
+    #[error("buffer size {size} does not fit its allocation of {allocation_size} bytes")]
+    BufferSize {
+        /// The buffer's size.
+        size: u64,
+        /// The memory object's size.
+        allocation_size: u64,
+    },
+    /// A CUDA call failed: an import (the descriptor was closed), a mapping, a stream operation.
+    #[error("CUDA call failed")]
+    Cuda(#[from] gpushare_interop::cuda::Error),
 }
 
 impl From<tonic::Status> for Error {

@@ -5,7 +5,7 @@
 //! device UUID, usage and memory type before the driver sees them. An import takes ownership of
 //! the descriptor when it succeeds; when it fails, the descriptor is closed.
 //!
-//! Not here: CUDA imports (they come with the interop crate's CUDA layer).
+//! CUDA imports are in [`crate::cuda`].
 
 use std::sync::Arc;
 

@@ -4,7 +4,8 @@
 //! `control.sock` for every control call, and `fd.sock` (`SOCK_SEQPACKET` + `SCM_RIGHTS`) to
 //! redeem export tickets for file descriptors. Typed handles ([`Buffer`], [`Semaphore`]) name a
 //! resource by id and carry the client with them; [`import`] turns an [`Exported`] descriptor into
-//! a Vulkan import on the same physical device.
+//! a Vulkan import on the same physical device, and [`cuda`] into a CUDA import (a device pointer,
+//! an external semaphore) on the same GPU.
 //!
 //! # Sessions
 //!
@@ -19,6 +20,7 @@
 
 mod buffer;
 mod client;
+pub mod cuda;
 mod error;
 mod export;
 pub mod import;

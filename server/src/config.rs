@@ -7,14 +7,17 @@
 //! | device | `--device` | `GPUSHARE_DEVICE` | `device` | `auto` (first non-CPU device, else the first) |
 //! | log filter | `--log` | `GPUSHARE_LOG` | `log` | `info` |
 //! | socket mode | — | — | `socket_mode` | `0o660` |
+//! | executor | — | — | `executor` | `auto` (CUDA when present and matched, else Vulkan) |
+//! | strict device matching | — | — | `strict_device_match` | `false` |
 //! | limits | — | — | `[limits]` | see [`Limits`] |
+//! | metrics endpoint | — | — | `[metrics] listen` | off (see [`MetricsConfig`]) |
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Resource limits. Every field has a safe default.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest buffer, in bytes. 0 means the size of the device's largest memory heap.
@@ -42,7 +45,7 @@ impl Default for Limits {
 }
 
 /// The daemon's configuration after every source was applied.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Directory holding control.sock, fd.sock and the lock file.
@@ -53,8 +56,74 @@ pub struct Config {
     pub log: String,
     /// Permission bits of both sockets.
     pub socket_mode: u32,
+    /// Which executor runs Write/Read/Fill/Copy: `auto` (CUDA where the host has it and the
+    /// device has a CUDA match, else Vulkan), `cuda` (fail to start without), or `vulkan`.
+    pub executor: String,
+    /// Forbid the device-matching fallbacks (by name, then first CUDA device of compute
+    /// capability >= 7): only a UUID match pairs a Vulkan device with a CUDA device.
+    pub strict_device_match: bool,
     /// Resource limits.
     pub limits: Limits,
+    /// The Prometheus metrics endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus metrics endpoint (`GET /metrics`, text format 0.0.4). Off by default.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Empty (off), `unix:/absolute/path`, or a loopback `IP:port` (`127.0.0.1:9464`,
+    /// `[::1]:9464`). Other addresses are refused: the figures name uids and are not meant for
+    /// the network.
+    pub listen: String,
+}
+
+/// Where the metrics endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsAddr {
+    /// A Unix stream socket at this absolute path.
+    Unix(PathBuf),
+    /// A loopback TCP address.
+    Tcp(std::net::SocketAddr),
+}
+
+impl std::fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetricsAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            MetricsAddr::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The parsed address; `None` when the endpoint is off.
+    pub fn addr(&self) -> Result<Option<MetricsAddr>, ConfigError> {
+        let invalid = |reason| ConfigError::Invalid {
+            key: "metrics.listen",
+            reason,
+        };
+        let listen = self.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        if let Some(path) = listen.strip_prefix("unix:") {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(invalid("a unix: path must be absolute"));
+            }
+            return Ok(Some(MetricsAddr::Unix(path)));
+        }
+        let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+            invalid("expected unix:/path or a loopback IP:port such as 127.0.0.1:9464")
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(invalid(
+                "only loopback TCP addresses (127.0.0.0/8, ::1) are allowed",
+            ));
+        }
+        Ok(Some(MetricsAddr::Tcp(addr)))
+    }
 }
 
 impl Default for Config {
@@ -64,7 +133,10 @@ impl Default for Config {
             device: "auto".into(),
             log: "info".into(),
             socket_mode: 0o660,
+            executor: "auto".into(),
+            strict_device_match: false,
             limits: Limits::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -165,6 +237,9 @@ impl Config {
         if self.socket_mode & 0o600 != 0o600 {
             return invalid("socket_mode", "the owner needs read and write (0o600)");
         }
+        if !["auto", "cuda", "vulkan"].contains(&self.executor.as_str()) {
+            return invalid("executor", "must be \"auto\", \"cuda\" or \"vulkan\"");
+        }
         if self.runtime_dir.as_os_str().is_empty() {
             return invalid("runtime_dir", "must not be empty");
         }
@@ -181,7 +256,27 @@ impl Config {
         if l.fd_idle_timeout_ms == 0 {
             return invalid("limits.fd_idle_timeout_ms", "must not be zero");
         }
+        self.metrics.addr()?;
         Ok(())
+    }
+
+    /// The configuration as TOML, every setting included (`gpushared --check-config`).
+    pub fn to_toml(&self) -> String {
+        let text =
+            toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        // TOML has octal integers; permission bits read better that way.
+        let decimal = format!("socket_mode = {}", self.socket_mode);
+        text.lines()
+            .map(|line| {
+                if line == decimal {
+                    format!("socket_mode = 0o{:o}", self.socket_mode)
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
     }
 }
 
@@ -219,6 +314,49 @@ mod tests {
         assert_eq!(config.log, "debug");
         assert_eq!(config.limits.ticket_ttl_ms, 5);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn metrics_listen_accepts_unix_paths_and_loopback_only() {
+        let addr = |s: &str| {
+            MetricsConfig {
+                listen: s.to_owned(),
+            }
+            .addr()
+        };
+        assert_eq!(addr("").unwrap(), None);
+        assert_eq!(
+            addr("unix:/run/gpushare/metrics.sock").unwrap(),
+            Some(MetricsAddr::Unix("/run/gpushare/metrics.sock".into()))
+        );
+        assert_eq!(
+            addr("127.0.0.1:9464").unwrap(),
+            Some(MetricsAddr::Tcp("127.0.0.1:9464".parse().unwrap()))
+        );
+        assert!(addr("[::1]:9464").unwrap().is_some());
+        for bad in [
+            "0.0.0.0:9464",
+            "192.168.1.2:9464",
+            "[::]:9464",
+            "localhost:9464",
+            "unix:relative.sock",
+            "9464",
+        ] {
+            assert!(addr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rendered_config_parses_back_to_the_same_config() {
+        let config = Config {
+            metrics: MetricsConfig {
+                listen: "127.0.0.1:9464".into(),
+            },
+            ..Config::default()
+        };
+        let text = config.to_toml();
+        assert!(text.contains("socket_mode = 0o660"), "{text}");
+        assert_eq!(Config::from_toml(&text, Path::new("x")).unwrap(), config);
     }
 
     #[test]

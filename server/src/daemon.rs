@@ -3,11 +3,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use gpushare_interop::vulkan::{ExportableBuffer, TimelineSemaphore};
+use gpushare_interop::vulkan::TimelineSemaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::buffer::SharedBuffer;
 use crate::config::Config;
-use crate::devices::DeviceSlot;
+use crate::devices::{DeviceSlot, Opened};
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::registry::{Object, Registry, Resource, Snapshot};
@@ -24,6 +25,8 @@ pub struct Daemon {
     pub config: Config,
     /// Served devices, by index.
     pub devices: Vec<DeviceSlot>,
+    /// `(major, minor)` of the host's CUDA driver, if it has one.
+    pub cuda_version: Option<(u32, u32)>,
     /// Resources and sessions.
     pub registry: Registry,
     /// Export tickets.
@@ -65,7 +68,11 @@ impl Caller {
 
 impl Daemon {
     /// Builds the state. `max_buffer_size` 0 in the config means the largest heap.
-    pub fn new(config: Config, devices: Vec<DeviceSlot>, waits: Arc<WaitService>) -> Self {
+    pub fn new(config: Config, opened: Opened, waits: Arc<WaitService>) -> Self {
+        let Opened {
+            slots: devices,
+            cuda_version,
+        } = opened;
         let largest_heap = devices
             .iter()
             .flat_map(|d| d.info().heaps.iter().map(|h| h.size))
@@ -81,6 +88,7 @@ impl Daemon {
         Self {
             config,
             devices,
+            cuda_version,
             registry: Registry::default(),
             tickets,
             waits,
@@ -123,11 +131,7 @@ impl Daemon {
     }
 
     /// Looks up a buffer of the caller's.
-    pub fn buffer(
-        &self,
-        id: &str,
-        caller: &Caller,
-    ) -> Result<(Arc<Resource>, Arc<ExportableBuffer>)> {
+    pub fn buffer(&self, id: &str, caller: &Caller) -> Result<(Arc<Resource>, Arc<SharedBuffer>)> {
         if !ids::is_well_formed(id, "buf") {
             return Err(Error::MalformedId {
                 what: "buffer",

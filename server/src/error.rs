@@ -142,6 +142,15 @@ pub enum Error {
     /// The GPU executor thread is gone.
     #[error("the GPU executor stopped")]
     ExecutorGone,
+    /// A CUDA call failed.
+    #[error("{op} failed on CUDA")]
+    Cuda {
+        /// What the daemon was doing.
+        op: &'static str,
+        /// The CUDA error.
+        #[source]
+        source: gpushare_interop::cuda::Error,
+    },
     /// A GPU driver call failed.
     #[error("{op} failed")]
     Gpu {
@@ -185,6 +194,8 @@ impl Error {
             SemaphoreFreed(_) => Code::Aborted,
             ShuttingDown | ExecutorGone => Code::Unavailable,
             Gpu { source, .. } => gpu_code(source),
+            Cuda { source, .. } if source.is_out_of_memory() => Code::ResourceExhausted,
+            Cuda { .. } => Code::Internal,
         }
     }
 }

@@ -5,9 +5,11 @@
 //! Module map: [`config`] (settings), [`runtime_dir`] (lock + sockets), [`server`] (wiring and
 //! shutdown), [`service`] (gRPC handlers), [`ops`] (daemon-executed operations),
 //! [`executor`] (GPU execution), [`waiter`] (host waits), [`registry`] (resources and
-//! sessions), [`tickets`] and [`fd_server`] (descriptor export), [`error`] (status codes).
+//! sessions), [`tickets`] and [`fd_server`] (descriptor export), [`error`] (status codes),
+//! [`systemd`] (socket activation, readiness, journald) and [`metrics`] (Prometheus endpoint).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod buffer;
 pub mod config;
 pub mod daemon;
 pub mod devices;
@@ -16,10 +18,12 @@ pub mod executor;
 pub mod fd_server;
 pub mod ids;
 pub mod inflight;
+pub mod metrics;
 pub mod ops;
 pub mod registry;
 pub mod runtime_dir;
 pub mod server;
 pub mod service;
+pub mod systemd;
 pub mod tickets;
 pub mod waiter;

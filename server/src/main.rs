@@ -1,4 +1,5 @@
-//! `gpushared`: command line, logging, signals; everything else is in the library.
+//! `gpushared`: command line, logging, signals, systemd glue (socket activation, readiness,
+//! watchdog, journald); everything else is in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,10 +7,13 @@ use std::sync::Arc;
 
 use clap::Parser;
 use gpushare_interop::vulkan;
+use gpushare_proto::fdpass::SeqPacketListener;
 use gpushare_server::config::{Config, Overrides};
 use gpushare_server::daemon::Daemon;
 use gpushare_server::error::chain;
+use gpushare_server::metrics::Endpoint;
 use gpushare_server::runtime_dir::RuntimeDir;
+use gpushare_server::systemd::{self, ActivatedSockets, JournalFormat, Notifier};
 use gpushare_server::waiter::WaitService;
 use gpushare_server::{devices, server};
 
@@ -33,13 +37,22 @@ struct Args {
     /// Log filter: error, warn, info, debug, trace, or per module [default: info].
     #[arg(long, env = "GPUSHARE_LOG")]
     log: Option<String>,
-    /// Load and validate the configuration, print it, and exit.
+    /// Load and validate the configuration, print the effective settings (TOML), and exit:
+    /// 0 when valid, 2 when not.
     #[arg(long)]
     check_config: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // First, before anything opens a file or starts a thread: the passed sockets sit at
+    // descriptors 3, 4, ..., and the variables must not leak to anything we start.
+    let activation = systemd::take_listen_fds();
+    let notifier = if args.check_config {
+        Notifier::disabled()
+    } else {
+        Notifier::from_env()
+    };
     let config = match Config::load(
         args.config.as_deref(),
         Overrides {
@@ -51,25 +64,53 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("gpushared: {}", chain(&e));
-            return ExitCode::from(2);
+            notifier.status(&format!("invalid configuration: {}", chain(&e)));
+            return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    if args.check_config {
-        println!("{config:#?}");
-        return ExitCode::SUCCESS;
-    }
     let filter = match tracing_subscriber::EnvFilter::try_new(&config.log) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("gpushared: invalid log filter {:?}: {e}", config.log);
-            return ExitCode::from(2);
+            eprintln!("gpushared: invalid setting log {:?}: {e}", config.log);
+            notifier.status(&format!("invalid log filter {:?}", config.log));
+            return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if args.check_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    if systemd::stderr_is_journal() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .event_format(JournalFormat)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+    let activated = match activation {
+        Ok(Some((sockets, ignored))) => {
+            for fd in ignored {
+                tracing::warn!(
+                    fd,
+                    "closed a passed descriptor that is neither control nor fd"
+                );
+            }
+            Some(sockets)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!("socket activation: {}", chain(&e));
+            notifier.status(&format!("socket activation: {}", chain(&e)));
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,14 +121,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let notifier = Arc::new(notifier);
+    match runtime.block_on(serve(config, activated, notifier.clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, e)) => {
             tracing::error!("{e}");
+            notifier.status(&format!("failed: {e}"));
             ExitCode::from(code)
         }
     }
 }
+
+/// Exit status for an invalid configuration (settings, log filter, passed sockets).
+const EXIT_BAD_CONFIG: u8 = 2;
 
 /// Exit status when no usable Vulkan device exists (no loader, no driver, no device): a
 /// service manager should not restart the daemon in a loop for this (`RestartPreventExitStatus`).
@@ -107,30 +153,115 @@ fn raise_fd_limit() {
     }
 }
 
-async fn serve(config: Config) -> Result<(), (u8, String)> {
+/// The sockets passed by the service manager, made async. `RuntimeDir` is not used to bind
+/// them, and its drop must not unlink them: they belong to the socket units.
+fn adopt(
+    sockets: ActivatedSockets,
+) -> std::io::Result<(tokio::net::UnixListener, SeqPacketListener)> {
+    for (name, fd) in [("control", &sockets.control), ("fd", &sockets.fd)] {
+        use std::os::fd::AsFd;
+        match systemd::socket_path(fd.as_fd()) {
+            Some(path) => {
+                tracing::info!(socket = name, path = %path.display(), "using a socket passed by the service manager")
+            }
+            None => tracing::info!(
+                socket = name,
+                "using a socket passed by the service manager (no path)"
+            ),
+        }
+    }
+    let control = std::os::unix::net::UnixListener::from(sockets.control);
+    control.set_nonblocking(true)?;
+    let control = tokio::net::UnixListener::from_std(control)?;
+    let fd = SeqPacketListener::from_owned(sockets.fd)?;
+    Ok((control, fd))
+}
+
+async fn serve(
+    config: Config,
+    activated: Option<ActivatedSockets>,
+    notifier: Arc<Notifier>,
+) -> Result<(), (u8, String)> {
     raise_fd_limit();
     let fail = |e: &dyn std::error::Error| (1, chain(e));
     let dir = RuntimeDir::lock(&config.runtime_dir).map_err(|e| fail(&e))?;
-    let slots = devices::open(&config.device).map_err(|e| {
-        let code = match &e {
-            devices::DevicesError::Vulkan(vulkan::Error::Loader(_) | vulkan::Error::NoDevice) => {
-                EXIT_NO_DEVICE
-            }
-            devices::DevicesError::Vulkan(vulkan::Error::Call { result, .. })
-                if *result == vulkan::vk::Result::ERROR_INCOMPATIBLE_DRIVER =>
-            {
-                EXIT_NO_DEVICE
-            }
-            _ => 1,
-        };
-        (code, chain(&e))
-    })?;
-    let (control, fd) = dir.bind(config.socket_mode).map_err(|e| fail(&e))?;
+    notifier.status("opening devices");
+    let opened = devices::open(&config.device, &config.executor, config.strict_device_match)
+        .map_err(|e| {
+            let code = match &e {
+                devices::DevicesError::Vulkan(
+                    vulkan::Error::Loader(_) | vulkan::Error::NoDevice,
+                ) => EXIT_NO_DEVICE,
+                devices::DevicesError::Vulkan(vulkan::Error::Call { result, .. })
+                    if *result == vulkan::vk::Result::ERROR_INCOMPATIBLE_DRIVER =>
+                {
+                    EXIT_NO_DEVICE
+                }
+                _ => 1,
+            };
+            (code, chain(&e))
+        })?;
+    let activated_sockets = activated.is_some();
+    let (control, fd) = match activated {
+        Some(sockets) => adopt(sockets).map_err(|e| fail(&e))?,
+        None => dir.bind(config.socket_mode).map_err(|e| fail(&e))?,
+    };
+    // Under socket activation the socket files belong to the service manager: the runtime
+    // directory's drop (which unlinks them) must not run. The lock goes with the process.
+    let dir = std::mem::ManuallyDrop::new(dir);
+    let metrics = match config.metrics.addr() {
+        Ok(Some(addr)) => Some(Endpoint::bind(&addr, config.socket_mode).map_err(|e| fail(&e))?),
+        Ok(None) => None,
+        Err(e) => return Err((EXIT_BAD_CONFIG, chain(&e))),
+    };
     let waits =
         WaitService::start().map_err(|e| (1, format!("cannot start the wait service: {e}")))?;
-    let daemon = Arc::new(Daemon::new(config, slots, waits));
-    tracing::info!(runtime_dir = %dir.path().display(), "listening");
-    let shutdown = async {
+    let devices = opened.slots.len();
+    let runtime_dir = dir.path().to_owned();
+    let daemon = Arc::new(Daemon::new(config, opened, waits));
+    tracing::info!(runtime_dir = %runtime_dir.display(), socket_activation = activated_sockets, "listening");
+    // Devices are up and both sockets listen (connections wait in the backlog until the
+    // server accepts them): ready.
+    notifier.ready(&format!(
+        "serving {devices} device(s) on {}",
+        runtime_dir.display()
+    ));
+    let background = tokio_util::sync::CancellationToken::new();
+    if let Some(interval) = notifier.watchdog_interval() {
+        tracing::info!(interval_ms = interval.as_millis() as u64, "watchdog on");
+        let (notifier, stop) = (notifier.clone(), background.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => notifier.watchdog(),
+                }
+            }
+        });
+    }
+    if notifier.enabled() {
+        let (notifier, stop, d) = (notifier.clone(), background.clone(), daemon.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STATUS_INTERVAL);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = d.shutdown.cancelled() => return,
+                    _ = tick.tick() => {
+                        let (resources, sessions) = d.registry.counts();
+                        notifier.status(&format!(
+                            "serving {devices} device(s): {sessions} session(s), {resources} resource(s), {} pending wait(s)",
+                            d.waits.pending_waits()
+                        ));
+                    }
+                }
+            }
+        });
+    }
+    let stopping = notifier.clone();
+    let shutdown = async move {
         use tokio::signal::unix::{signal, SignalKind};
         match (
             signal(SignalKind::terminate()),
@@ -147,8 +278,15 @@ async fn serve(config: Config) -> Result<(), (u8, String)> {
                 std::future::pending::<()>().await;
             }
         }
+        stopping.stopping("stopping: draining calls in flight");
     };
-    let result = server::run(daemon, control, fd, shutdown).await;
-    drop(dir);
+    let result = server::run_with_metrics(daemon, control, fd, metrics, shutdown).await;
+    background.cancel();
+    if !activated_sockets {
+        drop(std::mem::ManuallyDrop::into_inner(dir));
+    }
     result.map_err(|e| fail(&e))
 }
+
+/// How often the `STATUS=` line is refreshed with live counts.
+const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);

@@ -9,9 +9,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gpushare_interop::vulkan::{ExportableBuffer, TimelineSemaphore};
+use gpushare_interop::vulkan::TimelineSemaphore;
 use gpushare_proto::v1;
 
+use crate::buffer::SharedBuffer;
 use crate::daemon::Caller;
 use crate::error::{Error, Result};
 use crate::executor::Op;
@@ -133,11 +134,7 @@ fn check_transfer(svc: &Service, length: u64) -> Result<()> {
     Ok(())
 }
 
-fn buffer(
-    svc: &Service,
-    caller: &Caller,
-    id: &str,
-) -> Result<(Arc<Resource>, Arc<ExportableBuffer>)> {
+fn buffer(svc: &Service, caller: &Caller, id: &str) -> Result<(Arc<Resource>, Arc<SharedBuffer>)> {
     svc.d.buffer(id, caller)
 }
 

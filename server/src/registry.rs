@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use std::os::fd::OwnedFd;
 
-use gpushare_interop::vulkan::{self, ExportableBuffer, TimelineSemaphore};
+use gpushare_interop::vulkan::{self, TimelineSemaphore};
+
+use crate::buffer::SharedBuffer;
 
 use crate::error::{Error, Result};
 use crate::ids;
@@ -24,7 +26,7 @@ use crate::ids;
 #[derive(Debug, Clone)]
 pub enum Object {
     /// An exportable buffer.
-    Buffer(Arc<ExportableBuffer>),
+    Buffer(Arc<SharedBuffer>),
     /// A timeline semaphore.
     Semaphore(Arc<TimelineSemaphore>),
 }

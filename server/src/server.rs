@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::daemon::Daemon;
 use crate::inflight::{InFlight, InFlightLayer};
+use crate::metrics::{Metrics, MetricsLayer};
 use crate::service::Service;
 
 /// How long calls in flight may take to finish once shutdown began.
@@ -45,6 +46,18 @@ pub async fn run(
     d: Arc<Daemon>,
     control: UnixListener,
     fd: SeqPacketListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    run_with_metrics(d, control, fd, None, shutdown).await
+}
+
+/// [`run`], also serving the Prometheus endpoint on `metrics` when given (see
+/// [`crate::metrics`]); gRPC calls are recorded only then.
+pub async fn run_with_metrics(
+    d: Arc<Daemon>,
+    control: UnixListener,
+    fd: SeqPacketListener,
+    metrics: Option<crate::metrics::Endpoint>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -82,8 +95,20 @@ pub async fn run(
     let fd_server = tokio::spawn(crate::fd_server::serve(d.clone(), fd, fd_tasks.clone()));
 
     let in_flight = Arc::new(InFlight::default());
+    let recorder = metrics.as_ref().map(|_| Arc::new(Metrics::default()));
+    let metrics_server = metrics.map(|endpoint| {
+        let (d, in_flight) = (d.clone(), in_flight.clone());
+        let recorder = recorder.clone().unwrap_or_default();
+        tracing::info!(listen = %endpoint.addr(), "serving metrics");
+        tokio::spawn(crate::metrics::serve(
+            endpoint,
+            Arc::new(move || recorder.render(&d, in_flight.count())),
+            token.clone(),
+        ))
+    });
     let grpc = tonic::transport::Server::builder()
         .layer(InFlightLayer(in_flight.clone()))
+        .layer(MetricsLayer(recorder))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -107,6 +132,9 @@ pub async fn run(
     };
     token.cancel();
     let _ = fd_server.await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     fd_tasks.close();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, fd_tasks.wait()).await;
     let freed = d.registry.clear();

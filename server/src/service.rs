@@ -7,13 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
-use gpushare_interop::vulkan::{self, DeviceType, HandleType};
+use gpushare_interop::cuda::MatchMethod;
+use gpushare_interop::vulkan::{DeviceType, HandleType};
 use gpushare_proto::v1::{self, gpu_share_server::GpuShare};
 use gpushare_proto::SESSION_HEADER;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use crate::buffer::SharedBuffer;
 use crate::daemon::{Caller, Daemon};
+use crate::devices::DeviceSlot;
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::registry::{Object, Resource, Snapshot};
@@ -108,7 +111,8 @@ fn device_type(t: DeviceType) -> i32 {
     }) as i32
 }
 
-fn device_info(index: u32, i: &vulkan::PhysicalDeviceInfo) -> v1::DeviceInfo {
+fn device_info(slot: &DeviceSlot) -> v1::DeviceInfo {
+    let (index, i) = (slot.index, slot.info());
     let handles = |v: &[HandleType]| v.iter().copied().map(handle_type).collect();
     v1::DeviceInfo {
         index,
@@ -137,6 +141,20 @@ fn device_info(index: u32, i: &vulkan::PhysicalDeviceInfo) -> v1::DeviceInfo {
             buffer_import: handles(&i.caps.buffer_import),
             timeline_semaphore_export: handles(&i.caps.timeline_semaphore_export),
             timeline_semaphore_import: handles(&i.caps.timeline_semaphore_import),
+        }),
+        cuda: slot.cuda.as_ref().map(|c| {
+            let info = c.device.info();
+            v1::CudaDevice {
+                ordinal: info.ordinal,
+                name: info.name.clone(),
+                compute_capability_major: info.compute_capability.0.try_into().unwrap_or(0),
+                compute_capability_minor: info.compute_capability.1.try_into().unwrap_or(0),
+                match_method: (match c.method {
+                    MatchMethod::Uuid => v1::MatchMethod::Uuid,
+                    MatchMethod::Name => v1::MatchMethod::Name,
+                    MatchMethod::FirstCapable => v1::MatchMethod::FirstCapable,
+                }) as i32,
+            }
         }),
     }
 }
@@ -201,11 +219,11 @@ impl GpuShare for Service {
         let (resources, sessions) = d.registry.counts();
         Ok(Response::new(v1::GetInfoResponse {
             daemon_version: env!("CARGO_PKG_VERSION").into(),
-            devices: d
-                .devices
-                .iter()
-                .map(|s| device_info(s.index, s.info()))
-                .collect(),
+            devices: d.devices.iter().map(device_info).collect(),
+            cuda_driver_version: d
+                .cuda_version
+                .map(|(major, minor)| format!("{major}.{minor}"))
+                .unwrap_or_default(),
             limits: Some(v1::Limits {
                 max_buffer_size: d.max_buffer_size,
                 max_transfer_size: l.max_transfer_size,
@@ -286,7 +304,7 @@ impl GpuShare for Service {
                     .device
                     .create_exportable_buffer(r.size)
                     .map_err(Error::gpu("allocating a buffer"))?;
-                Ok(("buf", Object::Buffer(Arc::new(b))))
+                Ok(("buf", Object::Buffer(Arc::new(SharedBuffer::new(b)))))
             },
         )?))
     }

@@ -183,6 +183,23 @@ impl TestDaemon {
             .unwrap_or(0)
     }
 
+    /// The daemon's descriptor count once it has not changed for 200 ms (at most 5 s): a
+    /// baseline that background work (a spare export being made) cannot move afterwards.
+    pub fn settled_fd_count(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = self.fd_count();
+        let mut since = Instant::now();
+        while Instant::now() < deadline && since.elapsed() < Duration::from_millis(200) {
+            std::thread::sleep(Duration::from_millis(10));
+            let now = self.fd_count();
+            if now != last {
+                last = now;
+                since = Instant::now();
+            }
+        }
+        last
+    }
+
     /// Number of threads the daemon runs.
     pub fn thread_count(&self) -> usize {
         fs::read_dir(format!("/proc/{}/task", self.pid()))

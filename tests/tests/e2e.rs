@@ -46,7 +46,9 @@ async fn info_reports_the_device_and_its_capabilities() {
     assert!(caps
         .buffer_export
         .contains(&(gpushare_client::v1::HandleType::OpaqueFd as i32)));
-    assert_eq!(info.executor, "vulkan");
+    // CUDA runs the operations where the device has a CUDA match; Vulkan otherwise.
+    let expected = if dev.cuda.is_some() { "cuda" } else { "vulkan" };
+    assert_eq!(info.executor, expected);
     assert!(info.limits.unwrap().max_buffer_size > 0);
     assert_eq!(d.stop().code(), Some(0));
 }

@@ -56,7 +56,7 @@ async fn bad_requests_get_their_precise_status() {
         .unwrap();
     // Warm up, then take the baseline.
     buf.write(0, &[1; 16], &Sync::none()).await.unwrap();
-    let fds = d.fd_count();
+    let fds = d.settled_fd_count();
     let threads = d.thread_count();
     let forged_buf = format!("buf-{}", "0123456789abcdef".repeat(2));
     let forged_sem = format!("sem-{}", "0123456789abcdef".repeat(2));
@@ -253,7 +253,7 @@ async fn fd_socket_survives_garbage_and_refuses_descriptors() {
         .await
         .unwrap();
     let _warm = c.export(buf.id()).await.unwrap();
-    let fds = d.fd_count();
+    let fds = d.settled_fd_count();
     let path = d.runtime_dir().join(gpushare_proto::FD_SOCKET);
     let conn = SeqPacket::connect(&path).await.unwrap();
 
@@ -376,7 +376,7 @@ async fn fd_socket_survives_garbage_and_refuses_descriptors() {
 
 #[tokio::test]
 async fn tickets_expire_and_bind_to_their_uid() {
-    let d = daemon!("socket_mode = 0o666\n[limits]\nticket_ttl_ms = 100\n");
+    let d = daemon!("socket_mode = 0o666\n[limits]\nticket_ttl_ms = 1000\n");
     let c = Client::connect_with_session(d.runtime_dir(), "tickets")
         .await
         .unwrap();
@@ -385,8 +385,8 @@ async fn tickets_expire_and_bind_to_their_uid() {
         .await
         .unwrap();
     let ticket = c.export_ticket(buf.id()).await.unwrap();
-    assert_eq!(ticket.ttl_ms, 100);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ticket.ttl_ms, 1000);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let e = c.redeem(&ticket.ticket).await.unwrap_err();
     assert_eq!(e.code(), Some(Code::DeadlineExceeded), "{e}");
 
@@ -430,7 +430,7 @@ async fn sigkilled_client_session_ends_and_frees_what_it_held() {
     let d = daemon!("");
     let c = Client::connect(d.runtime_dir()).await.unwrap();
     let base = stats(&c).await;
-    let fds = d.fd_count();
+    let fds = d.settled_fd_count();
     for round in 0..3 {
         let mut peer = Command::new(bin("gpushare-peer"))
             .args([d.runtime_dir().to_str().unwrap(), "hold", "4194304"])
@@ -502,7 +502,7 @@ async fn idle_fd_connections_are_dropped_and_clients_reconnect() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let fds = d.fd_count();
+    let fds = d.settled_fd_count();
     let idle = SeqPacket::connect(&d.runtime_dir().join(gpushare_proto::FD_SOCKET))
         .await
         .unwrap();

@@ -1,5 +1,6 @@
-//! Daemon-executed GPU operations (Write, Read, Fill, Copy) behind one trait, so that a CUDA
-//! executor can stand beside the Vulkan one.
+//! Daemon-executed GPU operations (Write, Read, Fill, Copy) behind one trait, with two
+//! implementations: [`CudaExecutor`] (the daemon's CUDA stream over its imported memory) and
+//! [`VulkanExecutor`] (Vulkan transfer submissions). Configuration chooses (`executor`).
 //!
 //! Sequencing is done by the caller (`ops.rs`): wait points are awaited on the host through the
 //! wait service *before* an operation is handed to an executor, and signal points are signaled
@@ -11,12 +12,17 @@ use std::pin::Pin;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use gpushare_interop::vulkan::{self, Device, ExportableBuffer, SyncPoints, Transfer};
 use tokio::sync::oneshot;
 
+use crate::buffer::SharedBuffer;
 use crate::error::{Error, Result};
+
+mod cuda;
+mod vulkan;
+
+pub use cuda::CudaExecutor;
+pub use vulkan::VulkanExecutor;
 
 /// One daemon-executed operation. Ranges were validated by the caller.
 #[derive(Debug)]
@@ -24,7 +30,7 @@ pub enum Op {
     /// Upload `data` at `offset`.
     Write {
         /// Destination.
-        dst: Arc<ExportableBuffer>,
+        dst: Arc<SharedBuffer>,
         /// Byte offset.
         offset: u64,
         /// Bytes to write.
@@ -33,7 +39,7 @@ pub enum Op {
     /// Download `length` bytes at `offset`.
     Read {
         /// Source.
-        src: Arc<ExportableBuffer>,
+        src: Arc<SharedBuffer>,
         /// Byte offset.
         offset: u64,
         /// Bytes to read.
@@ -42,7 +48,7 @@ pub enum Op {
     /// Repeat a 32-bit word over a range.
     Fill {
         /// Destination.
-        dst: Arc<ExportableBuffer>,
+        dst: Arc<SharedBuffer>,
         /// Byte offset (multiple of 4).
         offset: u64,
         /// Bytes (multiple of 4).
@@ -53,11 +59,11 @@ pub enum Op {
     /// Copy between buffers of one device.
     Copy {
         /// Source.
-        src: Arc<ExportableBuffer>,
+        src: Arc<SharedBuffer>,
         /// Source offset.
         src_offset: u64,
         /// Destination.
-        dst: Arc<ExportableBuffer>,
+        dst: Arc<SharedBuffer>,
         /// Destination offset.
         dst_offset: u64,
         /// Bytes.
@@ -66,7 +72,8 @@ pub enum Op {
 }
 
 impl Op {
-    fn label(&self) -> &'static str {
+    /// The operation's name, for errors and logs.
+    pub fn label(&self) -> &'static str {
         match self {
             Op::Write { .. } => "write",
             Op::Read { .. } => "read",
@@ -81,105 +88,44 @@ pub type OpFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>;
 
 /// Runs operations on a device, in submission order, each complete when its future resolves.
 pub trait Executor: Send + Sync + std::fmt::Debug {
-    /// Name reported by GetInfo ("vulkan").
+    /// Name reported by GetInfo ("cuda" or "vulkan").
     fn name(&self) -> &'static str;
     /// Queues `op`.
     fn run(&self, op: Op) -> OpFuture;
 }
 
-/// Longest a single transfer may run on the GPU before it is reported as failed.
-const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
-
 type Job = (Op, oneshot::Sender<Result<Vec<u8>>>);
 
-/// Executes operations as Vulkan transfer submissions on one thread that owns the device's
-/// [`Transfer`] engine. Dropping it lets queued jobs finish, then joins the thread.
+/// The thread an executor runs its operations on, one at a time in submission order. Dropping
+/// it (or [`Worker::stop`]) lets queued operations finish, then joins the thread.
 #[derive(Debug)]
-pub struct VulkanExecutor {
+struct Worker {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl VulkanExecutor {
-    /// Starts the executor thread for `device`.
-    pub fn start(device: &Arc<Device>) -> std::result::Result<Self, vulkan::Error> {
-        let mut transfer = Transfer::new(device)?;
+impl Worker {
+    /// Starts a thread that runs `exec` for each operation.
+    fn start(
+        name: &str,
+        mut exec: impl FnMut(Op) -> Result<Vec<u8>> + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
-            .name("gpushare-vk-exec".into())
+            .name(name.into())
             .spawn(move || {
                 for (op, reply) in rx {
-                    let label = op.label();
-                    let result = execute(&mut transfer, op)
-                        .map_err(|source| Error::Gpu { op: label, source });
                     // The caller may have gone (client cancelled); the work is done regardless.
-                    let _ = reply.send(result);
+                    let _ = reply.send(exec(op));
                 }
-            })
-            .map_err(|_| vulkan::Error::Unsupported("cannot start the executor thread".into()))?;
+            })?;
         Ok(Self {
             jobs: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
     }
 
-    /// Stops accepting work, lets queued work finish and joins the thread.
-    pub fn stop(&self) {
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(t) = thread {
-            if t.join().is_err() {
-                tracing::error!("the Vulkan executor thread panicked");
-            }
-        }
-    }
-}
-
-impl Drop for VulkanExecutor {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn execute(t: &mut Transfer, op: Op) -> std::result::Result<Vec<u8>, vulkan::Error> {
-    let sync = SyncPoints {
-        timeout: Some(TRANSFER_TIMEOUT),
-        ..Default::default()
-    };
-    match op {
-        Op::Write { dst, offset, data } => {
-            t.upload(&*dst, offset, &data, &sync).map(|()| Vec::new())
-        }
-        Op::Read {
-            src,
-            offset,
-            length,
-        } => t.download(&*src, offset, length, &sync),
-        Op::Fill {
-            dst,
-            offset,
-            length,
-            value,
-        } => t
-            .fill(&*dst, offset, length, value, &sync)
-            .map(|()| Vec::new()),
-        Op::Copy {
-            src,
-            src_offset,
-            dst,
-            dst_offset,
-            length,
-        } => t
-            .copy(&*src, src_offset, &*dst, dst_offset, length, &sync)
-            .map(|()| Vec::new()),
-    }
-}
-
-impl Executor for VulkanExecutor {
-    fn name(&self) -> &'static str {
-        "vulkan"
-    }
-
+    /// Queues `op`.
     fn run(&self, op: Op) -> OpFuture {
         let (tx, rx) = oneshot::channel();
         let sent = match &*self.jobs.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -192,5 +138,22 @@ impl Executor for VulkanExecutor {
             }
             rx.await.unwrap_or(Err(Error::ExecutorGone))
         })
+    }
+
+    /// Stops accepting work, lets queued work finish and joins the thread.
+    fn stop(&self) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            if t.join().is_err() {
+                tracing::error!("an executor thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

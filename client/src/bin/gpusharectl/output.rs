@@ -130,6 +130,7 @@ pub fn info_json(info: &v1::GetInfoResponse) -> Value {
     json!({
         "daemon_version": info.daemon_version,
         "executor": info.executor,
+        "cuda_driver_version": info.cuda_driver_version,
         "limits": {
             "max_buffer_size": limits.max_buffer_size,
             "max_transfer_size": limits.max_transfer_size,
@@ -168,7 +169,22 @@ fn device_json(d: &v1::DeviceInfo) -> Value {
             "timeline_semaphore_export": handle_types(&caps.timeline_semaphore_export),
             "timeline_semaphore_import": handle_types(&caps.timeline_semaphore_import),
         },
+        "cuda": d.cuda.as_ref().map(|c| json!({
+            "ordinal": c.ordinal,
+            "name": c.name,
+            "compute_capability": format!("{}.{}", c.compute_capability_major, c.compute_capability_minor),
+            "match_method": match_method_name(c.match_method),
+        })),
     })
+}
+
+fn match_method_name(m: i32) -> &'static str {
+    match v1::MatchMethod::try_from(m) {
+        Ok(v1::MatchMethod::Uuid) => "uuid",
+        Ok(v1::MatchMethod::Name) => "name (fallback)",
+        Ok(v1::MatchMethod::FirstCapable) => "first capable (fallback)",
+        _ => "unknown",
+    }
 }
 
 /// `GetInfo` as text: the daemon's key/values, then one block per device.
@@ -177,6 +193,12 @@ pub fn info_text(info: &v1::GetInfoResponse) -> String {
     let mut t = Table::plain();
     t.row(["daemon version", &info.daemon_version]);
     t.row(["executor", &info.executor]);
+    let cuda_driver = if info.cuda_driver_version.is_empty() {
+        "none"
+    } else {
+        &info.cuda_driver_version
+    };
+    t.row(["cuda driver", cuda_driver]);
     t.row(["max buffer size", &sized(limits.max_buffer_size)]);
     t.row(["max transfer size", &sized(limits.max_transfer_size)]);
     t.row(["ticket ttl", &format!("{} ms", limits.ticket_ttl_ms)]);
@@ -226,6 +248,18 @@ pub fn info_text(info: &v1::GetInfoResponse) -> String {
         t.row(["buffer import", &list(&caps.buffer_import)]);
         t.row(["semaphore export", &list(&caps.timeline_semaphore_export)]);
         t.row(["semaphore import", &list(&caps.timeline_semaphore_import)]);
+        let cuda = match &d.cuda {
+            Some(c) => format!(
+                "{} {} (cc {}.{}), matched by {}",
+                c.ordinal,
+                c.name,
+                c.compute_capability_major,
+                c.compute_capability_minor,
+                match_method_name(c.match_method)
+            ),
+            None => "none".to_owned(),
+        };
+        t.row(["cuda device", &cuda]);
         out.push_str(&format!("\ndevice {}:\n", d.index));
         for line in t.render().lines() {
             out.push_str("  ");

@@ -1,0 +1,67 @@
+//! A buffer as the daemon holds it: the exportable Vulkan buffer, and its CUDA import when the
+//! CUDA executor has used it (imported once, on first use, and released with the buffer).
+
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
+
+use gpushare_interop::cuda::{self, CudaDevice, ExternalMemory};
+use gpushare_interop::vulkan::ExportableBuffer;
+
+/// Why the CUDA view of a buffer could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaViewError {
+    /// Exporting the Vulkan memory failed.
+    #[error("exporting the buffer's memory for CUDA failed")]
+    Export(#[source] gpushare_interop::vulkan::Error),
+    /// Importing or mapping it in CUDA failed.
+    #[error(transparent)]
+    Cuda(#[from] cuda::Error),
+}
+
+/// The daemon's buffer.
+#[derive(Debug)]
+pub struct SharedBuffer {
+    // Declared first: dropped before the Vulkan memory it imports.
+    cuda: OnceLock<Arc<ExternalMemory>>,
+    vk: ExportableBuffer,
+}
+
+impl SharedBuffer {
+    /// Wraps a freshly allocated buffer.
+    pub fn new(vk: ExportableBuffer) -> Self {
+        Self {
+            cuda: OnceLock::new(),
+            vk,
+        }
+    }
+
+    /// The Vulkan buffer.
+    pub fn vk(&self) -> &ExportableBuffer {
+        &self.vk
+    }
+
+    /// The buffer's device pointer in `device`'s CUDA context: the memory is exported from
+    /// Vulkan and imported into CUDA on first use (with its allocation size and dedicated flag),
+    /// then kept until the buffer is freed. Only the CUDA executor's thread calls this.
+    pub fn cuda_ptr(&self, device: &Arc<CudaDevice>) -> Result<u64, CudaViewError> {
+        if let Some(mem) = self.cuda.get() {
+            return Ok(mem.device_ptr()?);
+        }
+        let fd = self.vk.export_fd().map_err(CudaViewError::Export)?;
+        let mem = ExternalMemory::import_opaque_fd(
+            device,
+            fd,
+            self.vk.allocation_size(),
+            self.vk.dedicated(),
+        )?;
+        let mem = self.cuda.get_or_init(|| mem);
+        Ok(mem.device_ptr()?)
+    }
+}
+
+impl Deref for SharedBuffer {
+    type Target = ExportableBuffer;
+    fn deref(&self) -> &ExportableBuffer {
+        &self.vk
+    }
+}

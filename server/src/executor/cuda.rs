@@ -1,0 +1,139 @@
+//! The CUDA executor: operations on the daemon's CUDA stream over its own buffers imported into
+//! CUDA (Falcor's `memcpy*`/`memset` helpers across processes), staged through pinned host
+//! memory for uploads and downloads. One thread owns the stream and the staging buffer; every
+//! operation is complete (stream synchronized) before its future resolves.
+
+use std::sync::Arc;
+
+use gpushare_interop::cuda::{self, CudaDevice, PinnedBuffer};
+
+use super::{Executor, Op, OpFuture, Worker};
+use crate::buffer::CudaViewError;
+use crate::error::Error;
+
+/// Executes operations on a CUDA device's stream, on one thread.
+#[derive(Debug)]
+pub struct CudaExecutor {
+    worker: Worker,
+}
+
+/// Pinned staging memory, grown on demand and kept between operations.
+struct Staging {
+    device: Arc<CudaDevice>,
+    buffer: Option<PinnedBuffer>,
+}
+
+impl Staging {
+    fn get(&mut self, len: usize) -> std::result::Result<&mut PinnedBuffer, cuda::Error> {
+        if self.buffer.as_ref().is_none_or(|b| b.len() < len) {
+            // Drop the old one first: its copies completed (every op synchronizes).
+            self.buffer = None;
+            let size = len.next_power_of_two().max(1 << 20);
+            self.buffer = Some(PinnedBuffer::new(&self.device, size)?);
+        }
+        // Just set above when missing.
+        self.buffer.as_mut().ok_or(cuda::Error::NoDevice)
+    }
+}
+
+impl CudaExecutor {
+    /// Starts the executor thread for `device`.
+    pub fn start(device: Arc<CudaDevice>) -> std::io::Result<Self> {
+        let mut staging = Staging {
+            device: device.clone(),
+            buffer: None,
+        };
+        let worker = Worker::start("gpushare-cuda-exec", move |op| {
+            let label = op.label();
+            execute(&device, &mut staging, op).map_err(|e| match e {
+                CudaViewError::Export(source) => Error::Gpu { op: label, source },
+                CudaViewError::Cuda(source) => Error::Cuda { op: label, source },
+            })
+        })?;
+        Ok(Self { worker })
+    }
+}
+
+fn usize_len(len: u64) -> std::result::Result<usize, cuda::Error> {
+    usize::try_from(len).map_err(|_| cuda::Error::InvalidValue {
+        what: "transfer length",
+        value: len,
+        reason: "larger than the address space",
+    })
+}
+
+fn execute(
+    device: &Arc<CudaDevice>,
+    staging: &mut Staging,
+    op: Op,
+) -> std::result::Result<Vec<u8>, CudaViewError> {
+    let stream = device.stream();
+    // Ranges were validated against the buffers' sizes by the caller (ops.rs); the pointers
+    // below are the buffers' whole mappings plus in-range offsets.
+    match op {
+        Op::Write { dst, offset, data } => {
+            let ptr = dst.cuda_ptr(device)? + offset;
+            let pinned = staging.get(data.len())?;
+            pinned.as_mut_slice()[..data.len()].copy_from_slice(&data);
+            // SAFETY: `ptr..ptr + len` lies in `dst`'s mapping (range checked by the caller),
+            // which lives while `dst` does (held until this function returns); the pinned
+            // source is not touched again until the stream is synchronized below.
+            unsafe { cuda::copy_htod(stream, ptr, &pinned.as_slice()[..data.len()]) }?;
+            device.synchronize_stream()?;
+            Ok(Vec::new())
+        }
+        Op::Read {
+            src,
+            offset,
+            length,
+        } => {
+            let len = usize_len(length)?;
+            let ptr = src.cuda_ptr(device)? + offset;
+            let pinned = staging.get(len)?;
+            // SAFETY: the source range lies in `src`'s mapping (checked by the caller); the
+            // pinned destination is neither read nor dropped before the synchronize below.
+            unsafe { cuda::copy_dtoh(stream, ptr, &mut pinned.as_mut_slice()[..len]) }?;
+            device.synchronize_stream()?;
+            Ok(pinned.as_slice()[..len].to_vec())
+        }
+        Op::Fill {
+            dst,
+            offset,
+            length,
+            value,
+        } => {
+            let ptr = dst.cuda_ptr(device)? + offset;
+            let words = usize_len(length / 4)?;
+            // SAFETY: offset and length are multiples of 4 and in range (checked by the
+            // caller); the mapping outlives the synchronize below.
+            unsafe { cuda::memset_d32(stream, ptr, value, words) }?;
+            device.synchronize_stream()?;
+            Ok(Vec::new())
+        }
+        Op::Copy {
+            src,
+            src_offset,
+            dst,
+            dst_offset,
+            length,
+        } => {
+            let from = src.cuda_ptr(device)? + src_offset;
+            let to = dst.cuda_ptr(device)? + dst_offset;
+            // SAFETY: both ranges are in their buffers' mappings and do not overlap (the caller
+            // refuses overlapping copies within one buffer); both live past the synchronize.
+            unsafe { cuda::copy_dtod(stream, to, from, length) }?;
+            device.synchronize_stream()?;
+            Ok(Vec::new())
+        }
+    }
+}
+
+impl Executor for CudaExecutor {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn run(&self, op: Op) -> OpFuture {
+        self.worker.run(op)
+    }
+}

@@ -1,0 +1,617 @@
+//! The Prometheus metrics endpoint: `GET /metrics` in text format 0.0.4, on a Unix socket or a
+//! loopback TCP address (`[metrics] listen`), off by default.
+//!
+//! What it reports: live resources and sessions, buffers, semaphores and buffer bytes per uid,
+//! outstanding export tickets, tickets issued (successful `Export` calls; direct exports on
+//! fd.sock need a counter in the fd server and are not counted yet), pending host waits,
+//! gRPC calls in flight, and per method the calls, the calls that failed at once (a status in
+//! the response headers), and a latency histogram. Latency runs from a call's arrival to its
+//! response headers: for the streaming calls (`Session`, `Watch`) that is the start of the
+//! stream, not its length.
+//!
+//! The figures are gathered at scrape time from the daemon's own state; the [`MetricsLayer`]
+//! around the gRPC router records per-method calls and the uids that called (the per-uid
+//! figures list those uids' resources). The HTTP side is a deliberately small HTTP/1.1
+//! responder: one request per connection, bounded in size and time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::http;
+use tonic::transport::server::UdsConnectInfo;
+
+use crate::config::MetricsAddr;
+use crate::daemon::Daemon;
+use crate::registry::Object;
+
+/// Upper bounds of the latency histogram's buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+
+/// Distinct methods tracked; calls beyond that are counted under `method="other"`.
+const MAX_METHODS: usize = 128;
+
+/// Distinct uids tracked for the per-uid figures.
+const MAX_UIDS: usize = 4096;
+
+/// Services whose methods get their own label. Any other path counts as `other`, so that a
+/// client cannot grow the label set with made-up paths.
+const KNOWN_SERVICES: [&str; 4] = [
+    "gpushare.v1.GpuShare",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// The `Export` call's path: a successful one issued an export ticket.
+const EXPORT_PATH: &str = "/gpushare.v1.GpuShare/Export";
+
+/// gRPC status UNIMPLEMENTED: an unknown method, counted as `other`.
+const UNIMPLEMENTED: &str = "12";
+
+#[derive(Debug, Default, Clone)]
+struct MethodStats {
+    calls: u64,
+    errors: u64,
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    sum_seconds: f64,
+}
+
+/// What the gRPC layer records.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    methods: Mutex<BTreeMap<(String, String), MethodStats>>,
+    uids: Mutex<BTreeSet<u32>>,
+    exports: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update is a few additions that leave the map consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Metrics {
+    fn saw_uid(&self, uid: u32) {
+        let mut uids = lock(&self.uids);
+        if uids.len() < MAX_UIDS || uids.contains(&uid) {
+            uids.insert(uid);
+        }
+    }
+
+    fn record(&self, path: &str, status: Option<&str>, elapsed: Duration) {
+        let failed = status.is_some_and(|s| s != "0");
+        if path == EXPORT_PATH && !failed {
+            self.exports.fetch_add(1, Ordering::Relaxed);
+        }
+        let (service, method) = match path.trim_start_matches('/').split_once('/') {
+            Some((s, m))
+                if KNOWN_SERVICES.contains(&s)
+                    && status != Some(UNIMPLEMENTED)
+                    && !m.is_empty()
+                    && m.len() <= 64
+                    && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                (s, m)
+            }
+            _ => ("other", "other"),
+        };
+        let mut methods = lock(&self.methods);
+        let key = (service.to_owned(), method.to_owned());
+        let key = if methods.len() >= MAX_METHODS && !methods.contains_key(&key) {
+            ("other".to_owned(), "other".to_owned())
+        } else {
+            key
+        };
+        let stats = methods.entry(key).or_default();
+        stats.calls += 1;
+        stats.errors += u64::from(failed);
+        let secs = elapsed.as_secs_f64();
+        stats.sum_seconds += secs;
+        for (bucket, bound) in stats.buckets.iter_mut().zip(LATENCY_BUCKETS) {
+            if secs <= bound {
+                *bucket += 1;
+            }
+        }
+    }
+
+    /// Renders every figure in the Prometheus text format 0.0.4. `in_flight` is the number of
+    /// gRPC calls in flight.
+    pub fn render(&self, d: &Daemon, in_flight: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        let (resources, sessions) = d.registry.counts();
+        gauge(&mut out, "gpushare_up", "1 while the daemon serves.", 1.0);
+        gauge(
+            &mut out,
+            "gpushare_devices",
+            "Devices the daemon serves.",
+            d.devices.len() as f64,
+        );
+        gauge(
+            &mut out,
+            "gpushare_resources",
+            "Live resources (buffers and semaphores).",
+            resources as f64,
+        );
+        gauge(
+            &mut out,
+            "gpushare_sessions",
+            "Live client sessions.",
+            sessions as f64,
+        );
+
+        let uids: Vec<u32> = lock(&self.uids).iter().copied().collect();
+        let mut buffers = Vec::new();
+        let mut semaphores = Vec::new();
+        let mut bytes = Vec::new();
+        for uid in uids {
+            let (mut nb, mut ns, mut nbytes) = (0u64, 0u64, 0u64);
+            for snap in d.registry.list(uid) {
+                match &snap.resource.object {
+                    Object::Buffer(b) => {
+                        nb += 1;
+                        nbytes += b.allocation_size();
+                    }
+                    Object::Semaphore(_) => ns += 1,
+                }
+            }
+            let label = format!("uid=\"{uid}\"");
+            buffers.push((label.clone(), nb as f64));
+            semaphores.push((label.clone(), ns as f64));
+            bytes.push((label, nbytes as f64));
+        }
+        labeled(
+            &mut out,
+            "gpushare_uid_buffers",
+            "gauge",
+            "Live buffers per owner uid.",
+            &buffers,
+        );
+        labeled(
+            &mut out,
+            "gpushare_uid_semaphores",
+            "gauge",
+            "Live semaphores per owner uid.",
+            &semaphores,
+        );
+        labeled(
+            &mut out,
+            "gpushare_uid_buffer_bytes",
+            "gauge",
+            "Bytes of buffer memory (allocation sizes) per owner uid.",
+            &bytes,
+        );
+        gauge(
+            &mut out,
+            "gpushare_pending_waits",
+            "Host waits pending in the wait service (Wait calls and wait points).",
+            d.waits.pending_waits() as f64,
+        );
+        gauge(
+            &mut out,
+            "gpushare_export_tickets_outstanding",
+            "Export tickets issued and not yet redeemed or expired.",
+            d.tickets.len() as f64,
+        );
+        labeled(
+            &mut out,
+            "gpushare_export_tickets_issued_total",
+            "counter",
+            "Export tickets issued (successful Export calls). Direct exports on fd.sock are not counted.",
+            &[(String::new(), self.exports.load(Ordering::Relaxed) as f64)],
+        );
+        gauge(
+            &mut out,
+            "gpushare_grpc_calls_in_flight",
+            "gRPC calls whose handler has not returned yet.",
+            in_flight as f64,
+        );
+
+        let methods = lock(&self.methods).clone();
+        let label = |(s, m): &(String, String)| {
+            format!("service=\"{}\",method=\"{}\"", escape(s), escape(m))
+        };
+        let calls: Vec<_> = methods
+            .iter()
+            .map(|(k, v)| (label(k), v.calls as f64))
+            .collect();
+        let errors: Vec<_> = methods
+            .iter()
+            .map(|(k, v)| (label(k), v.errors as f64))
+            .collect();
+        labeled(
+            &mut out,
+            "gpushare_grpc_calls_total",
+            "counter",
+            "gRPC calls received, per method.",
+            &calls,
+        );
+        labeled(
+            &mut out,
+            "gpushare_grpc_call_errors_total",
+            "counter",
+            "gRPC calls that returned an error status at once, per method.",
+            &errors,
+        );
+        let name = "gpushare_grpc_call_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from a call's arrival to its response headers, per method.\n# TYPE {name} histogram"
+        );
+        for (key, stats) in &methods {
+            let l = label(key);
+            for (bound, count) in LATENCY_BUCKETS.iter().zip(stats.buckets) {
+                let _ = writeln!(out, "{name}_bucket{{{l},le=\"{bound}\"}} {count}");
+            }
+            let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {}", stats.calls);
+            let _ = writeln!(out, "{name}_sum{{{l}}} {}", stats.sum_seconds);
+            let _ = writeln!(out, "{name}_count{{{l}}} {}", stats.calls);
+        }
+        out
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+fn labeled(out: &mut String, name: &str, kind: &str, help: &str, values: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in values {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+/// Escapes a label value (backslash, double quote, newline).
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Tower layer that records per-method calls and callers' uids in a [`Metrics`]; `None`
+/// records nothing (the endpoint is off).
+#[derive(Debug, Clone)]
+pub struct MetricsLayer(pub Option<Arc<Metrics>>);
+
+impl<S> tower::Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`MetricsLayer`] wraps around the router.
+#[derive(Debug, Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for MetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let Some(metrics) = self.metrics.clone() else {
+            return Box::pin(self.inner.call(req));
+        };
+        if let Some(uid) = req
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred)
+            .map(|c| c.uid())
+        {
+            metrics.saw_uid(uid);
+        }
+        let path = req.uri().path().to_owned();
+        let start = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let out = fut.await;
+            let status = match &out {
+                Ok(resp) => resp
+                    .headers()
+                    .get("grpc-status")
+                    .map(|v| v.to_str().unwrap_or("2").to_owned()),
+                Err(_) => Some("2".to_owned()),
+            };
+            metrics.record(&path, status.as_deref(), start.elapsed());
+            out
+        })
+    }
+}
+
+/// A bound metrics listener. A Unix socket's file is removed when it is dropped.
+#[derive(Debug)]
+pub struct Endpoint {
+    listener: Listener,
+    addr: MetricsAddr,
+}
+
+#[derive(Debug)]
+enum Listener {
+    Unix(tokio::net::UnixListener, PathBuf),
+    Tcp(tokio::net::TcpListener),
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Why the metrics endpoint could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for metrics on {addr}")]
+pub struct BindError {
+    /// The address.
+    pub addr: MetricsAddr,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl Endpoint {
+    /// Binds `addr`. A Unix socket gets permission bits `mode`; a stale socket at its path is
+    /// replaced, any other file there is an error. Must be called inside a tokio runtime.
+    pub fn bind(addr: &MetricsAddr, mode: u32) -> Result<Self, BindError> {
+        let err = |source| BindError {
+            addr: addr.clone(),
+            source,
+        };
+        let listener = match addr {
+            MetricsAddr::Tcp(a) => {
+                let std = std::net::TcpListener::bind(a).map_err(err)?;
+                std.set_nonblocking(true).map_err(err)?;
+                Listener::Tcp(tokio::net::TcpListener::from_std(std).map_err(err)?)
+            }
+            MetricsAddr::Unix(path) => {
+                use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+                match std::fs::symlink_metadata(path) {
+                    Ok(m) if m.file_type().is_socket() => {
+                        std::fs::remove_file(path).map_err(err)?
+                    }
+                    Ok(_) => {
+                        return Err(err(std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            "a file that is not a socket is in the way",
+                        )))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(err(e)),
+                }
+                let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(!mode & 0o777));
+                let bound = tokio::net::UnixListener::bind(path);
+                rustix::process::umask(old);
+                let l = bound.map_err(err)?;
+                let l = Listener::Unix(l, path.clone());
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .map_err(err)?;
+                l
+            }
+        };
+        Ok(Self {
+            listener,
+            addr: addr.clone(),
+        })
+    }
+
+    /// The address, as configured (TCP port 0 is shown as bound).
+    pub fn addr(&self) -> MetricsAddr {
+        match &self.listener {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(MetricsAddr::Tcp)
+                .unwrap_or_else(|_| self.addr.clone()),
+            Listener::Unix(..) => self.addr.clone(),
+        }
+    }
+}
+
+/// Longest request head accepted.
+const MAX_REQUEST: usize = 8192;
+
+/// How long a scraper has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Scrapes served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 8;
+
+/// Serves the endpoint until `shutdown` is cancelled. `render` produces the body.
+pub async fn serve(
+    endpoint: Endpoint,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+    shutdown: CancellationToken,
+) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted: std::io::Result<Box<dyn Conn>> = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = accept(&endpoint.listener) => c,
+        };
+        match accepted {
+            Ok(conn) => {
+                let render = render.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = respond(conn, &*render).await {
+                        tracing::debug!(error = %e, "metrics connection failed");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+
+async fn accept(listener: &Listener) -> std::io::Result<Box<dyn Conn>> {
+    Ok(match listener {
+        Listener::Unix(l, _) => Box::new(l.accept().await?.0),
+        Listener::Tcp(l) => Box::new(l.accept().await?.0),
+    })
+}
+
+async fn respond(
+    mut conn: Box<dyn Conn>,
+    render: &(dyn Fn() -> String + Send + Sync),
+) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let read = async {
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            if head.len() >= MAX_REQUEST {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "request head too large",
+                ));
+            }
+            let n = conn.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Ok(()),
+    }
+    let line = head
+        .split(|&b| b == b'\n')
+        .next()
+        .map(|l| String::from_utf8_lossy(l).trim_end().to_owned())
+        .unwrap_or_default();
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(),
+        ),
+        ("GET" | "HEAD", "/") => (
+            "200 OK",
+            "text/plain; charset=utf-8",
+            "gpushared metrics: GET /metrics\n".to_owned(),
+        ),
+        ("GET" | "HEAD", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".to_owned(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "only GET\n".to_owned(),
+        ),
+    };
+    let mut reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if method != "HEAD" {
+        reply.push_str(&body);
+    }
+    conn.write_all(reply.as_bytes()).await?;
+    conn.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_are_labelled_only_for_known_services() {
+        let m = Metrics::default();
+        m.record(
+            "/gpushare.v1.GpuShare/CreateBuffer",
+            None,
+            Duration::from_micros(70),
+        );
+        m.record(
+            "/gpushare.v1.GpuShare/Export",
+            Some("0"),
+            Duration::from_micros(70),
+        );
+        m.record(
+            "/gpushare.v1.GpuShare/Export",
+            Some("5"),
+            Duration::from_millis(3),
+        );
+        m.record(
+            "/gpushare.v1.GpuShare/Nope",
+            Some(UNIMPLEMENTED),
+            Duration::ZERO,
+        );
+        m.record("/evil\"service/x", Some(UNIMPLEMENTED), Duration::ZERO);
+        let methods = lock(&m.methods).clone();
+        let keys: Vec<_> = methods.keys().map(|(s, m)| format!("{s}/{m}")).collect();
+        assert_eq!(
+            keys,
+            [
+                "gpushare.v1.GpuShare/CreateBuffer",
+                "gpushare.v1.GpuShare/Export",
+                "other/other"
+            ]
+        );
+        let export = &methods[&("gpushare.v1.GpuShare".into(), "Export".into())];
+        assert_eq!((export.calls, export.errors), (2, 1));
+        // 70 µs is above the 50 µs bucket and within the 100 µs one; 3 ms within 5 ms.
+        assert_eq!(export.buckets[0], 0);
+        assert_eq!(export.buckets[1], 1);
+        assert_eq!(export.buckets[6], 2);
+        assert_eq!(m.exports.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
