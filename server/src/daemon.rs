@@ -1,6 +1,7 @@
 //! The daemon's shared state: configuration, devices, registry, tickets and the wait service,
 //! with the checks every handler shares (caller identity, session, lookups by kind).
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use gpushare_interop::vulkan::TimelineSemaphore;
@@ -39,6 +40,8 @@ pub struct Daemon {
     pub max_buffer_size: u64,
     /// Serializes host signals, so that the value check and the signal are one step.
     pub signal_lock: Mutex<()>,
+    /// Descriptors sent on fd.sock (redeemed tickets and direct exports).
+    pub descriptors_sent: AtomicU64,
 }
 
 /// Who is calling: from the connection's peer credentials, plus the session header.
@@ -95,6 +98,7 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             max_buffer_size,
             signal_lock: Mutex::new(()),
+            descriptors_sent: AtomicU64::new(0),
         }
     }
 

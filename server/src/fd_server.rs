@@ -95,6 +95,10 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
             tracing::debug!(uid, error = %chain(&e), "fd.sock: reply not delivered");
             return;
         }
+        if !fds.is_empty() {
+            d.descriptors_sent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         // `fd` (the daemon's copy) closes here; the client holds its own.
     }
 }

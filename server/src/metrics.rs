@@ -2,19 +2,18 @@
 //! loopback TCP address (`[metrics] listen`), off by default.
 //!
 //! What it reports: live resources and sessions, buffers, semaphores and buffer bytes per uid,
-//! outstanding export tickets, tickets issued (successful `Export` calls; direct exports on
-//! fd.sock need a counter in the fd server and are not counted yet), pending host waits,
+//! outstanding export tickets, tickets issued (successful `Export` calls), descriptors sent on
+//! fd.sock (redeemed tickets and direct exports), pending host waits,
 //! gRPC calls in flight, and per method the calls, the calls that failed at once (a status in
 //! the response headers), and a latency histogram. Latency runs from a call's arrival to its
 //! response headers: for the streaming calls (`Session`, `Watch`) that is the start of the
 //! stream, not its length.
 //!
 //! The figures are gathered at scrape time from the daemon's own state; the [`MetricsLayer`]
-//! around the gRPC router records per-method calls and the uids that called (the per-uid
-//! figures list those uids' resources). The HTTP side is a deliberately small HTTP/1.1
+//! around the gRPC router records per-method calls. The HTTP side is a deliberately small HTTP/1.1
 //! responder: one request per connection, bounded in size and time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,11 +25,9 @@ use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::http;
-use tonic::transport::server::UdsConnectInfo;
 
 use crate::config::MetricsAddr;
 use crate::daemon::Daemon;
-use crate::registry::Object;
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -40,9 +37,6 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
 
 /// Distinct methods tracked; calls beyond that are counted under `method="other"`.
 const MAX_METHODS: usize = 128;
-
-/// Distinct uids tracked for the per-uid figures.
-const MAX_UIDS: usize = 4096;
 
 /// Services whose methods get their own label. Any other path counts as `other`, so that a
 /// client cannot grow the label set with made-up paths.
@@ -71,7 +65,6 @@ struct MethodStats {
 #[derive(Debug, Default)]
 pub struct Metrics {
     methods: Mutex<BTreeMap<(String, String), MethodStats>>,
-    uids: Mutex<BTreeSet<u32>>,
     exports: AtomicU64,
 }
 
@@ -81,13 +74,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Metrics {
-    fn saw_uid(&self, uid: u32) {
-        let mut uids = lock(&self.uids);
-        if uids.len() < MAX_UIDS || uids.contains(&uid) {
-            uids.insert(uid);
-        }
-    }
-
     fn record(&self, path: &str, status: Option<&str>, elapsed: Duration) {
         let failed = status.is_some_and(|s| s != "0");
         if path == EXPORT_PATH && !failed {
@@ -149,25 +135,14 @@ impl Metrics {
             sessions as f64,
         );
 
-        let uids: Vec<u32> = lock(&self.uids).iter().copied().collect();
         let mut buffers = Vec::new();
         let mut semaphores = Vec::new();
         let mut bytes = Vec::new();
-        for uid in uids {
-            let (mut nb, mut ns, mut nbytes) = (0u64, 0u64, 0u64);
-            for snap in d.registry.list(uid) {
-                match &snap.resource.object {
-                    Object::Buffer(b) => {
-                        nb += 1;
-                        nbytes += b.allocation_size();
-                    }
-                    Object::Semaphore(_) => ns += 1,
-                }
-            }
+        for (uid, usage) in d.registry.usage_by_uid() {
             let label = format!("uid=\"{uid}\"");
-            buffers.push((label.clone(), nb as f64));
-            semaphores.push((label.clone(), ns as f64));
-            bytes.push((label, nbytes as f64));
+            buffers.push((label.clone(), usage.buffers as f64));
+            semaphores.push((label.clone(), usage.semaphores as f64));
+            bytes.push((label, usage.buffer_bytes as f64));
         }
         labeled(
             &mut out,
@@ -206,8 +181,18 @@ impl Metrics {
             &mut out,
             "gpushare_export_tickets_issued_total",
             "counter",
-            "Export tickets issued (successful Export calls). Direct exports on fd.sock are not counted.",
+            "Export tickets issued (successful Export calls).",
             &[(String::new(), self.exports.load(Ordering::Relaxed) as f64)],
+        );
+        labeled(
+            &mut out,
+            "gpushare_descriptors_sent_total",
+            "counter",
+            "Descriptors sent on fd.sock (redeemed tickets and direct exports).",
+            &[(
+                String::new(),
+                d.descriptors_sent.load(Ordering::Relaxed) as f64,
+            )],
         );
         gauge(
             &mut out,
@@ -285,7 +270,7 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Tower layer that records per-method calls and callers' uids in a [`Metrics`]; `None`
+/// Tower layer that records per-method calls in a [`Metrics`]; `None`
 /// records nothing (the endpoint is off).
 #[derive(Debug, Clone)]
 pub struct MetricsLayer(pub Option<Arc<Metrics>>);
@@ -324,14 +309,6 @@ where
         let Some(metrics) = self.metrics.clone() else {
             return Box::pin(self.inner.call(req));
         };
-        if let Some(uid) = req
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|i| i.peer_cred)
-            .map(|c| c.uid())
-        {
-            metrics.saw_uid(uid);
-        }
         let path = req.uri().path().to_owned();
         let start = Instant::now();
         let fut = self.inner.call(req);

@@ -9,7 +9,7 @@
 //! Visibility: a resource is visible only to its owner uid. Lookups by another uid read exactly
 //! like an unknown id (NOT_FOUND).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -105,6 +105,17 @@ impl Resource {
         }
         Ok(fd)
     }
+}
+
+/// One uid's live resources ([`Registry::usage_by_uid`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Live buffers.
+    pub buffers: u64,
+    /// Live semaphores.
+    pub semaphores: u64,
+    /// Their allocation sizes, summed.
+    pub buffer_bytes: u64,
 }
 
 /// A resource with its current references, as listings show it.
@@ -306,6 +317,22 @@ impl Registry {
         let mut inner = self.lock();
         inner.sessions.clear();
         inner.resources.drain().map(|(_, e)| e.resource).collect()
+    }
+
+    /// Live buffers, semaphores and buffer bytes (allocation sizes) per owner uid.
+    pub fn usage_by_uid(&self) -> BTreeMap<u32, Usage> {
+        let mut out: BTreeMap<u32, Usage> = BTreeMap::new();
+        for e in self.lock().resources.values() {
+            let u = out.entry(e.resource.owner_uid).or_default();
+            match &e.resource.object {
+                Object::Buffer(b) => {
+                    u.buffers += 1;
+                    u.buffer_bytes += b.allocation_size();
+                }
+                Object::Semaphore(_) => u.semaphores += 1,
+            }
+        }
+        out
     }
 
     /// (live resources, live sessions).

@@ -474,7 +474,9 @@ async fn activated_daemon_notifies_readiness_serves_metrics_and_stops_cleanly() 
     assert_eq!(metric(&before, "gpushare_up"), 1.0);
     assert_eq!(metric(&before, "gpushare_resources"), 0.0);
     assert_eq!(metric(&before, "gpushare_sessions"), 1.0);
-    assert_eq!(metric(&before, &bytes_key), 0.0);
+    // A uid without resources has no per-uid series.
+    assert!(!before.contains_key(&bytes_key), "{before:?}");
+    assert_eq!(metric(&before, "gpushare_descriptors_sent_total"), 0.0);
     let buf = c
         .create_buffer(1 << 20, &CreateOptions::default())
         .await
@@ -485,6 +487,7 @@ async fn activated_daemon_notifies_readiness_serves_metrics_and_stops_cleanly() 
         .unwrap();
     let ticket = c.export_ticket(buf.id()).await.unwrap().ticket;
     let _exported = c.redeem(&ticket).await.unwrap();
+    let _direct = c.export(buf.id()).await.unwrap();
     let wait = tokio::spawn({
         let sem = sem.clone();
         async move { sem.wait(1, Duration::from_secs(30)).await }
@@ -506,6 +509,7 @@ async fn activated_daemon_notifies_readiness_serves_metrics_and_stops_cleanly() 
     );
     assert_eq!(metric(&after, "gpushare_pending_waits"), 1.0);
     assert_eq!(metric(&after, "gpushare_export_tickets_issued_total"), 1.0);
+    assert_eq!(metric(&after, "gpushare_descriptors_sent_total"), 2.0);
     let create = "service=\"gpushare.v1.GpuShare\",method=\"CreateBuffer\"";
     assert_eq!(
         metric(&after, &format!("gpushare_grpc_calls_total{{{create}}}")),
