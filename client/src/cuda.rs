@@ -15,8 +15,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use gpushare_interop::cuda::{CudaDevice, ExternalMemory, ExternalSemaphore};
-use gpushare_interop::vulkan::BufferImportDesc;
-use gpushare_proto::v1;
 
 use crate::{Buffer, Client, CreateOptions, Error, Exported, Result};
 
@@ -66,7 +64,7 @@ impl InteropBuffer {
     /// The descriptor's ownership passes to the driver only on success; on any failure it is
     /// closed.
     pub fn import(device: &Arc<CudaDevice>, exported: Exported) -> Result<InteropBuffer> {
-        let desc = buffer_desc(&exported)?;
+        let desc = exported.buffer_import_desc()?;
         check_device(&desc.device_uuid, device)?;
         let Exported { fd, info } = exported;
         let memory =
@@ -114,7 +112,7 @@ pub fn import_semaphore_cuda(
     device: &Arc<CudaDevice>,
     exported: Exported,
 ) -> Result<ExternalSemaphore> {
-    check_semaphore(&exported)?;
+    exported.check_timeline_semaphore()?;
     check_device(&exported.device_uuid()?, device)?;
     Ok(ExternalSemaphore::import_timeline_fd(device, exported.fd)?)
 }
@@ -182,39 +180,10 @@ fn check_uuid(exported: &[u8; 16], device: &[u8; 16]) -> Result<()> {
     Ok(())
 }
 
-/// The import description of an exported buffer: an `OPAQUE_FD` buffer whose size fits in its
-/// allocation.
-fn buffer_desc(exported: &Exported) -> Result<BufferImportDesc> {
-    let desc = exported.buffer_import_desc()?;
-    if desc.size == 0 || desc.size > desc.allocation_size {
-        return Err(Error::BufferSize {
-            size: desc.size,
-            allocation_size: desc.allocation_size,
-        });
-    }
-    Ok(desc)
-}
-
-/// Checks that `exported` is a timeline semaphore exported as `OPAQUE_FD`.
-fn check_semaphore(exported: &Exported) -> Result<()> {
-    if exported.kind() != v1::ResourceKind::Semaphore {
-        return Err(Error::WrongKind {
-            expected: v1::ResourceKind::Semaphore,
-            found: exported.info.kind,
-        });
-    }
-    if exported.handle_type() != v1::HandleType::OpaqueFd {
-        return Err(Error::HandleType(exported.info.handle_type));
-    }
-    match &exported.info.details {
-        Some(v1::exported_fd::Details::Semaphore(s)) if s.timeline => Ok(()),
-        _ => Err(Error::MissingField("ExportedFd.semaphore.timeline")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gpushare_proto::v1;
 
     fn exported(info: v1::ExportedFd) -> Exported {
         let fd = std::fs::File::open("/dev/null")
@@ -256,23 +225,25 @@ mod tests {
 
     #[test]
     fn buffer_metadata_is_checked() {
-        let desc = buffer_desc(&exported(buffer_info(1000, 1024))).expect("valid");
+        let desc = exported(buffer_info(1000, 1024))
+            .buffer_import_desc()
+            .expect("valid");
         assert_eq!((desc.size, desc.allocation_size), (1000, 1024));
         assert!(desc.dedicated);
         for (size, allocation_size) in [(0, 1024), (2048, 1024)] {
             assert!(matches!(
-                buffer_desc(&exported(buffer_info(size, allocation_size))),
+                exported(buffer_info(size, allocation_size)).buffer_import_desc(),
                 Err(Error::BufferSize { .. })
             ));
         }
         assert!(matches!(
-            buffer_desc(&exported(semaphore_info())),
+            exported(semaphore_info()).buffer_import_desc(),
             Err(Error::WrongKind { .. })
         ));
         let mut info = buffer_info(1000, 1024);
         info.handle_type = v1::HandleType::DmaBuf as i32;
         assert!(matches!(
-            buffer_desc(&exported(info)),
+            exported(info).buffer_import_desc(),
             Err(Error::HandleType(2))
         ));
     }
@@ -288,17 +259,19 @@ mod tests {
 
     #[test]
     fn semaphore_metadata_is_checked() {
-        check_semaphore(&exported(semaphore_info())).expect("a timeline semaphore");
+        exported(semaphore_info())
+            .check_timeline_semaphore()
+            .expect("a timeline semaphore");
         let mut info = semaphore_info();
         info.kind = v1::ResourceKind::Buffer as i32;
         assert!(matches!(
-            check_semaphore(&exported(info)),
+            exported(info).check_timeline_semaphore(),
             Err(Error::WrongKind { .. })
         ));
         let mut info = semaphore_info();
         info.handle_type = v1::HandleType::DmaBuf as i32;
         assert!(matches!(
-            check_semaphore(&exported(info)),
+            exported(info).check_timeline_semaphore(),
             Err(Error::HandleType(2))
         ));
         let mut info = semaphore_info();
@@ -307,7 +280,7 @@ mod tests {
             ..Default::default()
         }));
         assert!(matches!(
-            check_semaphore(&exported(info)),
+            exported(info).check_timeline_semaphore(),
             Err(Error::MissingField(_))
         ));
     }

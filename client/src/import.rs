@@ -34,29 +34,26 @@ pub fn import_semaphore_vulkan(
     device: &Arc<Device>,
     exported: Exported,
 ) -> Result<TimelineSemaphore> {
-    check_kind(&exported, v1::ResourceKind::Semaphore)?;
-    check_opaque_fd(&exported)?;
-    if !matches!(
-        exported.info.details,
-        Some(v1::exported_fd::Details::Semaphore(v1::SemaphoreImport {
-            timeline: true,
-            ..
-        }))
-    ) {
-        return Err(Error::MissingField("ExportedFd.semaphore.timeline"));
-    }
+    exported.check_timeline_semaphore()?;
     Ok(device.import_timeline_semaphore(exported.fd)?)
 }
 
 impl Exported {
-    /// What a Vulkan importer needs to import this buffer: fails unless this is a buffer exported
-    /// as `OPAQUE_FD` with a 16-byte device UUID and its buffer details.
+    /// What an importer (Vulkan or CUDA) needs to import this buffer: fails unless this is a
+    /// buffer exported as `OPAQUE_FD` with a 16-byte device UUID and its buffer details, whose
+    /// size fits in its allocation.
     pub fn buffer_import_desc(&self) -> Result<BufferImportDesc> {
         check_kind(self, v1::ResourceKind::Buffer)?;
         check_opaque_fd(self)?;
         let Some(v1::exported_fd::Details::Buffer(buffer)) = &self.info.details else {
             return Err(Error::MissingField("ExportedFd.buffer"));
         };
+        if buffer.size == 0 || buffer.size > buffer.allocation_size {
+            return Err(Error::BufferSize {
+                size: buffer.size,
+                allocation_size: buffer.allocation_size,
+            });
+        }
         Ok(BufferImportDesc {
             size: buffer.size,
             allocation_size: buffer.allocation_size,
@@ -65,6 +62,19 @@ impl Exported {
             usage: buffer.usage,
             device_uuid: self.device_uuid()?,
         })
+    }
+}
+
+impl Exported {
+    /// Fails unless this is a timeline semaphore exported as `OPAQUE_FD` (what the Vulkan and
+    /// CUDA importers accept).
+    pub fn check_timeline_semaphore(&self) -> Result<()> {
+        check_kind(self, v1::ResourceKind::Semaphore)?;
+        check_opaque_fd(self)?;
+        match &self.info.details {
+            Some(v1::exported_fd::Details::Semaphore(s)) if s.timeline => Ok(()),
+            _ => Err(Error::MissingField("ExportedFd.semaphore.timeline")),
+        }
     }
 }
 
