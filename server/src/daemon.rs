@@ -1,7 +1,7 @@
 //! The daemon's shared state: configuration, devices, registry, tickets and the wait service,
 //! with the checks every handler shares (caller identity, session, lookups by kind).
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gpushare_interop::vulkan::TimelineSemaphore;
@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::devices::{DeviceSlot, Opened};
 use crate::error::{Error, Result};
 use crate::ids;
-use crate::registry::{Object, Registry, Resource, Snapshot};
+use crate::registry::{EndedSession, Object, Registry, Resource, Snapshot};
 use crate::tickets::Tickets;
 use crate::waiter::WaitService;
 
@@ -174,10 +174,15 @@ impl Daemon {
         }
     }
 
-    /// Host-signals `sem` to `value`, refusing non-increasing values, and wakes its waiters.
-    pub fn signal(&self, id: &str, sem: &TimelineSemaphore, value: u64) -> Result<u64> {
+    /// Host-signals semaphore `res` (`sem`) to `value`, refusing non-increasing values and
+    /// abandoned semaphores, and wakes its waiters.
+    pub fn signal(&self, res: &Resource, sem: &TimelineSemaphore, value: u64) -> Result<u64> {
+        let id = &res.id;
         {
             let _serial = self.signal_lock.lock().unwrap_or_else(|p| p.into_inner());
+            if res.abandoned.load(Ordering::Acquire) {
+                return Err(Error::Abandoned(id.clone()));
+            }
             let current = sem
                 .value()
                 .map_err(Error::gpu("reading a semaphore value"))?;
@@ -195,12 +200,47 @@ impl Daemon {
         Ok(value)
     }
 
-    /// Called with what a release or a session end freed.
+    /// Called with what a release or a session end freed. A semaphore on its way out is
+    /// signaled to its poison value first: other processes may have imported it, and their GPU
+    /// waits on it must not hang.
     pub fn freed(&self, freed: impl IntoIterator<Item = Arc<Resource>>) {
         for r in freed {
             tracing::debug!(id = %r.id, "resource freed");
-            if matches!(r.object, Object::Semaphore(_)) {
+            if let Object::Semaphore(sem) = &r.object {
                 self.waits.forget(&r.id);
+                self.poison(&r, sem);
+            }
+        }
+    }
+
+    /// What a session end left: frees what it freed, and abandons the semaphores it created
+    /// that live on (pinned, or held by other sessions). Their signaler is gone, so they are
+    /// signaled to their poison value and every wait on them ends with ABORTED.
+    pub fn session_ended(&self, ended: EndedSession) {
+        for r in ended.orphaned {
+            if let Object::Semaphore(sem) = &r.object {
+                self.waits.abandon(&r.id);
+                if let Some(value) = self.poison(&r, sem) {
+                    tracing::info!(id = %r.id, value, "semaphore abandoned: its creating session ended");
+                }
+            }
+        }
+        self.freed(ended.freed);
+    }
+
+    /// Marks `res` abandoned and signals its poison value (as far as the device allows), under
+    /// the signal lock. Returns the value, or `None` when it was poisoned before or the driver
+    /// refused (logged).
+    fn poison(&self, res: &Resource, sem: &TimelineSemaphore) -> Option<u64> {
+        let _serial = self.signal_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if res.abandoned.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        match sem.signal_max() {
+            Ok(value) => Some(value),
+            Err(e) => {
+                tracing::warn!(id = %res.id, error = %e, "cannot signal a semaphore's poison value");
+                None
             }
         }
     }

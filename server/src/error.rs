@@ -124,6 +124,10 @@ pub enum Error {
     /// A semaphore freed while a wait or op was pending on it.
     #[error("semaphore {0} was freed while waiting on it")]
     SemaphoreFreed(String),
+    /// A semaphore whose signaler is gone: the session that created it ended (or it was freed),
+    /// and the daemon signaled it to its poison value so that no waiter hangs.
+    #[error("semaphore {0} was abandoned: the session that signals it ended, and it was signaled to its poison value")]
+    Abandoned(String),
     /// The daemon is shutting down.
     #[error("the daemon is shutting down")]
     ShuttingDown,
@@ -191,7 +195,7 @@ impl Error {
             | NotExportable(_)
             | NoReference(_) => Code::FailedPrecondition,
             WaitTimeout { .. } | TicketExpired => Code::DeadlineExceeded,
-            SemaphoreFreed(_) => Code::Aborted,
+            SemaphoreFreed(_) | Abandoned(_) => Code::Aborted,
             ShuttingDown | ExecutorGone => Code::Unavailable,
             Gpu { source, .. } => gpu_code(source),
             Cuda { source, .. } if source.is_out_of_memory() => Code::ResourceExhausted,

@@ -22,6 +22,7 @@ use crate::service::Service;
 
 struct Point {
     id: String,
+    res: Arc<Resource>,
     sem: Arc<TimelineSemaphore>,
     value: u64,
 }
@@ -56,9 +57,10 @@ fn resolve(
     let points = |list: Vec<v1::SemaphorePoint>| -> Result<Vec<Point>> {
         list.into_iter()
             .map(|p| {
-                let (_, sem) = svc.d.semaphore(&p.semaphore_id, caller)?;
+                let (res, sem) = svc.d.semaphore(&p.semaphore_id, caller)?;
                 Ok(Point {
                     id: p.semaphore_id,
+                    res,
                     sem,
                     value: p.value,
                 })
@@ -68,6 +70,9 @@ fn resolve(
     let wait = points(sync.wait)?;
     let signal = points(sync.signal)?;
     for p in &signal {
+        if p.res.abandoned.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Abandoned(p.id.clone()));
+        }
         let current = p
             .sem
             .value()
@@ -101,7 +106,7 @@ async fn sequenced(svc: &Service, seq: Sequenced, device: u32, op: Op) -> Result
     let slot = svc.d.device(device)?;
     let out = slot.executor.run(op).await?;
     for p in &seq.signal {
-        svc.d.signal(&p.id, &p.sem, p.value)?;
+        svc.d.signal(&p.res, &p.sem, p.value)?;
     }
     Ok(out)
 }

@@ -10,6 +10,7 @@
 //! like an unknown id (NOT_FOUND).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -48,6 +49,9 @@ pub struct Resource {
     pub object: Object,
     /// A descriptor exported ahead of the next export request (see [`Resource::take_fd`]).
     pub spare_fd: Mutex<Option<OwnedFd>>,
+    /// Set once a semaphore was abandoned (its creating session ended while it lived on) or
+    /// poisoned on its way out: it was signaled as far as allowed and takes no more signals.
+    pub abandoned: AtomicBool,
 }
 
 impl Object {
@@ -71,6 +75,7 @@ impl Resource {
             created: Instant::now(),
             object,
             spare_fd: Mutex::new(None),
+            abandoned: AtomicBool::new(false),
         }
     }
 
@@ -105,6 +110,15 @@ impl Resource {
         }
         Ok(fd)
     }
+}
+
+/// What ending a session left behind ([`Registry::end_session`]).
+#[derive(Debug, Default)]
+pub struct EndedSession {
+    /// Resources nothing holds any more.
+    pub freed: Vec<Arc<Resource>>,
+    /// Semaphores the session created that live on without their signaler.
+    pub orphaned: Vec<Arc<Resource>>,
 }
 
 /// One uid's live resources ([`Registry::usage_by_uid`]).
@@ -154,6 +168,8 @@ struct Session {
     name: String,
     started: Instant,
     resources: HashSet<String>,
+    /// Semaphores this session created: it is their signaler.
+    created: HashSet<String>,
 }
 
 #[derive(Default)]
@@ -195,6 +211,7 @@ impl Registry {
                 name: name.to_owned(),
                 started: Instant::now(),
                 resources: HashSet::new(),
+                created: HashSet::new(),
             },
         );
         id
@@ -208,11 +225,13 @@ impl Registry {
         }
     }
 
-    /// Ends a session, dropping its references. Returns the resources this freed.
-    pub fn end_session(&self, session: &str) -> Vec<Arc<Resource>> {
+    /// Ends a session, dropping its references. Returns the resources this freed and the
+    /// semaphores it created that live on (pinned or held by other sessions): their signaler
+    /// is gone.
+    pub fn end_session(&self, session: &str) -> EndedSession {
         let mut inner = self.lock();
         let Some(s) = inner.sessions.remove(session) else {
-            return Vec::new();
+            return EndedSession::default();
         };
         tracing::debug!(session, uid = s.uid, pid = s.pid, name = %s.name, age_ms = s.started.elapsed().as_millis() as u64, "session ended");
         let mut freed = Vec::new();
@@ -226,7 +245,13 @@ impl Registry {
                 }
             }
         }
-        freed
+        let orphaned = s
+            .created
+            .iter()
+            .filter_map(|id| inner.resources.get(id))
+            .map(|e| e.resource.clone())
+            .collect();
+        EndedSession { freed, orphaned }
     }
 
     /// Adds a new resource referenced by `session` (checked by the caller) and/or pinned.
@@ -240,6 +265,9 @@ impl Registry {
                 .get_mut(sid)
                 .ok_or_else(|| Error::UnknownSession(ids::shown(sid)))?;
             s.resources.insert(id.clone());
+            if matches!(resource.object, Object::Semaphore(_)) {
+                s.created.insert(id.clone());
+            }
             sessions.insert(sid.to_owned());
         }
         let entry = Entry {

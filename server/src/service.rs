@@ -201,8 +201,8 @@ struct SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        let freed = self.d.registry.end_session(&self.id);
-        self.d.freed(freed);
+        let ended = self.d.registry.end_session(&self.id);
+        self.d.session_ended(ended);
     }
 }
 
@@ -402,8 +402,8 @@ impl GpuShare for Service {
     ) -> std::result::Result<Response<v1::SemaphoreValue>, Status> {
         let caller = self.caller(&req)?;
         let r = req.get_ref();
-        let (_, sem) = self.d.semaphore(&r.id, &caller)?;
-        let value = self.d.signal(&r.id, &sem, r.value)?;
+        let (res, sem) = self.d.semaphore(&r.id, &caller)?;
+        let value = self.d.signal(&res, &sem, r.value)?;
         Ok(Response::new(v1::SemaphoreValue { value }))
     }
 
@@ -455,6 +455,7 @@ impl GpuShare for Service {
                                 id,
                             },
                             End::ShuttingDown => Error::ShuttingDown,
+                            End::Abandoned => Error::Abandoned(id),
                         };
                         return Some((Err(Status::from(err)), None));
                     }

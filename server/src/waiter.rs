@@ -7,7 +7,7 @@
 //! waiters, tightly while waits are young and backing off as they age (see [`poll_interval`]),
 //! and signals that come through the daemon itself wake it at once ([`WaitService::notify`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +24,8 @@ pub enum End {
     Freed,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// The semaphore was abandoned (its signaler's session ended).
+    Abandoned,
 }
 
 /// What Watch streams see: the latest value, and why the stream ends once it does.
@@ -51,6 +53,8 @@ struct Watched {
 #[derive(Default)]
 struct State {
     sems: HashMap<String, Watched>,
+    /// Abandoned semaphores: waits on them end with ABORTED, whatever their value.
+    abandoned: HashSet<String>,
     /// Poll now instead of sleeping out the interval.
     kick: bool,
     shutdown: bool,
@@ -125,9 +129,15 @@ impl WaitService {
         target: u64,
         timeout: Duration,
     ) -> Result<u64> {
+        let abandoned = || Err(Error::Abandoned(id.to_owned()));
         let value = sem
             .value()
             .map_err(Error::gpu("reading a semaphore value"))?;
+        // `abandon` marks before the poison is signaled, so a value the poison reached is seen
+        // together with the mark.
+        if self.shared.lock().abandoned.contains(id) {
+            return abandoned();
+        }
         if value >= target {
             return Ok(value);
         }
@@ -144,6 +154,9 @@ impl WaitService {
             let mut st = self.shared.lock();
             if st.shutdown {
                 return Err(Error::ShuttingDown);
+            }
+            if st.abandoned.contains(id) {
+                return abandoned();
             }
             st.sems
                 .entry(id.to_owned())
@@ -165,6 +178,7 @@ impl WaitService {
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(End::Freed))) => Err(Error::SemaphoreFreed(id.to_owned())),
+            Ok(Ok(Err(End::Abandoned))) => abandoned(),
             Ok(Ok(Err(End::ShuttingDown))) | Ok(Err(_)) => Err(Error::ShuttingDown),
             Err(_) => Err(timed_out()),
         }
@@ -212,9 +226,26 @@ impl WaitService {
         self.shared.wake.notify_one();
     }
 
+    /// Semaphore `id` is abandoned: its waits and watches end with ABORTED now, and so does every
+    /// later wait on it. Call before signaling its poison value.
+    pub fn abandon(&self, id: &str) {
+        let removed = {
+            let mut st = self.shared.lock();
+            st.abandoned.insert(id.to_owned());
+            st.sems.remove(id)
+        };
+        if let Some(w) = removed {
+            end_all(w, End::Abandoned);
+        }
+    }
+
     /// Semaphore `id` was freed: its waits end with ABORTED and its watches with NOT_FOUND.
     pub fn forget(&self, id: &str) {
-        let removed = self.shared.lock().sems.remove(id);
+        let removed = {
+            let mut st = self.shared.lock();
+            st.abandoned.remove(id);
+            st.sems.remove(id)
+        };
         if let Some(w) = removed {
             end_all(w, End::Freed);
         }

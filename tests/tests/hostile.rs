@@ -536,3 +536,108 @@ async fn idle_fd_connections_are_dropped_and_clients_reconnect() {
         d.fd_count()
     );
 }
+
+/// A pinned semaphore outlives its creating session; when that process dies (SIGKILL), the
+/// daemon signals it to its poison value and every waiter — host waits, watches, and (on the GPU
+/// machine) a CUDA stream in another process — is released, with ABORTED on the daemon's side.
+#[tokio::test]
+async fn a_dead_signalers_semaphore_is_abandoned_and_releases_its_waiters() {
+    use futures_util::StreamExt;
+    let d = daemon!("");
+    let mut peer = Command::new(bin("gpushare-peer"))
+        .args([d.runtime_dir().to_str().unwrap(), "hold", "4096", "pin"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(peer.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let sem_id = line.split_whitespace().nth(1).unwrap().to_owned();
+    let c = Client::connect(d.runtime_dir()).await.unwrap();
+    let sem = c.semaphore(&sem_id);
+    let wait = tokio::spawn({
+        let sem = sem.clone();
+        async move { sem.wait(1, Duration::from_secs(30)).await }
+    });
+    let mut watch = sem.watch();
+    assert_eq!(watch.next().await.unwrap().unwrap(), 0);
+
+    // On a GPU that exports semaphores, a CUDA stream in another process waits too.
+    let info = c.info().await.unwrap();
+    let cuda_peer = if gpushare_interop::cuda::is_present() && info.devices[0].cuda.is_some() {
+        let ticket = hex::encode(c.export_ticket(&sem_id).await.unwrap().ticket);
+        let mut p = Command::new(bin("gpushare-peer"))
+            .args([d.runtime_dir().to_str().unwrap(), "cuda-wait", &ticket, "1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(p.stdout.take().unwrap());
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        assert_eq!(l.trim(), "waiting");
+        Some((p, out))
+    } else {
+        if gpushare_tests::gpu_required() {
+            panic!("GPUSHARE_REQUIRE_GPU=1 but the daemon has no CUDA device");
+        }
+        println!("SKIP: (part) no CUDA here: the GPU-side waiter is checked on the GPU machine");
+        None
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!wait.is_finished());
+
+    peer.kill().unwrap(); // SIGKILL: the creating session ends without a word
+    let killed = Instant::now();
+    peer.wait().unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .expect("the wait was not released")
+        .unwrap()
+        .unwrap_err();
+    let took = killed.elapsed();
+    assert_eq!(e.code(), Some(Code::Aborted), "{e}");
+    assert!(e.to_string().contains("abandoned"), "{e}");
+    println!("host wait released {took:?} after SIGKILL");
+    assert!(
+        took < Duration::from_millis(500),
+        "released only after {took:?}"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match watch.next().await {
+                Some(Ok(_)) => continue, // the poison value may arrive before the end
+                other => return other,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(end.unwrap().unwrap_err().code(), Some(Code::Aborted));
+
+    // The semaphore lives on (pinned), poisoned: no more signals, waits end at once.
+    let value = sem.value().await.unwrap();
+    assert!(value > 1_000_000, "not poisoned: {value}");
+    assert_eq!(
+        sem.signal(value.saturating_add(1))
+            .await
+            .unwrap_err()
+            .code(),
+        Some(Code::Aborted)
+    );
+    assert_eq!(
+        sem.wait(1, Duration::from_secs(1))
+            .await
+            .unwrap_err()
+            .code(),
+        Some(Code::Aborted)
+    );
+    if let Some((mut p, mut out)) = cuda_peer {
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        assert!(l.starts_with("released"), "{l}");
+        assert!(p.wait().unwrap().success());
+        println!("GPU-side wait in another process released {took:?}-ish after SIGKILL: {l}");
+    }
+    assert!(c.release(&sem_id).await.unwrap());
+}

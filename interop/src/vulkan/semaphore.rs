@@ -115,6 +115,20 @@ impl TimelineSemaphore {
         unsafe { self.inner.device.raw().signal_semaphore(&info) }.check("vkSignalSemaphore")
     }
 
+    /// Signals the highest value allowed now (the current value plus the device's
+    /// `maxTimelineSemaphoreValueDifference`) and returns it: every wait for a value up to it,
+    /// in any process, is released. The daemon's poison for abandoned semaphores.
+    pub fn signal_max(&self) -> Result<u64> {
+        let current = self.value()?;
+        let max = self.inner.device.physical().max_timeline_difference;
+        let value = current.saturating_add(max);
+        if value == current {
+            return Ok(current);
+        }
+        self.signal(value)?;
+        Ok(value)
+    }
+
     /// Waits on the host until the counter reaches `value`. `Ok(false)` on timeout.
     pub fn wait(&self, value: u64, timeout: Duration) -> Result<bool> {
         let semaphores = [self.inner.raw];

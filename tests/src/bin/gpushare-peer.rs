@@ -3,7 +3,8 @@
 //! ```text
 //! gpushare-peer <runtime-dir> import-read  <ticket-hex> <offset> <length>   # prints the bytes as hex
 //! gpushare-peer <runtime-dir> import-write <ticket-hex> <offset> <hex>      # writes through its import
-//! gpushare-peer <runtime-dir> hold <buffer-size>                           # session + buffer + semaphore, then sleeps
+//! gpushare-peer <runtime-dir> hold <buffer-size> [pin]                     # session + buffer + semaphore, then sleeps
+//! gpushare-peer <runtime-dir> cuda-wait <ticket-hex> <value>                # GPU-side wait on an imported semaphore
 //! gpushare-peer <runtime-dir> sem-signal <ticket-hex> <value> [<delay-ms>]   # imports a semaphore, host-signals it
 //! ```
 //!
@@ -50,7 +51,9 @@ async fn main() -> ExitCode {
             )
             .await
         }
-        ("hold", [size]) => hold(dir, size.parse().unwrap()).await,
+        ("hold", [size]) => hold(dir, size.parse().unwrap(), false).await,
+        ("hold", [size, pin]) if pin == "pin" => hold(dir, size.parse().unwrap(), true).await,
+        ("cuda-wait", [ticket, value]) => cuda_wait(dir, ticket, value.parse().unwrap()).await,
         ("sem-signal", [ticket, value]) => sem_signal(dir, ticket, value.parse().unwrap(), 0).await,
         ("sem-signal", [ticket, value, delay]) => {
             sem_signal(dir, ticket, value.parse().unwrap(), delay.parse().unwrap()).await
@@ -93,9 +96,12 @@ async fn import_rw(
     Ok(())
 }
 
-async fn hold(dir: &str, size: u64) -> Result<(), Box<dyn std::error::Error>> {
+async fn hold(dir: &str, size: u64, pin: bool) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect_with_session(dir, "gpushare-peer hold").await?;
-    let opts = CreateOptions::default();
+    let opts = CreateOptions {
+        pin,
+        ..Default::default()
+    };
     let buffer = client.create_buffer(size, &opts).await?;
     let sem = client.create_semaphore(0, &opts).await?;
     let mut out = std::io::stdout();
@@ -123,5 +129,27 @@ async fn sem_signal(
     sem.signal(value)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
     println!("{}", now.as_nanos());
+    Ok(())
+}
+
+/// Imports a timeline semaphore into this process's CUDA context (the GPU named by the
+/// descriptor's UUID), enqueues a GPU-side wait for `value` on its stream, prints `waiting`, and
+/// blocks in `cuStreamSynchronize` until the wait is released; then prints `released <ns>` (the
+/// CLOCK_MONOTONIC time at release) and the semaphore's value as seen from the host.
+async fn cuda_wait(dir: &str, ticket: &str, value: u64) -> Result<(), Box<dyn std::error::Error>> {
+    use gpushare_client::cuda::{cuda_device_for, import_semaphore_cuda};
+    let client = Client::connect(dir).await?;
+    let exported = client.redeem(&hex::decode(ticket)?).await?;
+    let device = cuda_device_for(&exported)?;
+    let sem = import_semaphore_cuda(&device, exported)?;
+    sem.wait(value, device.stream())?;
+    println!("waiting");
+    std::io::stdout().flush()?;
+    device.synchronize_stream()?;
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    println!(
+        "released {}",
+        now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128
+    );
     Ok(())
 }
