@@ -10,6 +10,9 @@
 //! `GPUSHARE_REQUIRE_VULKAN=1` is set (CI and the GPU machine), where it panics instead.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod report;
+pub mod rng;
+
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};

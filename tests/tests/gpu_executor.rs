@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use gpushare_client::v1;
 use gpushare_client::{Client, CreateOptions, Sync};
+use gpushare_tests::rng::SplitMix64;
 use gpushare_tests::{bin, gpu_required, run, TestDaemon};
 
 /// Starts a daemon with `executor = "cuda"`, or returns why it could not.
@@ -62,22 +63,6 @@ fn cuda_is_required_when_configured() {
     );
 }
 
-/// A small deterministic generator (splitmix64) so both daemons see the same sequence.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 const SIZE: u64 = 4 << 20;
 
 /// Runs a seeded sequence of operations on two buffers and returns both buffers' bytes.
@@ -101,7 +86,7 @@ async fn sequence(d: &TestDaemon, seed: u64, steps: usize) -> (String, Vec<u8>, 
     let none = Sync::none();
     a.fill(0, SIZE, 0, &none).await.unwrap();
     b.fill(0, SIZE, 0, &none).await.unwrap();
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     for step in 0..steps as u64 {
         let len = 4 * (1 + rng.below(256 << 10)); // 4 B .. 1 MiB, 4-aligned
         let off = 4 * rng.below((SIZE - len) / 4 + 1);

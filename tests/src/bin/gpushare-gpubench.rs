@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use gpushare_client::cuda::{cuda_device_for, import_semaphore_cuda, InteropBuffer};
@@ -43,6 +43,8 @@ use gpushare_client::{import, v1, Client, CreateOptions, Sync as Points};
 use gpushare_interop::cuda::cudarc::driver::sys;
 use gpushare_interop::cuda::{self, memops, CudaDevice, DeviceAllocation, PinnedBuffer};
 use gpushare_interop::vulkan::Instance;
+use gpushare_tests::report::{command_output, machine_info, print_table, Row};
+use gpushare_tests::rng::SplitMix64;
 use gpushare_tests::TestDaemon;
 use serde_json::{json, Map, Value};
 
@@ -1402,19 +1404,6 @@ fn expect_line(next_line: &mut impl FnMut() -> Res<String>, want: &str) -> Res<(
     Ok(())
 }
 
-/// SplitMix64 (Steele, Lea, Flood 2014): the random part of the pending times.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// A child process of this program in one role, spoken to by lines.
 struct Peer {
     child: Child,
@@ -1592,161 +1581,6 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
-}
-
-/// One line of the table.
-struct Row {
-    metric: String,
-    value: String,
-    baseline: String,
-    ratio: Option<f64>,
-    target: String,
-    result: Option<bool>,
-}
-
-impl Row {
-    fn new(
-        metric: &str,
-        value: String,
-        baseline: String,
-        ratio: Option<f64>,
-        target: String,
-        result: Option<bool>,
-    ) -> Self {
-        Row {
-            metric: metric.to_owned(),
-            value,
-            baseline,
-            ratio,
-            target,
-            result,
-        }
-    }
-
-    /// A row without a target.
-    fn info(metric: &str, value: String, baseline: String, ratio: Option<f64>) -> Self {
-        Row::new(metric, value, baseline, ratio, "-".into(), None)
-    }
-
-    fn ratio_text(&self) -> String {
-        self.ratio
-            .map_or_else(|| "-".into(), |r| format!("{r:.2}x"))
-    }
-
-    fn result_text(&self) -> &'static str {
-        match self.result {
-            Some(true) => "PASS",
-            Some(false) => "FAIL",
-            None => "-",
-        }
-    }
-
-    fn to_json(&self) -> Value {
-        json!({
-            "metric": self.metric,
-            "value": self.value,
-            "baseline": self.baseline,
-            "ratio": self.ratio.map(|r| (r * 1000.0).round() / 1000.0),
-            "target": self.target,
-            "result": self.result_text(),
-        })
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    let header = ["metric", "value", "baseline", "ratio", "target", "result"];
-    let cells: Vec<[String; 6]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.metric.clone(),
-                r.value.clone(),
-                r.baseline.clone(),
-                r.ratio_text(),
-                r.target.clone(),
-                r.result_text().to_owned(),
-            ]
-        })
-        .collect();
-    let mut width = header.map(str::len);
-    for row in &cells {
-        for (w, c) in width.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cols: [&str; 6]| {
-        let parts: Vec<String> = cols
-            .iter()
-            .zip(width)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("| {} |", parts.join(" | "));
-    };
-    println!();
-    line(header);
-    let rule: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
-    println!("|-{}-|", rule.join("-|-"));
-    for row in &cells {
-        line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
-    }
-}
-
-/// Hostname, CPUs, CPU model, kernel, UTC date, git commit.
-fn machine_info() -> Value {
-    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned()).ok();
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
-        s.lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_owned())
-    });
-    let nproc = std::thread::available_parallelism()
-        .ok()
-        .map(|n| n.get() as u64);
-    let commit = command_output("git", &["rev-parse", "HEAD"])
-        .or_else(|| read(".gpu-gb/COMMIT"))
-        .or_else(|| read(".gpu/COMMIT"));
-    json!({
-        "hostname": read("/proc/sys/kernel/hostname"),
-        "nproc": nproc,
-        "cpu_model": cpu_model,
-        "kernel": read("/proc/sys/kernel/osrelease"),
-        "date_utc": utc_now(),
-        "git_commit": commit,
-    })
-}
-
-fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
-}
-
-/// The current time as `YYYY-MM-DDTHH:MM:SSZ`.
-fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ use gpushare_client::cuda::{cuda_device_for, import_semaphore_cuda, InteropBuffe
 use gpushare_client::{import, Client, CreateOptions};
 use gpushare_interop::cuda::{self, CudaDevice, PinnedBuffer};
 use gpushare_interop::vulkan::{DeviceBuffer, Instance, SyncPoints, Transfer};
+use gpushare_tests::rng::SplitMix64;
 
 /// The shared buffer's size.
 const BUFFER_SIZE: u64 = 64 << 20;
@@ -162,34 +163,6 @@ impl Options {
             return None;
         }
         Some(o)
-    }
-}
-
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and the same stream on both sides.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0; the modulo bias is irrelevant here).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn fill(&mut self, out: &mut [u8]) {
-        let mut chunks = out.chunks_exact_mut(8);
-        for c in &mut chunks {
-            c.copy_from_slice(&self.next().to_le_bytes());
-        }
-        let rest = chunks.into_remainder();
-        let last = self.next().to_le_bytes();
-        rest.copy_from_slice(&last[..rest.len()]);
     }
 }
 
