@@ -249,10 +249,16 @@ async fn systemd_socket_activate_starts_the_daemon_on_both_named_sockets() {
     if !wait_for_path(&control, &mut proc, &log_path) {
         return;
     }
-    let c = tokio::time::timeout(
-        Duration::from_secs(30),
-        Client::connect_with_session(&run_dir, "socket-activated"),
-    )
+    // The socket file exists from bind() on, a moment before systemd-socket-activate listens:
+    // retry a refused connection.
+    let c = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match Client::connect_with_session(&run_dir, "socket-activated").await {
+                Err(e) if e.is_unreachable() => tokio::time::sleep(Duration::from_millis(20)).await,
+                other => return other,
+            }
+        }
+    })
     .await
     .expect("connect within 30 s");
     let c = match c {
