@@ -224,6 +224,26 @@ impl Client {
         Ok(reply.into_inner())
     }
 
+    /// The live client sessions the caller may see (today: every session of its uid, this
+    /// client's own included), oldest first.
+    pub async fn sessions(&self) -> Result<Vec<v1::SessionInfo>> {
+        let reply = self
+            .grpc()
+            .list_sessions(self.request(v1::ListSessionsRequest {}))
+            .await?;
+        Ok(reply.into_inner().sessions)
+    }
+
+    /// The caller uid's semaphores with their value, signaler session, abandonment and pending
+    /// host waits (see `PendingWait.unsatisfiable` in the proto), oldest first.
+    pub async fn semaphores(&self) -> Result<Vec<v1::SemaphoreInfo>> {
+        let reply = self
+            .grpc()
+            .list_semaphores(self.request(v1::ListSemaphoresRequest {}))
+            .await?;
+        Ok(reply.into_inner().semaphores)
+    }
+
     /// A handle to the buffer `id` (no call is made).
     pub fn buffer(&self, id: &str) -> Buffer {
         Buffer::new(self.clone(), id)

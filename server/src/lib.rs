@@ -6,7 +6,8 @@
 //! shutdown), [`service`] (gRPC handlers), [`ops`] (daemon-executed operations),
 //! [`executor`] (GPU execution), [`waiter`] (host waits), [`registry`] (resources and
 //! sessions), [`tickets`] and [`fd_server`] (descriptor export), [`error`] (status codes),
-//! [`systemd`] (socket activation, readiness, journald) and [`metrics`] (Prometheus endpoint).
+//! [`systemd`] (socket activation, readiness, journald), [`introspect`] (session and semaphore
+//! listings) and [`metrics`] (Prometheus endpoint).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod buffer;
@@ -18,6 +19,7 @@ pub mod executor;
 pub mod fd_server;
 pub mod ids;
 pub mod inflight;
+pub mod introspect;
 pub mod metrics;
 pub mod ops;
 pub mod registry;

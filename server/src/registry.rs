@@ -22,6 +22,7 @@ use crate::buffer::SharedBuffer;
 
 use crate::error::{Error, Result};
 use crate::ids;
+use crate::introspect::SessionView;
 
 /// The GPU object behind a resource.
 #[derive(Debug, Clone)]
@@ -360,6 +361,63 @@ impl Registry {
                 Object::Semaphore(_) => u.semaphores += 1,
             }
         }
+        out
+    }
+
+    /// The live sessions of `uid`, oldest first (for introspection).
+    pub fn sessions(&self, uid: u32) -> Vec<SessionView> {
+        let inner = self.lock();
+        let now = Instant::now();
+        let mut out: Vec<(Instant, SessionView)> = inner
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.uid == uid)
+            .map(|(id, s)| {
+                let signaled = s
+                    .created
+                    .iter()
+                    .filter(|id| inner.resources.contains_key(*id))
+                    .count();
+                let view = SessionView {
+                    id: id.clone(),
+                    uid: s.uid,
+                    pid: s.pid,
+                    client_name: s.name.clone(),
+                    age: now.saturating_duration_since(s.started),
+                    references: u32::try_from(s.resources.len()).unwrap_or(u32::MAX),
+                    semaphores_signaled: u32::try_from(signaled).unwrap_or(u32::MAX),
+                };
+                (s.started, view)
+            })
+            .collect();
+        out.sort_by_key(|(started, _)| *started);
+        out.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Every semaphore of `uid`, oldest first, with the id of its signaler (the live session
+    /// that created it), if any (for introspection).
+    pub fn semaphores(&self, uid: u32) -> Vec<(Snapshot, Option<String>)> {
+        let inner = self.lock();
+        let signalers: HashMap<&str, &str> = inner
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.uid == uid)
+            .flat_map(|(sid, s)| s.created.iter().map(move |r| (r.as_str(), sid.as_str())))
+            .collect();
+        let mut out: Vec<_> = inner
+            .resources
+            .values()
+            .filter(|e| {
+                e.resource.owner_uid == uid && matches!(e.resource.object, Object::Semaphore(_))
+            })
+            .map(|e| {
+                let signaler = signalers
+                    .get(e.resource.id.as_str())
+                    .map(|s| (*s).to_owned());
+                (e.snapshot(), signaler)
+            })
+            .collect();
+        out.sort_by_key(|(s, _)| s.resource.created);
         out
     }
 

@@ -359,6 +359,26 @@ impl GpuShare for Service {
         Ok(Response::new(resource_msg(&snap)))
     }
 
+    async fn list_sessions(
+        &self,
+        req: Request<v1::ListSessionsRequest>,
+    ) -> std::result::Result<Response<v1::ListSessionsResponse>, Status> {
+        let caller = self.caller(&req)?;
+        Ok(Response::new(crate::introspect::list_sessions(
+            &self.d, &caller,
+        )))
+    }
+
+    async fn list_semaphores(
+        &self,
+        req: Request<v1::ListSemaphoresRequest>,
+    ) -> std::result::Result<Response<v1::ListSemaphoresResponse>, Status> {
+        let caller = self.caller(&req)?;
+        Ok(Response::new(crate::introspect::list_semaphores(
+            &self.d, &caller,
+        )))
+    }
+
     async fn release_resource(
         &self,
         req: Request<v1::ResourceRef>,

@@ -37,6 +37,15 @@ pub struct WatchState {
     pub end: Option<End>,
 }
 
+/// A wait that has not been satisfied yet ([`WaitService::pending_by_semaphore`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingWait {
+    /// The value waited for.
+    pub target: u64,
+    /// How long it has been waiting.
+    pub age: Duration,
+}
+
 struct Waiter {
     target: u64,
     since: Instant,
@@ -259,6 +268,44 @@ impl WaitService {
             .values()
             .map(|w| w.waiters.len())
             .sum()
+    }
+
+    /// The pending waits per semaphore id: each wait's target and age, oldest first (for
+    /// introspection). Waits whose caller already gave up (timed out, cancelled) are left out.
+    /// Holds the poller's lock only to copy the targets and start times out.
+    pub fn pending_by_semaphore(&self) -> HashMap<String, Vec<PendingWait>> {
+        let copied: Vec<(String, Vec<(u64, Instant)>)> = {
+            let st = self.shared.lock();
+            st.sems
+                .iter()
+                .filter(|(_, w)| !w.waiters.is_empty())
+                .map(|(id, w)| {
+                    let waits = w
+                        .waiters
+                        .iter()
+                        .filter(|x| !x.tx.is_closed())
+                        .map(|x| (x.target, x.since))
+                        .collect();
+                    (id.clone(), waits)
+                })
+                .collect()
+        };
+        let now = Instant::now();
+        copied
+            .into_iter()
+            .filter(|(_, waits)| !waits.is_empty())
+            .map(|(id, mut waits)| {
+                waits.sort_by_key(|&(_, since)| since);
+                let waits = waits
+                    .into_iter()
+                    .map(|(target, since)| PendingWait {
+                        target,
+                        age: now.saturating_duration_since(since),
+                    })
+                    .collect();
+                (id, waits)
+            })
+            .collect()
     }
 
     /// Ends every wait and watch with UNAVAILABLE and stops the poller thread.

@@ -41,6 +41,17 @@ pub(crate) enum Command {
     /// Create and operate on timeline semaphores.
     #[command(subcommand)]
     Sem(SemCommand),
+    /// Show the daemon's counters, your sessions and your semaphores with their pending waits.
+    Stats,
+    /// `stats`, refreshed every --interval until interrupted (or --count refreshes).
+    Top {
+        /// Milliseconds between refreshes.
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        interval: u64,
+        /// Exit after this many refreshes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Export a resource, redeem its descriptor and print the import metadata (the descriptor
     /// is closed: this is for debugging).
     Export {

@@ -1,6 +1,6 @@
 //! `gpusharectl`: command-line control of the gpushare daemon.
 //!
-//! Inspect the daemon (`info`, `ls`, `describe`), create and drive buffers (`buffer create`,
+//! Inspect the daemon (`info`, `ls`, `describe`, `stats`, a live `top`), create and drive buffers (`buffer create`,
 //! `write`, `read`, `fill`, `copy`, `rm`) and timeline semaphores (`sem create`, `signal`, `wait`,
 //! `get`, `watch`, `rm`), and check what an export delivers (`export`). Buffer operations take
 //! `--wait SEM=VALUE` and `--signal SEM=VALUE` points, run by the daemon in GPU order.
@@ -29,6 +29,7 @@ mod exit;
 mod failure;
 mod output;
 mod parse;
+mod stats;
 mod table;
 
 use std::io::{self, Read};
@@ -107,6 +108,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 &output::resource_table(&r).render(),
             )
         }
+        Command::Stats => stats::once(&client, &out).await,
+        Command::Top { interval, count } => stats::top(&client, &out, interval, count).await,
         Command::Buffer(command) => buffer(&client, &out, command).await,
         Command::Sem(command) => semaphore(&client, &out, command).await,
         Command::Export { id } => {
