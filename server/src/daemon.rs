@@ -36,6 +36,9 @@ pub struct Daemon {
     pub waits: Arc<WaitService>,
     /// Cancelled when the daemon starts shutting down.
     pub shutdown: CancellationToken,
+    /// Cancelled once the calls in flight at shutdown have finished: then the session streams
+    /// end and their references go (a call in flight keeps its session until it is done).
+    pub sessions_end: CancellationToken,
     /// Effective largest buffer size.
     pub max_buffer_size: u64,
     /// Serializes host signals, so that the value check and the signal are one step.
@@ -96,6 +99,7 @@ impl Daemon {
             tickets,
             waits,
             shutdown: CancellationToken::new(),
+            sessions_end: CancellationToken::new(),
             max_buffer_size,
             signal_lock: Mutex::new(()),
             descriptors_sent: AtomicU64::new(0),

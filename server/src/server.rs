@@ -3,8 +3,9 @@
 //!
 //! [`run`] takes bound listeners and a shutdown future, so tests and socket activation hand it
 //! sockets and the binary hands it SIGTERM/SIGINT. On shutdown: health turns NOT_SERVING, no new
-//! connection is accepted, waits and watches end with UNAVAILABLE, session streams end, calls in
-//! flight finish (bounded by [`DRAIN_TIMEOUT`]), then executors stop and every resource is freed.
+//! connection is accepted, waits and watches end with UNAVAILABLE, calls in flight finish with
+//! their sessions still open (bounded by [`DRAIN_TIMEOUT`]), then the session streams end, the
+//! executors stop and every resource is freed.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -127,10 +128,12 @@ pub async fn run_with_metrics(
             if !in_flight.drained(DRAIN_TIMEOUT).await {
                 tracing::warn!(calls = in_flight.count(), timeout_s = DRAIN_TIMEOUT.as_secs(), "calls still in flight after the drain timeout; stopping anyway");
             }
+            d.sessions_end.cancel();
             tokio::time::sleep(FLUSH_GRACE).await;
         } => Ok(()),
     };
     token.cancel();
+    d.sessions_end.cancel();
     let _ = fd_server.await;
     if let Some(m) = metrics_server {
         let _ = m.await;

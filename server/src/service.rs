@@ -268,7 +268,7 @@ impl GpuShare for Service {
                 session_id: id,
             })),
         };
-        let shutdown = self.d.shutdown.clone();
+        let shutdown = self.d.sessions_end.clone();
         let end = futures_util::stream::once(async move {
             shutdown.cancelled().await;
             drop(guard);

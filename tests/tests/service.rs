@@ -723,3 +723,54 @@ fn cargo_deb_packages_binaries_units_and_the_config_as_a_conffile() {
     );
     assert_eq!(status.code(), Some(0), "{out}{err}");
 }
+
+/// SIGTERM while a call is being served: that call completes and its client gets its answer,
+/// then the daemon exits 0. (The metrics endpoint's in-flight gauge tells when the call is in.)
+#[tokio::test]
+async fn sigterm_lets_a_call_in_flight_complete() {
+    let dir = TempDir::new();
+    let metrics_sock = dir.path().join("metrics.sock");
+    let config = format!("[metrics]\nlisten = \"unix:{}\"\n", metrics_sock.display());
+    let Some(d) = gpushare_tests::TestDaemon::start_with(&config) else {
+        return;
+    };
+    let c = Client::connect_with_session(d.runtime_dir(), "in flight")
+        .await
+        .unwrap();
+    let size = 32 << 20;
+    let buf = c
+        .create_buffer(size, &CreateOptions::default())
+        .await
+        .unwrap();
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let write = tokio::spawn({
+        let (buf, data) = (buf.clone(), data.clone());
+        async move { buf.write(0, &data, &gpushare_client::Sync::none()).await }
+    });
+    // Wait until the daemon counts the Write in flight (the scrape itself is not a gRPC call).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = scrape(&metrics_sock).await;
+        if metric(&m, "gpushare_grpc_calls_in_flight") >= 1.0 {
+            break;
+        }
+        assert!(
+            !write.is_finished(),
+            "the write finished before it was seen in flight"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the write never showed as in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let pid = rustix::process::Pid::from_raw(d.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let written = tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("the write got no answer")
+        .unwrap();
+    assert!(written.is_ok(), "the call in flight failed: {written:?}");
+    let status = tokio::task::spawn_blocking(move || d.stop()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
