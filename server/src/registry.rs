@@ -10,7 +10,7 @@
 //! like an unknown id (NOT_FOUND).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -48,8 +48,10 @@ pub struct Resource {
     pub created: Instant,
     /// The GPU object.
     pub object: Object,
-    /// A descriptor exported ahead of the next export request (see [`Resource::take_fd`]).
-    pub spare_fd: Mutex<Option<OwnedFd>>,
+    /// Descriptors exported ahead of the next export requests (see [`Resource::take_fd`]).
+    spare_fds: Mutex<Vec<OwnedFd>>,
+    /// Whether a task is exporting spare descriptors now (one at a time).
+    refilling: AtomicBool,
     /// Set once a semaphore was abandoned (its creating session ended while it lived on) or
     /// poisoned on its way out: it was signaled as far as allowed and takes no more signals.
     pub abandoned: AtomicBool,
@@ -75,43 +77,60 @@ impl Resource {
             owner_uid,
             created: Instant::now(),
             object,
-            spare_fd: Mutex::new(None),
+            spare_fds: Mutex::new(Vec::new()),
+            refilling: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
         }
     }
 
     /// A descriptor for an export request. The driver call that makes one costs tens of
     /// microseconds on NVIDIA (`vkGetMemoryFdKHR` ~43 µs, `bench/results`), so after the first
-    /// export of a resource the daemon keeps one exported ahead: the request takes it and a
-    /// blocking task makes the next, off the request path. Each descriptor handed out is still
-    /// a distinct export of its own; the spare is closed when the resource is freed.
+    /// export of a resource the daemon keeps [`SPARE_FDS`] exported ahead: a request takes one
+    /// and a blocking task makes the next, off the request path. Each descriptor handed out is
+    /// still a distinct export of its own; the spares are closed when the resource is freed.
     pub fn take_fd(self: &Arc<Self>) -> std::result::Result<OwnedFd, vulkan::Error> {
         let spare = self
-            .spare_fd
+            .spare_fds
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take();
+            .pop();
         let fd = match spare {
             Some(fd) => fd,
             None => self.object.export_fd()?,
         };
+        self.refill_spares();
+        Ok(fd)
+    }
+
+    /// Tops the spare descriptors up to [`SPARE_FDS`] on a blocking task, unless one is at it.
+    fn refill_spares(self: &Arc<Self>) {
+        if self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let this = self.clone();
-        let refill = move || match this.object.export_fd() {
-            Ok(fd) => {
-                let mut spare = this.spare_fd.lock().unwrap_or_else(|p| p.into_inner());
-                if spare.is_none() {
-                    *spare = Some(fd);
+        let refill = move || {
+            let lock = || this.spare_fds.lock().unwrap_or_else(|p| p.into_inner());
+            while lock().len() < SPARE_FDS {
+                match this.object.export_fd() {
+                    Ok(fd) => lock().push(fd),
+                    Err(e) => {
+                        tracing::warn!(id = %this.id, error = %e, "cannot export a spare descriptor");
+                        break;
+                    }
                 }
             }
-            Err(e) => tracing::warn!(id = %this.id, error = %e, "cannot export a spare descriptor"),
+            this.refilling.store(false, Ordering::Release);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => drop(rt.spawn_blocking(refill)),
             Err(_) => refill(),
         }
-        Ok(fd)
     }
 }
+
+/// Descriptors kept exported ahead per exported resource (see [`Resource::take_fd`]): two, so
+/// that back-to-back exports find one while the next is being made.
+pub const SPARE_FDS: usize = 2;
 
 /// What ending a session left behind ([`Registry::end_session`]).
 #[derive(Debug, Default)]
