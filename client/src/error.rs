@@ -103,6 +103,15 @@ pub enum Error {
         #[source]
         source: gpushare_interop::cuda::Error,
     },
+    /// A descriptor was about to be imported into a Vulkan device of another driver than the
+    /// exporter's (an `OPAQUE_FD` import needs the same driver, `VkPhysicalDeviceIDProperties`).
+    #[error("descriptor exported by driver {exported} cannot be imported by driver {device}")]
+    WrongDriver {
+        /// The exporting driver's UUID.
+        exported: crate::cuda::Uuid,
+        /// The importing Vulkan device's driver UUID.
+        device: crate::cuda::Uuid,
+    },
     /// A descriptor was about to be imported into a CUDA device other than the exporting GPU.
     #[error("descriptor exported by GPU {exported} cannot be imported into CUDA device {device}")]
     WrongDevice {

@@ -26,6 +26,7 @@ pub fn vulkan_device_for(instance: &Arc<Instance>, exported: &Exported) -> Resul
 /// device: see [`vulkan_device_for`]), as a buffer of the same size and usage.
 pub fn import_buffer_vulkan(device: &Arc<Device>, exported: Exported) -> Result<ImportedBuffer> {
     let desc = exported.buffer_import_desc()?;
+    check_driver(device, &exported)?;
     Ok(device.import_buffer(exported.fd, &desc)?)
 }
 
@@ -35,6 +36,7 @@ pub fn import_semaphore_vulkan(
     exported: Exported,
 ) -> Result<TimelineSemaphore> {
     exported.check_timeline_semaphore()?;
+    check_driver(device, &exported)?;
     Ok(device.import_timeline_semaphore(exported.fd)?)
 }
 
@@ -76,6 +78,20 @@ impl Exported {
             _ => Err(Error::MissingField("ExportedFd.semaphore.timeline")),
         }
     }
+}
+
+/// [`Error::WrongDriver`] unless `device` runs the exporting driver (the device itself is
+/// checked by `gpushare-interop` against the device UUID).
+fn check_driver(device: &Device, exported: &Exported) -> Result<()> {
+    let exporter = exported.driver_uuid()?;
+    let importer = device.info().driver_uuid;
+    if exporter != importer {
+        return Err(Error::WrongDriver {
+            exported: crate::cuda::Uuid(exporter),
+            device: crate::cuda::Uuid(importer),
+        });
+    }
+    Ok(())
 }
 
 fn check_kind(exported: &Exported, expected: v1::ResourceKind) -> Result<()> {

@@ -482,3 +482,27 @@ async fn semaphore_signaled_in_another_process_wakes_a_daemon_wait() {
         "waits woke {p50} us after the signal: the poller is not polling"
     );
 }
+
+/// An import into a device of another driver is refused before the driver sees it (an
+/// `OPAQUE_FD` import needs the exporter's driver), and the descriptor is closed.
+#[tokio::test]
+async fn an_import_checks_the_exporting_driver() {
+    let d = daemon!();
+    let c = Client::connect_with_session(d.runtime_dir(), "driver check")
+        .await
+        .unwrap();
+    let buf = c
+        .create_buffer(4096, &CreateOptions::default())
+        .await
+        .unwrap();
+    let mut exported = c.export(buf.id()).await.unwrap();
+    let instance = Instance::new("test").unwrap();
+    let device = import::vulkan_device_for(&instance, &exported).unwrap();
+    exported.info.driver_uuid = vec![0xab; 16];
+    let err = import::import_buffer_vulkan(&device, exported).unwrap_err();
+    assert!(
+        matches!(err, gpushare_client::Error::WrongDriver { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("abababab"), "{err}");
+}
