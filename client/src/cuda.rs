@@ -183,45 +183,8 @@ fn check_uuid(exported: &[u8; 16], device: &[u8; 16]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::fixtures::{buffer_info, exported, semaphore_info};
     use gpushare_proto::v1;
-
-    fn exported(info: v1::ExportedFd) -> Exported {
-        let fd = std::fs::File::open("/dev/null")
-            .expect("open /dev/null")
-            .into();
-        Exported { fd, info }
-    }
-
-    fn semaphore_info() -> v1::ExportedFd {
-        v1::ExportedFd {
-            resource_id: "s".into(),
-            kind: v1::ResourceKind::Semaphore as i32,
-            handle_type: v1::HandleType::OpaqueFd as i32,
-            device_uuid: vec![3; 16],
-            driver_uuid: vec![4; 16],
-            details: Some(v1::exported_fd::Details::Semaphore(v1::SemaphoreImport {
-                timeline: true,
-                ..Default::default()
-            })),
-        }
-    }
-
-    fn buffer_info(size: u64, allocation_size: u64) -> v1::ExportedFd {
-        v1::ExportedFd {
-            resource_id: "b".into(),
-            kind: v1::ResourceKind::Buffer as i32,
-            handle_type: v1::HandleType::OpaqueFd as i32,
-            device_uuid: vec![3; 16],
-            driver_uuid: vec![4; 16],
-            details: Some(v1::exported_fd::Details::Buffer(v1::BufferImport {
-                size,
-                allocation_size,
-                dedicated: true,
-                memory_type_index: 1,
-                usage: 0x3,
-            })),
-        }
-    }
 
     #[test]
     fn buffer_metadata_is_checked() {

@@ -139,6 +139,54 @@ fn parse_reply(received: Received) -> Result<Exported> {
     }
 }
 
+/// Metadata fixtures for the importers' unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::Exported;
+    use gpushare_proto::v1;
+
+    /// `info` with a descriptor of /dev/null.
+    pub fn exported(info: v1::ExportedFd) -> Exported {
+        let fd = std::fs::File::open("/dev/null")
+            .expect("open /dev/null")
+            .into();
+        Exported { fd, info }
+    }
+
+    /// A dedicated OPAQUE_FD buffer (memory type 2, usage 0x3) on device 3…, driver 4….
+    pub fn buffer_info(size: u64, allocation_size: u64) -> v1::ExportedFd {
+        v1::ExportedFd {
+            resource_id: "b".into(),
+            kind: v1::ResourceKind::Buffer as i32,
+            handle_type: v1::HandleType::OpaqueFd as i32,
+            device_uuid: vec![3; 16],
+            driver_uuid: vec![4; 16],
+            details: Some(v1::exported_fd::Details::Buffer(v1::BufferImport {
+                size,
+                allocation_size,
+                dedicated: true,
+                memory_type_index: 2,
+                usage: 0x3,
+            })),
+        }
+    }
+
+    /// An OPAQUE_FD timeline semaphore on device 3…, driver 4….
+    pub fn semaphore_info() -> v1::ExportedFd {
+        v1::ExportedFd {
+            resource_id: "s".into(),
+            kind: v1::ResourceKind::Semaphore as i32,
+            handle_type: v1::HandleType::OpaqueFd as i32,
+            device_uuid: vec![3; 16],
+            driver_uuid: vec![4; 16],
+            details: Some(v1::exported_fd::Details::Semaphore(v1::SemaphoreImport {
+                timeline: true,
+                ..Default::default()
+            })),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,34 +114,11 @@ fn check_opaque_fd(exported: &Exported) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn exported(info: v1::ExportedFd) -> Exported {
-        let fd = std::fs::File::open("/dev/null")
-            .expect("open /dev/null")
-            .into();
-        Exported { fd, info }
-    }
-
-    fn buffer_info() -> v1::ExportedFd {
-        v1::ExportedFd {
-            resource_id: "b".into(),
-            kind: v1::ResourceKind::Buffer as i32,
-            handle_type: v1::HandleType::OpaqueFd as i32,
-            device_uuid: vec![3; 16],
-            driver_uuid: vec![4; 16],
-            details: Some(v1::exported_fd::Details::Buffer(v1::BufferImport {
-                size: 1000,
-                allocation_size: 1024,
-                dedicated: true,
-                memory_type_index: 2,
-                usage: 0x3,
-            })),
-        }
-    }
+    use crate::export::fixtures::{buffer_info, exported};
 
     #[test]
     fn desc_from_metadata() {
-        let desc = exported(buffer_info())
+        let desc = exported(buffer_info(1000, 1024))
             .buffer_import_desc()
             .expect("valid metadata");
         assert_eq!(desc.size, 1000);
@@ -154,25 +131,25 @@ mod tests {
 
     #[test]
     fn desc_checks_metadata() {
-        let mut info = buffer_info();
+        let mut info = buffer_info(1000, 1024);
         info.kind = v1::ResourceKind::Semaphore as i32;
         assert!(matches!(
             exported(info).buffer_import_desc(),
             Err(Error::WrongKind { .. })
         ));
-        let mut info = buffer_info();
+        let mut info = buffer_info(1000, 1024);
         info.handle_type = v1::HandleType::DmaBuf as i32;
         assert!(matches!(
             exported(info).buffer_import_desc(),
             Err(Error::HandleType(2))
         ));
-        let mut info = buffer_info();
+        let mut info = buffer_info(1000, 1024);
         info.device_uuid.pop();
         assert!(matches!(
             exported(info).buffer_import_desc(),
             Err(Error::BadUuid { len: 15, .. })
         ));
-        let mut info = buffer_info();
+        let mut info = buffer_info(1000, 1024);
         info.details = None;
         assert!(matches!(
             exported(info).buffer_import_desc(),

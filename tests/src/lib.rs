@@ -10,6 +10,21 @@
 //! `GPUSHARE_REQUIRE_VULKAN=1` is set (CI and the GPU machine), where it panics instead.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// Starts the daemon (`daemon_or_skip!()`, or with a TOML config: `daemon_or_skip!(config)`),
+/// or returns from the calling test when it was skipped ([`TestDaemon::start`] printed why).
+#[macro_export]
+macro_rules! daemon_or_skip {
+    () => {
+        $crate::daemon_or_skip!("")
+    };
+    ($config:expr) => {
+        match $crate::TestDaemon::start_with($config) {
+            Some(d) => d,
+            None => return,
+        }
+    };
+}
+
 pub mod report;
 pub mod rng;
 

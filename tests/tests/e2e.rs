@@ -7,17 +7,8 @@ use std::time::{Duration, Instant};
 
 use gpushare_client::{import, Client, CreateOptions, Sync};
 use gpushare_interop::vulkan::{Instance, SyncPoints, Transfer};
-use gpushare_tests::{bin, run, TestDaemon};
+use gpushare_tests::{bin, run};
 use tonic::Code;
-
-macro_rules! daemon {
-    () => {
-        match TestDaemon::start() {
-            Some(d) => d,
-            None => return,
-        }
-    };
-}
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -34,7 +25,7 @@ fn pinned() -> CreateOptions {
 
 #[tokio::test]
 async fn info_reports_the_device_and_its_capabilities() {
-    let d = daemon!();
+    let d = gpushare_tests::daemon_or_skip!();
     let c = Client::connect(d.runtime_dir()).await.unwrap();
     let info = c.info().await.unwrap();
     assert_eq!(info.devices.len(), 1);
@@ -58,7 +49,7 @@ async fn info_reports_the_device_and_its_capabilities() {
 /// writes through its import, and A reads that back through the daemon.
 #[tokio::test]
 async fn buffer_is_shared_zero_copy_with_another_process() {
-    let d = daemon!();
+    let d = gpushare_tests::daemon_or_skip!();
     let a = Client::connect_with_session(d.runtime_dir(), "process A")
         .await
         .unwrap();
@@ -113,7 +104,7 @@ async fn buffer_is_shared_zero_copy_with_another_process() {
 /// Freeing on the daemon's side never breaks an import: the driver holds its own reference.
 #[tokio::test]
 async fn an_import_outlives_the_daemons_release() {
-    let d = daemon!();
+    let d = gpushare_tests::daemon_or_skip!();
     let c = Client::connect_with_session(d.runtime_dir(), "importer")
         .await
         .unwrap();
@@ -149,7 +140,7 @@ async fn an_import_outlives_the_daemons_release() {
 
 #[tokio::test]
 async fn host_signal_and_wait_across_processes() {
-    let d = daemon!();
+    let d = gpushare_tests::daemon_or_skip!();
     let a = Client::connect_with_session(d.runtime_dir(), "signaler")
         .await
         .unwrap();
@@ -229,7 +220,7 @@ async fn host_signal_and_wait_across_processes() {
 #[tokio::test]
 async fn watch_streams_each_new_value() {
     use futures_util::StreamExt;
-    let d = daemon!();
+    let d = gpushare_tests::daemon_or_skip!();
     let a = Client::connect_with_session(d.runtime_dir(), "watcher")
         .await
         .unwrap();
@@ -261,7 +252,7 @@ async fn watch_streams_each_new_value() {
 /// Write/Read/Fill/Copy run between their wait points and signal points.
 #[tokio::test]
 async fn daemon_executed_ops_follow_their_sync_points() {
-    let d = daemon!();
+    let d = gpushare_tests::daemon_or_skip!();
     let c = Client::connect_with_session(d.runtime_dir(), "ops")
         .await
         .unwrap();
@@ -359,7 +350,7 @@ async fn daemon_executed_ops_follow_their_sync_points() {
 /// SIGTERM: pending waits get UNAVAILABLE, the daemon exits 0 and removes its sockets.
 #[tokio::test]
 async fn sigterm_drains_and_ends_waits_with_unavailable() {
-    let d = daemon!();
+    let d = gpushare_tests::daemon_or_skip!();
     let c = Client::connect_with_session(d.runtime_dir(), "shutdown")
         .await
         .unwrap();
@@ -386,7 +377,7 @@ async fn sigterm_drains_and_ends_waits_with_unavailable() {
 
 #[test]
 fn a_second_daemon_on_the_same_directory_is_refused() {
-    let d = daemon!();
+    let d = gpushare_tests::daemon_or_skip!();
     let (status, _, err) = run(
         Command::new(bin("gpushared"))
             .arg("--runtime-dir")
@@ -406,7 +397,7 @@ fn a_second_daemon_on_the_same_directory_is_refused() {
 /// (lavapipe), Export must refuse with FAILED_PRECONDITION, as GetInfo's capabilities say.
 #[tokio::test]
 async fn semaphore_signaled_in_another_process_wakes_a_daemon_wait() {
-    let d = daemon!();
+    let d = gpushare_tests::daemon_or_skip!();
     let c = Client::connect_with_session(d.runtime_dir(), "sem export")
         .await
         .unwrap();
@@ -487,7 +478,7 @@ async fn semaphore_signaled_in_another_process_wakes_a_daemon_wait() {
 /// `OPAQUE_FD` import needs the exporter's driver), and the descriptor is closed.
 #[tokio::test]
 async fn an_import_checks_the_exporting_driver() {
-    let d = daemon!();
+    let d = gpushare_tests::daemon_or_skip!();
     let c = Client::connect_with_session(d.runtime_dir(), "driver check")
         .await
         .unwrap();

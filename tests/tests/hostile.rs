@@ -10,18 +10,9 @@ use std::time::{Duration, Instant};
 use gpushare_client::v1;
 use gpushare_client::{Client, CreateOptions, Sync};
 use gpushare_proto::fdpass::{self, SeqPacket};
-use gpushare_tests::{bin, run, TestDaemon};
+use gpushare_tests::{bin, run};
 use prost::Message;
 use tonic::Code;
-
-macro_rules! daemon {
-    ($config:expr) => {
-        match TestDaemon::start_with($config) {
-            Some(d) => d,
-            None => return,
-        }
-    };
-}
 
 async fn stats(c: &Client) -> v1::DaemonStats {
     c.info().await.unwrap().stats.unwrap()
@@ -41,7 +32,9 @@ async fn within(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> Option<D
 
 #[tokio::test]
 async fn bad_requests_get_their_precise_status() {
-    let d = daemon!("[limits]\nmax_buffer_size = 1048576\nmax_transfer_size = 65536\n");
+    let d = gpushare_tests::daemon_or_skip!(
+        "[limits]\nmax_buffer_size = 1048576\nmax_transfer_size = 65536\n"
+    );
     let c = Client::connect_with_session(d.runtime_dir(), "hostile")
         .await
         .unwrap();
@@ -244,7 +237,7 @@ fn error_code(reply: &v1::FdReply) -> Code {
 
 #[tokio::test]
 async fn fd_socket_survives_garbage_and_refuses_descriptors() {
-    let d = daemon!("");
+    let d = gpushare_tests::daemon_or_skip!("");
     let c = Client::connect_with_session(d.runtime_dir(), "fd hostile")
         .await
         .unwrap();
@@ -376,7 +369,8 @@ async fn fd_socket_survives_garbage_and_refuses_descriptors() {
 
 #[tokio::test]
 async fn tickets_expire_and_bind_to_their_uid() {
-    let d = daemon!("socket_mode = 0o666\n[limits]\nticket_ttl_ms = 1000\n");
+    let d =
+        gpushare_tests::daemon_or_skip!("socket_mode = 0o666\n[limits]\nticket_ttl_ms = 1000\n");
     let c = Client::connect_with_session(d.runtime_dir(), "tickets")
         .await
         .unwrap();
@@ -427,7 +421,7 @@ use std::os::unix::process::CommandExt;
 /// descriptors return to their baseline.
 #[tokio::test]
 async fn sigkilled_client_session_ends_and_frees_what_it_held() {
-    let d = daemon!("");
+    let d = gpushare_tests::daemon_or_skip!("");
     let c = Client::connect(d.runtime_dir()).await.unwrap();
     let base = stats(&c).await;
     let fds = d.settled_fd_count();
@@ -483,7 +477,7 @@ async fn sigkilled_client_session_ends_and_frees_what_it_held() {
 /// whose kept connection was closed that way reconnects and redeems as before.
 #[tokio::test]
 async fn idle_fd_connections_are_dropped_and_clients_reconnect() {
-    let d = daemon!("[limits]\nfd_idle_timeout_ms = 100\n");
+    let d = gpushare_tests::daemon_or_skip!("[limits]\nfd_idle_timeout_ms = 100\n");
     {
         // Warm-up: the driver creates some state of its own on the first allocation and export.
         let warm = Client::connect_with_session(d.runtime_dir(), "warm")
@@ -543,7 +537,7 @@ async fn idle_fd_connections_are_dropped_and_clients_reconnect() {
 #[tokio::test]
 async fn a_dead_signalers_semaphore_is_abandoned_and_releases_its_waiters() {
     use futures_util::StreamExt;
-    let d = daemon!("");
+    let d = gpushare_tests::daemon_or_skip!("");
     let mut peer = Command::new(bin("gpushare-peer"))
         .args([d.runtime_dir().to_str().unwrap(), "hold", "4096", "pin"])
         .stdout(Stdio::piped())

@@ -9,15 +9,6 @@ use gpushare_client::{v1, Client, CreateOptions};
 use gpushare_tests::{bin, run, TestDaemon};
 use serde_json::Value;
 
-macro_rules! daemon {
-    () => {
-        match TestDaemon::start() {
-            Some(d) => d,
-            None => return,
-        }
-    };
-}
-
 fn pinned() -> CreateOptions {
     CreateOptions {
         pin: true,
@@ -62,7 +53,7 @@ async fn ctl(d: &TestDaemon, args: &[&str]) -> (std::process::ExitStatus, String
 
 #[tokio::test]
 async fn sessions_list_live_sessions_and_drop_ended_ones() {
-    let d = daemon!();
+    let d = gpushare_tests::daemon_or_skip!();
     let a = Client::connect_with_session(d.runtime_dir(), "introspect-a")
         .await
         .unwrap();
@@ -124,7 +115,7 @@ async fn sessions_list_live_sessions_and_drop_ended_ones() {
 
 #[tokio::test]
 async fn semaphore_created_in_a_session_shows_its_signaler() {
-    let d = daemon!();
+    let d = gpushare_tests::daemon_or_skip!();
     let a = Client::connect_with_session(d.runtime_dir(), "signaler")
         .await
         .unwrap();
@@ -175,7 +166,7 @@ async fn semaphore_created_in_a_session_shows_its_signaler() {
 
 #[tokio::test]
 async fn wait_on_a_sessionless_semaphore_is_flagged_unsatisfiable() {
-    let d = daemon!();
+    let d = gpushare_tests::daemon_or_skip!();
     let c = Client::connect(d.runtime_dir()).await.unwrap();
     let sem = c.create_semaphore(1, &pinned()).await.unwrap();
     let waiter = tokio::spawn({
@@ -215,7 +206,7 @@ async fn wait_on_a_sessionless_semaphore_is_flagged_unsatisfiable() {
 
 #[tokio::test]
 async fn stats_json_and_top_show_sessions_and_waits() {
-    let d = daemon!();
+    let d = gpushare_tests::daemon_or_skip!();
     let a = Client::connect_with_session(d.runtime_dir(), "stats-test")
         .await
         .unwrap();
