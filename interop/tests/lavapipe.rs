@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use gpushare_interop::vulkan::{
     BufferImportDesc, Device, DeviceBuffer, DeviceSelector, DeviceType, Error, HandleType,
-    Instance, SyncPoints, Transfer,
+    Instance, SyncPoints, TimelineSemaphore, Transfer,
 };
 
 static LOCK: Mutex<()> = Mutex::new(());
@@ -270,6 +270,36 @@ fn timeline_semaphore_host_ops() {
     let start = Instant::now();
     assert!(!s.wait(8, Duration::from_millis(20)).unwrap());
     assert!(start.elapsed() >= Duration::from_millis(15));
+}
+
+#[test]
+fn wait_any_wakes_on_the_first_semaphore_reached() {
+    let Some(env) = env() else { return };
+    let a = env.device.create_timeline_semaphore(0, false).unwrap();
+    let b = env.device.create_timeline_semaphore(0, false).unwrap();
+    assert!(TimelineSemaphore::wait_any(&[], Duration::ZERO).unwrap());
+    let start = Instant::now();
+    assert!(!TimelineSemaphore::wait_any(&[(&a, 1), (&b, 1)], Duration::from_millis(20)).unwrap());
+    assert!(start.elapsed() >= Duration::from_millis(15));
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            b.signal(3).unwrap();
+        });
+        assert!(TimelineSemaphore::wait_any(&[(&a, 1), (&b, 2)], Duration::from_secs(10)).unwrap());
+    });
+    assert_eq!(a.value().unwrap(), 0, "woke although neither was reached");
+    assert_eq!(b.value().unwrap(), 3);
+    let other = Device::open(
+        &env.instance,
+        &DeviceSelector::Index(env.device.info().index),
+    )
+    .unwrap();
+    let c = other.create_timeline_semaphore(0, false).unwrap();
+    assert!(matches!(
+        TimelineSemaphore::wait_any(&[(&a, 1), (&c, 1)], Duration::ZERO),
+        Err(Error::WrongDevice { .. })
+    ));
 }
 
 #[test]

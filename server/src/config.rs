@@ -9,6 +9,7 @@
 //! | socket mode | — | — | `socket_mode` | `0o660` |
 //! | executor | — | — | `executor` | `auto` (CUDA when present and matched, else Vulkan) |
 //! | strict device matching | — | — | `strict_device_match` | `false` |
+//! | driver waits | — | — | `driver_waits` | `true` (see `waiter.rs`) |
 //! | limits | — | — | `[limits]` | see [`Limits`] |
 //! | metrics endpoint | — | — | `[metrics] listen` | off (see [`MetricsConfig`]) |
 
@@ -62,6 +63,10 @@ pub struct Config {
     /// Forbid the device-matching fallbacks (by name, then first CUDA device of compute
     /// capability >= 7): only a UUID match pairs a Vulkan device with a CUDA device.
     pub strict_device_match: bool,
+    /// Let one thread per device block in `vkWaitSemaphores` for the semaphores that have host
+    /// waiters, besides polling their counters. Off: polling alone (for a driver whose waits
+    /// misbehave).
+    pub driver_waits: bool,
     /// Resource limits.
     pub limits: Limits,
     /// The Prometheus metrics endpoint.
@@ -135,6 +140,7 @@ impl Default for Config {
             socket_mode: 0o660,
             executor: "auto".into(),
             strict_device_match: false,
+            driver_waits: true,
             limits: Limits::default(),
             metrics: MetricsConfig::default(),
         }

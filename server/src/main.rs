@@ -214,8 +214,8 @@ async fn serve(
         Ok(None) => None,
         Err(e) => return Err((EXIT_BAD_CONFIG, chain(&e))),
     };
-    let waits =
-        WaitService::start().map_err(|e| (1, format!("cannot start the wait service: {e}")))?;
+    let waits = WaitService::start(config.driver_waits)
+        .map_err(|e| (1, format!("cannot start the wait service: {e}")))?;
     let devices = opened.slots.len();
     let runtime_dir = dir.path().to_owned();
     let daemon = Arc::new(Daemon::new(config, opened, waits));

@@ -171,6 +171,30 @@ impl Metrics {
             "Host waits pending in the wait service (Wait calls and wait points).",
             d.waits.pending_waits() as f64,
         );
+        let wakeups: Vec<(String, f64)> = d
+            .waits
+            .wakeups()
+            .iter()
+            .map(|(by, n)| (format!("by=\"{}\"", by.label()), *n as f64))
+            .collect();
+        labeled(
+            &mut out,
+            "gpushare_wait_wakeups_total",
+            "counter",
+            "Host waits completed, by what noticed the value: driver (a vkWaitSemaphores thread), \
+             poll (the poller's periodic read), notify (a read the daemon asked for).",
+            &wakeups,
+        );
+        gauge(
+            &mut out,
+            "gpushare_driver_waits_active",
+            "1 while driver-wait threads serve host waits, 0 when waits are only polled.",
+            if d.waits.driver_waits_active() {
+                1.0
+            } else {
+                0.0
+            },
+        );
         gauge(
             &mut out,
             "gpushare_export_tickets_outstanding",

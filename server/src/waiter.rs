@@ -1,18 +1,31 @@
 //! The host-wait service: Wait calls, Watch streams and daemon-executed operations' wait points
-//! all wait here, on one poller thread, never a thread per wait.
+//! all wait here, on a fixed set of threads (one poller, plus one driver-wait thread per device),
+//! never a thread per wait.
 //!
-//! Why polling: on NVIDIA a host blocked in `vkWaitSemaphores` on a semaphore that another
-//! process signals wakes about 10 ms late, while reading the counter costs well under a
-//! microsecond (`../shared/GPU.md`). So the poller reads the counters of the semaphores that have
-//! waiters, tightly while waits are young and backing off as they age (see [`poll_interval`]),
-//! and signals that come through the daemon itself wake it at once ([`WaitService::notify`]).
+//! Two mechanisms, each a backstop for the other:
+//! - **Driver waits.** One thread per device blocks in `vkWaitSemaphores` with
+//!   `VK_SEMAPHORE_WAIT_ANY_BIT` over every semaphore of that device that has waiters (or
+//!   watches), plus an internal *kick* semaphore that the service signals from the host whenever
+//!   the set changes. On the H100 this wakes within microseconds of a signal from another
+//!   process, CUDA included, and costs no CPU while nothing happens (`bench/README.md`).
+//! - **Polling.** One poller thread reads the counters of the semaphores that have waiters. It
+//!   exists because a driver may wake late: `../shared/GPU.md` recorded `vkWaitSemaphores`
+//!   waking ~10 ms late on NVIDIA for a semaphore another process signals, while reading a
+//!   counter costs well under a microsecond. While a device's driver-wait thread is healthy the
+//!   poller only backstops it at a relaxed cadence ([`poll_interval`]); if the driver call fails,
+//!   the thread stops and the poller takes over at the tight cadence.
+//!
+//! Signals that come through the daemon itself wake the poller at once ([`WaitService::notify`]).
+//! Which mechanism completed each wait is counted ([`WaitService::wakeups`], the
+//! `gpushare_wait_wakeups_total` metric).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use gpushare_interop::vulkan::TimelineSemaphore;
+use gpushare_interop::vulkan::{Device, TimelineSemaphore};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Result};
@@ -72,6 +85,74 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    /// Waits completed per [`Wakeup`] source.
+    wakeups: [AtomicU64; 3],
+    /// Set while at least one driver-wait thread runs and none has failed: the poller then only
+    /// backstops at the relaxed cadence.
+    driver_waits: AtomicBool,
+}
+
+/// What completed a wait (counted per source: [`WaitService::wakeups`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// A driver-wait thread woke in `vkWaitSemaphores`.
+    Driver = 0,
+    /// The poller's periodic counter read.
+    Poll = 1,
+    /// A poll the daemon asked for: it signaled the semaphore itself, or a wait was added.
+    Notify = 2,
+}
+
+impl Wakeup {
+    /// All sources, in counter order.
+    pub const ALL: [Wakeup; 3] = [Wakeup::Driver, Wakeup::Poll, Wakeup::Notify];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Wakeup::Driver => "driver",
+            Wakeup::Poll => "poll",
+            Wakeup::Notify => "notify",
+        }
+    }
+}
+
+/// One device's driver-wait thread and its kick semaphore.
+struct Blocker {
+    /// Signaled from the host (to the next value) to make the thread re-read the wait set.
+    kick: TimelineSemaphore,
+    /// The last kick value signaled; the lock orders kicks.
+    kicked: Mutex<u64>,
+    /// Cleared when the thread stopped (driver error): kicks are skipped then.
+    alive: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Blocker {
+    fn kick(&self) {
+        if !self.alive.load(Ordering::Acquire) {
+            return;
+        }
+        let mut kicked = self.kicked.lock().unwrap_or_else(|p| p.into_inner());
+        *kicked += 1;
+        if let Err(e) = self.kick.signal(*kicked) {
+            tracing::warn!(error = %e, "cannot kick the driver-wait thread");
+        }
+    }
+
+    fn join(&self) {
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!("a driver-wait thread panicked");
+            }
+        }
+    }
+}
+
+/// The identity of a device (its `Arc`'s address), keying the driver-wait threads.
+fn device_key(device: &Arc<Device>) -> usize {
+    Arc::as_ptr(device) as usize
 }
 
 impl Shared {
@@ -87,6 +168,11 @@ impl Shared {
 pub struct WaitService {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Driver-wait threads by device ([`device_key`]), started on the first wait on a device;
+    /// `None` where starting one failed.
+    blockers: Mutex<HashMap<usize, Option<Arc<Blocker>>>>,
+    /// Whether to start driver-wait threads (configuration `waits.driver_waits`).
+    use_driver_waits: bool,
 }
 
 impl std::fmt::Debug for WaitService {
@@ -95,28 +181,38 @@ impl std::fmt::Debug for WaitService {
     }
 }
 
-/// How long the poller sleeps, given the age of its youngest pending wait (None: only watches).
+/// How long the poller sleeps, given the age of its youngest pending wait (None: only watches)
+/// and whether healthy driver-wait threads cover the waits.
 ///
 /// Reading a counter costs well under a microsecond; what polling costs is the poller's
-/// wake-ups. Young waits (a pipeline's next frame) get a 20 µs cadence; a wait that has gone
-/// on for seconds costs one wake-up per millisecond.
-pub fn poll_interval(youngest_wait: Option<Duration>) -> Duration {
-    match youngest_wait {
+/// wake-ups. On its own, the poller gives young waits (a pipeline's next frame) a 20 µs cadence
+/// and a wait that has gone on for seconds one wake-up per millisecond. Behind driver waits it
+/// only bounds the damage of a driver that wakes late, at a tenth of the wake-ups.
+pub fn poll_interval(youngest_wait: Option<Duration>, driver_waits: bool) -> Duration {
+    let alone = match youngest_wait {
         None => Duration::from_millis(1),
         Some(age) if age < Duration::from_millis(2) => Duration::from_micros(20),
         Some(age) if age < Duration::from_millis(20) => Duration::from_micros(50),
         Some(age) if age < Duration::from_millis(200) => Duration::from_micros(100),
         Some(age) if age < Duration::from_secs(2) => Duration::from_micros(250),
         Some(_) => Duration::from_millis(1),
+    };
+    if driver_waits {
+        alone * 10
+    } else {
+        alone
     }
 }
 
 impl WaitService {
-    /// Starts the poller thread.
-    pub fn start() -> std::io::Result<Arc<Self>> {
+    /// Starts the poller thread. With `driver_waits`, a driver-wait thread starts for each
+    /// device on its first wait.
+    pub fn start(driver_waits: bool) -> std::io::Result<Arc<Self>> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
+            wakeups: Default::default(),
+            driver_waits: AtomicBool::new(false),
         });
         let thread = std::thread::Builder::new()
             .name("gpushare-waits".into())
@@ -127,7 +223,58 @@ impl WaitService {
         Ok(Arc::new(Self {
             shared,
             thread: Mutex::new(Some(thread)),
+            blockers: Mutex::new(HashMap::new()),
+            use_driver_waits: driver_waits,
         }))
+    }
+
+    /// Waits completed so far, per source ([`Wakeup::ALL`] order).
+    pub fn wakeups(&self) -> [(Wakeup, u64); 3] {
+        Wakeup::ALL.map(|w| (w, self.shared.wakeups[w as usize].load(Ordering::Relaxed)))
+    }
+
+    /// Whether driver waits are in use (at least one thread runs and none has failed).
+    pub fn driver_waits_active(&self) -> bool {
+        self.shared.driver_waits.load(Ordering::Relaxed)
+    }
+
+    /// Kicks the driver-wait thread of `sem`'s device, starting it on the device's first wait.
+    fn kick_device(&self, sem: &TimelineSemaphore) {
+        if !self.use_driver_waits {
+            return;
+        }
+        let device = sem.device();
+        let key = device_key(device);
+        let blocker = {
+            let mut blockers = self.blockers.lock().unwrap_or_else(|p| p.into_inner());
+            match blockers.get(&key) {
+                Some(b) => b.clone(),
+                None => {
+                    if self.shared.lock().shutdown {
+                        return;
+                    }
+                    let started = start_blocker(&self.shared, device);
+                    if let Err(e) = &started {
+                        // Remembered as `None`, so that it is not retried on every wait.
+                        tracing::warn!(
+                            device = %device.info().name,
+                            error = %e,
+                            "cannot start a driver-wait thread; waits on this device are polled"
+                        );
+                    }
+                    let b = started.ok();
+                    blockers.insert(key, b.clone());
+                    let healthy = blockers
+                        .values()
+                        .all(|b| b.as_ref().is_some_and(|b| b.alive.load(Ordering::Acquire)));
+                    self.shared.driver_waits.store(healthy, Ordering::Release);
+                    b
+                }
+            }
+        };
+        if let Some(blocker) = blocker {
+            blocker.kick();
+        }
     }
 
     /// Waits until semaphore `id` reaches `target`, at most `timeout`. Returns the value seen.
@@ -184,6 +331,7 @@ impl WaitService {
             st.kick = true;
         }
         self.shared.wake.notify_one();
+        self.kick_device(sem);
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(End::Freed))) => Err(Error::SemaphoreFreed(id.to_owned())),
@@ -226,6 +374,7 @@ impl WaitService {
             }
         };
         self.notify();
+        self.kick_device(sem);
         Ok(rx)
     }
 
@@ -256,6 +405,8 @@ impl WaitService {
             st.sems.remove(id)
         };
         if let Some(w) = removed {
+            // The driver-wait thread holds the semaphore until it re-reads the wait set.
+            self.kick_device(&w.sem);
             end_all(w, End::Freed);
         }
     }
@@ -315,6 +466,17 @@ impl WaitService {
             st.shutdown = true;
         }
         self.shared.wake.notify_one();
+        let blockers: Vec<Arc<Blocker>> = self
+            .blockers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .filter_map(|(_, b)| b)
+            .collect();
+        for b in &blockers {
+            b.kick();
+            b.join();
+        }
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(thread) = thread {
             if thread.join().is_err() {
@@ -339,6 +501,51 @@ fn end_all(w: Watched, end: End) {
     }
 }
 
+/// Reads the counter of every semaphore with waiters or watches, completes the waits whose
+/// value was reached (counted as `by`), updates watches and drops entries nothing needs any
+/// more. Returns the age of the youngest wait still pending.
+fn scan(shared: &Shared, st: &mut State, by: Wakeup) -> Option<Duration> {
+    let now = Instant::now();
+    let mut youngest: Option<Duration> = None;
+    let mut completed = 0;
+    for (id, w) in st.sems.iter_mut() {
+        w.waiters.retain(|x| !x.tx.is_closed());
+        if w.watch.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
+            w.watch = None;
+        }
+        let value = match w.sem.value() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(semaphore = %id, error = %e, "cannot read semaphore value");
+                continue;
+            }
+        };
+        if value != w.last {
+            w.last = value;
+            if let Some(tx) = &w.watch {
+                tx.send_modify(|s| s.value = value);
+            }
+        }
+        let mut i = 0;
+        while i < w.waiters.len() {
+            if w.waiters[i].target <= value {
+                let _ = w.waiters.swap_remove(i).tx.send(Ok(value));
+                completed += 1;
+            } else {
+                let age = now.saturating_duration_since(w.waiters[i].since);
+                youngest = Some(youngest.map_or(age, |y| y.min(age)));
+                i += 1;
+            }
+        }
+    }
+    st.sems
+        .retain(|_, w| !w.waiters.is_empty() || w.watch.is_some());
+    if completed > 0 {
+        shared.wakeups[by as usize].fetch_add(completed, Ordering::Relaxed);
+    }
+    youngest
+}
+
 fn poll_loop(shared: &Shared) {
     let mut st = shared.lock();
     loop {
@@ -353,44 +560,17 @@ fn poll_loop(shared: &Shared) {
             st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
             continue;
         }
-        let now = Instant::now();
-        let mut youngest: Option<Duration> = None;
-        for (id, w) in st.sems.iter_mut() {
-            w.waiters.retain(|x| !x.tx.is_closed());
-            if w.watch.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
-                w.watch = None;
-            }
-            let value = match w.sem.value() {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(semaphore = %id, error = %e, "cannot read semaphore value");
-                    continue;
-                }
-            };
-            if value != w.last {
-                w.last = value;
-                if let Some(tx) = &w.watch {
-                    tx.send_modify(|s| s.value = value);
-                }
-            }
-            let mut i = 0;
-            while i < w.waiters.len() {
-                if w.waiters[i].target <= value {
-                    let _ = w.waiters.swap_remove(i).tx.send(Ok(value));
-                } else {
-                    let age = now.saturating_duration_since(w.waiters[i].since);
-                    youngest = Some(youngest.map_or(age, |y| y.min(age)));
-                    i += 1;
-                }
-            }
-        }
-        st.sems
-            .retain(|_, w| !w.waiters.is_empty() || w.watch.is_some());
+        let by = if st.kick {
+            Wakeup::Notify
+        } else {
+            Wakeup::Poll
+        };
+        st.kick = false;
+        let youngest = scan(shared, &mut st, by);
         if st.kick {
-            st.kick = false;
             continue;
         }
-        let interval = poll_interval(youngest);
+        let interval = poll_interval(youngest, shared.driver_waits.load(Ordering::Acquire));
         st = shared
             .wake
             .wait_timeout_while(st, interval, |s| !s.kick && !s.shutdown)
@@ -399,22 +579,183 @@ fn poll_loop(shared: &Shared) {
     }
 }
 
+/// Most semaphores in one driver wait; beyond them the poller alone serves (it reads every
+/// semaphore).
+const MAX_DRIVER_WAIT: usize = 255;
+
+/// How long one driver wait lasts at most before the thread re-reads the wait set anyway.
+const DRIVER_WAIT_SLICE: Duration = Duration::from_secs(1);
+
+fn start_blocker(
+    shared: &Arc<Shared>,
+    device: &Arc<Device>,
+) -> std::result::Result<Arc<Blocker>, Box<dyn std::error::Error>> {
+    let blocker = Arc::new(Blocker {
+        kick: device.create_timeline_semaphore(0, false)?,
+        kicked: Mutex::new(0),
+        alive: AtomicBool::new(true),
+        thread: Mutex::new(None),
+    });
+    let thread = std::thread::Builder::new()
+        .name("gpushare-vkwait".into())
+        .spawn({
+            let shared = shared.clone();
+            let blocker = blocker.clone();
+            let device = device.clone();
+            move || driver_wait_loop(&shared, &blocker, &device)
+        })?;
+    *blocker.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
+    Ok(blocker)
+}
+
+/// One device's driver-wait thread: blocks until any semaphore of the device with a waiter
+/// reaches its smallest pending target (or, with only watches, moves past its last value), or
+/// the kick semaphore is signaled, then scans.
+fn driver_wait_loop(shared: &Shared, blocker: &Blocker, device: &Arc<Device>) {
+    let key = device_key(device);
+    loop {
+        // Read the kick value before the wait set: a kick after this read wakes the wait below.
+        let kicked = match blocker.kick.value() {
+            Ok(v) => v,
+            Err(e) => return stop_blocker(shared, blocker, &e),
+        };
+        let points: Vec<(Arc<TimelineSemaphore>, u64)> = {
+            let st = shared.lock();
+            if st.shutdown {
+                return;
+            }
+            st.sems
+                .values()
+                .filter(|w| device_key(w.sem.device()) == key)
+                .filter_map(|w| {
+                    let target = w.waiters.iter().map(|x| x.target).min();
+                    let target = match (target, &w.watch) {
+                        (Some(t), _) => t,
+                        (None, Some(_)) => w.last.checked_add(1)?,
+                        (None, None) => return None,
+                    };
+                    Some((w.sem.clone(), target))
+                })
+                .take(MAX_DRIVER_WAIT)
+                .collect()
+        };
+        let mut list: Vec<(&TimelineSemaphore, u64)> =
+            points.iter().map(|(s, v)| (&**s, *v)).collect();
+        list.push((&blocker.kick, kicked + 1));
+        match TimelineSemaphore::wait_any(&list, DRIVER_WAIT_SLICE) {
+            Ok(_) => {}
+            Err(e) => return stop_blocker(shared, blocker, &e),
+        }
+        drop(list);
+        if points.is_empty() {
+            continue;
+        }
+        let mut st = shared.lock();
+        if st.shutdown {
+            return;
+        }
+        scan(shared, &mut st, Wakeup::Driver);
+        drop(st);
+        // The semaphores are released here, outside the lock: the last reference may destroy one.
+        drop(points);
+    }
+}
+
+fn stop_blocker(shared: &Shared, blocker: &Blocker, e: &dyn std::fmt::Display) {
+    tracing::warn!(error = %e, "driver waits failed; waits on this device are polled from now on");
+    blocker.alive.store(false, Ordering::Release);
+    shared.driver_waits.store(false, Ordering::Release);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn interval_backs_off_with_age() {
-        let young = poll_interval(Some(Duration::from_micros(100)));
-        let old = poll_interval(Some(Duration::from_secs(5)));
-        assert!(young < old);
-        assert!(young <= Duration::from_micros(50));
-        assert!(old <= Duration::from_millis(10));
-        let mut last = Duration::ZERO;
-        for ms in [0, 2, 20, 200, 2000] {
-            let i = poll_interval(Some(Duration::from_millis(ms)));
-            assert!(i >= last, "interval shrank at {ms} ms");
-            last = i;
+        for driver in [false, true] {
+            let young = poll_interval(Some(Duration::from_micros(100)), driver);
+            let old = poll_interval(Some(Duration::from_secs(5)), driver);
+            assert!(young < old);
+            assert!(old <= Duration::from_millis(10));
+            let mut last = Duration::ZERO;
+            for ms in [0, 2, 20, 200, 2000] {
+                let i = poll_interval(Some(Duration::from_millis(ms)), driver);
+                assert!(i >= last, "interval shrank at {ms} ms");
+                last = i;
+            }
+        }
+        assert!(poll_interval(Some(Duration::ZERO), false) <= Duration::from_micros(50));
+        assert!(
+            poll_interval(Some(Duration::ZERO), true) > poll_interval(Some(Duration::ZERO), false)
+        );
+    }
+
+    /// A device on the machine's Vulkan driver (lavapipe in CI), or `None` after a SKIP line.
+    fn device() -> Option<Arc<Device>> {
+        use gpushare_interop::vulkan::{DeviceSelector, Instance};
+        let skip = |why: String| {
+            assert!(
+                std::env::var_os("GPUSHARE_REQUIRE_GPU").is_none_or(|v| v != "1"),
+                "GPUSHARE_REQUIRE_GPU=1 but {why}"
+            );
+            println!("SKIP: {why}");
+            None
+        };
+        let instance = match Instance::new("gpushare-waiter-tests") {
+            Ok(i) => i,
+            Err(e) => return skip(format!("no Vulkan instance: {e}")),
+        };
+        match Device::open(&instance, &DeviceSelector::Default) {
+            Ok(d) => Some(d),
+            Err(e) => skip(format!("no Vulkan device: {e}")),
+        }
+    }
+
+    /// Waits signaled behind the service's back (as another process would) complete, and the
+    /// counters say which mechanism saw them: with driver waits on, the driver thread sees most
+    /// of them before the backstop poller (which waits 200 µs between reads of a young wait);
+    /// with them off, only the poller does.
+    #[test]
+    fn direct_signals_wake_waits_through_the_driver_or_the_poller() {
+        let Some(device) = device() else { return };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        for driver in [true, false] {
+            let svc = WaitService::start(driver).unwrap();
+            let sem = Arc::new(device.create_timeline_semaphore(0, false).unwrap());
+            const ROUNDS: u64 = 20;
+            for round in 1..=ROUNDS {
+                let signaler = std::thread::spawn({
+                    let sem = sem.clone();
+                    move || {
+                        std::thread::sleep(Duration::from_millis(3));
+                        sem.signal(round).unwrap();
+                    }
+                });
+                let got = rt
+                    .block_on(svc.wait("sem-t", &sem, round, Duration::from_secs(10)))
+                    .unwrap();
+                assert!(got >= round);
+                signaler.join().unwrap();
+            }
+            let counts = svc.wakeups();
+            let by = |w: Wakeup| counts.iter().find(|(x, _)| *x == w).unwrap().1;
+            assert_eq!(
+                by(Wakeup::Driver) + by(Wakeup::Poll) + by(Wakeup::Notify),
+                ROUNDS,
+                "{counts:?}"
+            );
+            assert_eq!(svc.driver_waits_active(), driver);
+            if driver {
+                assert!(by(Wakeup::Driver) > ROUNDS / 2, "{counts:?}");
+            } else {
+                assert_eq!(by(Wakeup::Driver), 0, "{counts:?}");
+            }
+            svc.shutdown();
+            assert_eq!(svc.pending_waits(), 0);
         }
     }
 }

@@ -146,6 +146,40 @@ impl TimelineSemaphore {
         }
     }
 
+    /// Waits on the host until *any* of `points` (semaphore, value) is reached: one
+    /// `vkWaitSemaphores` with `VK_SEMAPHORE_WAIT_ANY_BIT`. `Ok(false)` on timeout; `Ok(true)`
+    /// at once for an empty list. Every semaphore must belong to one device
+    /// ([`Error::WrongDevice`] otherwise).
+    pub fn wait_any(points: &[(&TimelineSemaphore, u64)], timeout: Duration) -> Result<bool> {
+        let Some((first, _)) = points.first() else {
+            return Ok(true);
+        };
+        let device = &first.inner.device;
+        if points
+            .iter()
+            .any(|(s, _)| !Arc::ptr_eq(&s.inner.device, device))
+        {
+            return Err(Error::WrongDevice {
+                what: "a semaphore of a wait-any",
+            });
+        }
+        let semaphores: Vec<vk::Semaphore> = points.iter().map(|(s, _)| s.inner.raw).collect();
+        let values: Vec<u64> = points.iter().map(|&(_, v)| v).collect();
+        let info = vk::SemaphoreWaitInfo::default()
+            .flags(vk::SemaphoreWaitFlags::ANY)
+            .semaphores(&semaphores)
+            .values(&values);
+        let ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        // SAFETY: every handle is a live timeline semaphore of `device` (checked above; the
+        // borrows keep them alive through the call); both arrays have one entry per point and
+        // outlive the call.
+        match unsafe { device.raw().wait_semaphores(&info, ns) } {
+            Ok(()) => Ok(true),
+            Err(vk::Result::TIMEOUT) => Ok(false),
+            Err(e) => Err(Error::call("vkWaitSemaphores", e)),
+        }
+    }
+
     /// Whether it was created exportable.
     pub fn exportable(&self) -> bool {
         self.exportable
