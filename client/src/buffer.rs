@@ -3,13 +3,16 @@
 use gpushare_proto::v1;
 
 use crate::client::resource_ref;
-use crate::{Client, Error, Exported, Result, Sync};
+use crate::{Client, Error, Exported, HostBuffer, Result, Sync};
 
 /// A buffer, named by id. Holds a clone of its [`Client`] (and so keeps its session alive).
 ///
 /// Every transfer first waits for the [`Sync`]'s wait points, runs on the device, then signals
-/// its signal points, and returns once all of that is done. A transfer moves at most the daemon's
-/// `Limits.max_transfer_size` bytes (and at most 64 MiB in one gRPC message).
+/// its signal points, and returns once all of that is done. [`Buffer::write`] and
+/// [`Buffer::read`] carry the bytes in the gRPC messages: at most the daemon's
+/// `Limits.max_transfer_size` per call, at a few hundred MB/s. For bulk data, put the bytes in
+/// a [`HostBuffer`] and use [`Buffer::write_from_host`] / [`Buffer::read_into_host`]: no size
+/// limit beyond the buffers', and DMA at the copy engine's speed on CUDA hosts.
 #[derive(Clone, Debug)]
 pub struct Buffer {
     client: Client,
@@ -46,6 +49,7 @@ impl Buffer {
             offset,
             data: data.to_vec(),
             sync: Some(sync.to_proto()),
+            from_host: None,
         };
         self.client
             .grpc()
@@ -61,6 +65,7 @@ impl Buffer {
             offset,
             length: len,
             sync: Some(sync.to_proto()),
+            to_host: None,
         };
         let data = self
             .client
@@ -76,6 +81,54 @@ impl Buffer {
             });
         }
         Ok(data)
+    }
+
+    /// Writes `len` bytes of `host` at `host_offset` into this buffer at `offset`. Do not change
+    /// that host range until this returns.
+    pub async fn write_from_host(
+        &self,
+        offset: u64,
+        host: &HostBuffer,
+        host_offset: u64,
+        len: u64,
+        sync: &Sync,
+    ) -> Result<()> {
+        let request = v1::WriteRequest {
+            buffer_id: self.id.clone(),
+            offset,
+            data: Vec::new(),
+            sync: Some(sync.to_proto()),
+            from_host: Some(host.range(host_offset, len)),
+        };
+        self.client
+            .grpc()
+            .write(self.client.request(request))
+            .await?;
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `offset` into `host` at `host_offset`; read them there with
+    /// [`HostBuffer::read_at`] once this returned.
+    pub async fn read_into_host(
+        &self,
+        offset: u64,
+        len: u64,
+        host: &HostBuffer,
+        host_offset: u64,
+        sync: &Sync,
+    ) -> Result<()> {
+        let request = v1::ReadRequest {
+            buffer_id: self.id.clone(),
+            offset,
+            length: len,
+            sync: Some(sync.to_proto()),
+            to_host: Some(host.range(host_offset, len)),
+        };
+        self.client
+            .grpc()
+            .read(self.client.request(request))
+            .await?;
+        Ok(())
     }
 
     /// Fills `len` bytes at `offset` with the 32-bit word `value` (offset and length must be

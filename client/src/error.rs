@@ -128,6 +128,9 @@ pub enum Error {
         /// The memory object's size.
         allocation_size: u64,
     },
+    /// Mapping a host buffer's descriptor failed, or a range was outside it.
+    #[error("host buffer")]
+    Host(#[from] gpushare_interop::host::HostError),
     /// A CUDA call failed: an import (the descriptor was closed), a mapping, a stream operation.
     #[error("CUDA call failed")]
     Cuda(#[from] gpushare_interop::cuda::Error),

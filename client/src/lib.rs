@@ -2,8 +2,8 @@
 //!
 //! A [`Client`] speaks to the two sockets in the daemon's runtime directory: gRPC on
 //! `control.sock` for every control call, and `fd.sock` (`SOCK_SEQPACKET` + `SCM_RIGHTS`) to
-//! redeem export tickets for file descriptors. Typed handles ([`Buffer`], [`Semaphore`]) name a
-//! resource by id and carry the client with them; [`import`] turns an [`Exported`] descriptor into
+//! redeem export tickets for file descriptors. Typed handles ([`Buffer`], [`Semaphore`],
+//! [`HostBuffer`]) name a resource by id and carry the client with them; [`import`] turns an [`Exported`] descriptor into
 //! a Vulkan import on the same physical device, and [`cuda`] into a CUDA import (a device pointer,
 //! an external semaphore) on the same GPU.
 //!
@@ -23,6 +23,7 @@ mod client;
 pub mod cuda;
 mod error;
 mod export;
+mod host;
 pub mod import;
 mod semaphore;
 mod sync;
@@ -34,6 +35,7 @@ pub use client::{Client, CreateOptions};
 pub use error::{Error, Result};
 pub use export::Exported;
 pub use gpushare_proto::v1;
+pub use host::HostBuffer;
 pub use semaphore::{Semaphore, Watch};
 pub use sync::Sync;
 

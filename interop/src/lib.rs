@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod cuda;
+pub mod host;
 pub mod vulkan;
 
 pub use vulkan::{

@@ -11,10 +11,14 @@ use crate::buffer::SharedBuffer;
 use crate::config::Config;
 use crate::devices::{DeviceSlot, Opened};
 use crate::error::{Error, Result};
+use crate::host_buffer::HostBuffer;
 use crate::ids;
 use crate::registry::{EndedSession, Object, Registry, Resource, Snapshot};
 use crate::tickets::Tickets;
 use crate::waiter::WaitService;
+
+/// The id prefix of host buffers (`host-…`).
+pub const HOST_BUFFER_PREFIX: &str = "host";
 
 /// Longest client-chosen text (resource names, client names), in bytes.
 pub const MAX_NAME: usize = 128;
@@ -129,7 +133,10 @@ impl Daemon {
 
     /// Looks up any resource of the caller's, validating the id's shape first.
     pub fn resource(&self, id: &str, caller: &Caller) -> Result<Snapshot> {
-        if !ids::is_well_formed(id, "buf") && !ids::is_well_formed(id, "sem") {
+        if !["buf", "sem", HOST_BUFFER_PREFIX]
+            .iter()
+            .any(|prefix| ids::is_well_formed(id, prefix))
+        {
             return Err(Error::MalformedId {
                 what: "resource",
                 id: ids::shown(id),
@@ -149,8 +156,30 @@ impl Daemon {
         let snap = self.registry.get(id, caller.uid)?;
         match &snap.resource.object {
             Object::Buffer(b) => Ok((snap.resource.clone(), b.clone())),
-            Object::Semaphore(_) => Err(Error::NotFound {
+            _ => Err(Error::NotFound {
                 what: "buffer",
+                id: ids::shown(id),
+            }),
+        }
+    }
+
+    /// Looks up a host buffer of the caller's.
+    pub fn host_buffer(
+        &self,
+        id: &str,
+        caller: &Caller,
+    ) -> Result<(Arc<Resource>, Arc<HostBuffer>)> {
+        if !ids::is_well_formed(id, HOST_BUFFER_PREFIX) {
+            return Err(Error::MalformedId {
+                what: "host buffer",
+                id: ids::shown(id),
+            });
+        }
+        let snap = self.registry.get(id, caller.uid)?;
+        match &snap.resource.object {
+            Object::HostBuffer(h) => Ok((snap.resource.clone(), h.clone())),
+            _ => Err(Error::NotFound {
+                what: "host buffer",
                 id: ids::shown(id),
             }),
         }
@@ -171,7 +200,7 @@ impl Daemon {
         let snap = self.registry.get(id, caller.uid)?;
         match &snap.resource.object {
             Object::Semaphore(s) => Ok((snap.resource.clone(), s.clone())),
-            Object::Buffer(_) => Err(Error::NotFound {
+            _ => Err(Error::NotFound {
                 what: "semaphore",
                 id: ids::shown(id),
             }),

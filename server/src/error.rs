@@ -155,6 +155,18 @@ pub enum Error {
         #[source]
         source: gpushare_interop::cuda::Error,
     },
+    /// A host-memory system call failed, or a host range was invalid.
+    #[error("{op} failed")]
+    Host {
+        /// What the daemon was doing.
+        op: &'static str,
+        /// The failure.
+        #[source]
+        source: gpushare_interop::host::HostError,
+    },
+    /// Write got both inline bytes and a host range, or a Read's host range has the wrong length.
+    #[error("{0}")]
+    BadHostRange(&'static str),
     /// A GPU driver call failed.
     #[error("{op} failed")]
     Gpu {
@@ -170,6 +182,11 @@ impl Error {
     /// Wraps a driver error with what the daemon was doing.
     pub fn gpu(op: &'static str) -> impl FnOnce(vulkan::Error) -> Error {
         move |source| Error::Gpu { op, source }
+    }
+
+    /// Wraps a host-memory error with what the daemon was doing.
+    pub fn host(op: &'static str) -> impl FnOnce(gpushare_interop::host::HostError) -> Error {
+        move |source| Error::Host { op, source }
     }
 
     /// The gRPC status code for this error.
@@ -198,9 +215,24 @@ impl Error {
             SemaphoreFreed(_) | Abandoned(_) => Code::Aborted,
             ShuttingDown | ExecutorGone => Code::Unavailable,
             Gpu { source, .. } => gpu_code(source),
+            Host { source, .. } => host_code(source),
+            BadHostRange(_) => Code::InvalidArgument,
             Cuda { source, .. } if source.is_out_of_memory() => Code::ResourceExhausted,
             Cuda { .. } => Code::Internal,
         }
+    }
+}
+
+fn host_code(e: &gpushare_interop::host::HostError) -> Code {
+    use gpushare_interop::host::HostError;
+    match e {
+        HostError::InvalidSize(_) | HostError::OutOfRange { .. } => Code::InvalidArgument,
+        HostError::Sys { source, .. }
+            if *source == rustix::io::Errno::NOMEM || *source == rustix::io::Errno::NOSPC =>
+        {
+            Code::ResourceExhausted
+        }
+        _ => Code::Internal,
     }
 }
 

@@ -136,7 +136,8 @@ fn handle(d: &Daemon, uid: u32, bytes: &[u8]) -> Result<(v1::ExportedFd, OwnedFd
     };
     let r = &snap.resource;
     let info = d.device(r.device)?.info();
-    let handle_type = crate::service::handle_type(gpushare_interop::vulkan::HandleType::OpaqueFd);
+    let mut handle_type =
+        crate::service::handle_type(gpushare_interop::vulkan::HandleType::OpaqueFd);
     let (kind, details, fd) = match &r.object {
         Object::Buffer(b) => (
             v1::ResourceKind::Buffer,
@@ -147,10 +148,18 @@ fn handle(d: &Daemon, uid: u32, bytes: &[u8]) -> Result<(v1::ExportedFd, OwnedFd
                 memory_type_index: b.memory_type_index(),
                 usage: b.usage(),
             }),
-            r.take_fd().map_err(Error::gpu("exporting buffer memory"))?,
+            r.take_fd()?,
         ),
+        Object::HostBuffer(h) => {
+            handle_type = v1::HandleType::Memfd as i32;
+            (
+                v1::ResourceKind::HostBuffer,
+                v1::exported_fd::Details::HostBuffer(v1::HostBufferImport { size: h.size() }),
+                r.take_fd()?,
+            )
+        }
         Object::Semaphore(s) => {
-            let fd = r.take_fd().map_err(Error::gpu("exporting a semaphore"))?;
+            let fd = r.take_fd()?;
             let value = s.value().map_err(Error::gpu("reading a semaphore value"))?;
             (
                 v1::ResourceKind::Semaphore,
@@ -162,14 +171,24 @@ fn handle(d: &Daemon, uid: u32, bytes: &[u8]) -> Result<(v1::ExportedFd, OwnedFd
             )
         }
     };
+    let host = matches!(r.object, Object::HostBuffer(_));
     tracing::debug!(id = %r.id, uid, "descriptor exported");
     Ok((
         v1::ExportedFd {
             resource_id: r.id.clone(),
             kind: kind as i32,
             handle_type,
-            device_uuid: info.device_uuid.to_vec(),
-            driver_uuid: info.driver_uuid.to_vec(),
+            // Host memory belongs to no device.
+            device_uuid: if host {
+                Vec::new()
+            } else {
+                info.device_uuid.to_vec()
+            },
+            driver_uuid: if host {
+                Vec::new()
+            } else {
+                info.driver_uuid.to_vec()
+            },
             details: Some(details),
         },
         fd,

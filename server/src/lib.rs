@@ -17,6 +17,7 @@ pub mod devices;
 pub mod error;
 pub mod executor;
 pub mod fd_server;
+pub mod host_buffer;
 pub mod ids;
 pub mod inflight;
 pub mod introspect;

@@ -138,10 +138,12 @@ impl Metrics {
         let mut buffers = Vec::new();
         let mut semaphores = Vec::new();
         let mut bytes = Vec::new();
+        let mut host_bytes = Vec::new();
         for (uid, usage) in d.registry.usage_by_uid() {
             let label = format!("uid=\"{uid}\"");
             buffers.push((label.clone(), usage.buffers as f64));
             semaphores.push((label.clone(), usage.semaphores as f64));
+            host_bytes.push((label.clone(), usage.host_buffer_bytes as f64));
             bytes.push((label, usage.buffer_bytes as f64));
         }
         labeled(
@@ -164,6 +166,13 @@ impl Metrics {
             "gauge",
             "Bytes of buffer memory (allocation sizes) per owner uid.",
             &bytes,
+        );
+        labeled(
+            &mut out,
+            "gpushare_uid_host_buffer_bytes",
+            "gauge",
+            "Bytes of host buffers (shared host memory, page-locked under CUDA) per owner uid.",
+            &host_bytes,
         );
         gauge(
             &mut out,

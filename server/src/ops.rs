@@ -15,7 +15,7 @@ use gpushare_proto::v1;
 use crate::buffer::SharedBuffer;
 use crate::daemon::Caller;
 use crate::error::{Error, Result};
-use crate::executor::Op;
+use crate::executor::{Op, Source};
 use crate::ids;
 use crate::registry::Resource;
 use crate::service::Service;
@@ -151,9 +151,27 @@ pub async fn write(
     r: v1::WriteRequest,
 ) -> Result<()> {
     let (res, dst) = buffer(svc, caller, &r.buffer_id)?;
-    let length = r.data.len() as u64;
-    check_transfer(svc, length)?;
-    check_range("buffer", r.offset, length, dst.size())?;
+    let src = match r.from_host {
+        Some(h) => {
+            if !r.data.is_empty() {
+                return Err(Error::BadHostRange(
+                    "Write got both data and from_host: send one of them",
+                ));
+            }
+            let (_, host) = svc.d.host_buffer(&h.host_buffer_id, caller)?;
+            check_range("host buffer", h.offset, h.length, host.size())?;
+            Source::Host {
+                host,
+                offset: h.offset,
+                length: h.length,
+            }
+        }
+        None => {
+            check_transfer(svc, r.data.len() as u64)?;
+            Source::Bytes(r.data)
+        }
+    };
+    check_range("buffer", r.offset, src.len(), dst.size())?;
     let seq = resolve(svc, caller, cap, r.sync)?;
     sequenced(
         svc,
@@ -162,7 +180,7 @@ pub async fn write(
         Op::Write {
             dst,
             offset: r.offset,
-            data: r.data,
+            src,
         },
     )
     .await
@@ -177,7 +195,22 @@ pub async fn read(
     r: v1::ReadRequest,
 ) -> Result<Vec<u8>> {
     let (res, src) = buffer(svc, caller, &r.buffer_id)?;
-    check_transfer(svc, r.length)?;
+    let into = match r.to_host {
+        Some(h) => {
+            if h.length != 0 && h.length != r.length {
+                return Err(Error::BadHostRange(
+                    "Read's to_host.length must be 0 or equal its length",
+                ));
+            }
+            let (_, host) = svc.d.host_buffer(&h.host_buffer_id, caller)?;
+            check_range("host buffer", h.offset, r.length, host.size())?;
+            Some((host, h.offset))
+        }
+        None => {
+            check_transfer(svc, r.length)?;
+            None
+        }
+    };
     check_range("buffer", r.offset, r.length, src.size())?;
     let seq = resolve(svc, caller, cap, r.sync)?;
     sequenced(
@@ -188,6 +221,7 @@ pub async fn read(
             src,
             offset: r.offset,
             length: r.length,
+            into,
         },
     )
     .await

@@ -16,9 +16,10 @@ use std::time::Instant;
 
 use std::os::fd::OwnedFd;
 
-use gpushare_interop::vulkan::{self, TimelineSemaphore};
+use gpushare_interop::vulkan::TimelineSemaphore;
 
 use crate::buffer::SharedBuffer;
+use crate::host_buffer::HostBuffer;
 
 use crate::error::{Error, Result};
 use crate::ids;
@@ -31,12 +32,14 @@ pub enum Object {
     Buffer(Arc<SharedBuffer>),
     /// A timeline semaphore.
     Semaphore(Arc<TimelineSemaphore>),
+    /// Shared host memory for bulk transfers.
+    HostBuffer(Arc<HostBuffer>),
 }
 
 /// One resource's fixed description.
 #[derive(Debug)]
 pub struct Resource {
-    /// Random id, `buf-…` or `sem-…`.
+    /// Random id, `buf-…`, `sem-…` or `host-…`.
     pub id: String,
     /// Optional name.
     pub name: String,
@@ -58,11 +61,25 @@ pub struct Resource {
 }
 
 impl Object {
-    /// A fresh descriptor for the object (`vkGetMemoryFdKHR` / `vkGetSemaphoreFdKHR`).
-    pub fn export_fd(&self) -> std::result::Result<OwnedFd, vulkan::Error> {
+    /// A fresh descriptor for the object (`vkGetMemoryFdKHR` / `vkGetSemaphoreFdKHR`, or a
+    /// duplicate of a host buffer's memfd).
+    pub fn export_fd(&self) -> Result<OwnedFd> {
         match self {
-            Object::Buffer(b) => b.export_fd(),
-            Object::Semaphore(s) => s.export_fd(),
+            Object::Buffer(b) => b.export_fd().map_err(Error::gpu("exporting buffer memory")),
+            Object::Semaphore(s) => s.export_fd().map_err(Error::gpu("exporting a semaphore")),
+            Object::HostBuffer(h) => h
+                .mem()
+                .dup_fd()
+                .map_err(Error::host("duplicating a host buffer's descriptor")),
+        }
+    }
+
+    /// What kind of object it is, for errors ("buffer", "semaphore", "host buffer").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Buffer(_) => "buffer",
+            Object::Semaphore(_) => "semaphore",
+            Object::HostBuffer(_) => "host buffer",
         }
     }
 }
@@ -88,7 +105,11 @@ impl Resource {
     /// export of a resource the daemon keeps [`SPARE_FDS`] exported ahead: a request takes one
     /// and a blocking task makes the next, off the request path. Each descriptor handed out is
     /// still a distinct export of its own; the spares are closed when the resource is freed.
-    pub fn take_fd(self: &Arc<Self>) -> std::result::Result<OwnedFd, vulkan::Error> {
+    /// A host buffer's descriptor is a `dup` of its memfd: cheap, so none is kept ahead.
+    pub fn take_fd(self: &Arc<Self>) -> Result<OwnedFd> {
+        if matches!(self.object, Object::HostBuffer(_)) {
+            return self.object.export_fd();
+        }
         let spare = self
             .spare_fds
             .lock()
@@ -150,6 +171,10 @@ pub struct Usage {
     pub semaphores: u64,
     /// Their allocation sizes, summed.
     pub buffer_bytes: u64,
+    /// Live host buffers.
+    pub host_buffers: u64,
+    /// Their sizes, summed.
+    pub host_buffer_bytes: u64,
 }
 
 /// A resource with its current references, as listings show it.
@@ -378,6 +403,10 @@ impl Registry {
                     u.buffer_bytes += b.allocation_size();
                 }
                 Object::Semaphore(_) => u.semaphores += 1,
+                Object::HostBuffer(h) => {
+                    u.host_buffers += 1;
+                    u.host_buffer_bytes += h.size();
+                }
             }
         }
         out

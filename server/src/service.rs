@@ -18,6 +18,8 @@ use crate::buffer::SharedBuffer;
 use crate::daemon::{Caller, Daemon};
 use crate::devices::DeviceSlot;
 use crate::error::{Error, Result};
+use crate::executor::Op;
+use crate::host_buffer::HostBuffer;
 use crate::ids;
 use crate::registry::{Object, Resource, Snapshot};
 use crate::waiter::End;
@@ -179,6 +181,13 @@ pub(crate) fn resource_msg(s: &Snapshot) -> v1::Resource {
                 exportable: sem.exportable(),
             }),
         ),
+        Object::HostBuffer(h) => (
+            v1::ResourceKind::HostBuffer,
+            v1::resource::Details::HostBuffer(v1::HostBufferDetails {
+                size: h.size(),
+                registered: h.registered(),
+            }),
+        ),
     };
     v1::Resource {
         id: r.id.clone(),
@@ -229,6 +238,7 @@ impl GpuShare for Service {
                 max_transfer_size: l.max_transfer_size,
                 ticket_ttl_ms: l.ticket_ttl_ms,
                 max_wait_timeout_ms: l.max_wait_timeout_ms,
+                max_host_buffer_size: l.max_host_buffer_size,
             }),
             executor: d
                 .devices
@@ -333,6 +343,15 @@ impl GpuShare for Service {
                 Ok(("sem", Object::Semaphore(Arc::new(s))))
             },
         )?))
+    }
+
+    async fn create_host_buffer(
+        &self,
+        req: Request<v1::CreateHostBufferRequest>,
+    ) -> std::result::Result<Response<v1::Resource>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        Ok(Response::new(self.create_host(&caller, r).await?))
     }
 
     async fn list_resources(
@@ -537,6 +556,57 @@ impl GpuShare for Service {
 
 impl Service {
     /// Shared part of CreateBuffer and CreateSemaphore: checks, allocation, registration.
+    /// CreateHostBuffer: the memfd, then its page-locking by the executor (CUDA; the Vulkan
+    /// executor copies through its own staging and needs none), then the registry entry.
+    async fn create_host(
+        &self,
+        caller: &Caller,
+        r: v1::CreateHostBufferRequest,
+    ) -> Result<v1::Resource> {
+        if caller.session.is_none() && !r.pin {
+            return Err(Error::NoSession {
+                header: SESSION_HEADER,
+            });
+        }
+        Daemon::check_name("name", &r.name)?;
+        if r.size == 0 {
+            return Err(Error::Zero { what: "size" });
+        }
+        let limit = self.d.config.limits.max_host_buffer_size;
+        if r.size > limit {
+            return Err(Error::TooLarge {
+                what: "host buffer size",
+                value: r.size,
+                limit,
+            });
+        }
+        let started = Instant::now();
+        let size = r.size;
+        let host = tokio::task::spawn_blocking(move || HostBuffer::create(size))
+            .await
+            .map_err(|_| Error::ExecutorGone)?
+            .map_err(Error::host("creating a host buffer"))?;
+        let host = Arc::new(host);
+        self.d
+            .device(0)?
+            .executor
+            .run(Op::Register { host: host.clone() })
+            .await?;
+        let resource = Resource::new(
+            ids::new_id(crate::daemon::HOST_BUFFER_PREFIX),
+            r.name,
+            0,
+            caller.uid,
+            Object::HostBuffer(host),
+        );
+        tracing::debug!(id = %resource.id, uid = caller.uid, size, us = started.elapsed().as_micros() as u64, "host buffer created");
+        let snap = self
+            .d
+            .registry
+            .insert(resource, caller.session.as_deref(), r.pin)?;
+        Ok(resource_msg(&snap))
+    }
+
     fn create(
         &self,
         caller: &Caller,

@@ -507,7 +507,6 @@ fn end_all(w: Watched, end: End) {
 fn scan(shared: &Shared, st: &mut State, by: Wakeup) -> Option<Duration> {
     let now = Instant::now();
     let mut youngest: Option<Duration> = None;
-    let mut completed = 0;
     for (id, w) in st.sems.iter_mut() {
         w.waiters.retain(|x| !x.tx.is_closed());
         if w.watch.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
@@ -529,8 +528,9 @@ fn scan(shared: &Shared, st: &mut State, by: Wakeup) -> Option<Duration> {
         let mut i = 0;
         while i < w.waiters.len() {
             if w.waiters[i].target <= value {
+                // Counted before the waiter can see its value.
+                shared.wakeups[by as usize].fetch_add(1, Ordering::Relaxed);
                 let _ = w.waiters.swap_remove(i).tx.send(Ok(value));
-                completed += 1;
             } else {
                 let age = now.saturating_duration_since(w.waiters[i].since);
                 youngest = Some(youngest.map_or(age, |y| y.min(age)));
@@ -540,9 +540,6 @@ fn scan(shared: &Shared, st: &mut State, by: Wakeup) -> Option<Duration> {
     }
     st.sems
         .retain(|_, w| !w.waiters.is_empty() || w.watch.is_some());
-    if completed > 0 {
-        shared.wakeups[by as usize].fetch_add(completed, Ordering::Relaxed);
-    }
     youngest
 }
 
@@ -730,8 +727,13 @@ mod tests {
             for round in 1..=ROUNDS {
                 let signaler = std::thread::spawn({
                     let sem = sem.clone();
+                    let svc = svc.clone();
                     move || {
-                        std::thread::sleep(Duration::from_millis(3));
+                        // Signal only once the wait is registered, then a little later.
+                        while svc.pending_waits() == 0 {
+                            std::thread::sleep(Duration::from_micros(100));
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
                         sem.signal(round).unwrap();
                     }
                 });

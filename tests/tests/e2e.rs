@@ -497,3 +497,143 @@ async fn an_import_checks_the_exporting_driver() {
     );
     assert!(err.to_string().contains("abababab"), "{err}");
 }
+
+/// Host buffers carry bulk transfers: bytes put in a host buffer here are written to a device
+/// buffer by the daemon and read back into another host buffer, beyond the message limit
+/// (`max_transfer_size` is 1 MiB in this daemon); mistakes are refused with INVALID_ARGUMENT;
+/// the memfd is sealed; nothing leaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_buffers_carry_bulk_transfers_beyond_the_message_limit() {
+    use gpushare_client::v1;
+    let d = gpushare_tests::daemon_or_skip!(
+        "[limits]\nmax_transfer_size = 1048576\nmax_host_buffer_size = 8388608\n"
+    );
+    let fds_before = d.settled_fd_count();
+    let c = Client::connect_with_session(d.runtime_dir(), "host buffers")
+        .await
+        .unwrap();
+    let info = c.info().await.unwrap();
+    assert_eq!(info.limits.unwrap().max_host_buffer_size, 8 << 20);
+    const LEN: u64 = 3 << 20;
+    let src = c
+        .create_host_buffer(LEN, &CreateOptions::default())
+        .await
+        .unwrap();
+    let dst = c
+        .create_host_buffer(LEN + 4096, &CreateOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(src.len(), LEN);
+    let described = c.describe(src.id()).await.unwrap();
+    assert_eq!(described.kind, v1::ResourceKind::HostBuffer as i32);
+    match described.details {
+        Some(v1::resource::Details::HostBuffer(h)) => {
+            assert_eq!(h.size, LEN);
+            assert_eq!(h.registered, info.executor == "cuda", "{h:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut data = vec![0u8; LEN as usize];
+    gpushare_tests::rng::SplitMix64(7).fill(&mut data);
+    src.write_at(0, &data).unwrap();
+
+    let buf = c
+        .create_buffer(LEN + 1024, &CreateOptions::default())
+        .await
+        .unwrap();
+    let none = Sync::default();
+    // Inline bytes are held to the message limit; host ranges are not.
+    let e = buf.write(0, &data, &none).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
+    buf.write_from_host(1024, &src, 0, LEN, &none)
+        .await
+        .unwrap();
+    buf.read_into_host(1024, LEN, &dst, 4096, &none)
+        .await
+        .unwrap();
+    let mut back = vec![0u8; LEN as usize];
+    dst.read_at(4096, &mut back).unwrap();
+    assert!(back == data, "bytes differ after a host-buffer round trip");
+    // A piece in the middle, through the message path, agrees.
+    let piece = buf.read(1024 + 5000, 4096, &none).await.unwrap();
+    assert_eq!(piece, &data[5000..5000 + 4096]);
+
+    // Refusals, each INVALID_ARGUMENT.
+    let invalid = |r: gpushare_client::Result<()>, what: &str| {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), Some(Code::InvalidArgument), "{what}: {e}");
+    };
+    invalid(
+        buf.write_from_host(0, &src, 1, LEN, &none).await,
+        "host range past the end",
+    );
+    invalid(
+        buf.write_from_host(4096, &src, 0, LEN, &none).await,
+        "buffer range past the end",
+    );
+    invalid(
+        buf.read_into_host(0, LEN, &dst, 8192, &none).await,
+        "read past the host buffer's end",
+    );
+    let mut both = v1::WriteRequest {
+        buffer_id: buf.id().to_owned(),
+        offset: 0,
+        data: vec![1, 2, 3, 4],
+        sync: None,
+        from_host: Some(src.range(0, 4)),
+    };
+    let e = c.grpc().write(c.request(both.clone())).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "data and from_host: {e}");
+    both.data.clear();
+    both.from_host = Some(v1::HostRange {
+        host_buffer_id: buf.id().to_owned(),
+        offset: 0,
+        length: 4,
+    });
+    let e = c.grpc().write(c.request(both)).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::InvalidArgument,
+        "a device buffer as host buffer: {e}"
+    );
+    let mismatched = v1::ReadRequest {
+        buffer_id: buf.id().to_owned(),
+        offset: 0,
+        length: 8,
+        sync: None,
+        to_host: Some(dst.range(0, 4)),
+    };
+    let e = c.grpc().read(c.request(mismatched)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "to_host length: {e}");
+    for size in [0, (8 << 20) + 1] {
+        let e = c
+            .create_host_buffer(size, &CreateOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(Code::InvalidArgument), "size {size}: {e}");
+    }
+
+    // The memfd is sealed: this process cannot resize it under the daemon's mapping.
+    let fd = src.memory().fd();
+    assert!(
+        rustix::fs::ftruncate(fd, 4096).is_err(),
+        "shrinking must be refused"
+    );
+    assert!(
+        rustix::fs::ftruncate(fd, LEN * 2).is_err(),
+        "growing must be refused"
+    );
+
+    // Released: freed in the daemon, still mapped here.
+    assert!(src.release().await.unwrap());
+    let e = buf.write_from_host(0, &src, 0, 4, &none).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+    src.write_at(0, b"still mapped").unwrap();
+    drop((src, dst, buf, c));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        d.settled_fd_count(),
+        fds_before,
+        "the daemon leaked descriptors"
+    );
+}

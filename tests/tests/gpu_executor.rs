@@ -1,5 +1,6 @@
 //! The CUDA executor on the GPU machine: GetInfo reports the CUDA pairing, and the same
-//! Write/Read/Fill/Copy sequences through the CUDA and the Vulkan executor give identical bytes.
+//! Write/Read/Fill/Copy sequences (bytes in messages and through a host buffer) through the CUDA
+//! and the Vulkan executor give identical bytes.
 //! Without CUDA (CI) the daemon refuses `executor = "cuda"` at start: that is checked, then the
 //! parity test prints SKIP — unless GPUSHARE_REQUIRE_GPU=1, where it fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -65,8 +66,9 @@ fn cuda_is_required_when_configured() {
 
 const SIZE: u64 = 4 << 20;
 
-/// Runs a seeded sequence of operations on two buffers and returns both buffers' bytes.
-async fn sequence(d: &TestDaemon, seed: u64, steps: usize) -> (String, Vec<u8>, Vec<u8>) {
+/// Runs a seeded sequence of operations on two buffers and a host buffer, and returns the
+/// executor's name and the three buffers' bytes.
+async fn sequence(d: &TestDaemon, seed: u64, steps: usize) -> (String, [Vec<u8>; 3]) {
     let c = Client::connect_with_session(d.runtime_dir(), "parity")
         .await
         .unwrap();
@@ -83,6 +85,10 @@ async fn sequence(d: &TestDaemon, seed: u64, steps: usize) -> (String, Vec<u8>, 
         .create_semaphore(0, &CreateOptions::default())
         .await
         .unwrap();
+    let h = c
+        .create_host_buffer(SIZE, &CreateOptions::default())
+        .await
+        .unwrap();
     let none = Sync::none();
     a.fill(0, SIZE, 0, &none).await.unwrap();
     b.fill(0, SIZE, 0, &none).await.unwrap();
@@ -97,7 +103,20 @@ async fn sequence(d: &TestDaemon, seed: u64, steps: usize) -> (String, Vec<u8>, 
         };
         // Each step waits for the previous one and signals its own value.
         let sync = Sync::none().wait(s.id(), step).signal(s.id(), step + 1);
-        match rng.below(4) {
+        let host_off = rng.below(SIZE - len + 1);
+        match rng.below(6) {
+            4 => {
+                let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                h.write_at(host_off, &data).unwrap();
+                x.write_from_host(off, &h, host_off, len, &sync)
+                    .await
+                    .unwrap();
+            }
+            5 => {
+                x.read_into_host(off, len, &h, host_off, &sync)
+                    .await
+                    .unwrap();
+            }
             0 => {
                 let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
                 x.write(off, &data, &sync).await.unwrap();
@@ -127,8 +146,10 @@ async fn sequence(d: &TestDaemon, seed: u64, steps: usize) -> (String, Vec<u8>, 
         }
         bytes.push(all);
     }
+    let mut host = vec![0u8; SIZE as usize];
+    h.read_at(0, &mut host).unwrap();
     let b_bytes = bytes.pop().unwrap();
-    (executor, bytes.pop().unwrap(), b_bytes)
+    (executor, [bytes.pop().unwrap(), b_bytes, host])
 }
 
 #[tokio::test]
@@ -164,13 +185,18 @@ async fn cuda_and_vulkan_executors_produce_identical_bytes() {
     );
     let vulkan = TestDaemon::start_with("executor = \"vulkan\"\n").unwrap();
     for seed in [1, 2, 3] {
-        let (e1, a1, b1) = sequence(&cuda, seed, 200).await;
-        let (e2, a2, b2) = sequence(&vulkan, seed, 200).await;
+        let (e1, [a1, b1, h1]) = sequence(&cuda, seed, 200).await;
+        let (e2, [a2, b2, h2]) = sequence(&vulkan, seed, 200).await;
         assert_eq!((e1.as_str(), e2.as_str()), ("cuda", "vulkan"));
         assert!(
             a1 == a2 && b1 == b2,
             "seed {seed}: the executors' bytes differ"
         );
+        assert!(h1 == h2, "seed {seed}: the host buffers' bytes differ");
         assert!(a1.iter().any(|&x| x != 0), "the sequence wrote nothing");
+        assert!(
+            h1.iter().any(|&x| x != 0),
+            "nothing was read into the host buffer"
+        );
     }
 }

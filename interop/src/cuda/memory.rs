@@ -28,14 +28,30 @@ use super::error::{check, Error, Result};
 /// `dst..dst + src.len()` is device memory accessible to `stream`'s context, valid until the
 /// copy has executed; if `src` is pinned, it stays valid and unmodified until then.
 pub unsafe fn copy_htod(stream: &CudaStream, dst: u64, src: &[u8]) -> Result<()> {
-    if src.is_empty() {
+    // SAFETY: `src` is readable for its length; the caller's guarantees carry over.
+    unsafe { copy_htod_ptr(stream, dst, src.as_ptr(), src.len()) }
+}
+
+/// [`copy_htod`] from a raw host address, for memory no Rust slice may cover (host memory
+/// shared with another process, [`crate::host::HostMemory`]).
+///
+/// # Safety
+///
+/// `src..src + len` is readable host memory and `dst..dst + len` device memory accessible to
+/// `stream`'s context, both valid until the copy has executed.
+pub unsafe fn copy_htod_ptr(
+    stream: &CudaStream,
+    dst: u64,
+    src: *const u8,
+    len: usize,
+) -> Result<()> {
+    if len == 0 {
         return Ok(());
     }
     bind(stream.context())?;
-    // SAFETY: the context is current, the stream live; `src` is readable for its length; the
-    // caller guarantees `dst` and the pinned-source lifetime.
+    // SAFETY: the context is current, the stream live; the caller guarantees both ranges.
     check("cuMemcpyHtoDAsync", unsafe {
-        sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr().cast(), src.len(), stream.cu_stream())
+        sys::cuMemcpyHtoDAsync_v2(dst, src.cast(), len, stream.cu_stream())
     })
 }
 
@@ -47,14 +63,25 @@ pub unsafe fn copy_htod(stream: &CudaStream, dst: u64, src: &[u8]) -> Result<()>
 /// copy has executed; `dst` stays valid, and is neither read nor written, until the stream has
 /// passed the copy (synchronize it first).
 pub unsafe fn copy_dtoh(stream: &CudaStream, src: u64, dst: &mut [u8]) -> Result<()> {
-    if dst.is_empty() {
+    // SAFETY: `dst` is writable for its length; the caller's guarantees carry over.
+    unsafe { copy_dtoh_ptr(stream, src, dst.as_mut_ptr(), dst.len()) }
+}
+
+/// [`copy_dtoh`] into a raw host address (see [`copy_htod_ptr`]).
+///
+/// # Safety
+///
+/// `dst..dst + len` is writable host memory and `src..src + len` device memory accessible to
+/// `stream`'s context, both valid until the copy has executed; nothing reads `dst` before the
+/// stream has passed the copy.
+pub unsafe fn copy_dtoh_ptr(stream: &CudaStream, src: u64, dst: *mut u8, len: usize) -> Result<()> {
+    if len == 0 {
         return Ok(());
     }
     bind(stream.context())?;
-    // SAFETY: the context is current, the stream live; `dst` is writable for its length; the
-    // caller guarantees `src` and that `dst` outlives the copy.
+    // SAFETY: the context is current, the stream live; the caller guarantees both ranges.
     check("cuMemcpyDtoHAsync", unsafe {
-        sys::cuMemcpyDtoHAsync_v2(dst.as_mut_ptr().cast(), src, dst.len(), stream.cu_stream())
+        sys::cuMemcpyDtoHAsync_v2(dst.cast(), src, len, stream.cu_stream())
     })
 }
 
@@ -266,6 +293,92 @@ impl Drop for PinnedBuffer {
             sys::cuMemFreeHost(self.ptr.as_ptr().cast())
         }) {
             tracing::warn!(error = %e, "freeing pinned host memory");
+        }
+    }
+}
+
+/// Host memory the process already has, page-locked and registered with CUDA
+/// (`cuMemHostRegister`, PORTABLE: usable by every context), so that asynchronous copies
+/// from and to it run as DMA at full speed, like a [`PinnedBuffer`]'s. Unregistered in `Drop`.
+///
+/// Registering pins every page (tens of milliseconds for hundreds of MiB): do it once per
+/// region, not per copy.
+pub struct HostRegistration {
+    device: Arc<CudaDevice>,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the value only records a registered range; registering and unregistering make the
+// context current on the calling thread first.
+unsafe impl Send for HostRegistration {}
+// SAFETY: as for `Send`; `&self` gives no access to the memory.
+unsafe impl Sync for HostRegistration {}
+
+impl fmt::Debug for HostRegistration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostRegistration")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl HostRegistration {
+    /// Registers `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr..ptr + len` is mapped host memory that stays mapped until the registration is
+    /// dropped.
+    pub unsafe fn new(device: &Arc<CudaDevice>, ptr: *mut u8, len: usize) -> Result<Self> {
+        let ptr = NonNull::new(ptr)
+            .filter(|_| len > 0)
+            .ok_or(Error::InvalidValue {
+                what: "host registration",
+                value: len as u64,
+                reason: "needs a non-null address and a positive length",
+            })?;
+        device.bind()?;
+        // SAFETY: the context is current; the caller guarantees the range is mapped for the
+        // registration's lifetime; the flag is documented.
+        check("cuMemHostRegister", unsafe {
+            sys::cuMemHostRegister_v2(ptr.as_ptr().cast(), len, sys::CU_MEMHOSTREGISTER_PORTABLE)
+        })?;
+        Ok(Self {
+            device: Arc::clone(device),
+            ptr,
+            len,
+        })
+    }
+
+    /// The registered address.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The registered length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never: a registration is never empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for HostRegistration {
+    fn drop(&mut self) {
+        if let Err(e) = self.device.bind() {
+            tracing::error!(error = %e, "leaving host memory registered: cannot bind its context");
+            return;
+        }
+        // SAFETY: the context is current; `ptr` was registered by `new` and is unregistered once.
+        if let Err(e) = check("cuMemHostUnregister", unsafe {
+            sys::cuMemHostUnregister(self.ptr.as_ptr().cast())
+        }) {
+            tracing::warn!(error = %e, "unregistering host memory");
         }
     }
 }

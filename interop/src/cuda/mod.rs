@@ -24,7 +24,10 @@ pub use external_memory::{ExternalMemory, MappedBuffer};
 pub use external_semaphore::ExternalSemaphore;
 pub use loader::{driver_version, is_present};
 pub use matching::{match_device, MatchMethod};
-pub use memory::{copy_dtod, copy_dtoh, copy_htod, memset_d32, DeviceAllocation, PinnedBuffer};
+pub use memory::{
+    copy_dtod, copy_dtoh, copy_dtoh_ptr, copy_htod, copy_htod_ptr, memset_d32, DeviceAllocation,
+    HostRegistration, PinnedBuffer,
+};
 
 /// Re-exported so callers can use cudarc's safe API (streams, allocations, copies) and raw
 /// handles without a cudarc dependency of their own, at the same version.

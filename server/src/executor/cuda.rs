@@ -1,13 +1,15 @@
 //! The CUDA executor: operations on the daemon's CUDA stream over its own buffers imported into
-//! CUDA (Falcor's `memcpy*`/`memset` helpers across processes), staged through pinned host
-//! memory for uploads and downloads. One thread owns the stream and the staging buffer; every
-//! operation is complete (stream synchronized) before its future resolves.
+//! CUDA (Falcor's `memcpy*`/`memset` helpers across processes). Uploads and downloads of bytes
+//! in messages are staged through pinned host memory; those from and to host buffers copy
+//! directly, as DMA, from the host buffer's page-locked memory (registered at creation). One
+//! thread owns the stream and the staging buffer; every operation is complete (stream
+//! synchronized) before its future resolves.
 
 use std::sync::Arc;
 
 use gpushare_interop::cuda::{self, CudaDevice, PinnedBuffer};
 
-use super::{Executor, Op, OpFuture, Worker};
+use super::{Executor, Op, OpFuture, Source, Worker};
 use crate::buffer::CudaViewError;
 use crate::error::Error;
 
@@ -62,6 +64,15 @@ fn usize_len(len: u64) -> std::result::Result<usize, cuda::Error> {
     })
 }
 
+/// A host range the caller should have checked (ops.rs does): reported, not trusted.
+fn host_range_error(offset: u64, length: u64) -> CudaViewError {
+    CudaViewError::Cuda(cuda::Error::InvalidValue {
+        what: "host buffer range",
+        value: offset.saturating_add(length),
+        reason: "outside the host buffer",
+    })
+}
+
 fn execute(
     device: &Arc<CudaDevice>,
     staging: &mut Staging,
@@ -71,7 +82,35 @@ fn execute(
     // Ranges were validated against the buffers' sizes by the caller (ops.rs); the pointers
     // below are the buffers' whole mappings plus in-range offsets.
     match op {
-        Op::Write { dst, offset, data } => {
+        Op::Write {
+            dst,
+            offset,
+            src:
+                Source::Host {
+                    host,
+                    offset: from,
+                    length,
+                },
+        } => {
+            let ptr = dst.cuda_ptr(device)? + offset;
+            host.register(device)?;
+            let len = usize_len(length)?;
+            let src = host
+                .mem()
+                .range(from, length)
+                .map_err(|_| host_range_error(from, length))?;
+            // SAFETY: the destination lies in `dst`'s mapping and the source in the host
+            // buffer's page-locked mapping (both ranges checked); both live until this function
+            // returns, after the synchronize below.
+            unsafe { cuda::copy_htod_ptr(stream, ptr, src, len) }?;
+            device.synchronize_stream()?;
+            Ok(Vec::new())
+        }
+        Op::Write {
+            dst,
+            offset,
+            src: Source::Bytes(data),
+        } => {
             let ptr = dst.cuda_ptr(device)? + offset;
             let pinned = staging.get(data.len())?;
             pinned.as_mut_slice()[..data.len()].copy_from_slice(&data);
@@ -86,6 +125,30 @@ fn execute(
             src,
             offset,
             length,
+            into: Some((host, to)),
+        } => {
+            let len = usize_len(length)?;
+            let ptr = src.cuda_ptr(device)? + offset;
+            host.register(device)?;
+            let dst = host
+                .mem()
+                .range(to, length)
+                .map_err(|_| host_range_error(to, length))?;
+            // SAFETY: the source lies in `src`'s mapping and the destination in the host
+            // buffer's page-locked mapping (both checked); both live past the synchronize.
+            unsafe { cuda::copy_dtoh_ptr(stream, ptr, dst, len) }?;
+            device.synchronize_stream()?;
+            Ok(Vec::new())
+        }
+        Op::Register { host } => {
+            host.register(device)?;
+            Ok(Vec::new())
+        }
+        Op::Read {
+            src,
+            offset,
+            length,
+            into: None,
         } => {
             let len = usize_len(length)?;
             let ptr = src.cuda_ptr(device)? + offset;

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::buffer::SharedBuffer;
 use crate::error::{Error, Result};
+use crate::host_buffer::HostBuffer;
 
 mod cuda;
 mod vulkan;
@@ -24,19 +25,54 @@ mod vulkan;
 pub use cuda::CudaExecutor;
 pub use vulkan::VulkanExecutor;
 
+/// Where a Write's bytes come from.
+#[derive(Debug)]
+pub enum Source {
+    /// Bytes that came in the request.
+    Bytes(Vec<u8>),
+    /// A range of a host buffer.
+    Host {
+        /// The host buffer.
+        host: Arc<HostBuffer>,
+        /// Byte offset in it.
+        offset: u64,
+        /// Bytes.
+        length: u64,
+    },
+}
+
+impl Source {
+    /// The number of bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Source::Bytes(b) => b.len() as u64,
+            Source::Host { length, .. } => *length,
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Operations on host buffers are chunked this finely on the Vulkan executor, whose staging
+/// memory would otherwise grow to the whole transfer.
+pub const HOST_CHUNK: u64 = 32 << 20;
+
 /// One daemon-executed operation. Ranges were validated by the caller.
 #[derive(Debug)]
 pub enum Op {
-    /// Upload `data` at `offset`.
+    /// Upload `src` at `offset`.
     Write {
         /// Destination.
         dst: Arc<SharedBuffer>,
         /// Byte offset.
         offset: u64,
-        /// Bytes to write.
-        data: Vec<u8>,
+        /// The bytes.
+        src: Source,
     },
-    /// Download `length` bytes at `offset`.
+    /// Download `length` bytes at `offset`: into the reply, or into a host buffer at an offset.
     Read {
         /// Source.
         src: Arc<SharedBuffer>,
@@ -44,6 +80,13 @@ pub enum Op {
         offset: u64,
         /// Bytes to read.
         length: u64,
+        /// The host buffer and offset to read into; `None`: the bytes are returned.
+        into: Option<(Arc<HostBuffer>, u64)>,
+    },
+    /// Prepare a new host buffer for transfers (the CUDA executor page-locks it).
+    Register {
+        /// The host buffer.
+        host: Arc<HostBuffer>,
     },
     /// Repeat a 32-bit word over a range.
     Fill {
@@ -79,6 +122,7 @@ impl Op {
             Op::Read { .. } => "read",
             Op::Fill { .. } => "fill",
             Op::Copy { .. } => "copy",
+            Op::Register { .. } => "host buffer registration",
         }
     }
 }

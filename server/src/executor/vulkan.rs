@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use gpushare_interop::vulkan::{self, Device, SyncPoints, Transfer};
 
-use super::{Executor, Op, OpFuture, Worker};
+use super::{Executor, Op, OpFuture, Source, Worker, HOST_CHUNK};
 use crate::error::Error;
+use crate::host_buffer::HostBuffer;
 
 /// Longest a single transfer may run on the GPU before it is reported as failed.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,14 +39,50 @@ fn execute(t: &mut Transfer, op: Op) -> std::result::Result<Vec<u8>, vulkan::Err
         ..Default::default()
     };
     match op {
-        Op::Write { dst, offset, data } => t
+        Op::Write {
+            dst,
+            offset,
+            src: Source::Bytes(data),
+        } => t
             .upload(dst.vk(), offset, &data, &sync)
             .map(|()| Vec::new()),
+        Op::Write {
+            dst,
+            offset,
+            src:
+                Source::Host {
+                    host,
+                    offset: from,
+                    length,
+                },
+        } => {
+            for (pos, n) in chunks(length) {
+                let bytes = host_slice(&host, from + pos, n)?;
+                t.upload(dst.vk(), offset + pos, bytes, &sync)?;
+            }
+            Ok(Vec::new())
+        }
         Op::Read {
             src,
             offset,
             length,
+            into: None,
         } => t.download(src.vk(), offset, length, &sync),
+        Op::Read {
+            src,
+            offset,
+            length,
+            into: Some((host, to)),
+        } => {
+            for (pos, n) in chunks(length) {
+                let bytes = t.download(src.vk(), offset + pos, n, &sync)?;
+                host.mem()
+                    .write_at(to + pos, &bytes)
+                    .map_err(|_| host_range_error())?;
+            }
+            Ok(Vec::new())
+        }
+        Op::Register { .. } => Ok(Vec::new()),
         Op::Fill {
             dst,
             offset,
@@ -66,6 +103,31 @@ fn execute(t: &mut Transfer, op: Op) -> std::result::Result<Vec<u8>, vulkan::Err
     }
 }
 
+/// `(offset, length)` pieces of at most [`HOST_CHUNK`] bytes covering `0..length`.
+fn chunks(length: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..length)
+        .step_by(HOST_CHUNK as usize)
+        .map(move |pos| (pos, HOST_CHUNK.min(length - pos)))
+}
+
+fn host_range_error() -> vulkan::Error {
+    vulkan::Error::Unsupported("a host buffer range outside the host buffer".into())
+}
+
+/// `len` bytes of `host` at `offset` as a slice, for the staging copy.
+fn host_slice(host: &HostBuffer, offset: u64, len: u64) -> Result<&[u8], vulkan::Error> {
+    let ptr = host
+        .mem()
+        .range(offset, len)
+        .map_err(|_| host_range_error())?;
+    // SAFETY: `ptr..ptr + len` lies in the host buffer's live mapping (range checked), which
+    // `host` keeps mapped for the borrow. The client process may write these bytes while we
+    // copy them; the API forbids it (WriteRequest.from_host), bytes have no invalid values, and
+    // the slice is only read once, by the staging copy, so a violation gives unspecified bytes,
+    // nothing worse.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len as usize) })
+}
+
 impl Executor for VulkanExecutor {
     fn name(&self) -> &'static str {
         "vulkan"
@@ -73,5 +135,31 @@ impl Executor for VulkanExecutor {
 
     fn run(&self, op: Op) -> OpFuture {
         self.worker.run(op)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_range_exactly() {
+        assert_eq!(chunks(0).count(), 0);
+        assert_eq!(chunks(5).collect::<Vec<_>>(), vec![(0, 5)]);
+        assert_eq!(
+            chunks(HOST_CHUNK).collect::<Vec<_>>(),
+            vec![(0, HOST_CHUNK)]
+        );
+        let n = 2 * HOST_CHUNK + 7;
+        let parts: Vec<_> = chunks(n).collect();
+        assert_eq!(
+            parts,
+            vec![
+                (0, HOST_CHUNK),
+                (HOST_CHUNK, HOST_CHUNK),
+                (2 * HOST_CHUNK, 7)
+            ]
+        );
+        assert_eq!(parts.iter().map(|p| p.1).sum::<u64>(), n);
     }
 }

@@ -11,6 +11,7 @@ pub fn kind_name(kind: i32) -> String {
     match v1::ResourceKind::try_from(kind) {
         Ok(v1::ResourceKind::Buffer) => "buffer".into(),
         Ok(v1::ResourceKind::Semaphore) => "semaphore".into(),
+        Ok(v1::ResourceKind::HostBuffer) => "host_buffer".into(),
         Ok(v1::ResourceKind::Unspecified) => "unspecified".into(),
         Err(_) => format!("unknown({kind})"),
     }
@@ -21,6 +22,7 @@ pub fn handle_type_name(handle_type: i32) -> String {
     match v1::HandleType::try_from(handle_type) {
         Ok(v1::HandleType::OpaqueFd) => "opaque_fd".into(),
         Ok(v1::HandleType::DmaBuf) => "dma_buf".into(),
+        Ok(v1::HandleType::Memfd) => "memfd".into(),
         Ok(v1::HandleType::Unspecified) => "unspecified".into(),
         Err(_) => format!("unknown({handle_type})"),
     }
@@ -65,6 +67,9 @@ pub fn resource_json(r: &v1::Resource) -> Value {
         Some(v1::resource::Details::Semaphore(s)) => {
             v["semaphore"] = json!({ "value": s.value, "exportable": s.exportable });
         }
+        Some(v1::resource::Details::HostBuffer(h)) => {
+            v["host_buffer"] = json!({ "size": h.size, "registered": h.registered });
+        }
         None => {}
     }
     v
@@ -80,6 +85,7 @@ pub fn resources_table(resources: &[v1::Resource]) -> Table {
         let detail = match &r.details {
             Some(v1::resource::Details::Buffer(b)) => human_size(b.size),
             Some(v1::resource::Details::Semaphore(s)) => s.value.to_string(),
+            Some(v1::resource::Details::HostBuffer(h)) => human_size(h.size),
             None => "-".into(),
         };
         t.row([
@@ -119,6 +125,10 @@ pub fn resource_table(r: &v1::Resource) -> Table {
             t.row(["value", &s.value.to_string()]);
             t.row(["exportable", yes_no(s.exportable)]);
         }
+        Some(v1::resource::Details::HostBuffer(h)) => {
+            t.row(["size", &sized(h.size)]);
+            t.row(["page-locked", yes_no(h.registered)]);
+        }
         None => {}
     }
     t
@@ -136,6 +146,7 @@ pub fn info_json(info: &v1::GetInfoResponse) -> Value {
             "max_transfer_size": limits.max_transfer_size,
             "ticket_ttl_ms": limits.ticket_ttl_ms,
             "max_wait_timeout_ms": limits.max_wait_timeout_ms,
+            "max_host_buffer_size": limits.max_host_buffer_size,
         },
         "stats": info.stats.map(|s| json!({
             "live_resources": s.live_resources,
@@ -292,6 +303,9 @@ pub fn exported_json(e: &v1::ExportedFd) -> Value {
         Some(v1::exported_fd::Details::Semaphore(s)) => {
             v["semaphore"] = json!({ "timeline": s.timeline, "value": s.value });
         }
+        Some(v1::exported_fd::Details::HostBuffer(h)) => {
+            v["host_buffer"] = json!({ "size": h.size });
+        }
         None => {}
     }
     v
@@ -316,6 +330,9 @@ pub fn exported_table(e: &v1::ExportedFd) -> Table {
         Some(v1::exported_fd::Details::Semaphore(s)) => {
             t.row(["timeline", yes_no(s.timeline)]);
             t.row(["value", &s.value.to_string()]);
+        }
+        Some(v1::exported_fd::Details::HostBuffer(h)) => {
+            t.row(["size", &sized(h.size)]);
         }
         None => {}
     }
