@@ -1,11 +1,12 @@
-"""gpushare: Python client for the gpushare daemon (GPU buffers and timeline semaphores shared
-between processes). See :class:`gpushare.Client`."""
+"""gpushare: Python client for the gpushare daemon (GPU buffers, timeline semaphores and host
+buffers shared between processes). See :class:`gpushare.Client`."""
 
 from gpushare.client import (
     SESSION_HEADER,
     Client,
     Exported,
     GpushareError,
+    HostBuffer,
     ProtocolError,
     Watch,
     default_runtime_dir,
@@ -16,6 +17,7 @@ __all__ = [
     "Client",
     "Exported",
     "GpushareError",
+    "HostBuffer",
     "ProtocolError",
     "Watch",
     "default_runtime_dir",

@@ -1,10 +1,11 @@
 """Tests of the Python client against the real gpushared daemon.
 
 The session-scoped `daemon` fixture starts target/debug/gpushared (or $GPUSHARED) in a temporary
-runtime directory, and stops it with SIGTERM at the end.
+runtime directory, with small transfer limits (DAEMON_CONFIG), and stops it with SIGTERM at the end.
 """
 
 import array
+import errno
 import fcntl
 import os
 import signal
@@ -36,6 +37,16 @@ NO_DEVICE_MARKERS = (
 )
 
 
+# Small limits so that the host-buffer tests cross the message limit with a few MiB.
+MAX_TRANSFER_SIZE = 1 << 20
+MAX_HOST_BUFFER_SIZE = 8 << 20
+DAEMON_CONFIG = f"""\
+[limits]
+max_transfer_size = {MAX_TRANSFER_SIZE}
+max_host_buffer_size = {MAX_HOST_BUFFER_SIZE}
+"""
+
+
 def _require_device() -> bool:
     return os.environ.get("GPUSHARE_REQUIRE_GPU") == "1" or os.environ.get("GPUSHARE_REQUIRE_VULKAN") == "1"
 
@@ -62,12 +73,14 @@ def daemon(tmp_path_factory):
     base = tmp_path_factory.mktemp("gpushare")
     runtime_dir = str(base / "rt")
     log_path = str(base / "gpushared.log")
+    config_path = base / "gpushared.toml"
+    config_path.write_text(DAEMON_CONFIG)
     env = dict(os.environ)
     env.setdefault("GPUSHARE_LOG", "info")
     env.setdefault("NO_COLOR", "1")  # the daemon colours its log even when it is not a terminal
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [binary, "--runtime-dir", runtime_dir],
+            [binary, "--config", str(config_path), "--runtime-dir", runtime_dir],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
         )
     d = Daemon(proc, runtime_dir, log_path)
@@ -466,6 +479,217 @@ def test_exported_ownership(client):
     exp.close()  # no-op: no longer owns the fd
     os.fstat(fd)
     os.close(fd)
+
+
+# ---- host buffers ----
+
+HOST_MEMFD = "memfd:gpushare-host-buffer"  # the name the daemon gives its memfds
+
+
+def test_host_buffer_round_trip_beyond_the_message_limit(client, info):
+    assert info.limits.max_transfer_size == MAX_TRANSFER_SIZE
+    assert info.limits.max_host_buffer_size == MAX_HOST_BUFFER_SIZE
+    length = 3 * MAX_TRANSFER_SIZE + 12345  # well past the message limit, not page-aligned
+    src = client.create_host_buffer(length, name="py-src")
+    dst = client.create_host_buffer(length + 4096)
+    assert isinstance(src, gpushare.HostBuffer)
+    assert src.id.startswith("host-") and src.size == len(src) == length
+    assert src.info.kind == pb.RESOURCE_KIND_HOST_BUFFER
+    assert src.info.handle_type == pb.HANDLE_TYPE_MEMFD
+    assert src.info.host_buffer.size == length
+    assert fcntl.fcntl(src.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    assert "memfd:" in os.readlink(f"/proc/self/fd/{src.fileno()}")
+    described = client.describe(src)  # a HostBuffer names itself wherever an id is taken
+    assert described.kind == pb.RESOURCE_KIND_HOST_BUFFER and described.name == "py-src"
+    assert described.WhichOneof("details") == "host_buffer"
+    assert described.host_buffer.size == length
+    assert described.host_buffer.registered == (info.executor == "cuda")
+    assert described.device == 0 and described.references == 1 and not described.pinned
+
+    data = os.urandom(length)
+    src.write(0, data)
+    assert src.read(0, length) == data
+    buf = client.create_buffer(length + 1024)
+    # Inline bytes are held to the message limit; host ranges are not.
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.write(buf, 0, data)
+    assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+    client.write_from_host(buf, 1024, src, 0, length)
+    client.read_into_host(buf, 1024, length, dst, 4096)
+    assert dst.read(4096, length) == data
+    assert dst.read(0, 4096) == bytes(4096)  # outside the range: untouched
+    with dst.memoryview() as mv:  # the same bytes, in place
+        assert mv[4096 + 777 : 4096 + 800] == data[777:800]
+    # A piece through the message path agrees.
+    assert client.read(buf, 1024 + 5000, 4096) == data[5000 : 5000 + 4096]
+    # Ids work as well as HostBuffer objects; offsets on both sides.
+    client.write_from_host(buf.id, 8, src.id, 100, 50)
+    assert client.read(buf, 0, 64) == bytes(8) + data[100:150] + bytes(6)
+    words = array.array("I", range(256))
+    src.write(16, words)  # any buffer: copied as its bytes
+    out = array.array("I", bytes(1024))
+    assert src.readinto(16, out) == 1024 and out == words
+
+
+def test_host_buffer_refusals(daemon, client):
+    size = 64 * 1024
+    src = client.create_host_buffer(size)
+    dst = client.create_host_buffer(size)
+    buf = client.create_buffer(size)
+
+    def invalid(call, *args):
+        with pytest.raises(gpushare.GpushareError) as e:
+            call(*args)
+        assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+
+    invalid(client.write_from_host, buf, 0, src, 1, size)  # host range past the end
+    invalid(client.write_from_host, buf, 0, src, 2**64 - 1, 2)  # host range overflows
+    invalid(client.write_from_host, buf, 4096, src, 0, size)  # buffer range past the end
+    invalid(client.write_from_host, buf, 0, src, 0, 0)  # length 0
+    invalid(client.read_into_host, buf, 0, size, dst, 8192)  # past the host buffer's end
+    invalid(client.write_from_host, buf, 0, buf, 0, 4)  # a device buffer as host buffer
+    invalid(client.write, src, 0, b"x")  # a host buffer as device buffer
+    # `data` and `from_host` both set (raw requests: the client never sends these).
+    both = pb.WriteRequest(buffer_id=buf.id, data=b"abcd", from_host=src.range(0, 4))
+    invalid(client._call, "Write", both)
+    # to_host.length must be 0 (meaning `length`) or equal `length`.
+    invalid(client._call, "Read", pb.ReadRequest(buffer_id=buf.id, length=8, to_host=dst.range(0, 4)))
+    client.write(buf, 0, b"8 bytes!")
+    zero = pb.ReadRequest(buffer_id=buf.id, length=8, to_host=dst.range(32, 0))
+    reply = client._call("Read", zero)
+    assert reply.data == b"" and dst.read(32, 8) == b"8 bytes!"
+    # Sizes.
+    invalid(client.create_host_buffer, 0)
+    invalid(client.create_host_buffer, MAX_HOST_BUFFER_SIZE + 1)
+    # Local range checks (no daemon involved).
+    for bad in ((size - 3, b"four"), (-1, b"x")):
+        with pytest.raises(ValueError):
+            src.write(*bad)
+    with pytest.raises(ValueError):
+        src.read(size - 1, 2)
+    # Session-less: only pinned, as for any resource.
+    with daemon.client(session=False) as bare:
+        with pytest.raises(gpushare.GpushareError) as e:
+            bare.create_host_buffer(4096)
+        assert_code(e, grpc.StatusCode.FAILED_PRECONDITION)
+        with bare.create_host_buffer(4096, pin=True) as pinned:
+            assert bare.describe(pinned).pinned
+            assert pinned.release() is True
+
+
+def test_host_buffer_is_sealed_and_release_frees_it(client):
+    hb = client.create_host_buffer(8192)
+    fd = hb.fileno()
+    seals = fcntl.fcntl(fd, 1034)  # F_GET_SEALS
+    assert seals & 0x0002 and seals & 0x0004 and seals & 0x0001  # SHRINK, GROW, SEAL
+    for size in (4096, 16384, 0):
+        with pytest.raises(OSError):
+            os.ftruncate(fd, size)
+    assert os.fstat(fd).st_size == 8192
+    buf = client.create_buffer(4096)
+    hb.write(0, b"ping")
+    client.write_from_host(buf, 0, hb, 0, 4)
+    assert client.read(buf, 0, 4) == b"ping"
+
+    assert hb.release() is True
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.write_from_host(buf, 0, hb, 0, 4)
+    assert_code(e, grpc.StatusCode.NOT_FOUND)
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.describe(hb)
+    assert_code(e, grpc.StatusCode.NOT_FOUND)
+    hb.write(0, b"still mapped")  # freed in the daemon, still mapped here
+    assert hb.read(0, 12) == b"still mapped"
+    hb.close()
+    assert hb.closed
+    hb.close()  # idempotent
+    with pytest.raises(ValueError):
+        hb.read(0, 1)
+    with pytest.raises(ValueError):
+        hb.fileno()
+
+
+def test_host_buffer_close_unmaps_and_closes_its_fds(client):
+    before = _fds_linking_to(HOST_MEMFD)
+    with client.create_host_buffer(4096) as hb:
+        assert _fds_linking_to(HOST_MEMFD) > before
+    assert hb.closed
+    assert _fds_linking_to(HOST_MEMFD) == before
+
+    # A view still alive keeps the mapping until it is released: close() never unmaps under it.
+    hb = client.create_host_buffer(4096)
+    mv = hb.memoryview()
+    mv[:5] = b"hello"
+    hb.close()
+    assert hb.closed
+    assert bytes(mv[:5]) == b"hello"
+    assert _fds_linking_to(HOST_MEMFD) > before
+    mv.release()
+    assert _fds_linking_to(HOST_MEMFD) == before
+
+    # Garbage collection closes too.
+    hb = client.create_host_buffer(4096)
+    del hb
+    assert _fds_linking_to(HOST_MEMFD) == before
+
+
+def _memfd(name: str, size: int, seals: int = 0) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    if seals:
+        fcntl.fcntl(fd, 1033, seals)  # F_ADD_SEALS
+    return fd
+
+
+def test_host_buffer_map_checks_the_descriptor(client):
+    def exported(fd, size, kind=pb.RESOURCE_KIND_HOST_BUFFER, handle=pb.HANDLE_TYPE_MEMFD):
+        info = pb.ExportedFd(
+            resource_id="host-" + "0" * 32, kind=kind, handle_type=handle,
+            host_buffer=pb.HostBufferImport(size=size),
+        )
+        return gpushare.Exported(fd, info)
+
+    before = _fds_linking_to("memfd:py-map-")
+    sealed = 0x0002  # F_SEAL_SHRINK
+    cases = [
+        (exported(_memfd("py-map-unsealed", 4096), 4096), gpushare.ProtocolError, "not sealed"),
+        (exported(_memfd("py-map-size", 4096, sealed), 8192), gpushare.ProtocolError, "4096 bytes"),
+        (
+            exported(_memfd("py-map-kind", 4096, sealed), 4096, kind=pb.RESOURCE_KIND_BUFFER),
+            ValueError,
+            "kind",
+        ),
+        (
+            exported(_memfd("py-map-type", 4096, sealed), 4096, handle=pb.HANDLE_TYPE_OPAQUE_FD),
+            gpushare.ProtocolError,
+            "MEMFD",
+        ),
+    ]
+    for exp, error, match in cases:
+        with pytest.raises(error, match=match):
+            gpushare.HostBuffer.map(client, exp)
+        assert exp.closed
+    assert _fds_linking_to("memfd:py-map-") == before, "a refused descriptor was not closed"
+    # A well-formed one maps (a memfd of our own: shared with nobody, but the checks pass).
+    with gpushare.HostBuffer.map(None, exported(_memfd("py-map-ok", 4096, sealed), 4096)) as hb:
+        hb.write(4092, b"last")
+        assert hb.read(4092) == b"last"
+        with pytest.raises(ValueError):
+            hb.release()  # mapped without a client
+    assert _fds_linking_to("memfd:py-map-") == before
+
+
+def test_create_host_buffer_releases_what_it_cannot_map(client, monkeypatch):
+    def failing_map(cls, c, exp):
+        exp.close()
+        raise OSError(errno.ENOMEM, "mmap refused (test)")
+
+    monkeypatch.setattr(gpushare.HostBuffer, "map", classmethod(failing_map))
+    before = {r.id for r in client.list()}
+    for pin in (False, True):
+        with pytest.raises(OSError, match="mmap refused"):
+            client.create_host_buffer(4096, pin=pin)
+        assert {r.id for r in client.list()} == before, f"pin={pin}: the host buffer was not freed"
 
 
 # ---- fd.sock receive rules, against a fake daemon ----
