@@ -68,8 +68,8 @@ pub struct Config {
     /// capability >= 7): only a UUID match pairs a Vulkan device with a CUDA device.
     pub strict_device_match: bool,
     /// Let one thread per device block in `vkWaitSemaphores` for the semaphores that have host
-    /// waiters, besides polling their counters. Off: polling alone (for a driver whose waits
-    /// misbehave).
+    /// waiters, besides polling their counters; the poller relaxes while that thread notices
+    /// values first. Off: polling alone.
     pub driver_waits: bool,
     /// Resource limits.
     pub limits: Limits,

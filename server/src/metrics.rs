@@ -206,6 +206,13 @@ impl Metrics {
         );
         gauge(
             &mut out,
+            "gpushare_wait_poller_relaxed",
+            "1 while the driver waits complete the host waits first and the poller only \
+             backstops them at a tenth of its cadence; 0 while it polls tightly.",
+            if d.waits.poller_relaxed() { 1.0 } else { 0.0 },
+        );
+        gauge(
+            &mut out,
             "gpushare_export_tickets_outstanding",
             "Export tickets issued and not yet redeemed or expired.",
             d.tickets.len() as f64,

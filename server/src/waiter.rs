@@ -10,17 +10,18 @@
 //!   process, CUDA included, and costs no CPU while nothing happens (`bench/README.md`).
 //! - **Polling.** One poller thread reads the counters of the semaphores that have waiters. It
 //!   exists because a driver may wake late: `../shared/GPU.md` recorded `vkWaitSemaphores`
-//!   waking ~10 ms late on NVIDIA for a semaphore another process signals, while reading a
-//!   counter costs well under a microsecond. While a device's driver-wait thread is healthy the
-//!   poller only backstops it at a relaxed cadence ([`poll_interval`]); if the driver call fails,
-//!   the thread stops and the poller takes over at the tight cadence.
+//!   waking ~10 ms late on NVIDIA for a semaphore another process signals, and on the H100 the
+//!   daemon's own driver waits did not wake before the poller (`bench/README.md`), while
+//!   reading a counter costs well under a microsecond. The poller relaxes its cadence
+//!   ([`poll_interval`]) only while the driver waits prove faster: while they, not the poller,
+//!   have been completing the waits ([`TRUSTED`]). If the driver call fails, the thread stops.
 //!
 //! Signals that come through the daemon itself wake the poller at once ([`WaitService::notify`]).
 //! Which mechanism completed each wait is counted ([`WaitService::wakeups`], the
 //! `gpushare_wait_wakeups_total` metric).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -68,6 +69,9 @@ struct Waiter {
 struct Watched {
     sem: Arc<TimelineSemaphore>,
     last: u64,
+    /// When `last` last changed (or the entry was made): a watched semaphore that moved
+    /// recently is polled as tightly as a young wait.
+    changed: Instant,
     waiters: Vec<Waiter>,
     watch: Option<watch::Sender<WatchState>>,
 }
@@ -87,9 +91,40 @@ struct Shared {
     wake: Condvar,
     /// Waits completed per [`Wakeup`] source.
     wakeups: [AtomicU64; 3],
-    /// Set while at least one driver-wait thread runs and none has failed: the poller then only
-    /// backstops at the relaxed cadence.
+    /// Set while at least one driver-wait thread runs and none has failed.
     driver_waits: AtomicBool,
+    /// How often the driver-wait threads, rather than the poller, noticed a value first: an
+    /// exponential average over the waits completed by either, in thousandths. The poller
+    /// relaxes its cadence only while this stays above [`TRUSTED`]: a driver that wakes late
+    /// lets the poller complete waits, which brings it back to the tight cadence at once.
+    driver_trust: AtomicU32,
+}
+
+/// [`Shared::driver_trust`] above which the poller only backstops the driver waits (about 18
+/// driver completions in a row from zero; one poller completion drops it below).
+const TRUSTED: u32 = 880;
+
+impl Shared {
+    /// Updates the trust in driver waits after a wait completed by `by`.
+    fn trust(&self, by: Wakeup) {
+        let hit = match by {
+            Wakeup::Driver => 125,
+            Wakeup::Poll => 0,
+            // The daemon's own signals say nothing about the driver.
+            Wakeup::Notify => return,
+        };
+        let _ = self
+            .driver_trust
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t - t / 8 + hit)
+            });
+    }
+
+    /// Whether the poller may relax: driver waits run and have been noticing values first.
+    fn relaxed(&self) -> bool {
+        self.driver_waits.load(Ordering::Acquire)
+            && self.driver_trust.load(Ordering::Relaxed) > TRUSTED
+    }
 }
 
 /// What completed a wait (counted per source: [`WaitService::wakeups`]).
@@ -181,8 +216,9 @@ impl std::fmt::Debug for WaitService {
     }
 }
 
-/// How long the poller sleeps, given the age of its youngest pending wait (None: only watches)
-/// and whether healthy driver-wait threads cover the waits.
+/// How long the poller sleeps, given the age of its youngest pending wait or watched value
+/// (`None`: nothing pending) and whether driver waits have proven faster than polling
+/// ([`TRUSTED`]).
 ///
 /// Reading a counter costs well under a microsecond; what polling costs is the poller's
 /// wake-ups. On its own, the poller gives young waits (a pipeline's next frame) a 20 µs cadence
@@ -213,6 +249,7 @@ impl WaitService {
             wake: Condvar::new(),
             wakeups: Default::default(),
             driver_waits: AtomicBool::new(false),
+            driver_trust: AtomicU32::new(0),
         });
         let thread = std::thread::Builder::new()
             .name("gpushare-waits".into())
@@ -236,6 +273,12 @@ impl WaitService {
     /// Whether driver waits are in use (at least one thread runs and none has failed).
     pub fn driver_waits_active(&self) -> bool {
         self.shared.driver_waits.load(Ordering::Relaxed)
+    }
+
+    /// Whether the poller runs at the relaxed cadence now, because the driver waits have been
+    /// noticing values before it ([`TRUSTED`]).
+    pub fn poller_relaxed(&self) -> bool {
+        self.shared.relaxed()
     }
 
     /// Kicks the driver-wait thread of `sem`'s device, starting it on the device's first wait.
@@ -319,6 +362,7 @@ impl WaitService {
                 .or_insert_with(|| Watched {
                     sem: sem.clone(),
                     last: value,
+                    changed: Instant::now(),
                     waiters: Vec::new(),
                     watch: None,
                 })
@@ -358,6 +402,7 @@ impl WaitService {
             let w = st.sems.entry(id.to_owned()).or_insert_with(|| Watched {
                 sem: sem.clone(),
                 last: value,
+                changed: Instant::now(),
                 waiters: Vec::new(),
                 watch: None,
             });
@@ -503,7 +548,7 @@ fn end_all(w: Watched, end: End) {
 
 /// Reads the counter of every semaphore with waiters or watches, completes the waits whose
 /// value was reached (counted as `by`), updates watches and drops entries nothing needs any
-/// more. Returns the age of the youngest wait still pending.
+/// more. Returns the age of the youngest pending wait or recently moved watch.
 fn scan(shared: &Shared, st: &mut State, by: Wakeup) -> Option<Duration> {
     let now = Instant::now();
     let mut youngest: Option<Duration> = None;
@@ -521,15 +566,21 @@ fn scan(shared: &Shared, st: &mut State, by: Wakeup) -> Option<Duration> {
         };
         if value != w.last {
             w.last = value;
+            w.changed = now;
             if let Some(tx) = &w.watch {
                 tx.send_modify(|s| s.value = value);
             }
+        }
+        if w.watch.is_some() {
+            let age = now.saturating_duration_since(w.changed);
+            youngest = Some(youngest.map_or(age, |y| y.min(age)));
         }
         let mut i = 0;
         while i < w.waiters.len() {
             if w.waiters[i].target <= value {
                 // Counted before the waiter can see its value.
                 shared.wakeups[by as usize].fetch_add(1, Ordering::Relaxed);
+                shared.trust(by);
                 let _ = w.waiters.swap_remove(i).tx.send(Ok(value));
             } else {
                 let age = now.saturating_duration_since(w.waiters[i].since);
@@ -544,6 +595,10 @@ fn scan(shared: &Shared, st: &mut State, by: Wakeup) -> Option<Duration> {
 }
 
 fn poll_loop(shared: &Shared) {
+    // The default timer slack (50 µs) would stretch every 20 µs sleep to 70 µs.
+    if let Err(e) = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1_000)) {
+        tracing::debug!(error = %e, "cannot lower the poller's timer slack");
+    }
     let mut st = shared.lock();
     loop {
         if st.shutdown {
@@ -567,7 +622,7 @@ fn poll_loop(shared: &Shared) {
         if st.kick {
             continue;
         }
-        let interval = poll_interval(youngest, shared.driver_waits.load(Ordering::Acquire));
+        let interval = poll_interval(youngest, shared.relaxed());
         st = shared
             .wake
             .wait_timeout_while(st, interval, |s| !s.kick && !s.shutdown)
@@ -753,7 +808,11 @@ mod tests {
             assert_eq!(svc.driver_waits_active(), driver);
             if driver {
                 assert!(by(Wakeup::Driver) > ROUNDS / 2, "{counts:?}");
+                if by(Wakeup::Driver) == ROUNDS {
+                    assert!(svc.poller_relaxed(), "20 driver completions in a row");
+                }
             } else {
+                assert!(!svc.poller_relaxed());
                 assert_eq!(by(Wakeup::Driver), 0, "{counts:?}");
             }
             svc.shutdown();
