@@ -164,6 +164,29 @@ struct Ctx {
     dir: PathBuf,
     daemon_pid: u32,
     limits: v1::Limits,
+    /// The daemon's metrics socket.
+    metrics: PathBuf,
+}
+
+/// The daemon's `gpushare_wait_wakeups_total` by source (driver, poll, notify) and
+/// `gpushare_wait_poller_relaxed`, from its metrics endpoint.
+fn wakeup_counts(ctx: &Ctx) -> Res<([f64; 3], f64)> {
+    use std::io::Read;
+    let mut s = std::os::unix::net::UnixStream::connect(&ctx.metrics)?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let get = |key: &str| -> f64 {
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    Ok((
+        ["driver", "poll", "notify"]
+            .map(|by| get(&format!("gpushare_wait_wakeups_total{{by=\"{by}\"}} "))),
+        get("gpushare_wait_poller_relaxed "),
+    ))
 }
 
 /// What the measurements produce.
@@ -176,7 +199,12 @@ struct Out {
 }
 
 fn run(json_path: &Path) -> Res<bool> {
-    let Some(daemon) = TestDaemon::start() else {
+    // The metrics endpoint says which mechanism noticed each signal (driver wait or poller).
+    let metrics =
+        std::env::temp_dir().join(format!("gpushare-gpubench-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&metrics);
+    let config = format!("[metrics]\nlisten = \"unix:{}\"\n", metrics.display());
+    let Some(daemon) = TestDaemon::start_with(&config) else {
         return Err("the daemon found no Vulkan device".into());
     };
     DAEMON_PID.store(daemon.pid(), Ordering::Relaxed);
@@ -214,6 +242,7 @@ fn run(json_path: &Path) -> Res<bool> {
         dir,
         daemon_pid: daemon.pid(),
         limits,
+        metrics,
     };
     let mut out = Out::default();
     type Measure = fn(&Ctx, &mut Out) -> Res<()>;
@@ -768,7 +797,17 @@ fn wakeup(ctx: &Ctx, out: &mut Out) -> Res<()> {
     std::thread::sleep(Duration::from_secs(1));
     let idle1 = cpu_ticks(ctx.daemon_pid)?;
 
+    // Reference for the reply path: a GetValue round trip after the same idle time.
+    let mut idle_rtt = Vec::new();
+    for _ in 0..WAKE_ROUNDS / 2 {
+        std::thread::sleep(pending_time());
+        let t = mono_ns();
+        rt.block_on(sem.value())?;
+        idle_rtt.push((mono_ns() - t) as i64);
+    }
+
     // (a) a pending Wait call.
+    let counts0 = wakeup_counts(ctx)?;
     let mut wait_lat = Vec::new();
     let mut cpu_wait = 0;
     for i in 0..WAKE_WARMUP + WAKE_ROUNDS {
@@ -790,6 +829,8 @@ fn wakeup(ctx: &Ctx, out: &mut Out) -> Res<()> {
         }
     }
     let cpu_wait = cpu_ticks(ctx.daemon_pid)? - cpu_wait;
+    let counts1 = wakeup_counts(ctx)?;
+    let by: [f64; 3] = std::array::from_fn(|i| counts1.0[i] - counts0.0[i]);
 
     // (b) a Watch stream.
     let (tx, rx) = mpsc::channel::<(u64, u64)>();
@@ -920,6 +961,7 @@ fn wakeup(ctx: &Ctx, out: &mut Out) -> Res<()> {
         sorted(vkc_lat),
     );
     let (nosync_vk, nosync_wait) = (sorted(nosync_vk), sorted(nosync_wait));
+    let idle_rtt = sorted(idle_rtt);
     let us = |v: &[i64], p: f64| pct_i(v, p) as f64 / 1e3;
     out.measurements.insert(
         "wake".into(),
@@ -939,6 +981,9 @@ fn wakeup(ctx: &Ctx, out: &mut Out) -> Res<()> {
             "pending_us": [WAKE_PENDING.as_micros() as u64, 2 * WAKE_PENDING.as_micros() as u64],
             "daemon_cpu_us_per_wait": per(cpu_wait), "daemon_cpu_us_per_watch_round": per(cpu_watch),
             "daemon_cpu_idle_percent": idle_pct, "clock_tick_us": tick_us,
+            "getvalue_rtt_after_same_idle": summary_us(&idle_rtt),
+            "wait_completions_by": {"driver": by[0], "poll": by[1], "notify": by[2]},
+            "poller_relaxed_after_waits": counts1.1,
             "latency": "CLOCK_MONOTONIC at the waiter's return minus CLOCK_MONOTONIC in the signaling process right after cuStreamSynchronize returned",
         }),
     );
@@ -959,6 +1004,22 @@ fn wakeup(ctx: &Ctx, out: &mut Out) -> Res<()> {
             Some(p99 <= WAKE_P99_MAX_US),
         ));
     }
+    out.rows.push(Row::info(
+        "  GetValue round trip after the same 1-2 ms idle (the reply path's floor)",
+        format!(
+            "p50 {} p99 {}",
+            fmt_us(us(&idle_rtt, 50.0)),
+            fmt_us(us(&idle_rtt, 99.0))
+        ),
+        "-".into(),
+        None,
+    ));
+    out.rows.push(Row::info(
+        "  Wait calls completed by: driver wait / poller / daemon notify",
+        format!("{:.0} / {:.0} / {:.0}", by[0], by[1], by[2]),
+        format!("poller relaxed after: {}", counts1.1),
+        None,
+    ));
     out.rows.push(Row::info(
         "  vkWaitSemaphores in the bench process (which holds a CUDA context)",
         format!(
