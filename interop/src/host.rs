@@ -221,12 +221,16 @@ fn checked_len(len: u64) -> Result<usize, HostError> {
 mod tests {
     use super::*;
 
+    /// The tests that open descriptors run one at a time, so that counting them is exact.
+    static FDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn fds() -> usize {
         std::fs::read_dir("/proc/self/fd").unwrap().count()
     }
 
     #[test]
     fn created_memory_is_shared_sealed_and_bounded() {
+        let _one = FDS.lock().unwrap_or_else(|p| p.into_inner());
         let a = HostMemory::create("gpushare-test", 8192).unwrap();
         assert_eq!(a.len(), 8192);
         a.write_at(4000, b"hello").unwrap();
@@ -257,6 +261,7 @@ mod tests {
 
     #[test]
     fn map_refuses_unsealed_or_mis_sized_descriptors_and_closes_them() {
+        let _one = FDS.lock().unwrap_or_else(|p| p.into_inner());
         let before = fds();
         let a = HostMemory::create("gpushare-test", 4096).unwrap();
         assert!(matches!(

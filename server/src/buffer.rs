@@ -42,7 +42,9 @@ impl SharedBuffer {
 
     /// The buffer's device pointer in `device`'s CUDA context: the memory is exported from
     /// Vulkan and imported into CUDA on first use (with its allocation size and dedicated flag),
-    /// then kept until the buffer is freed. Only the CUDA executor's thread calls this.
+    /// then kept until the buffer is freed. Called by CUDA executor threads only, always with
+    /// the buffer's own device (a copy between devices imports the source into its own device
+    /// from the destination's executor thread).
     pub fn cuda_ptr(&self, device: &Arc<CudaDevice>) -> Result<u64, CudaViewError> {
         if let Some(mem) = self.cuda.get() {
             return Ok(mem.device_ptr()?);

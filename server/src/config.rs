@@ -4,7 +4,7 @@
 //! | setting | flag | environment | TOML key | default |
 //! |---|---|---|---|---|
 //! | runtime directory | `--runtime-dir` | `GPUSHARE_RUNTIME_DIR` | `runtime_dir` | `$XDG_RUNTIME_DIR/gpushare`, else `/run/gpushare` |
-//! | device | `--device` | `GPUSHARE_DEVICE` | `device` | `auto` (first non-CPU device, else the first) |
+//! | devices | `--device` | `GPUSHARE_DEVICE` | `device` | `auto` (every GPU; the CPU device when there is none) |
 //! | log filter | `--log` | `GPUSHARE_LOG` | `log` | `info` |
 //! | socket mode | — | — | `socket_mode` | `0o660` |
 //! | executor | — | — | `executor` | `auto` (CUDA when present and matched, else Vulkan) |
@@ -55,7 +55,9 @@ impl Default for Limits {
 pub struct Config {
     /// Directory holding control.sock, fd.sock and the lock file.
     pub runtime_dir: PathBuf,
-    /// `auto`, a device index (`0`), or a device UUID (32 hex digits, dashes allowed).
+    /// Which devices to serve: `auto` (every GPU, or the first usable device when there is no
+    /// GPU), `all` (every device, CPU drivers included), or a comma-separated list of device
+    /// indexes (`0`) and UUIDs (32 hex digits, dashes allowed), served in that order.
     pub device: String,
     /// A `tracing` filter (`info`, `gpushare_server=debug`, ...).
     pub log: String,
@@ -265,6 +267,15 @@ impl Config {
         }
         if l.fd_idle_timeout_ms == 0 {
             return invalid("limits.fd_idle_timeout_ms", "must not be zero");
+        }
+        if l.max_host_buffer_size == 0 {
+            return invalid("limits.max_host_buffer_size", "must not be zero");
+        }
+        if crate::devices::parse_selection(&self.device).is_err() {
+            return invalid(
+                "device",
+                "expected \"auto\", \"all\", or a comma-separated list of device indexes and UUIDs",
+            );
         }
         self.metrics.addr()?;
         Ok(())

@@ -1,10 +1,13 @@
-//! The GPUs the daemon serves: the Vulkan instance, the selected device, its CUDA device
-//! (paired by UUID, with Falcor's fallbacks unless `strict_device_match`), and its executor.
+//! The GPUs the daemon serves: the Vulkan instance, the selected devices (every GPU by
+//! default), each one's CUDA device (paired by UUID, with Falcor's fallbacks unless
+//! `strict_device_match`, each CUDA device at most once), and each one's executor.
 
 use std::sync::Arc;
 
-use gpushare_interop::cuda::{self, CudaDevice, MatchMethod};
-use gpushare_interop::vulkan::{self, Device, DeviceSelector, Instance, PhysicalDeviceInfo};
+use gpushare_interop::cuda::{self, CudaDevice, MatchMethod, VulkanCandidate};
+use gpushare_interop::vulkan::{
+    self, Device, DeviceSelector, DeviceType, Instance, PhysicalDeviceInfo,
+};
 
 use crate::executor::{CudaExecutor, Executor, VulkanExecutor};
 
@@ -39,24 +42,91 @@ impl DeviceSlot {
 
 /// Why a device selector string is invalid.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid device selector {0:?}: expected \"auto\", an index, or a 32-hex-digit UUID")]
+#[error(
+    "invalid device selector {0:?}: expected \"auto\", \"all\", or a comma-separated list of \
+     indexes and 32-hex-digit UUIDs"
+)]
 pub struct BadSelector(pub String);
 
-/// Parses the `device` setting: `auto`, an index, or a UUID (dashes allowed).
-pub fn parse_selector(s: &str) -> Result<DeviceSelector, BadSelector> {
+/// Which devices the daemon serves (the `device` setting).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Every GPU (every device with timeline semaphores that is not a CPU driver); when there
+    /// is none, the first usable device (lavapipe on a machine without a GPU).
+    Auto,
+    /// Every device with timeline semaphores, CPU drivers included.
+    All,
+    /// These devices, in this order (daemon index 0, 1, ...).
+    List(Vec<DeviceSelector>),
+}
+
+/// Parses one selector: an index, or a UUID (dashes allowed).
+fn parse_one(s: &str) -> Option<DeviceSelector> {
     let s = s.trim();
-    if s.eq_ignore_ascii_case("auto") {
-        return Ok(DeviceSelector::Default);
-    }
     if let Ok(index) = s.parse::<u32>() {
-        return Ok(DeviceSelector::Index(index));
+        return Some(DeviceSelector::Index(index));
     }
     let hex: String = s.chars().filter(|c| *c != '-').collect();
     let mut uuid = [0u8; 16];
-    match hex::decode_to_slice(&hex, &mut uuid) {
-        Ok(()) => Ok(DeviceSelector::Uuid(uuid)),
-        Err(_) => Err(BadSelector(s.to_owned())),
+    hex::decode_to_slice(&hex, &mut uuid).ok()?;
+    Some(DeviceSelector::Uuid(uuid))
+}
+
+/// Parses the `device` setting: `auto`, `all`, or a comma-separated list of indexes and UUIDs.
+pub fn parse_selection(s: &str) -> Result<Selection, BadSelector> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("auto") {
+        return Ok(Selection::Auto);
     }
+    if t.eq_ignore_ascii_case("all") {
+        return Ok(Selection::All);
+    }
+    let list: Option<Vec<DeviceSelector>> = t.split(',').map(parse_one).collect();
+    match list {
+        Some(list) if !list.is_empty() => Ok(Selection::List(list)),
+        _ => Err(BadSelector(s.to_owned())),
+    }
+}
+
+/// The physical devices `selection` names, as positions into `infos`, in serving order.
+/// Refuses a device named twice, and names that match nothing.
+pub fn resolve(
+    selection: &Selection,
+    infos: &[PhysicalDeviceInfo],
+) -> Result<Vec<usize>, DevicesError> {
+    let usable = |d: &PhysicalDeviceInfo| d.caps.timeline_semaphore;
+    let picked: Vec<usize> = match selection {
+        Selection::Auto => {
+            let gpus: Vec<usize> = (0..infos.len())
+                .filter(|&i| usable(&infos[i]) && infos[i].device_type != DeviceType::Cpu)
+                .collect();
+            if gpus.is_empty() {
+                let refs: Vec<&PhysicalDeviceInfo> = infos.iter().collect();
+                DeviceSelector::Default.pick(&refs).into_iter().collect()
+            } else {
+                gpus
+            }
+        }
+        Selection::All => (0..infos.len()).filter(|&i| usable(&infos[i])).collect(),
+        Selection::List(list) => {
+            let refs: Vec<&PhysicalDeviceInfo> = infos.iter().collect();
+            let mut out = Vec::new();
+            for sel in list {
+                let i = sel
+                    .pick(&refs)
+                    .ok_or_else(|| vulkan::Error::DeviceNotFound(sel.to_string()))?;
+                if out.contains(&i) {
+                    return Err(DevicesError::Duplicate(sel.to_string()));
+                }
+                out.push(i);
+            }
+            out
+        }
+    };
+    if picked.is_empty() {
+        return Err(vulkan::Error::NoDevice.into());
+    }
+    Ok(picked)
 }
 
 /// Why the devices could not be opened.
@@ -65,6 +135,9 @@ pub enum DevicesError {
     /// The selector is malformed.
     #[error(transparent)]
     Selector(#[from] BadSelector),
+    /// The same device was named twice.
+    #[error("device {0} is named twice in the device setting")]
+    Duplicate(String),
     /// Vulkan failed.
     #[error("cannot open the GPU")]
     Vulkan(#[from] vulkan::Error),
@@ -82,15 +155,34 @@ pub enum DevicesError {
     Thread(#[source] std::io::Error),
 }
 
-/// Pairs `info` with its CUDA device (Falcor's CudaDevice matching) and opens it.
-fn open_cuda(info: &PhysicalDeviceInfo, strict: bool) -> Result<CudaSlot, cuda::Error> {
+/// Pairs every device of `infos` with its CUDA device (Falcor's CudaDevice matching, jointly:
+/// each CUDA device at most once) and opens the matches.
+fn open_cuda(
+    infos: &[&PhysicalDeviceInfo],
+    strict: bool,
+) -> Result<Vec<Result<CudaSlot, cuda::Error>>, cuda::Error> {
     if !cuda::is_present() {
         return Err(cuda::Error::NotPresent);
     }
     let all = cuda::devices()?;
-    let (i, method) = cuda::match_device(&info.device_uuid, &info.name, &all, strict)?;
-    let device = cuda::CudaDevice::open(all[i].ordinal)?;
-    Ok(CudaSlot { device, method })
+    let candidates: Vec<VulkanCandidate> = infos
+        .iter()
+        .map(|i| VulkanCandidate {
+            uuid: i.device_uuid,
+            name: i.name.clone(),
+            cpu: i.device_type == DeviceType::Cpu,
+        })
+        .collect();
+    Ok(cuda::match_devices(&candidates, &all, strict)
+        .into_iter()
+        .map(|m| {
+            let (i, method) = m?;
+            Ok(CudaSlot {
+                device: cuda::CudaDevice::open(all[i].ordinal)?,
+                method,
+            })
+        })
+        .collect())
 }
 
 /// What [`open`] found: the served devices and the CUDA driver's version, if any.
@@ -102,78 +194,225 @@ pub struct Opened {
     pub cuda_version: Option<(u32, u32)>,
 }
 
-/// Opens the Vulkan instance, the selected device, its CUDA match (per `executor`: "auto",
-/// "cuda" or "vulkan") and its executor.
+/// Opens the Vulkan instance, the devices the `device` setting selects, their CUDA matches
+/// (per `executor`: "auto", "cuda" or "vulkan") and an executor for each.
 pub fn open(selector: &str, executor: &str, strict: bool) -> Result<Opened, DevicesError> {
-    let selector = parse_selector(selector)?;
+    let selection = parse_selection(selector)?;
     let instance = Instance::new("gpushared")?;
-    let device = Device::open(&instance, &selector)?;
-    let info = device.info();
+    let infos = instance.devices()?;
+    if infos.is_empty() {
+        return Err(vulkan::Error::NoDevice.into());
+    }
+    let picked = resolve(&selection, &infos)?;
+    let mut devices = Vec::new();
+    for &i in &picked {
+        devices.push(Device::open(
+            &instance,
+            &DeviceSelector::Index(infos[i].index),
+        )?);
+    }
     let cuda_version = if cuda::is_present() {
         cuda::driver_version().ok()
     } else {
         None
     };
-    let cuda = match executor {
-        "vulkan" => None,
-        _ => match open_cuda(info, strict) {
-            Ok(slot) => Some(slot),
+    let mut cudas: Vec<Option<CudaSlot>> = Vec::new();
+    if executor != "vulkan" {
+        let dev_infos: Vec<&PhysicalDeviceInfo> = devices.iter().map(|d| d.info()).collect();
+        match open_cuda(&dev_infos, strict) {
+            Ok(list) => {
+                for (r, info) in list.into_iter().zip(&dev_infos) {
+                    cudas.push(match r {
+                        Ok(slot) => Some(slot),
+                        Err(source) if executor == "cuda" => {
+                            return Err(DevicesError::CudaRequired {
+                                device: info.name.clone(),
+                                source,
+                            })
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %crate::error::chain(&e), device = %info.name, "no CUDA device for this GPU: Vulkan executor");
+                            None
+                        }
+                    });
+                }
+            }
             Err(source) if executor == "cuda" => {
                 return Err(DevicesError::CudaRequired {
-                    device: info.name.clone(),
+                    device: dev_infos[0].name.clone(),
                     source,
                 })
             }
             Err(cuda::Error::NotPresent) => {
                 tracing::info!("no CUDA driver on this host: Vulkan executor");
-                None
             }
             Err(e) => {
-                tracing::warn!(error = %crate::error::chain(&e), device = %info.name, "no CUDA device for this GPU: Vulkan executor");
-                None
+                tracing::warn!(error = %crate::error::chain(&e), "CUDA devices unavailable: Vulkan executor");
             }
-        },
-    };
-    let executor: Arc<dyn Executor> = match &cuda {
-        Some(slot) => {
-            Arc::new(CudaExecutor::start(slot.device.clone()).map_err(DevicesError::Thread)?)
         }
-        None => Arc::new(VulkanExecutor::start(&device)?),
-    };
-    tracing::info!(
-        name = %info.name,
-        driver = %info.driver_name,
-        uuid = %hex::encode(info.device_uuid),
-        cuda_ordinal = cuda.as_ref().map(|c| c.device.info().ordinal),
-        cuda_match = ?cuda.as_ref().map(|c| c.method),
-        executor = executor.name(),
-        "serving device 0"
-    );
-    Ok(Opened {
-        slots: vec![DeviceSlot {
-            index: 0,
+    }
+    cudas.resize_with(devices.len(), || None);
+    enable_peer_access(&cudas);
+    let mut slots = Vec::new();
+    for ((index, device), cuda) in (0u32..).zip(devices).zip(cudas) {
+        let executor: Arc<dyn Executor> = match &cuda {
+            Some(slot) => {
+                Arc::new(CudaExecutor::start(slot.device.clone()).map_err(DevicesError::Thread)?)
+            }
+            None => Arc::new(VulkanExecutor::start(&device)?),
+        };
+        let info = device.info();
+        tracing::info!(
+            index,
+            name = %info.name,
+            driver = %info.driver_name,
+            uuid = %hex::encode(info.device_uuid),
+            cuda_ordinal = cuda.as_ref().map(|c| c.device.info().ordinal),
+            cuda_match = ?cuda.as_ref().map(|c| c.method),
+            executor = executor.name(),
+            "serving device {index}"
+        );
+        slots.push(DeviceSlot {
+            index,
             device,
             cuda,
             executor,
-        }],
+        });
+    }
+    Ok(Opened {
+        slots,
         cuda_version,
     })
+}
+
+/// Lets every pair of served CUDA devices that can reach each other's memory do so
+/// (`cuCtxEnablePeerAccess`), so that cross-device copies run GPU to GPU; the others copy
+/// through the host (the driver stages `cuMemcpyPeer` itself).
+fn enable_peer_access(cudas: &[Option<CudaSlot>]) {
+    let devices: Vec<&Arc<CudaDevice>> = cudas.iter().flatten().map(|c| &c.device).collect();
+    for a in &devices {
+        for b in &devices {
+            if Arc::ptr_eq(a, b) {
+                continue;
+            }
+            match a.enable_peer_access(b) {
+                Ok(true) => tracing::info!(
+                    from = a.info().ordinal,
+                    to = b.info().ordinal,
+                    "CUDA peer access enabled"
+                ),
+                Ok(false) => tracing::info!(
+                    from = a.info().ordinal,
+                    to = b.info().ordinal,
+                    "no CUDA peer access: cross-device copies are staged"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, from = a.info().ordinal, to = b.info().ordinal, "enabling CUDA peer access failed: cross-device copies are staged")
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gpushare_interop::vulkan::{Capabilities, MemoryHeap};
 
     #[test]
-    fn selectors_parse() {
+    fn selections_parse() {
+        assert_eq!(parse_selection("auto").unwrap(), Selection::Auto);
+        assert_eq!(parse_selection(" ALL ").unwrap(), Selection::All);
+        assert_eq!(
+            parse_selection("2").unwrap(),
+            Selection::List(vec![DeviceSelector::Index(2)])
+        );
+        match parse_selection("1, 00112233-4455-6677-8899-aabbccddeeff").unwrap() {
+            Selection::List(l) => {
+                assert_eq!(l[0], DeviceSelector::Index(1));
+                assert!(matches!(l[1], DeviceSelector::Uuid(b) if b[0] == 0 && b[15] == 0xff));
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in ["gpu0", "00aa11", "", "1,,2", "auto,1"] {
+            assert!(parse_selection(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn info(index: u32, uuid: u8, device_type: DeviceType) -> PhysicalDeviceInfo {
+        PhysicalDeviceInfo {
+            index,
+            name: format!("device {index}"),
+            vendor_id: 0x10de,
+            device_id: 0,
+            device_type,
+            driver_name: "test".into(),
+            driver_info: String::new(),
+            api_version: (1, 3, 0),
+            device_uuid: [uuid; 16],
+            driver_uuid: [1; 16],
+            heaps: vec![MemoryHeap {
+                size: 1 << 30,
+                device_local: true,
+            }],
+            caps: Capabilities {
+                timeline_semaphore: true,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn auto_serves_every_gpu_and_falls_back_to_the_cpu_device() {
+        let host = vec![
+            info(0, 1, DeviceType::DiscreteGpu),
+            info(1, 2, DeviceType::Cpu),
+            info(2, 3, DeviceType::DiscreteGpu),
+        ];
+        assert_eq!(resolve(&Selection::Auto, &host).unwrap(), vec![0, 2]);
+        assert_eq!(resolve(&Selection::All, &host).unwrap(), vec![0, 1, 2]);
+        let cpu_only = vec![info(0, 9, DeviceType::Cpu)];
+        assert_eq!(resolve(&Selection::Auto, &cpu_only).unwrap(), vec![0]);
+        let mut no_timeline = host.clone();
+        no_timeline[0].caps.timeline_semaphore = false;
+        assert_eq!(resolve(&Selection::Auto, &no_timeline).unwrap(), vec![2]);
         assert!(matches!(
-            parse_selector("auto"),
-            Ok(DeviceSelector::Default)
+            resolve(&Selection::Auto, &[]),
+            Err(DevicesError::Vulkan(vulkan::Error::NoDevice))
         ));
-        assert!(matches!(parse_selector("2"), Ok(DeviceSelector::Index(2))));
-        let u = parse_selector("00112233-4455-6677-8899-aabbccddeeff").unwrap();
-        assert!(matches!(u, DeviceSelector::Uuid(b) if b[0] == 0 && b[15] == 0xff));
-        assert!(parse_selector("gpu0").is_err());
-        assert!(parse_selector("00aa11").is_err());
+    }
+
+    #[test]
+    fn lists_keep_their_order_and_refuse_duplicates_and_unknowns() {
+        let host = vec![
+            info(0, 1, DeviceType::DiscreteGpu),
+            info(1, 2, DeviceType::DiscreteGpu),
+        ];
+        let list = |v: Vec<DeviceSelector>| Selection::List(v);
+        assert_eq!(
+            resolve(
+                &list(vec![
+                    DeviceSelector::Uuid([2; 16]),
+                    DeviceSelector::Index(0)
+                ]),
+                &host
+            )
+            .unwrap(),
+            vec![1, 0]
+        );
+        assert!(matches!(
+            resolve(
+                &list(vec![
+                    DeviceSelector::Index(1),
+                    DeviceSelector::Uuid([2; 16])
+                ]),
+                &host
+            ),
+            Err(DevicesError::Duplicate(_))
+        ));
+        assert!(matches!(
+            resolve(&list(vec![DeviceSelector::Index(5)]), &host),
+            Err(DevicesError::Vulkan(vulkan::Error::DeviceNotFound(_)))
+        ));
     }
 }

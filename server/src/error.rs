@@ -92,9 +92,6 @@ pub enum Error {
         /// How many devices the daemon serves.
         count: usize,
     },
-    /// The two buffers of a copy live on different devices.
-    #[error("buffers {0} and {1} are on different devices")]
-    CrossDevice(String, String),
     /// A signal value that does not exceed the current value.
     #[error("semaphore {id}: value {requested} does not exceed the current value {current}")]
     NotIncreasing {
@@ -202,7 +199,6 @@ impl Error {
             | TextTooLong { .. }
             | Overlap(_)
             | NoDevice { .. }
-            | CrossDevice(..)
             | BadFdRequest(_)
             | FdsRefused(_) => Code::InvalidArgument,
             NotFound { .. } | UnknownTicket => Code::NotFound,

@@ -15,7 +15,7 @@ use gpushare_proto::v1;
 use crate::buffer::SharedBuffer;
 use crate::daemon::Caller;
 use crate::error::{Error, Result};
-use crate::executor::{Op, Source};
+use crate::executor::{chunks, Op, Source};
 use crate::ids;
 use crate::registry::Resource;
 use crate::service::Service;
@@ -96,19 +96,79 @@ fn resolve(
     })
 }
 
-/// Runs `op` between the wait points and the signal points.
+/// Runs `op` on `device`'s executor between the wait points and the signal points.
 async fn sequenced(svc: &Service, seq: Sequenced, device: u32, op: Op) -> Result<Vec<u8>> {
+    let slot = svc.d.device(device)?;
+    sequenced_work(svc, seq, || slot.executor.run(op)).await
+}
+
+/// Runs `work` between the wait points and the signal points. `work` is called only once every
+/// wait point was reached: an executor queues its operation as soon as `run` is called, before
+/// the future is awaited.
+async fn sequenced_work<F>(
+    svc: &Service,
+    seq: Sequenced,
+    work: impl FnOnce() -> F,
+) -> Result<Vec<u8>>
+where
+    F: std::future::Future<Output = Result<Vec<u8>>>,
+{
     let deadline = Instant::now() + seq.timeout;
     for p in &seq.wait {
         let left = deadline.saturating_duration_since(Instant::now());
         svc.d.waits.wait(&p.id, &p.sem, p.value, left).await?;
     }
-    let slot = svc.d.device(device)?;
-    let out = slot.executor.run(op).await?;
+    let out = work().await?;
     for p in &seq.signal {
         svc.d.signal(&p.res, &p.sem, p.value)?;
     }
     Ok(out)
+}
+
+/// Copies between buffers of two devices: GPU to GPU with `cuMemcpyPeerAsync` on the
+/// destination's CUDA executor when both devices have CUDA (through the host by the driver where
+/// peer access is off), otherwise staged through the daemon in [`chunks`]: a Read on the
+/// source's executor, then a Write on the destination's.
+async fn copy_across(
+    svc: &Service,
+    (src_device, src, src_offset): (u32, Arc<SharedBuffer>, u64),
+    (dst_device, dst, dst_offset): (u32, Arc<SharedBuffer>, u64),
+    length: u64,
+) -> Result<Vec<u8>> {
+    let from = svc.d.device(src_device)?;
+    let to = svc.d.device(dst_device)?;
+    if let (Some(f), Some(_)) = (&from.cuda, &to.cuda) {
+        return to
+            .executor
+            .run(Op::CopyPeer {
+                src,
+                src_device: f.device.clone(),
+                src_offset,
+                dst,
+                dst_offset,
+                length,
+            })
+            .await;
+    }
+    for (pos, n) in chunks(length) {
+        let bytes = from
+            .executor
+            .run(Op::Read {
+                src: src.clone(),
+                offset: src_offset + pos,
+                length: n,
+                into: None,
+            })
+            .await?;
+        to.executor
+            .run(Op::Write {
+                dst: dst.clone(),
+                offset: dst_offset + pos,
+                src: Source::Bytes(bytes),
+            })
+            .await?;
+    }
+    Ok(Vec::new())
 }
 
 /// Checks `[offset, offset + length)` against a buffer of `size` bytes.
@@ -258,9 +318,7 @@ pub async fn copy(svc: &Service, caller: &Caller, cap: Duration, r: v1::CopyRequ
     let (dst_res, dst) = buffer(svc, caller, &r.dst_buffer_id)?;
     check_range("source", r.src_offset, r.length, src.size())?;
     check_range("destination", r.dst_offset, r.length, dst.size())?;
-    if src_res.device != dst_res.device {
-        return Err(Error::CrossDevice(src_res.id.clone(), dst_res.id.clone()));
-    }
+    let seq_across = src_res.device != dst_res.device;
     if src_res.id == dst_res.id {
         let (a, b) = (r.src_offset, r.dst_offset);
         if a < b + r.length && b < a + r.length {
@@ -268,6 +326,17 @@ pub async fn copy(svc: &Service, caller: &Caller, cap: Duration, r: v1::CopyRequ
         }
     }
     let seq = resolve(svc, caller, cap, r.sync)?;
+    if seq_across {
+        let work = || {
+            copy_across(
+                svc,
+                (src_res.device, src, r.src_offset),
+                (dst_res.device, dst, r.dst_offset),
+                r.length,
+            )
+        };
+        return sequenced_work(svc, seq, work).await.map(drop);
+    }
     sequenced(
         svc,
         seq,

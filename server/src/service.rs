@@ -118,6 +118,8 @@ fn device_info(slot: &DeviceSlot) -> v1::DeviceInfo {
     let handles = |v: &[HandleType]| v.iter().copied().map(handle_type).collect();
     v1::DeviceInfo {
         index,
+        vulkan_index: i.index,
+        executor: slot.executor.name().into(),
         name: i.name.clone(),
         vendor_id: i.vendor_id,
         device_id: i.device_id,
@@ -587,11 +589,16 @@ impl Service {
             .map_err(|_| Error::ExecutorGone)?
             .map_err(Error::host("creating a host buffer"))?;
         let host = Arc::new(host);
-        self.d
-            .device(0)?
-            .executor
-            .run(Op::Register { host: host.clone() })
-            .await?;
+        // Page-locked once (portable: for every CUDA context) by the first CUDA executor; the
+        // Vulkan executors need nothing.
+        for slot in &self.d.devices {
+            slot.executor
+                .run(Op::Register { host: host.clone() })
+                .await?;
+            if host.registered() {
+                break;
+            }
+        }
         let resource = Resource::new(
             ids::new_id(crate::daemon::HOST_BUFFER_PREFIX),
             r.name,

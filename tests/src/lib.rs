@@ -50,6 +50,15 @@ pub fn gpu_required() -> bool {
     std::env::var("GPUSHARE_REQUIRE_GPU").is_ok_and(|s| s == "1")
 }
 
+/// How many GPUs the machine has and the multi-GPU tests must see served
+/// (`GPUSHARE_REQUIRE_GPUS=N`, set by the GPU suite from `nvidia-smi`); 0 when unset.
+pub fn gpus_required() -> usize {
+    std::env::var("GPUSHARE_REQUIRE_GPUS")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Path of one of the workspace's binaries.
 pub fn bin(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("GPUSHARE_BIN_DIR") {

@@ -28,20 +28,59 @@ async fn info_reports_the_device_and_its_capabilities() {
     let d = gpushare_tests::daemon_or_skip!();
     let c = Client::connect(d.runtime_dir()).await.unwrap();
     let info = c.info().await.unwrap();
-    assert_eq!(info.devices.len(), 1);
-    let dev = &info.devices[0];
-    assert_eq!(dev.device_uuid.len(), 16);
-    assert_eq!(dev.driver_uuid.len(), 16);
-    assert!(!dev.memory_heaps.is_empty());
-    let caps = dev.capabilities.as_ref().unwrap();
-    assert!(caps
-        .buffer_export
-        .contains(&(gpushare_client::v1::HandleType::OpaqueFd as i32)));
-    // CUDA runs the operations where the device has a CUDA match; Vulkan otherwise.
-    let expected = if dev.cuda.is_some() { "cuda" } else { "vulkan" };
-    assert_eq!(info.executor, expected);
+    // `device = "auto"`: every GPU, or the CPU device on a machine without one.
+    assert!(!info.devices.is_empty());
+    let mut uuids = std::collections::HashSet::new();
+    for (i, dev) in info.devices.iter().enumerate() {
+        assert_eq!(dev.index as usize, i);
+        assert_eq!(dev.device_uuid.len(), 16);
+        assert!(
+            uuids.insert(dev.device_uuid.clone()),
+            "a device served twice"
+        );
+        assert_eq!(dev.driver_uuid.len(), 16);
+        assert!(!dev.memory_heaps.is_empty());
+        let caps = dev.capabilities.as_ref().unwrap();
+        assert!(caps
+            .buffer_export
+            .contains(&(gpushare_client::v1::HandleType::OpaqueFd as i32)));
+        // CUDA runs the operations where the device has a CUDA match; Vulkan otherwise.
+        let expected = if dev.cuda.is_some() { "cuda" } else { "vulkan" };
+        assert_eq!(dev.executor, expected);
+    }
+    assert_eq!(info.executor, info.devices[0].executor);
     assert!(info.limits.unwrap().max_buffer_size > 0);
+    let first = info.devices[0].vulkan_index;
     assert_eq!(d.stop().code(), Some(0));
+
+    // Naming devices: a list serves exactly those; a device named twice or one that does not
+    // exist is refused at start with a message that says so.
+    let d = gpushare_tests::daemon_or_skip!(&format!("device = \"{first}\"\n"));
+    let c = Client::connect(d.runtime_dir()).await.unwrap();
+    let info = c.info().await.unwrap();
+    assert_eq!(info.devices.len(), 1);
+    assert_eq!(info.devices[0].vulkan_index, first);
+    drop(c);
+    assert_eq!(d.stop().code(), Some(0));
+    let scratch = gpushare_tests::TempDir::new();
+    for (device, expect) in [
+        (format!("{first},{first}"), "named twice"),
+        (
+            "4000".to_owned(),
+            "no Vulkan physical device matches index 4000",
+        ),
+    ] {
+        let (status, _, err) = run(
+            Command::new(bin("gpushared"))
+                .arg("--runtime-dir")
+                .arg(scratch.path().join(format!("refused-{}", device.len())))
+                .arg("--device")
+                .arg(&device),
+            Duration::from_secs(30),
+        );
+        assert_eq!(status.code(), Some(1), "--device {device}: {err}");
+        assert!(err.contains(expect), "--device {device}: {err}");
+    }
 }
 
 /// Process A (this test) writes through the daemon; process B (gpushare-peer) redeems a

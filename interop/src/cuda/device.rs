@@ -202,6 +202,31 @@ impl CudaDevice {
         Ok(v)
     }
 
+    /// Lets this device's context access `peer`'s memory (`cuDeviceCanAccessPeer`, then
+    /// `cuCtxEnablePeerAccess`), so that [`copy_peer`](super::copy_peer) from or to `peer` runs
+    /// GPU to GPU. `Ok(false)` when the hardware cannot (the copy then goes through the host);
+    /// enabling twice is not an error.
+    pub fn enable_peer_access(&self, peer: &CudaDevice) -> Result<bool> {
+        let mut can = 0;
+        // SAFETY: both device handles are valid (their contexts are retained); `can` is a valid
+        // out-pointer.
+        check("cuDeviceCanAccessPeer", unsafe {
+            sys::cuDeviceCanAccessPeer(&mut can, self.context.cu_device(), peer.context.cu_device())
+        })?;
+        if can == 0 {
+            return Ok(false);
+        }
+        self.bind()?;
+        // SAFETY: this context is current; `peer`'s context is live (retained by `peer`); the
+        // flags must be 0.
+        let r = unsafe { sys::cuCtxEnablePeerAccess(peer.context.cu_ctx(), 0) };
+        if r == sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED {
+            return Ok(true);
+        }
+        check("cuCtxEnablePeerAccess", r)?;
+        Ok(true)
+    }
+
     /// Makes the device's context current on this thread.
     pub(crate) fn bind(&self) -> Result<()> {
         bind(&self.context)

@@ -87,6 +87,76 @@ pub fn match_device(
     Ok((index, method))
 }
 
+/// One Vulkan device to pair ([`match_devices`]).
+#[derive(Clone, Debug)]
+pub struct VulkanCandidate {
+    /// `deviceUUID` (all zero when unknown).
+    pub uuid: [u8; 16],
+    /// `deviceName`.
+    pub name: String,
+    /// A CPU driver (lavapipe): paired with nothing, without a warning.
+    pub cpu: bool,
+}
+
+/// Pairs every Vulkan device of a multi-GPU host with its own CUDA device: [`match_device`] for
+/// each, with two rules that only matter when there are several.
+///
+/// - **UUIDs first, for every device**, then the fallbacks for those still unpaired, in
+///   Vulkan order. A device matched by UUID is never taken by another device's fallback, whatever
+///   the order.
+/// - **Each CUDA device is paired at most once.** Two GPUs of the same name whose UUIDs are
+///   unknown get the first and the second CUDA device of that name, not the same one twice.
+///
+/// CPU devices get [`Error::NoMatch`]. The result has one entry per Vulkan device, in order:
+/// the index into `cuda` and the method, or why none matched.
+pub fn match_devices(
+    vulkan: &[VulkanCandidate],
+    cuda: &[CudaDeviceInfo],
+    strict: bool,
+) -> Vec<Result<(usize, MatchMethod)>> {
+    let no_match = |v: &VulkanCandidate| Error::NoMatch {
+        uuid: v.uuid,
+        name: v.name.clone(),
+    };
+    let known = |uuid: &[u8; 16]| uuid.iter().any(|&b| b != 0);
+    let mut claimed = vec![false; cuda.len()];
+    let mut out: Vec<Option<Result<(usize, MatchMethod)>>> = vulkan.iter().map(|_| None).collect();
+    // Pass 1: UUIDs.
+    for (slot, v) in out.iter_mut().zip(vulkan) {
+        if v.cpu {
+            *slot = Some(Err(no_match(v)));
+            continue;
+        }
+        if !known(&v.uuid) {
+            continue;
+        }
+        if let Some(i) = (0..cuda.len()).find(|&i| !claimed[i] && cuda[i].uuid == v.uuid) {
+            claimed[i] = true;
+            *slot = Some(Ok((i, MatchMethod::Uuid)));
+        }
+    }
+    // Pass 2: fallbacks among the CUDA devices nobody claimed.
+    for (slot, v) in out.iter_mut().zip(vulkan) {
+        if slot.is_some() {
+            continue;
+        }
+        let free: Vec<usize> = (0..cuda.len()).filter(|&i| !claimed[i]).collect();
+        let subset: Vec<CudaDeviceInfo> = free.iter().map(|&i| cuda[i].clone()).collect();
+        let result = match match_device(&v.uuid, &v.name, &subset, strict) {
+            Ok((j, method)) => {
+                claimed[free[j]] = true;
+                Ok((free[j], method))
+            }
+            Err(e) => Err(e),
+        };
+        *slot = Some(result);
+    }
+    out.into_iter()
+        .zip(vulkan)
+        .map(|(r, v)| r.unwrap_or_else(|| Err(no_match(v))))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +317,102 @@ mod tests {
             match_device(&uuid(1), "x", &cuda, true).unwrap(),
             (0, MatchMethod::Uuid)
         );
+    }
+
+    fn vk(uuid: [u8; 16], name: &str) -> VulkanCandidate {
+        VulkanCandidate {
+            uuid,
+            name: name.to_owned(),
+            cpu: false,
+        }
+    }
+
+    fn pairs(r: &[Result<(usize, MatchMethod)>]) -> Vec<Option<(usize, MatchMethod)>> {
+        r.iter().map(|x| x.as_ref().ok().copied()).collect()
+    }
+
+    #[test]
+    fn several_gpus_pair_by_uuid_whatever_the_order() {
+        let cuda = machine();
+        // Vulkan enumerates in another order than CUDA (CUDA_VISIBLE_DEVICES, PCI order).
+        let vulkan = vec![
+            vk(uuid(4), "Tesla P100-PCIE-16GB"),
+            vk(uuid(1), "NVIDIA H100 80GB HBM3"),
+            vk(uuid(3), "Tesla P100-PCIE-16GB"),
+            vk(uuid(2), "NVIDIA H100 80GB HBM3"),
+        ];
+        use MatchMethod::Uuid;
+        assert_eq!(
+            pairs(&match_devices(&vulkan, &cuda, true)),
+            vec![
+                Some((3, Uuid)),
+                Some((0, Uuid)),
+                Some((2, Uuid)),
+                Some((1, Uuid))
+            ]
+        );
+    }
+
+    #[test]
+    fn same_names_without_uuids_get_distinct_devices() {
+        let mut cuda = machine();
+        for d in &mut cuda {
+            d.uuid = [0; 16];
+        }
+        let zero = [0u8; 16];
+        let vulkan = vec![
+            vk(zero, "NVIDIA H100 80GB HBM3"),
+            vk(zero, "NVIDIA H100 80GB HBM3"),
+            vk(zero, "Tesla P100-PCIE-16GB"),
+            vk(zero, "NVIDIA H100 80GB HBM3"),
+        ];
+        use MatchMethod::Name;
+        let got = match_devices(&vulkan, &cuda, false);
+        assert_eq!(
+            pairs(&got)[..3],
+            [Some((0, Name)), Some((1, Name)), Some((2, Name))]
+        );
+        // A third H100 finds both H100s taken and no free device of capability >= 7.
+        assert!(matches!(got[3], Err(Error::NoMatch { .. })), "{got:?}");
+        // Strict: every pairing here is a fallback.
+        assert!(match_devices(&vulkan, &cuda, true)
+            .iter()
+            .all(|r| matches!(r, Err(Error::FallbackForbidden { .. }))));
+    }
+
+    #[test]
+    fn a_uuid_match_is_never_taken_by_an_earlier_fallback() {
+        let mut cuda = machine();
+        cuda[1].uuid = [0; 16];
+        let vulkan = vec![
+            // Unknown UUID first: its name fallback must not take device 0, which the second
+            // Vulkan device owns by UUID.
+            vk([0; 16], "NVIDIA H100 80GB HBM3"),
+            vk(uuid(1), "NVIDIA H100 80GB HBM3"),
+        ];
+        use MatchMethod::{Name, Uuid};
+        assert_eq!(
+            pairs(&match_devices(&vulkan, &cuda, false)),
+            vec![Some((1, Name)), Some((0, Uuid))]
+        );
+    }
+
+    #[test]
+    fn a_cpu_device_among_gpus_pairs_with_nothing() {
+        let cuda = machine();
+        let vulkan = vec![
+            vk(uuid(2), "NVIDIA H100 80GB HBM3"),
+            VulkanCandidate {
+                uuid: [0; 16],
+                name: "llvmpipe (LLVM 15.0.6, 256 bits)".into(),
+                cpu: true,
+            },
+            vk(uuid(1), "NVIDIA H100 80GB HBM3"),
+        ];
+        let got = match_devices(&vulkan, &cuda, false);
+        assert_eq!(got[0].as_ref().unwrap(), &(1, MatchMethod::Uuid));
+        assert!(matches!(got[1], Err(Error::NoMatch { .. })));
+        assert_eq!(got[2].as_ref().unwrap(), &(0, MatchMethod::Uuid));
+        assert!(match_devices(&[], &cuda, false).is_empty());
     }
 }

@@ -102,6 +102,40 @@ pub unsafe fn copy_dtod(stream: &CudaStream, dst: u64, src: u64, len: u64) -> Re
     })
 }
 
+/// Enqueues on `stream` a copy of `len` bytes from `src` in `src_device`'s context to `dst` in
+/// `dst_device`'s (`cuMemcpyPeerAsync`): GPU to GPU where peer access was enabled
+/// ([`CudaDevice::enable_peer_access`]), staged through the host by the driver otherwise.
+///
+/// # Safety
+///
+/// `src..src + len` is device memory of `src_device`'s context and `dst..dst + len` of
+/// `dst_device`'s, both valid until the copy has executed; `stream` belongs to one of the two.
+pub unsafe fn copy_peer(
+    stream: &CudaStream,
+    dst: u64,
+    dst_device: &CudaDevice,
+    src: u64,
+    src_device: &CudaDevice,
+    len: u64,
+) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    bind(stream.context())?;
+    // SAFETY: the context is current, the stream live, both contexts retained by their
+    // devices; the caller guarantees the ranges.
+    check("cuMemcpyPeerAsync", unsafe {
+        sys::cuMemcpyPeerAsync(
+            dst,
+            dst_device.context().cu_ctx(),
+            src,
+            src_device.context().cu_ctx(),
+            len as usize,
+            stream.cu_stream(),
+        )
+    })
+}
+
 /// Enqueues on `stream` a fill of `count` 32-bit words from device address `ptr` with `value`.
 /// [`Error::InvalidValue`] unless `ptr` is 4-byte aligned.
 ///

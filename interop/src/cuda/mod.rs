@@ -23,10 +23,10 @@ pub use error::{Error, Result};
 pub use external_memory::{ExternalMemory, MappedBuffer};
 pub use external_semaphore::ExternalSemaphore;
 pub use loader::{driver_version, is_present};
-pub use matching::{match_device, MatchMethod};
+pub use matching::{match_device, match_devices, MatchMethod, VulkanCandidate};
 pub use memory::{
-    copy_dtod, copy_dtoh, copy_dtoh_ptr, copy_htod, copy_htod_ptr, memset_d32, DeviceAllocation,
-    HostRegistration, PinnedBuffer,
+    copy_dtod, copy_dtoh, copy_dtoh_ptr, copy_htod, copy_htod_ptr, copy_peer, memset_d32,
+    DeviceAllocation, HostRegistration, PinnedBuffer,
 };
 
 /// Re-exported so callers can use cudarc's safe API (streams, allocations, copies) and raw

@@ -140,6 +140,23 @@ fn execute(
             device.synchronize_stream()?;
             Ok(Vec::new())
         }
+        Op::CopyPeer {
+            src,
+            src_device,
+            src_offset,
+            dst,
+            dst_offset,
+            length,
+        } => {
+            let from = src.cuda_ptr(&src_device)? + src_offset;
+            let to = dst.cuda_ptr(device)? + dst_offset;
+            // SAFETY: the source range lies in `src`'s mapping in its own device's context, the
+            // destination in `dst`'s in this one (both checked by the caller); both buffers live
+            // past the synchronize below.
+            unsafe { cuda::copy_peer(stream, to, device, from, &src_device, length) }?;
+            device.synchronize_stream()?;
+            Ok(Vec::new())
+        }
         Op::Register { host } => {
             host.register(device)?;
             Ok(Vec::new())

@@ -56,9 +56,17 @@ impl Source {
     }
 }
 
-/// Operations on host buffers are chunked this finely on the Vulkan executor, whose staging
-/// memory would otherwise grow to the whole transfer.
+/// Transfers through host memory are cut into pieces this large: host-buffer transfers on the
+/// Vulkan executor (whose staging would otherwise grow to the whole transfer) and staged copies
+/// between devices.
 pub const HOST_CHUNK: u64 = 32 << 20;
+
+/// `(offset, length)` pieces of at most [`HOST_CHUNK`] bytes covering `0..length`.
+pub fn chunks(length: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..length)
+        .step_by(HOST_CHUNK as usize)
+        .map(move |pos| (pos, HOST_CHUNK.min(length - pos)))
+}
 
 /// One daemon-executed operation. Ranges were validated by the caller.
 #[derive(Debug)]
@@ -82,6 +90,21 @@ pub enum Op {
         length: u64,
         /// The host buffer and offset to read into; `None`: the bytes are returned.
         into: Option<(Arc<HostBuffer>, u64)>,
+    },
+    /// Copy from a buffer of another CUDA device (`cuMemcpyPeerAsync`; CUDA executor only).
+    CopyPeer {
+        /// Source, on `src_device`.
+        src: Arc<SharedBuffer>,
+        /// The source's CUDA device.
+        src_device: Arc<gpushare_interop::cuda::CudaDevice>,
+        /// Source offset.
+        src_offset: u64,
+        /// Destination, on this executor's device.
+        dst: Arc<SharedBuffer>,
+        /// Destination offset.
+        dst_offset: u64,
+        /// Bytes.
+        length: u64,
     },
     /// Prepare a new host buffer for transfers (the CUDA executor page-locks it).
     Register {
@@ -123,6 +146,7 @@ impl Op {
             Op::Fill { .. } => "fill",
             Op::Copy { .. } => "copy",
             Op::Register { .. } => "host buffer registration",
+            Op::CopyPeer { .. } => "copy between devices",
         }
     }
 }
@@ -199,5 +223,31 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_range_exactly() {
+        assert_eq!(chunks(0).count(), 0);
+        assert_eq!(chunks(5).collect::<Vec<_>>(), vec![(0, 5)]);
+        assert_eq!(
+            chunks(HOST_CHUNK).collect::<Vec<_>>(),
+            vec![(0, HOST_CHUNK)]
+        );
+        let n = 2 * HOST_CHUNK + 7;
+        let parts: Vec<_> = chunks(n).collect();
+        assert_eq!(
+            parts,
+            vec![
+                (0, HOST_CHUNK),
+                (HOST_CHUNK, HOST_CHUNK),
+                (2 * HOST_CHUNK, 7)
+            ]
+        );
+        assert_eq!(parts.iter().map(|p| p.1).sum::<u64>(), n);
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use gpushare_interop::vulkan::{self, Device, SyncPoints, Transfer};
 
-use super::{Executor, Op, OpFuture, Source, Worker, HOST_CHUNK};
+use super::{chunks, Executor, Op, OpFuture, Source, Worker};
 use crate::error::Error;
 use crate::host_buffer::HostBuffer;
 
@@ -83,6 +83,9 @@ fn execute(t: &mut Transfer, op: Op) -> std::result::Result<Vec<u8>, vulkan::Err
             Ok(Vec::new())
         }
         Op::Register { .. } => Ok(Vec::new()),
+        Op::CopyPeer { .. } => Err(vulkan::Error::Unsupported(
+            "a CUDA peer copy on the Vulkan executor".into(),
+        )),
         Op::Fill {
             dst,
             offset,
@@ -101,13 +104,6 @@ fn execute(t: &mut Transfer, op: Op) -> std::result::Result<Vec<u8>, vulkan::Err
             .copy(src.vk(), src_offset, dst.vk(), dst_offset, length, &sync)
             .map(|()| Vec::new()),
     }
-}
-
-/// `(offset, length)` pieces of at most [`HOST_CHUNK`] bytes covering `0..length`.
-fn chunks(length: u64) -> impl Iterator<Item = (u64, u64)> {
-    (0..length)
-        .step_by(HOST_CHUNK as usize)
-        .map(move |pos| (pos, HOST_CHUNK.min(length - pos)))
 }
 
 fn host_range_error() -> vulkan::Error {
@@ -135,31 +131,5 @@ impl Executor for VulkanExecutor {
 
     fn run(&self, op: Op) -> OpFuture {
         self.worker.run(op)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_cover_the_range_exactly() {
-        assert_eq!(chunks(0).count(), 0);
-        assert_eq!(chunks(5).collect::<Vec<_>>(), vec![(0, 5)]);
-        assert_eq!(
-            chunks(HOST_CHUNK).collect::<Vec<_>>(),
-            vec![(0, HOST_CHUNK)]
-        );
-        let n = 2 * HOST_CHUNK + 7;
-        let parts: Vec<_> = chunks(n).collect();
-        assert_eq!(
-            parts,
-            vec![
-                (0, HOST_CHUNK),
-                (HOST_CHUNK, HOST_CHUNK),
-                (2 * HOST_CHUNK, 7)
-            ]
-        );
-        assert_eq!(parts.iter().map(|p| p.1).sum::<u64>(), n);
     }
 }

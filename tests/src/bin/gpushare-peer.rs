@@ -6,6 +6,7 @@
 //! gpushare-peer <runtime-dir> hold <buffer-size> [pin]                     # session + buffer + semaphore, then sleeps
 //! gpushare-peer <runtime-dir> cuda-wait <ticket-hex> <value>                # GPU-side wait on an imported semaphore
 //! gpushare-peer <runtime-dir> sem-signal <ticket-hex> <value> [<delay-ms>]   # imports a semaphore, host-signals it
+//! gpushare-peer <runtime-dir> cuda-read <ticket-hex> <offset> <length>      # CUDA import by UUID; prints the device and the bytes
 //! ```
 //!
 //! `import-*` redeem the ticket on fd.sock, open the Vulkan device named by the UUID in the
@@ -54,6 +55,9 @@ async fn main() -> ExitCode {
         ("hold", [size]) => hold(dir, size.parse().unwrap(), false).await,
         ("hold", [size, pin]) if pin == "pin" => hold(dir, size.parse().unwrap(), true).await,
         ("cuda-wait", [ticket, value]) => cuda_wait(dir, ticket, value.parse().unwrap()).await,
+        ("cuda-read", [ticket, offset, len]) => {
+            cuda_read(dir, ticket, offset.parse().unwrap(), len.parse().unwrap()).await
+        }
         ("sem-signal", [ticket, value]) => sem_signal(dir, ticket, value.parse().unwrap(), 0).await,
         ("sem-signal", [ticket, value, delay]) => {
             sem_signal(dir, ticket, value.parse().unwrap(), delay.parse().unwrap()).await
@@ -151,5 +155,40 @@ async fn cuda_wait(dir: &str, ticket: &str, value: u64) -> Result<(), Box<dyn st
         "released {}",
         now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128
     );
+    Ok(())
+}
+
+/// Imports a buffer into this process's CUDA context on the GPU the descriptor's UUID names
+/// (whatever this process's `CUDA_VISIBLE_DEVICES`), copies `len` bytes at `offset` to the
+/// host, and prints `<this process's CUDA ordinal> <uuid-hex>` then the bytes as hex.
+async fn cuda_read(
+    dir: &str,
+    ticket: &str,
+    offset: u64,
+    len: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use gpushare_client::cuda::{cuda_device_for, InteropBuffer};
+    use gpushare_interop::cuda;
+    let client = Client::connect(dir).await?;
+    let exported = client.redeem(&hex::decode(ticket)?).await?;
+    let device = cuda_device_for(&exported)?;
+    let buffer = InteropBuffer::import(&device, exported)?;
+    if offset
+        .checked_add(len)
+        .is_none_or(|end| end > buffer.size())
+    {
+        return Err("range outside the buffer".into());
+    }
+    let mut out = vec![0u8; len as usize];
+    // SAFETY: the range is inside the imported buffer (checked above), which lives until after
+    // the synchronize; `out` is not touched before it.
+    unsafe { cuda::copy_dtoh(device.stream(), buffer.device_ptr() + offset, &mut out) }?;
+    device.synchronize_stream()?;
+    println!(
+        "{} {}",
+        device.info().ordinal,
+        hex::encode(device.info().uuid)
+    );
+    println!("{}", hex::encode(out));
     Ok(())
 }

@@ -162,6 +162,8 @@ fn device_json(d: &v1::DeviceInfo) -> Value {
     let caps = d.capabilities.clone().unwrap_or_default();
     json!({
         "index": d.index,
+        "vulkan_index": d.vulkan_index,
+        "executor": d.executor,
         "name": d.name,
         "vendor_id": d.vendor_id,
         "device_id": d.device_id,
@@ -217,6 +219,7 @@ pub fn info_text(info: &v1::GetInfoResponse) -> String {
         "max wait timeout",
         &format!("{} ms", limits.max_wait_timeout_ms),
     ]);
+    t.row(["max host buffer size", &sized(limits.max_host_buffer_size)]);
     let mut out = t.render();
     for d in &info.devices {
         let caps = d.capabilities.clone().unwrap_or_default();
@@ -246,6 +249,8 @@ pub fn info_text(info: &v1::GetInfoResponse) -> String {
         let mut t = Table::plain();
         t.row(["name", &d.name]);
         t.row(["type", &device_type_name(d.device_type)]);
+        t.row(["vulkan index", &d.vulkan_index.to_string()]);
+        t.row(["executor", &d.executor]);
         t.row([
             "vendor:device",
             &format!("{:04x}:{:04x}", d.vendor_id, d.device_id),
