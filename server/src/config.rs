@@ -11,6 +11,7 @@
 //! | strict device matching | — | — | `strict_device_match` | `false` |
 //! | driver waits | — | — | `driver_waits` | `true` (see `waiter.rs`) |
 //! | limits | — | — | `[limits]` | see [`Limits`] |
+//! | quotas | — | — | `[quotas]` | see [`Quotas`] |
 //! | metrics endpoint | — | — | `[metrics] listen` | off (see [`MetricsConfig`]) |
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,66 @@ impl Default for Limits {
     }
 }
 
+/// Quotas: how much one uid, one session, or everybody together may hold at once. A request
+/// past one is refused with RESOURCE_EXHAUSTED naming the quota and its value. 0 means no limit
+/// (only for `buffer_bytes_per_uid`, whose natural bound is GPU memory). Every other default is
+/// finite, generous for one user's pipelines and small enough that no uid can exhaust the
+/// daemon's memory, descriptors or threads for the others.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quotas {
+    /// Live buffers per uid (default 4096).
+    pub buffers_per_uid: u64,
+    /// Bytes of buffer memory (allocation sizes) per uid; 0: bounded by GPU memory only
+    /// (default 0).
+    pub buffer_bytes_per_uid: u64,
+    /// Live semaphores per uid (default 4096).
+    pub semaphores_per_uid: u64,
+    /// Live host buffers per uid (default 256).
+    pub host_buffers_per_uid: u64,
+    /// Bytes of host buffers per uid (default 4 GiB): page-locked memory under CUDA.
+    pub host_buffer_bytes_per_uid: u64,
+    /// Resources one session holds references to (default 4096).
+    pub resources_per_session: u64,
+    /// Live sessions per uid (default 1024).
+    pub sessions_per_uid: u64,
+    /// Host waits pending per uid: Wait calls, Write/Read/Fill/Copy waiting for their wait
+    /// points (default 1024).
+    pub pending_waits_per_uid: u64,
+    /// Open Watch streams per uid (default 256).
+    pub watches_per_uid: u64,
+    /// Outstanding export tickets per uid (default 1024).
+    pub tickets_per_uid: u64,
+    /// gRPC calls being handled at once, all uids together; past it calls are refused at once
+    /// (load shedding) instead of queueing (default 1024). Streams count only while they start.
+    pub calls_in_flight: u64,
+    /// Open connections per uid, on control.sock and fd.sock each (default 256); past it a new
+    /// connection is closed at once.
+    pub connections_per_uid: u64,
+    /// Open connections, all uids together, on each socket (default 4096).
+    pub connections: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            buffers_per_uid: 4096,
+            buffer_bytes_per_uid: 0,
+            semaphores_per_uid: 4096,
+            host_buffers_per_uid: 256,
+            host_buffer_bytes_per_uid: 4 << 30,
+            resources_per_session: 4096,
+            sessions_per_uid: 1024,
+            pending_waits_per_uid: 1024,
+            watches_per_uid: 256,
+            tickets_per_uid: 1024,
+            calls_in_flight: 1024,
+            connections_per_uid: 256,
+            connections: 4096,
+        }
+    }
+}
+
 /// The daemon's configuration after every source was applied.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -75,6 +136,8 @@ pub struct Config {
     pub driver_waits: bool,
     /// Resource limits.
     pub limits: Limits,
+    /// Quotas per uid, per session and overall.
+    pub quotas: Quotas,
     /// The Prometheus metrics endpoint.
     pub metrics: MetricsConfig,
 }
@@ -148,6 +211,7 @@ impl Default for Config {
             strict_device_match: false,
             driver_waits: true,
             limits: Limits::default(),
+            quotas: Quotas::default(),
             metrics: MetricsConfig::default(),
         }
     }
@@ -270,6 +334,28 @@ impl Config {
         }
         if l.max_host_buffer_size == 0 {
             return invalid("limits.max_host_buffer_size", "must not be zero");
+        }
+        let q = &self.quotas;
+        for (key, value) in [
+            ("quotas.buffers_per_uid", q.buffers_per_uid),
+            ("quotas.semaphores_per_uid", q.semaphores_per_uid),
+            ("quotas.host_buffers_per_uid", q.host_buffers_per_uid),
+            (
+                "quotas.host_buffer_bytes_per_uid",
+                q.host_buffer_bytes_per_uid,
+            ),
+            ("quotas.resources_per_session", q.resources_per_session),
+            ("quotas.sessions_per_uid", q.sessions_per_uid),
+            ("quotas.pending_waits_per_uid", q.pending_waits_per_uid),
+            ("quotas.watches_per_uid", q.watches_per_uid),
+            ("quotas.tickets_per_uid", q.tickets_per_uid),
+            ("quotas.calls_in_flight", q.calls_in_flight),
+            ("quotas.connections_per_uid", q.connections_per_uid),
+            ("quotas.connections", q.connections),
+        ] {
+            if value == 0 {
+                return invalid(key, "must not be zero");
+            }
         }
         if crate::devices::parse_selection(&self.device).is_err() {
             return invalid(

@@ -13,6 +13,7 @@ use crate::devices::{DeviceSlot, Opened};
 use crate::error::{Error, Result};
 use crate::host_buffer::HostBuffer;
 use crate::ids;
+use crate::quota::{Counted, Counters, Held};
 use crate::registry::{EndedSession, Object, Registry, Resource, Snapshot};
 use crate::tickets::Tickets;
 use crate::waiter::WaitService;
@@ -49,6 +50,8 @@ pub struct Daemon {
     pub signal_lock: Mutex<()>,
     /// Descriptors sent on fd.sock (redeemed tickets and direct exports).
     pub descriptors_sent: AtomicU64,
+    /// Per-uid counts of pending waits, watches and connections (`[quotas]`).
+    pub held: Arc<Counters>,
 }
 
 /// Who is calling: from the connection's peer credentials, plus the session header.
@@ -95,11 +98,12 @@ impl Daemon {
         let tickets = Tickets::new(std::time::Duration::from_millis(
             config.limits.ticket_ttl_ms.into(),
         ));
+        let registry = Registry::new(config.quotas.clone());
         Self {
             config,
             devices,
             cuda_version,
-            registry: Registry::default(),
+            registry,
             tickets,
             waits,
             shutdown: CancellationToken::new(),
@@ -107,7 +111,21 @@ impl Daemon {
             max_buffer_size,
             signal_lock: Mutex::new(()),
             descriptors_sent: AtomicU64::new(0),
+            held: Arc::new(Counters::default()),
         }
+    }
+
+    /// Takes a slot of `kind` for `uid` under its quota (`[quotas]`), held until dropped.
+    pub fn hold(&self, uid: u32, kind: Counted) -> Result<Held> {
+        let q = &self.config.quotas;
+        let (per_uid, total) = match kind {
+            Counted::PendingWaits => (q.pending_waits_per_uid, 0),
+            Counted::Watches => (q.watches_per_uid, 0),
+            Counted::ControlConnections | Counted::FdConnections => {
+                (q.connections_per_uid, q.connections)
+            }
+        };
+        self.held.acquire(uid, kind, per_uid, total)
     }
 
     /// The device with daemon index `index`.

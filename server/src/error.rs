@@ -152,6 +152,16 @@ pub enum Error {
         #[source]
         source: gpushare_interop::cuda::Error,
     },
+    /// A quota (configuration `[quotas]`) would be exceeded.
+    #[error("quota exceeded: {what} (limit {limit}{scope})")]
+    Quota {
+        /// Which quota (`buffers per uid`, ...).
+        what: &'static str,
+        /// Its value.
+        limit: u64,
+        /// `, uid N` or empty.
+        scope: String,
+    },
     /// A host-memory system call failed, or a host range was invalid.
     #[error("{op} failed")]
     Host {
@@ -212,6 +222,7 @@ impl Error {
             ShuttingDown | ExecutorGone => Code::Unavailable,
             Gpu { source, .. } => gpu_code(source),
             Host { source, .. } => host_code(source),
+            Quota { .. } => Code::ResourceExhausted,
             BadHostRange(_) => Code::InvalidArgument,
             Cuda { source, .. } if source.is_out_of_memory() => Code::ResourceExhausted,
             Cuda { .. } => Code::Internal,

@@ -4,7 +4,8 @@
 //! One request message in, one reply out, any number of times per connection. Malformed,
 //! empty, oversized or truncated requests, and requests that carry descriptors (closed at
 //! once), get an `FdError` reply with INVALID_ARGUMENT and the connection stays usable. A
-//! connection that sends nothing for `fd_idle_timeout_ms` is closed.
+//! connection that sends nothing for `fd_idle_timeout_ms` is closed, and so is one past the
+//! connection quotas (after an `FdError` with RESOURCE_EXHAUSTED).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -49,6 +50,18 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
         }
     };
     let uid = cred.uid.as_raw();
+    // Over the connection quota: one FdError (RESOURCE_EXHAUSTED, naming the quota) as the
+    // answer to whatever the client sends first, then the connection closes.
+    let _held = match d.hold(uid, crate::quota::Counted::FdConnections) {
+        Ok(held) => held,
+        Err(e) => {
+            // Read the request first (at most 1 s): closing with it unread would reset the
+            // connection and lose the reply.
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.recv()).await;
+            let _ = conn.send(&error_reply(&e).encode_to_vec(), &[]).await;
+            return;
+        }
+    };
     let idle = Duration::from_millis(d.config.limits.fd_idle_timeout_ms.into());
     loop {
         let received = tokio::select! {

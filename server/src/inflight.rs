@@ -3,6 +3,9 @@
 //!
 //! A call counts from its arrival until its handler returned a response (for streaming calls,
 //! until the stream started: streams end on their own at shutdown).
+//!
+//! The same count sheds load: past `quotas.calls_in_flight` a call is answered at once with
+//! RESOURCE_EXHAUSTED, naming the quota, instead of queueing behind the others.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,13 +16,37 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 
 /// The shared counter.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InFlight {
     count: AtomicUsize,
     idle: Notify,
+    /// Calls refused for load (`calls_in_flight`).
+    shed: AtomicUsize,
+    limit: usize,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self::with_limit(usize::MAX)
+    }
 }
 
 impl InFlight {
+    /// A counter that refuses calls past `limit` in flight.
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            idle: Notify::new(),
+            shed: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Calls refused so far because `limit` calls were in flight.
+    pub fn shed(&self) -> usize {
+        self.shed.load(Ordering::Relaxed)
+    }
+
     /// Calls in flight now.
     pub fn count(&self) -> usize {
         self.count.load(Ordering::Acquire)
@@ -71,10 +98,11 @@ pub struct InFlightService<S> {
     counter: Arc<InFlight>,
 }
 
-impl<S, R> tower::Service<R> for InFlightService<S>
+impl<S, R, B> tower::Service<R> for InFlightService<S>
 where
-    S: tower::Service<R>,
+    S: tower::Service<R, Response = tonic::codegen::http::Response<B>>,
     S::Future: Send + 'static,
+    B: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -85,8 +113,19 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        self.counter.count.fetch_add(1, Ordering::AcqRel);
+        let before = self.counter.count.fetch_add(1, Ordering::AcqRel);
         let guard = Guard(self.counter.clone());
+        if before >= self.counter.limit {
+            drop(guard);
+            self.counter.shed.fetch_add(1, Ordering::Relaxed);
+            let status = crate::quota::refused(
+                "gRPC calls in flight",
+                self.counter.limit as u64,
+                String::new(),
+            );
+            let response = tonic::Status::from(status).into_http::<B>();
+            return Box::pin(async move { Ok(response) });
+        }
         let fut = self.inner.call(req);
         Box::pin(async move {
             let out = fut.await;

@@ -12,6 +12,7 @@
 
 pub mod buffer;
 pub mod config;
+pub mod connections;
 pub mod daemon;
 pub mod devices;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod inflight;
 pub mod introspect;
 pub mod metrics;
 pub mod ops;
+pub mod quota;
 pub mod registry;
 pub mod runtime_dir;
 pub mod server;

@@ -110,9 +110,10 @@ impl Metrics {
         }
     }
 
-    /// Renders every figure in the Prometheus text format 0.0.4. `in_flight` is the number of
-    /// gRPC calls in flight.
-    pub fn render(&self, d: &Daemon, in_flight: usize) -> String {
+    /// Renders every figure in the Prometheus text format 0.0.4. `in_flight` counts the gRPC
+    /// calls in flight and those shed for load.
+    pub fn render(&self, d: &Daemon, in_flight: &crate::inflight::InFlight) -> String {
+        let (shed, in_flight) = (in_flight.shed(), in_flight.count());
         let mut out = String::with_capacity(4096);
         let (resources, sessions) = d.registry.counts();
         gauge(&mut out, "gpushare_up", "1 while the daemon serves.", 1.0);
@@ -239,6 +240,25 @@ impl Metrics {
             "gpushare_grpc_calls_in_flight",
             "gRPC calls whose handler has not returned yet.",
             in_flight as f64,
+        );
+        labeled(
+            &mut out,
+            "gpushare_grpc_calls_shed_total",
+            "counter",
+            "gRPC calls refused at once with RESOURCE_EXHAUSTED because quotas.calls_in_flight \
+             calls were in flight (load shedding).",
+            &[(String::new(), shed as f64)],
+        );
+        let refused: Vec<(String, f64)> = crate::quota::refusals()
+            .into_iter()
+            .map(|(what, n)| (format!("quota=\"{what}\""), n as f64))
+            .collect();
+        labeled(
+            &mut out,
+            "gpushare_quota_refusals_total",
+            "counter",
+            "Requests and connections refused because a quota would be exceeded, by quota.",
+            &refused,
         );
 
         let methods = lock(&self.methods).clone();

@@ -17,6 +17,7 @@ use crate::daemon::Caller;
 use crate::error::{Error, Result};
 use crate::executor::{chunks, Op, Source};
 use crate::ids;
+use crate::quota::Counted;
 use crate::registry::Resource;
 use crate::service::Service;
 
@@ -29,6 +30,8 @@ struct Point {
 
 /// The resolved wait and signal points of one call.
 struct Sequenced {
+    /// The caller's uid (the pending-waits quota).
+    uid: u32,
     wait: Vec<Point>,
     signal: Vec<Point>,
     timeout: Duration,
@@ -90,6 +93,7 @@ fn resolve(
         ms => Duration::from_millis(ms.into()).min(cap),
     };
     Ok(Sequenced {
+        uid: caller.uid,
         wait,
         signal,
         timeout: asked,
@@ -114,6 +118,11 @@ where
     F: std::future::Future<Output = Result<Vec<u8>>>,
 {
     let deadline = Instant::now() + seq.timeout;
+    let _pending = if seq.wait.is_empty() {
+        None
+    } else {
+        Some(svc.d.hold(seq.uid, Counted::PendingWaits)?)
+    };
     for p in &seq.wait {
         let left = deadline.saturating_duration_since(Instant::now());
         svc.d.waits.wait(&p.id, &p.sem, p.value, left).await?;

@@ -21,6 +21,7 @@ use gpushare_interop::vulkan::TimelineSemaphore;
 use crate::buffer::SharedBuffer;
 use crate::host_buffer::HostBuffer;
 
+use crate::config::Quotas;
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::introspect::SessionView;
@@ -162,7 +163,7 @@ pub struct EndedSession {
     pub orphaned: Vec<Arc<Resource>>,
 }
 
-/// One uid's live resources ([`Registry::usage_by_uid`]).
+/// One uid's live resources ([`Registry::usage_by_uid`]), or what one resource adds to them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     /// Live buffers.
@@ -175,6 +176,50 @@ pub struct Usage {
     pub host_buffers: u64,
     /// Their sizes, summed.
     pub host_buffer_bytes: u64,
+}
+
+impl Usage {
+    /// What `object` counts for.
+    pub fn of(object: &Object) -> Usage {
+        match object {
+            Object::Buffer(b) => Usage {
+                buffers: 1,
+                buffer_bytes: b.allocation_size(),
+                ..Usage::default()
+            },
+            Object::Semaphore(_) => Usage {
+                semaphores: 1,
+                ..Usage::default()
+            },
+            Object::HostBuffer(h) => Usage {
+                host_buffers: 1,
+                host_buffer_bytes: h.size(),
+                ..Usage::default()
+            },
+        }
+    }
+
+    /// Saturating: estimates come from client input (a size of `u64::MAX` is refused later,
+    /// by its own check, not by an overflow here).
+    fn add(&mut self, d: &Usage) {
+        self.buffers = self.buffers.saturating_add(d.buffers);
+        self.semaphores = self.semaphores.saturating_add(d.semaphores);
+        self.buffer_bytes = self.buffer_bytes.saturating_add(d.buffer_bytes);
+        self.host_buffers = self.host_buffers.saturating_add(d.host_buffers);
+        self.host_buffer_bytes = self.host_buffer_bytes.saturating_add(d.host_buffer_bytes);
+    }
+
+    fn sub(&mut self, d: &Usage) {
+        self.buffers = self.buffers.saturating_sub(d.buffers);
+        self.semaphores = self.semaphores.saturating_sub(d.semaphores);
+        self.buffer_bytes = self.buffer_bytes.saturating_sub(d.buffer_bytes);
+        self.host_buffers = self.host_buffers.saturating_sub(d.host_buffers);
+        self.host_buffer_bytes = self.host_buffer_bytes.saturating_sub(d.host_buffer_bytes);
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == Usage::default()
+    }
 }
 
 /// A resource with its current references, as listings show it.
@@ -221,12 +266,86 @@ struct Session {
 struct Inner {
     resources: HashMap<String, Entry>,
     sessions: HashMap<String, Session>,
+    /// Live usage per owner uid, kept with every insert and removal (quota checks, metrics).
+    usage: HashMap<u32, Usage>,
+}
+
+impl Inner {
+    /// Removes resource `id` and uncharges its owner.
+    fn remove(&mut self, id: &str) -> Option<Arc<Resource>> {
+        let e = self.resources.remove(id)?;
+        let uid = e.resource.owner_uid;
+        if let Some(u) = self.usage.get_mut(&uid) {
+            u.sub(&Usage::of(&e.resource.object));
+            if u.is_zero() {
+                self.usage.remove(&uid);
+            }
+        }
+        Some(e.resource)
+    }
+
+    /// Refuses `add` for `uid` (and one more reference for `session`) past a quota.
+    fn check(&self, q: &Quotas, uid: u32, session: Option<&str>, add: &Usage) -> Result<()> {
+        let mut after = self.usage.get(&uid).copied().unwrap_or_default();
+        after.add(add);
+        let scope = format!(", uid {uid}");
+        let over = |what, limit: u64, value: u64, counted: u64| {
+            (counted > 0 && limit > 0 && value > limit)
+                .then(|| crate::quota::refused(what, limit, scope.clone()))
+        };
+        let checks = [
+            over(
+                "buffers per uid",
+                q.buffers_per_uid,
+                after.buffers,
+                add.buffers,
+            ),
+            over(
+                "buffer bytes per uid",
+                q.buffer_bytes_per_uid,
+                after.buffer_bytes,
+                add.buffer_bytes,
+            ),
+            over(
+                "semaphores per uid",
+                q.semaphores_per_uid,
+                after.semaphores,
+                add.semaphores,
+            ),
+            over(
+                "host buffers per uid",
+                q.host_buffers_per_uid,
+                after.host_buffers,
+                add.host_buffers,
+            ),
+            over(
+                "host buffer bytes per uid",
+                q.host_buffer_bytes_per_uid,
+                after.host_buffer_bytes,
+                add.host_buffer_bytes,
+            ),
+        ];
+        if let Some(e) = checks.into_iter().flatten().next() {
+            return Err(e);
+        }
+        if let Some(s) = session.and_then(|sid| self.sessions.get(sid)) {
+            if s.resources.len() as u64 >= q.resources_per_session {
+                return Err(crate::quota::refused(
+                    "resources per session",
+                    q.resources_per_session,
+                    String::new(),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Resources and sessions. Cheap, short critical sections under one mutex.
 #[derive(Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    quotas: Quotas,
 }
 
 impl std::fmt::Debug for Registry {
@@ -245,10 +364,35 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens a session for a process and returns its id.
-    pub fn open_session(&self, uid: u32, pid: i32, name: &str) -> String {
+    /// A registry that enforces `quotas`.
+    pub fn new(quotas: Quotas) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            quotas,
+        }
+    }
+
+    /// Checks, before the allocation, that `uid` (and `session`) may add `add`. [`insert`]
+    /// checks again: this is the early answer that spares a doomed allocation.
+    ///
+    /// [`insert`]: Registry::insert
+    pub fn admit(&self, uid: u32, session: Option<&str>, add: &Usage) -> Result<()> {
+        self.lock().check(&self.quotas, uid, session, add)
+    }
+
+    /// Opens a session for a process and returns its id (`quotas.sessions_per_uid`).
+    pub fn open_session(&self, uid: u32, pid: i32, name: &str) -> Result<String> {
         let id = ids::new_id("ses");
-        self.lock().sessions.insert(
+        let mut inner = self.lock();
+        let open = inner.sessions.values().filter(|s| s.uid == uid).count() as u64;
+        if open >= self.quotas.sessions_per_uid {
+            return Err(crate::quota::refused(
+                "sessions per uid",
+                self.quotas.sessions_per_uid,
+                format!(", uid {uid}"),
+            ));
+        }
+        inner.sessions.insert(
             id.clone(),
             Session {
                 uid,
@@ -259,7 +403,7 @@ impl Registry {
                 created: HashSet::new(),
             },
         );
-        id
+        Ok(id)
     }
 
     /// Checks that `session` is live and belongs to `uid`.
@@ -284,8 +428,8 @@ impl Registry {
             if let Some(e) = inner.resources.get_mut(&id) {
                 e.sessions.remove(session);
                 if e.sessions.is_empty() && !e.pinned {
-                    if let Some(e) = inner.resources.remove(&id) {
-                        freed.push(e.resource);
+                    if let Some(r) = inner.remove(&id) {
+                        freed.push(r);
                     }
                 }
             }
@@ -303,6 +447,9 @@ impl Registry {
     pub fn insert(&self, resource: Resource, session: Option<&str>, pin: bool) -> Result<Snapshot> {
         let mut inner = self.lock();
         let id = resource.id.clone();
+        let add = Usage::of(&resource.object);
+        let uid = resource.owner_uid;
+        inner.check(&self.quotas, uid, session, &add)?;
         let mut sessions = HashSet::new();
         if let Some(sid) = session {
             let s = inner
@@ -322,6 +469,7 @@ impl Registry {
         };
         let snap = entry.snapshot();
         inner.resources.insert(id, entry);
+        inner.usage.entry(uid).or_default().add(&add);
         Ok(snap)
     }
 
@@ -380,7 +528,7 @@ impl Registry {
             None => return Err(Error::NoReference(ids::shown(id))),
         }
         if entry.sessions.is_empty() && !entry.pinned {
-            return Ok(inner.resources.remove(id).map(|e| e.resource));
+            return Ok(inner.remove(id));
         }
         Ok(None)
     }
@@ -389,27 +537,17 @@ impl Registry {
     pub fn clear(&self) -> Vec<Arc<Resource>> {
         let mut inner = self.lock();
         inner.sessions.clear();
+        inner.usage.clear();
         inner.resources.drain().map(|(_, e)| e.resource).collect()
     }
 
-    /// Live buffers, semaphores and buffer bytes (allocation sizes) per owner uid.
+    /// Live buffers, semaphores, host buffers and their bytes per owner uid.
     pub fn usage_by_uid(&self) -> BTreeMap<u32, Usage> {
-        let mut out: BTreeMap<u32, Usage> = BTreeMap::new();
-        for e in self.lock().resources.values() {
-            let u = out.entry(e.resource.owner_uid).or_default();
-            match &e.resource.object {
-                Object::Buffer(b) => {
-                    u.buffers += 1;
-                    u.buffer_bytes += b.allocation_size();
-                }
-                Object::Semaphore(_) => u.semaphores += 1,
-                Object::HostBuffer(h) => {
-                    u.host_buffers += 1;
-                    u.host_buffer_bytes += h.size();
-                }
-            }
-        }
-        out
+        self.lock()
+            .usage
+            .iter()
+            .map(|(uid, u)| (*uid, *u))
+            .collect()
     }
 
     /// The live sessions of `uid`, oldest first (for introspection).

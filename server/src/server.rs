@@ -14,7 +14,6 @@ use std::time::Duration;
 use gpushare_proto::fdpass::SeqPacketListener;
 use gpushare_proto::v1::gpu_share_server::GpuShareServer;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::task::TaskTracker;
 
 use crate::daemon::Daemon;
@@ -95,7 +94,8 @@ pub async fn run_with_metrics(
     let fd_tasks = TaskTracker::new();
     let fd_server = tokio::spawn(crate::fd_server::serve(d.clone(), fd, fd_tasks.clone()));
 
-    let in_flight = Arc::new(InFlight::default());
+    let limit = usize::try_from(d.config.quotas.calls_in_flight).unwrap_or(usize::MAX);
+    let in_flight = Arc::new(InFlight::with_limit(limit));
     let recorder = metrics.as_ref().map(|_| Arc::new(Metrics::default()));
     let metrics_server = metrics.map(|endpoint| {
         let (d, in_flight) = (d.clone(), in_flight.clone());
@@ -103,7 +103,7 @@ pub async fn run_with_metrics(
         tracing::info!(listen = %endpoint.addr(), "serving metrics");
         tokio::spawn(crate::metrics::serve(
             endpoint,
-            Arc::new(move || recorder.render(&d, in_flight.count())),
+            Arc::new(move || recorder.render(&d, &in_flight)),
             token.clone(),
         ))
     });
@@ -114,7 +114,7 @@ pub async fn run_with_metrics(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(control), {
+        .serve_with_incoming_shutdown(crate::connections::admitted(d.clone(), control), {
             let token = token.clone();
             async move { token.cancelled().await }
         });

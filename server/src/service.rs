@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 use crate::executor::Op;
 use crate::host_buffer::HostBuffer;
 use crate::ids;
-use crate::registry::{Object, Resource, Snapshot};
+use crate::quota::Counted;
+use crate::registry::{Object, Resource, Snapshot, Usage};
 use crate::waiter::End;
 
 /// The gRPC service over the daemon's state.
@@ -269,7 +270,10 @@ impl GpuShare for Service {
         if self.d.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown.into());
         }
-        let id = self.d.registry.open_session(caller.uid, caller.pid, &name);
+        let id = self
+            .d
+            .registry
+            .open_session(caller.uid, caller.pid, &name)?;
         tracing::debug!(session = %id, uid = caller.uid, pid = caller.pid, client = %name, "session started");
         let guard = SessionGuard {
             d: self.d.clone(),
@@ -296,11 +300,17 @@ impl GpuShare for Service {
     ) -> std::result::Result<Response<v1::Resource>, Status> {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
+        let estimate = Usage {
+            buffers: 1,
+            buffer_bytes: r.size,
+            ..Usage::default()
+        };
         Ok(Response::new(self.create(
             &caller,
             r.device,
             r.name,
             r.pin,
+            &estimate,
             |slot| {
                 if r.size == 0 {
                     return Err(Error::Zero { what: "size" });
@@ -327,11 +337,16 @@ impl GpuShare for Service {
     ) -> std::result::Result<Response<v1::Resource>, Status> {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
+        let estimate = Usage {
+            semaphores: 1,
+            ..Usage::default()
+        };
         Ok(Response::new(self.create(
             &caller,
             r.device,
             r.name,
             r.pin,
+            &estimate,
             |slot| {
                 let exportable = slot
                     .info()
@@ -430,7 +445,10 @@ impl GpuShare for Service {
                 return Err(Error::NotExportable(id.clone()).into());
             }
         }
-        let ticket = self.d.tickets.issue(id, caller.uid);
+        let ticket = self
+            .d
+            .tickets
+            .issue(id, caller.uid, self.d.config.quotas.tickets_per_uid)?;
         Ok(Response::new(v1::ExportResponse {
             ticket: ticket.to_vec(),
             ttl_ms: self.d.config.limits.ticket_ttl_ms,
@@ -456,6 +474,7 @@ impl GpuShare for Service {
         let timeout = self.wait_timeout(&req, req.get_ref().timeout_ms);
         let r = req.into_inner();
         let (_, sem) = self.d.semaphore(&r.id, &caller)?;
+        let _pending = self.d.hold(caller.uid, Counted::PendingWaits)?;
         let value = self.d.waits.wait(&r.id, &sem, r.value, timeout).await?;
         Ok(Response::new(v1::SemaphoreValue { value }))
     }
@@ -481,10 +500,13 @@ impl GpuShare for Service {
         let caller = self.caller(&req)?;
         let id = req.into_inner().id;
         let (_, sem) = self.d.semaphore(&id, &caller)?;
+        let held = self.d.hold(caller.uid, Counted::Watches)?;
         let rx = self.d.waits.watch(&id, &sem)?;
-        // State: the receiver, the last value sent, and whether the stream has ended.
+        // State: the receiver, the last value sent, and whether the stream has ended. The
+        // quota slot lives as long as the stream.
         let stream = futures_util::stream::unfold(Some((rx, None::<u64>)), move |state| {
             let id = id.clone();
+            let _held = &held;
             async move {
                 let (mut rx, last) = state?;
                 loop {
@@ -582,6 +604,15 @@ impl Service {
                 limit,
             });
         }
+        self.d.registry.admit(
+            caller.uid,
+            caller.session.as_deref(),
+            &Usage {
+                host_buffers: 1,
+                host_buffer_bytes: r.size,
+                ..Usage::default()
+            },
+        )?;
         let started = Instant::now();
         let size = r.size;
         let host = tokio::task::spawn_blocking(move || HostBuffer::create(size))
@@ -620,6 +651,7 @@ impl Service {
         device: u32,
         name: String,
         pin: bool,
+        estimate: &Usage,
         make: impl FnOnce(&crate::devices::DeviceSlot) -> Result<(&'static str, Object)>,
     ) -> Result<v1::Resource> {
         if caller.session.is_none() && !pin {
@@ -629,6 +661,9 @@ impl Service {
         }
         Daemon::check_name("name", &name)?;
         let slot = self.d.device(device)?;
+        self.d
+            .registry
+            .admit(caller.uid, caller.session.as_deref(), estimate)?;
         let started = Instant::now();
         let (prefix, object) = make(slot)?;
         let resource = Resource::new(ids::new_id(prefix), name, device, caller.uid, object);

@@ -39,12 +39,20 @@ impl Tickets {
         self.ttl
     }
 
-    /// Issues a ticket for `resource_id`, redeemable by `uid`.
-    pub fn issue(&self, resource_id: &str, uid: u32) -> [u8; ids::ID_BYTES] {
+    /// Issues a ticket for `resource_id`, redeemable by `uid`, unless `uid` already holds
+    /// `per_uid` unexpired tickets (`quotas.tickets_per_uid`).
+    pub fn issue(&self, resource_id: &str, uid: u32, per_uid: u64) -> Result<[u8; ids::ID_BYTES]> {
         let ticket = ids::random16();
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, t| t.expires > now);
+        if map.values().filter(|t| t.uid == uid).count() as u64 >= per_uid {
+            return Err(crate::quota::refused(
+                "outstanding export tickets per uid",
+                per_uid,
+                format!(", uid {uid}"),
+            ));
+        }
         map.insert(
             ticket,
             Ticket {
@@ -53,7 +61,7 @@ impl Tickets {
                 expires: now + self.ttl,
             },
         );
-        ticket
+        Ok(ticket)
     }
 
     /// Consumes `ticket` for `uid` and returns the resource id it names.
@@ -91,7 +99,7 @@ mod tests {
     #[test]
     fn one_time_and_uid_bound() {
         let t = Tickets::new(Duration::from_secs(10));
-        let ticket = t.issue("buf-x", 1000);
+        let ticket = t.issue("buf-x", 1000, 8).unwrap();
         assert!(matches!(t.redeem(&ticket, 1001), Err(Error::UnknownTicket)));
         assert_eq!(t.redeem(&ticket, 1000).unwrap(), "buf-x");
         assert!(matches!(t.redeem(&ticket, 1000), Err(Error::UnknownTicket)));
@@ -108,12 +116,27 @@ mod tests {
     #[test]
     fn expired_tickets_are_refused_and_swept() {
         let t = Tickets::new(Duration::from_millis(1));
-        let ticket = t.issue("buf-x", 0);
+        let ticket = t.issue("buf-x", 0, 8).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert!(matches!(t.redeem(&ticket, 0), Err(Error::TicketExpired)));
-        let _old = t.issue("buf-y", 0);
+        let _old = t.issue("buf-y", 0, 8).unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        let _new = t.issue("buf-z", 0);
+        let _new = t.issue("buf-z", 0, 8).unwrap();
         assert_eq!(t.len(), 1, "the expired ticket was swept");
+    }
+
+    #[test]
+    fn tickets_per_uid_are_capped_until_redeemed() {
+        let t = Tickets::new(Duration::from_secs(10));
+        let a = t.issue("buf-x", 7, 2).unwrap();
+        let _b = t.issue("buf-x", 7, 2).unwrap();
+        assert!(matches!(
+            t.issue("buf-x", 7, 2),
+            Err(Error::Quota { limit: 2, .. })
+        ));
+        // Another uid has its own quota; a redeemed ticket frees a slot.
+        t.issue("buf-y", 8, 2).unwrap();
+        t.redeem(&a, 7).unwrap();
+        t.issue("buf-x", 7, 2).unwrap();
     }
 }

@@ -1,0 +1,103 @@
+//! control.sock connections under the connection quotas (`quotas.connections_per_uid`,
+//! `quotas.connections`): each accepted connection holds a slot for its uid until it closes; one
+//! past a quota is closed at once (the client sees the connection end), logged and counted
+//! (`gpushare_quota_refusals_total`).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::{Connected, UdsConnectInfo};
+
+use crate::daemon::Daemon;
+use crate::quota::{Counted, Held};
+
+/// An accepted control.sock connection and its quota slot.
+#[derive(Debug)]
+pub struct Admitted {
+    io: UnixStream,
+    _held: Held,
+}
+
+/// The accepted connections that fit the quotas.
+pub fn admitted(
+    d: Arc<Daemon>,
+    listener: UnixListener,
+) -> impl Stream<Item = io::Result<Admitted>> {
+    UnixListenerStream::new(listener).filter_map(move |conn| {
+        let d = d.clone();
+        async move {
+            let io = match conn {
+                Ok(io) => io,
+                Err(e) => return Some(Err(e)),
+            };
+            let uid = match io.peer_cred() {
+                Ok(c) => c.uid(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "control.sock: no peer credentials; connection closed");
+                    return None;
+                }
+            };
+            match d.hold(uid, Counted::ControlConnections) {
+                Ok(held) => Some(Ok(Admitted { io, _held: held })),
+                Err(e) => {
+                    tracing::warn!(uid, error = %e, "control.sock: connection refused");
+                    None
+                }
+            }
+        }
+    })
+}
+
+impl Connected for Admitted {
+    type ConnectInfo = UdsConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for Admitted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Admitted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}

@@ -1,0 +1,323 @@
+//! Quotas (`[quotas]`): every one refuses with RESOURCE_EXHAUSTED naming itself and its value,
+//! the daemon keeps serving, and a slot given back (release, signal, stream or connection
+//! closed) can be taken again. Run against the real daemon with tiny quotas.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gpushare_client::{v1, Client, CreateOptions, Sync};
+use gpushare_proto::fdpass::SeqPacket;
+use prost::Message;
+use tonic::Code;
+
+/// Asserts RESOURCE_EXHAUSTED naming `quota`.
+#[track_caller]
+fn exhausted<T: std::fmt::Debug>(r: gpushare_client::Result<T>, quota: &str) {
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), Some(Code::ResourceExhausted), "{quota}: {e}");
+    assert!(
+        e.to_string().contains(quota),
+        "the error must name {quota:?}: {e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_quotas_per_uid_and_session() {
+    let d = gpushare_tests::daemon_or_skip!(
+        "[quotas]\nbuffers_per_uid = 3\nbuffer_bytes_per_uid = 1048576\nsemaphores_per_uid = 2\n\
+         host_buffers_per_uid = 2\nhost_buffer_bytes_per_uid = 131072\nresources_per_session = 4\n\
+         sessions_per_uid = 3\ntickets_per_uid = 2\n"
+    );
+    let c = Client::connect_with_session(d.runtime_dir(), "quotas")
+        .await
+        .unwrap();
+    let opts = CreateOptions::default();
+    // Bytes: 256 KiB + 256 KiB fit in 1 MiB, 768 KiB more does not.
+    let a = c.create_buffer(256 << 10, &opts).await.unwrap();
+    let _b = c.create_buffer(256 << 10, &opts).await.unwrap();
+    exhausted(
+        c.create_buffer(768 << 10, &opts).await,
+        "buffer bytes per uid (limit 1048576",
+    );
+    // Count: a third buffer fits, a fourth does not.
+    let _c3 = c.create_buffer(4096, &opts).await.unwrap();
+    exhausted(
+        c.create_buffer(4096, &opts).await,
+        "buffers per uid (limit 3",
+    );
+    // A freed buffer gives its slot back.
+    assert!(a.release().await.unwrap());
+    let _c4 = c.create_buffer(4096, &opts).await.unwrap();
+
+    // Per session: this session holds 3 buffers; one semaphore makes 4, the next is refused
+    // by the session's quota, while another session of the same uid may still create.
+    let s1 = c.create_semaphore(0, &opts).await.unwrap();
+    exhausted(
+        c.create_semaphore(0, &opts).await,
+        "resources per session (limit 4",
+    );
+    let c2 = Client::connect_with_session(d.runtime_dir(), "quotas 2")
+        .await
+        .unwrap();
+    let _s2 = c2.create_semaphore(0, &opts).await.unwrap();
+    exhausted(
+        c2.create_semaphore(0, &opts).await,
+        "semaphores per uid (limit 2",
+    );
+
+    // Host buffers: bytes, then count.
+    let _h1 = c2.create_host_buffer(65536, &opts).await.unwrap();
+    exhausted(
+        c2.create_host_buffer(131072, &opts).await,
+        "host buffer bytes per uid (limit 131072",
+    );
+    let _h2 = c2.create_host_buffer(4096, &opts).await.unwrap();
+    exhausted(
+        c2.create_host_buffer(4096, &opts).await,
+        "host buffers per uid (limit 2",
+    );
+
+    // Tickets: two outstanding, the third refused; redeeming one frees a slot.
+    let t1 = c.export_ticket(s1.id()).await;
+    let buf_id = _c3.id().to_owned();
+    let t1 = match t1 {
+        Ok(t) => t,
+        // lavapipe cannot export semaphores: use a buffer.
+        Err(_) => c.export_ticket(&buf_id).await.unwrap(),
+    };
+    let _t2 = c.export_ticket(&buf_id).await.unwrap();
+    exhausted(
+        c.export_ticket(&buf_id).await,
+        "outstanding export tickets per uid (limit 2",
+    );
+    drop(c.redeem(&t1.ticket).await.unwrap());
+    let _t3 = c.export_ticket(&buf_id).await.unwrap();
+
+    // Sessions: two are open; a third fits, a fourth is refused.
+    let c3 = Client::connect_with_session(d.runtime_dir(), "quotas 3")
+        .await
+        .unwrap();
+    exhausted(
+        Client::connect_with_session(d.runtime_dir(), "quotas 4").await,
+        "sessions per uid (limit 3",
+    );
+    drop(c3);
+    // The session ends when its stream does; a new one fits again.
+    let mut reopened = None;
+    for _ in 0..100 {
+        match Client::connect_with_session(d.runtime_dir(), "quotas 4").await {
+            Ok(c) => {
+                reopened = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(reopened.is_some(), "an ended session's slot came back");
+
+    // The daemon serves on, and its usage shows what the quotas let through.
+    let info = c.info().await.unwrap();
+    assert_eq!(info.stats.unwrap().live_resources, 7);
+}
+
+/// Starts `n` Wait calls for value 1 of `sem` and returns once the daemon counts them pending.
+async fn pending_waits(
+    c: &Client,
+    sem: &gpushare_client::Semaphore,
+    n: u64,
+    timeout: Duration,
+) -> Vec<tokio::task::JoinHandle<gpushare_client::Result<u64>>> {
+    let mut waits = Vec::new();
+    for _ in 0..n {
+        let s = sem.clone();
+        waits.push(tokio::spawn(async move { s.wait(1, timeout).await }));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while c.info().await.unwrap().stats.unwrap().pending_waits < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the waits never became pending"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    waits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_waits_and_watches_per_uid_are_bounded() {
+    let d = gpushare_tests::daemon_or_skip!(
+        "[quotas]\npending_waits_per_uid = 2\nwatches_per_uid = 1\n"
+    );
+    let c = Client::connect_with_session(d.runtime_dir(), "waits")
+        .await
+        .unwrap();
+    let opts = CreateOptions::default();
+    let sem = c.create_semaphore(0, &opts).await.unwrap();
+    let waits = pending_waits(&c, &sem, 2, Duration::from_secs(20)).await;
+    // A third Wait, and a daemon operation's wait point, are refused.
+    exhausted(
+        sem.wait(1, Duration::from_secs(20)).await,
+        "pending waits per uid (limit 2",
+    );
+    let buf = c.create_buffer(4096, &opts).await.unwrap();
+    exhausted(
+        buf.fill(0, 4096, 0, &Sync::none().wait(sem.id(), 1)).await,
+        "pending waits per uid (limit 2",
+    );
+    // An operation without wait points takes no slot.
+    buf.fill(0, 4096, 0, &Sync::none()).await.unwrap();
+
+    // Watches: one stream open, a second refused until the first is dropped.
+    let mut w1 = sem.watch();
+    assert_eq!(w1.next().await.unwrap().unwrap(), 0);
+    let mut w2 = sem.watch();
+    exhausted(w2.next().await.unwrap(), "Watch streams per uid (limit 1");
+
+    // Every slot comes back once the waits end and the stream is dropped.
+    assert_eq!(sem.signal(1).await.unwrap(), 1);
+    for w in waits {
+        assert_eq!(w.await.unwrap().unwrap(), 1);
+    }
+    drop(w1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut w3 = sem.watch();
+        match w3.next().await.unwrap() {
+            Ok(v) => {
+                assert_eq!(v, 1);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the watch slot never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    assert_eq!(sem.wait(1, Duration::from_secs(1)).await.unwrap(), 1);
+    buf.fill(0, 4096, 0, &Sync::none().wait(sem.id(), 1))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_the_in_flight_quota_are_shed_at_once() {
+    let d = gpushare_tests::daemon_or_skip!("[quotas]\ncalls_in_flight = 3\n");
+    let c = Client::connect_with_session(d.runtime_dir(), "shedding")
+        .await
+        .unwrap();
+    let sem = c
+        .create_semaphore(0, &CreateOptions::default())
+        .await
+        .unwrap();
+    // Three Wait calls that time out after 2 s hold every call slot meanwhile (the GetInfo
+    // polls that see the first two pending are the third call then).
+    let hold = Duration::from_secs(2);
+    let mut waits = pending_waits(&c, &sem, 2, hold).await;
+    let s = sem.clone();
+    waits.push(tokio::spawn(async move { s.wait(1, hold).await }));
+    // Once the third Wait is in, the next call is shed: at once, with the quota named.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let e = loop {
+        let t = std::time::Instant::now();
+        match sem.value().await {
+            Ok(_) => {
+                assert!(tokio::time::Instant::now() < deadline, "nothing was shed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => {
+                assert!(
+                    t.elapsed() < Duration::from_secs(1),
+                    "a shed call must not queue"
+                );
+                break e;
+            }
+        }
+    };
+    assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
+    assert!(
+        e.to_string().contains("gRPC calls in flight (limit 3"),
+        "{e}"
+    );
+    exhausted(c.info().await, "gRPC calls in flight (limit 3");
+    // The held calls end on their own terms (their timeout), and then calls pass again.
+    for w in waits {
+        let e = w.await.unwrap().unwrap_err();
+        assert_eq!(e.code(), Some(Code::DeadlineExceeded), "{e}");
+    }
+    assert_eq!(sem.value().await.unwrap(), 0);
+    assert!(c.info().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_uid_are_bounded_on_both_sockets() {
+    let d = gpushare_tests::daemon_or_skip!("[quotas]\nconnections_per_uid = 2\n");
+    // fd.sock: two connections fit; the third gets one FdError (RESOURCE_EXHAUSTED) and closes.
+    let path = d.runtime_dir().join(gpushare_proto::FD_SOCKET);
+    let request = v1::FdRequest {
+        request: Some(v1::fd_request::Request::Redeem(vec![0; 16])),
+    }
+    .encode_to_vec();
+    // Each connection is admitted when the daemon starts serving it: a round trip on the
+    // first two makes sure both hold their slots before the third arrives.
+    let f1 = SeqPacket::connect(&path).await.unwrap();
+    let f2 = SeqPacket::connect(&path).await.unwrap();
+    for f in [&f1, &f2] {
+        f.send(&request, &[]).await.unwrap();
+        f.recv().await.unwrap();
+    }
+    let f3 = SeqPacket::connect(&path).await.unwrap();
+    let _ = f3.send(&request, &[]).await;
+    let reply = v1::FdReply::decode(&*f3.recv().await.unwrap().bytes).unwrap();
+    match reply.reply {
+        Some(v1::fd_reply::Reply::Error(e)) => {
+            assert_eq!(e.code, Code::ResourceExhausted as i32, "{e:?}");
+            assert!(
+                e.message.contains("fd.sock connections per uid (limit 2"),
+                "{e:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A connection within the quota is served normally (an unknown ticket: NOT_FOUND).
+    f1.send(&request, &[]).await.unwrap();
+    let reply = v1::FdReply::decode(&*f1.recv().await.unwrap().bytes).unwrap();
+    assert!(
+        matches!(&reply.reply, Some(v1::fd_reply::Reply::Error(e)) if e.code == Code::NotFound as i32),
+        "{reply:?}"
+    );
+    drop(f1);
+
+    // control.sock: two clients fit; a third connection is closed by the daemon.
+    let c1 = Client::connect(d.runtime_dir()).await.unwrap();
+    let c2 = Client::connect(d.runtime_dir()).await.unwrap();
+    c1.info().await.unwrap();
+    c2.info().await.unwrap();
+    let third = async {
+        let c3 = Client::connect(d.runtime_dir()).await?;
+        c3.info().await
+    };
+    let e = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("a refused connection must fail fast, not hang")
+        .unwrap_err();
+    println!("third control connection: {e}");
+    // Closing one gives its slot back.
+    drop(c2);
+    let mut served = false;
+    for _ in 0..100 {
+        if let Ok(c) = Client::connect(d.runtime_dir()).await {
+            if c.info().await.is_ok() {
+                served = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "a closed connection's slot came back");
+    c1.info().await.unwrap();
+}
