@@ -315,6 +315,95 @@ impl Client {
     pub async fn redeem(&self, ticket: &[u8]) -> Result<Exported> {
         self.fd.redeem(ticket).await
     }
+
+    /// Owner only: lets `who` (a uid, or a primary gid) use the resource `id`.
+    pub async fn grant(&self, id: &str, who: Grantee) -> Result<v1::Resource> {
+        let request = grant_request(id, who);
+        Ok(self.grpc().grant(self.request(request)).await?.into_inner())
+    }
+
+    /// Owner only: takes a grant back (imports and references already made stay valid).
+    pub async fn revoke(&self, id: &str, who: Grantee) -> Result<v1::Resource> {
+        let request = grant_request(id, who);
+        Ok(self
+            .grpc()
+            .revoke(self.request(request))
+            .await?
+            .into_inner())
+    }
+
+    /// Owner only: mints a capability token for `id`: whoever presents it to
+    /// [`Client::open`] ([`OpenTarget::Token`]) gets a reference in its session, and the use of
+    /// the resource through it.
+    pub async fn create_token(&self, id: &str) -> Result<Vec<u8>> {
+        let reply = self
+            .grpc()
+            .create_token(self.request(resource_ref(id)))
+            .await?;
+        Ok(reply.into_inner().token)
+    }
+
+    /// Owner only: invalidates every token of `id`.
+    pub async fn revoke_tokens(&self, id: &str) -> Result<v1::Resource> {
+        let reply = self
+            .grpc()
+            .revoke_tokens(self.request(resource_ref(id)))
+            .await?;
+        Ok(reply.into_inner())
+    }
+
+    /// Adds a reference to this client's session (it needs one) to the resource `target`
+    /// names; with `signal`, for a semaphore, the session also becomes one of its signalers.
+    pub async fn open(&self, target: OpenTarget, signal: bool) -> Result<v1::Resource> {
+        use v1::open_request::Target;
+        let target = match target {
+            OpenTarget::Id(id) => Target::Id(id),
+            OpenTarget::Token(t) => Target::Token(t),
+            OpenTarget::Named { owner_uid, name } => {
+                Target::Named(v1::NamedResource { owner_uid, name })
+            }
+        };
+        let request = v1::OpenRequest {
+            target: Some(target),
+            signal,
+        };
+        Ok(self.grpc().open(self.request(request)).await?.into_inner())
+    }
+}
+
+/// Whom [`Client::grant`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grantee {
+    /// A uid.
+    Uid(u32),
+    /// A primary gid (matched against the connecting process's gid).
+    Gid(u32),
+}
+
+/// What [`Client::open`] names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenTarget {
+    /// A resource id the caller reaches.
+    Id(String),
+    /// A capability token ([`Client::create_token`]).
+    Token(Vec<u8>),
+    /// A resource of `owner_uid` by its name.
+    Named {
+        /// The owner.
+        owner_uid: u32,
+        /// The name.
+        name: String,
+    },
+}
+
+fn grant_request(id: &str, who: Grantee) -> v1::GrantRequest {
+    v1::GrantRequest {
+        id: id.to_owned(),
+        grantee: Some(match who {
+            Grantee::Uid(u) => v1::grant_request::Grantee::Uid(u),
+            Grantee::Gid(g) => v1::grant_request::Grantee::Gid(g),
+        }),
+    }
 }
 
 /// A `ResourceRef` for `id`.

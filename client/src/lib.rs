@@ -31,7 +31,7 @@ mod sync;
 use std::path::PathBuf;
 
 pub use buffer::Buffer;
-pub use client::{Client, CreateOptions};
+pub use client::{Client, CreateOptions, Grantee, OpenTarget};
 pub use error::{Error, Result};
 pub use export::Exported;
 pub use gpushare_proto::v1;

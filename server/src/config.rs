@@ -12,6 +12,7 @@
 //! | driver waits | — | — | `driver_waits` | `true` (see `waiter.rs`) |
 //! | limits | — | — | `[limits]` | see [`Limits`] |
 //! | quotas | — | — | `[quotas]` | see [`Quotas`] |
+//! | admin group | — | — | `admin_gid` | unset (no admin) |
 //! | metrics endpoint | — | — | `[metrics] listen` | off (see [`MetricsConfig`]) |
 
 use std::path::{Path, PathBuf};
@@ -138,6 +139,10 @@ pub struct Config {
     pub limits: Limits,
     /// Quotas per uid, per session and overall.
     pub quotas: Quotas,
+    /// The admin group: processes whose primary gid is this may list, describe and release
+    /// every resource, and see every session and semaphore in introspection. Unset: nobody.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_gid: Option<u32>,
     /// The Prometheus metrics endpoint.
     pub metrics: MetricsConfig,
 }
@@ -212,6 +217,7 @@ impl Default for Config {
             driver_waits: true,
             limits: Limits::default(),
             quotas: Quotas::default(),
+            admin_gid: None,
             metrics: MetricsConfig::default(),
         }
     }

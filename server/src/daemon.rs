@@ -65,16 +65,19 @@ pub struct Caller {
     pub pid: i32,
     /// The session named by the call, checked live and the caller's.
     pub session: Option<String>,
+    /// Whether the caller is in the admin group (`admin_gid`, matched on the primary gid).
+    pub admin: bool,
 }
 
 impl Caller {
-    /// A caller known only by uid (fd.sock: peer credentials, no session).
+    /// A caller known only by uid, with no session and no group (tests).
     pub fn of_uid(uid: u32) -> Self {
         Self {
             uid,
-            gid: 0,
+            gid: u32::MAX,
             pid: 0,
             session: None,
+            admin: false,
         }
     }
 }
@@ -146,6 +149,7 @@ impl Daemon {
             gid,
             pid,
             session: session.map(str::to_owned),
+            admin: self.config.admin_gid == Some(gid),
         })
     }
 
@@ -160,7 +164,7 @@ impl Daemon {
                 id: ids::shown(id),
             });
         }
-        self.registry.get(id, caller.uid)
+        self.registry.get(id, caller)
     }
 
     /// Looks up a buffer of the caller's.
@@ -171,7 +175,7 @@ impl Daemon {
                 id: ids::shown(id),
             });
         }
-        let snap = self.registry.get(id, caller.uid)?;
+        let snap = self.registry.get(id, caller)?;
         match &snap.resource.object {
             Object::Buffer(b) => Ok((snap.resource.clone(), b.clone())),
             _ => Err(Error::NotFound {
@@ -193,7 +197,7 @@ impl Daemon {
                 id: ids::shown(id),
             });
         }
-        let snap = self.registry.get(id, caller.uid)?;
+        let snap = self.registry.get(id, caller)?;
         match &snap.resource.object {
             Object::HostBuffer(h) => Ok((snap.resource.clone(), h.clone())),
             _ => Err(Error::NotFound {
@@ -215,7 +219,7 @@ impl Daemon {
                 id: ids::shown(id),
             });
         }
-        let snap = self.registry.get(id, caller.uid)?;
+        let snap = self.registry.get(id, caller)?;
         match &snap.resource.object {
             Object::Semaphore(s) => Ok((snap.resource.clone(), s.clone())),
             _ => Err(Error::NotFound {

@@ -152,6 +152,24 @@ pub enum Error {
         #[source]
         source: gpushare_interop::cuda::Error,
     },
+    /// A name already used by a live resource of the same owner.
+    #[error("the owner already has a live resource named {0:?}")]
+    NameTaken(String),
+    /// An owner's operation asked by a caller that only reaches the resource through a grant.
+    #[error("only the owner of {0} may do this")]
+    NotOwner(String),
+    /// A Grant or Revoke that names no uid or gid.
+    #[error("a grant names a uid or a gid")]
+    BadGrant,
+    /// An Open that names nothing.
+    #[error("Open names an id, a token, or an owner uid and a name")]
+    BadOpen,
+    /// A token that is not 16 bytes.
+    #[error("a capability token is 16 bytes")]
+    BadToken,
+    /// A token that names no live resource (never minted, revoked, or its resource freed).
+    #[error("unknown capability token")]
+    UnknownToken,
     /// A quota (configuration `[quotas]`) would be exceeded.
     #[error("quota exceeded: {what} (limit {limit}{scope})")]
     Quota {
@@ -223,6 +241,10 @@ impl Error {
             Gpu { source, .. } => gpu_code(source),
             Host { source, .. } => host_code(source),
             Quota { .. } => Code::ResourceExhausted,
+            NameTaken(_) => Code::AlreadyExists,
+            NotOwner(_) => Code::PermissionDenied,
+            BadToken | BadGrant | BadOpen => Code::InvalidArgument,
+            UnknownToken => Code::NotFound,
             BadHostRange(_) => Code::InvalidArgument,
             Cuda { source, .. } if source.is_out_of_memory() => Code::ResourceExhausted,
             Cuda { .. } => Code::Internal,

@@ -16,7 +16,7 @@ use gpushare_proto::v1;
 use prost::Message;
 use tokio_util::task::TaskTracker;
 
-use crate::daemon::{Caller, Daemon};
+use crate::daemon::Daemon;
 use crate::error::{chain, Error, Result};
 use crate::registry::Object;
 
@@ -50,6 +50,7 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
         }
     };
     let uid = cred.uid.as_raw();
+    let gid = cred.gid.as_raw();
     // Over the connection quota: one FdError (RESOURCE_EXHAUSTED, naming the quota) as the
     // answer to whatever the client sends first, then the connection closes.
     let _held = match d.hold(uid, crate::quota::Counted::FdConnections) {
@@ -92,7 +93,7 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
                 drop(msg.fds);
                 (error_reply(&Error::FdsRefused(n)), None)
             }
-            Ok(msg) => match handle(&d, uid, &msg.bytes) {
+            Ok(msg) => match handle(&d, uid, gid, &msg.bytes) {
                 Ok((exported, fd)) => (
                     v1::FdReply {
                         reply: Some(v1::fd_reply::Reply::Exported(exported)),
@@ -126,7 +127,7 @@ fn error_reply(e: &Error) -> v1::FdReply {
 }
 
 /// Redeems one request: the import metadata and a fresh descriptor.
-fn handle(d: &Daemon, uid: u32, bytes: &[u8]) -> Result<(v1::ExportedFd, OwnedFd)> {
+fn handle(d: &Daemon, uid: u32, gid: u32, bytes: &[u8]) -> Result<(v1::ExportedFd, OwnedFd)> {
     if bytes.is_empty() {
         return Err(Error::BadFdRequest("empty message"));
     }
@@ -134,10 +135,12 @@ fn handle(d: &Daemon, uid: u32, bytes: &[u8]) -> Result<(v1::ExportedFd, OwnedFd
     let snap = match req.request {
         Some(v1::fd_request::Request::Redeem(ticket)) => {
             let id = d.tickets.redeem(&ticket, uid)?;
-            d.registry.get(&id, uid)?
+            // The ticket is the authorization: issued to this uid after an access check.
+            d.registry.get_unchecked(&id)?
         }
         Some(v1::fd_request::Request::Export(id)) => {
-            let snap = d.resource(&id, &Caller::of_uid(uid))?;
+            let caller = d.caller(uid, gid, 0, None)?;
+            let snap = d.resource(&id, &caller)?;
             if let Object::Semaphore(s) = &snap.resource.object {
                 if !s.exportable() {
                     return Err(Error::NotExportable(id));

@@ -51,7 +51,7 @@ fn millis(d: Duration) -> u64 {
 pub fn list_sessions(d: &Daemon, caller: &Caller) -> v1::ListSessionsResponse {
     let sessions = d
         .registry
-        .sessions(caller.uid)
+        .sessions(caller)
         .into_iter()
         .map(|s| v1::SessionInfo {
             id: s.id,
@@ -68,7 +68,7 @@ pub fn list_sessions(d: &Daemon, caller: &Caller) -> v1::ListSessionsResponse {
 
 /// `ListSemaphores` for `caller`.
 pub fn list_semaphores(d: &Daemon, caller: &Caller) -> v1::ListSemaphoresResponse {
-    let listed = d.registry.semaphores(caller.uid);
+    let listed = d.registry.semaphores(caller);
     let mut pending = d.waits.pending_by_semaphore();
     let semaphores = listed
         .into_iter()

@@ -6,10 +6,13 @@
 //! under a running transfer. Processes that imported the resource's fd keep their import: the
 //! driver holds its own reference.
 //!
-//! Visibility: a resource is visible only to its owner uid. Lookups by another uid read exactly
-//! like an unknown id (NOT_FOUND).
+//! Access: a resource is reached by its owner uid, by the uids and primary gids it was granted
+//! to, by the sessions that hold a reference to it (a capability token redeemed with Open puts
+//! one there), and by the admin group. Anybody else's lookup reads exactly like an unknown id
+//! (NOT_FOUND); a caller that reaches it but asks for an owner's operation gets
+//! PERMISSION_DENIED.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -22,6 +25,7 @@ use crate::buffer::SharedBuffer;
 use crate::host_buffer::HostBuffer;
 
 use crate::config::Quotas;
+use crate::daemon::Caller;
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::introspect::SessionView;
@@ -150,6 +154,16 @@ impl Resource {
     }
 }
 
+/// Most uid grants, gid grants, or tokens, each, per resource.
+pub const MAX_GRANTS: usize = 64;
+
+fn not_found(id: &str) -> Error {
+    Error::NotFound {
+        what: "resource",
+        id: ids::shown(id),
+    }
+}
+
 /// Descriptors kept exported ahead per exported resource (see [`Resource::take_fd`]): two, so
 /// that back-to-back exports find one while the next is being made.
 pub const SPARE_FDS: usize = 2;
@@ -231,12 +245,19 @@ pub struct Snapshot {
     pub references: u32,
     /// Whether the uid pin holds it.
     pub pinned: bool,
+    /// Uids granted its use.
+    pub granted_uids: Vec<u32>,
+    /// Gids granted its use.
+    pub granted_gids: Vec<u32>,
 }
 
 struct Entry {
     resource: Arc<Resource>,
     sessions: HashSet<String>,
     pinned: bool,
+    granted_uids: BTreeSet<u32>,
+    granted_gids: BTreeSet<u32>,
+    tokens: Vec<[u8; ids::ID_BYTES]>,
 }
 
 impl Entry {
@@ -246,8 +267,46 @@ impl Entry {
             references: u32::try_from(self.sessions.len()).unwrap_or(u32::MAX)
                 + u32::from(self.pinned),
             pinned: self.pinned,
+            granted_uids: self.granted_uids.iter().copied().collect(),
+            granted_gids: self.granted_gids.iter().copied().collect(),
         }
     }
+
+    /// Whether `c` may use the resource (see the module docs).
+    fn reaches(&self, c: &Caller) -> bool {
+        self.resource.owner_uid == c.uid
+            || c.admin
+            || self.granted_uids.contains(&c.uid)
+            || self.granted_gids.contains(&c.gid)
+            || c.session
+                .as_ref()
+                .is_some_and(|s| self.sessions.contains(s))
+    }
+}
+
+/// Whom a grant names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grantee {
+    /// A uid.
+    Uid(u32),
+    /// A primary gid.
+    Gid(u32),
+}
+
+/// What Open names.
+#[derive(Debug, Clone)]
+pub enum OpenTarget {
+    /// An id the caller reaches.
+    Id(String),
+    /// A capability token.
+    Token(Vec<u8>),
+    /// An owner's resource by name.
+    Named {
+        /// The owner.
+        owner_uid: u32,
+        /// The name.
+        name: String,
+    },
 }
 
 /// A client session.
@@ -258,7 +317,7 @@ struct Session {
     name: String,
     started: Instant,
     resources: HashSet<String>,
-    /// Semaphores this session created: it is their signaler.
+    /// Semaphores this session signals: those it created and those it opened to signal.
     created: HashSet<String>,
 }
 
@@ -268,6 +327,10 @@ struct Inner {
     sessions: HashMap<String, Session>,
     /// Live usage per owner uid, kept with every insert and removal (quota checks, metrics).
     usage: HashMap<u32, Usage>,
+    /// `(owner uid, name)` → id, for the named resources.
+    names: HashMap<(u32, String), String>,
+    /// Capability token → id.
+    tokens: HashMap<[u8; ids::ID_BYTES], String>,
 }
 
 impl Inner {
@@ -275,6 +338,12 @@ impl Inner {
     fn remove(&mut self, id: &str) -> Option<Arc<Resource>> {
         let e = self.resources.remove(id)?;
         let uid = e.resource.owner_uid;
+        if !e.resource.name.is_empty() {
+            self.names.remove(&(uid, e.resource.name.clone()));
+        }
+        for t in &e.tokens {
+            self.tokens.remove(t);
+        }
         if let Some(u) = self.usage.get_mut(&uid) {
             u.sub(&Usage::of(&e.resource.object));
             if u.is_zero() {
@@ -434,9 +503,11 @@ impl Registry {
                 }
             }
         }
+        // Semaphores whose last signaler session this was.
         let orphaned = s
             .created
             .iter()
+            .filter(|id| !inner.sessions.values().any(|o| o.created.contains(*id)))
             .filter_map(|id| inner.resources.get(id))
             .map(|e| e.resource.clone())
             .collect();
@@ -449,6 +520,12 @@ impl Registry {
         let id = resource.id.clone();
         let add = Usage::of(&resource.object);
         let uid = resource.owner_uid;
+        let named = (!resource.name.is_empty()).then(|| (uid, resource.name.clone()));
+        if let Some(key) = &named {
+            if inner.names.contains_key(key) {
+                return Err(Error::NameTaken(key.1.clone()));
+            }
+        }
         inner.check(&self.quotas, uid, session, &add)?;
         let mut sessions = HashSet::new();
         if let Some(sid) = session {
@@ -466,57 +543,189 @@ impl Registry {
             resource: Arc::new(resource),
             sessions,
             pinned: pin,
+            granted_uids: BTreeSet::new(),
+            granted_gids: BTreeSet::new(),
+            tokens: Vec::new(),
         };
         let snap = entry.snapshot();
+        if let Some(key) = named {
+            inner.names.insert(key, id.clone());
+        }
         inner.resources.insert(id, entry);
         inner.usage.entry(uid).or_default().add(&add);
         Ok(snap)
     }
 
     /// The caller's resource `id`. `what` names the expected kind in errors.
-    pub fn get(&self, id: &str, uid: u32) -> Result<Snapshot> {
+    pub fn get(&self, id: &str, caller: &Caller) -> Result<Snapshot> {
         match self.lock().resources.get(id) {
-            Some(e) if e.resource.owner_uid == uid => Ok(e.snapshot()),
-            _ => Err(Error::NotFound {
-                what: "resource",
-                id: ids::shown(id),
-            }),
+            Some(e) if e.reaches(caller) => Ok(e.snapshot()),
+            _ => Err(not_found(id)),
         }
     }
 
-    /// Every resource of `uid`, oldest first.
-    pub fn list(&self, uid: u32) -> Vec<Snapshot> {
+    /// Resource `id` without an access check: for an export ticket, which was issued after one.
+    pub fn get_unchecked(&self, id: &str) -> Result<Snapshot> {
+        match self.lock().resources.get(id) {
+            Some(e) => Ok(e.snapshot()),
+            None => Err(not_found(id)),
+        }
+    }
+
+    /// Every resource `caller` reaches, oldest first.
+    pub fn list(&self, caller: &Caller) -> Vec<Snapshot> {
         let mut out: Vec<_> = self
             .lock()
             .resources
             .values()
-            .filter(|e| e.resource.owner_uid == uid)
+            .filter(|e| e.reaches(caller))
             .map(Entry::snapshot)
             .collect();
         out.sort_by_key(|s| s.resource.created);
         out
     }
 
-    /// Drops the reference of `session` if it holds one, otherwise the pin. Returns the resource
-    /// if this freed it.
-    pub fn release(
+    /// The entry of `id` for an owner's operation: NOT_FOUND unless `caller` reaches it,
+    /// PERMISSION_DENIED unless it owns it.
+    fn owned<'a>(inner: &'a mut Inner, id: &str, caller: &Caller) -> Result<&'a mut Entry> {
+        match inner.resources.get_mut(id) {
+            Some(e) if e.resource.owner_uid == caller.uid => Ok(e),
+            Some(e) if e.reaches(caller) => Err(Error::NotOwner(ids::shown(id))),
+            _ => Err(not_found(id)),
+        }
+    }
+
+    /// Grants (`grant`) or revokes the use of `id` to `who`. Owner only.
+    pub fn set_grant(
         &self,
         id: &str,
-        uid: u32,
-        session: Option<&str>,
-    ) -> Result<Option<Arc<Resource>>> {
+        caller: &Caller,
+        who: Grantee,
+        grant: bool,
+    ) -> Result<Snapshot> {
+        let mut inner = self.lock();
+        let e = Self::owned(&mut inner, id, caller)?;
+        let (set, n) = match who {
+            Grantee::Uid(u) => (&mut e.granted_uids, u),
+            Grantee::Gid(g) => (&mut e.granted_gids, g),
+        };
+        if grant {
+            if set.len() >= MAX_GRANTS && !set.contains(&n) {
+                return Err(Error::TooLarge {
+                    what: "grants of one kind per resource",
+                    value: set.len() as u64 + 1,
+                    limit: MAX_GRANTS as u64,
+                });
+            }
+            set.insert(n);
+        } else {
+            set.remove(&n);
+        }
+        Ok(e.snapshot())
+    }
+
+    /// Mints a capability token for `id`. Owner only.
+    pub fn mint_token(&self, id: &str, caller: &Caller) -> Result<[u8; ids::ID_BYTES]> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let e = Self::owned(inner, id, caller)?;
+        if e.tokens.len() >= MAX_GRANTS {
+            return Err(Error::TooLarge {
+                what: "tokens per resource",
+                value: e.tokens.len() as u64 + 1,
+                limit: MAX_GRANTS as u64,
+            });
+        }
+        let token = ids::random16();
+        e.tokens.push(token);
+        inner.tokens.insert(token, id.to_owned());
+        Ok(token)
+    }
+
+    /// Invalidates every token of `id`. Owner only.
+    pub fn revoke_tokens(&self, id: &str, caller: &Caller) -> Result<Snapshot> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let e = Self::owned(inner, id, caller)?;
+        let tokens = std::mem::take(&mut e.tokens);
+        let snap = e.snapshot();
+        for t in tokens {
+            inner.tokens.remove(&t);
+        }
+        Ok(snap)
+    }
+
+    /// Adds a reference of the caller's session to the resource `target` names; with `signal`,
+    /// for a semaphore, the session becomes one of its signalers too.
+    pub fn open(&self, target: &OpenTarget, signal: bool, caller: &Caller) -> Result<Snapshot> {
+        let sid = caller.session.as_deref().ok_or(Error::NoSession {
+            header: gpushare_proto::SESSION_HEADER,
+        })?;
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let id = match target {
+            OpenTarget::Id(id) => match inner.resources.get(id) {
+                Some(e) if e.reaches(caller) => id.clone(),
+                _ => return Err(not_found(id)),
+            },
+            OpenTarget::Token(t) => {
+                let key: [u8; ids::ID_BYTES] =
+                    t.as_slice().try_into().map_err(|_| Error::BadToken)?;
+                inner.tokens.get(&key).cloned().ok_or(Error::UnknownToken)?
+            }
+            OpenTarget::Named { owner_uid, name } => {
+                let hidden = || Error::NotFound {
+                    what: "named resource",
+                    id: format!("{owner_uid}:{}", name.chars().take(64).collect::<String>()),
+                };
+                let id = inner
+                    .names
+                    .get(&(*owner_uid, name.clone()))
+                    .cloned()
+                    .ok_or_else(hidden)?;
+                match inner.resources.get(&id) {
+                    Some(e) if e.reaches(caller) => id,
+                    _ => return Err(hidden()),
+                }
+            }
+        };
+        let session = inner
+            .sessions
+            .get(sid)
+            .ok_or_else(|| Error::UnknownSession(ids::shown(sid)))?;
+        let held = session.resources.contains(&id);
+        if !held && session.resources.len() as u64 >= self.quotas.resources_per_session {
+            return Err(crate::quota::refused(
+                "resources per session",
+                self.quotas.resources_per_session,
+                String::new(),
+            ));
+        }
+        let e = inner.resources.get_mut(&id).ok_or_else(|| not_found(&id))?;
+        let semaphore = matches!(e.resource.object, Object::Semaphore(_));
+        if let Some(s) = inner.sessions.get_mut(sid) {
+            s.resources.insert(id.clone());
+            if signal && semaphore {
+                s.created.insert(id.clone());
+            }
+        }
+        e.sessions.insert(sid.to_owned());
+        Ok(e.snapshot())
+    }
+
+    /// Drops the reference of `session` if it holds one, otherwise the pin. Returns the resource
+    /// if this freed it.
+    pub fn release(&self, id: &str, caller: &Caller) -> Result<Option<Arc<Resource>>> {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let entry = match inner.resources.get_mut(id) {
-            Some(e) if e.resource.owner_uid == uid => e,
-            _ => {
-                return Err(Error::NotFound {
-                    what: "resource",
-                    id: ids::shown(id),
-                })
-            }
+            Some(e) if e.reaches(caller) => e,
+            _ => return Err(not_found(id)),
         };
-        let by_session = session.filter(|s| entry.sessions.contains(*s));
+        let by_session = caller
+            .session
+            .as_deref()
+            .filter(|s| entry.sessions.contains(*s));
         match by_session {
             Some(sid) => {
                 entry.sessions.remove(sid);
@@ -524,7 +733,22 @@ impl Registry {
                     s.resources.remove(id);
                 }
             }
-            None if entry.pinned => entry.pinned = false,
+            None if entry.pinned && entry.resource.owner_uid == caller.uid => entry.pinned = false,
+            None if caller.admin => {
+                // The admin group frees it: every reference goes.
+                for sid in std::mem::take(&mut entry.sessions) {
+                    if let Some(s) = inner.sessions.get_mut(&sid) {
+                        s.resources.remove(id);
+                    }
+                }
+                entry.pinned = false;
+                tracing::info!(
+                    id,
+                    admin_uid = caller.uid,
+                    owner_uid = entry.resource.owner_uid,
+                    "resource released by the admin group"
+                );
+            }
             None => return Err(Error::NoReference(ids::shown(id))),
         }
         if entry.sessions.is_empty() && !entry.pinned {
@@ -550,14 +774,15 @@ impl Registry {
             .collect()
     }
 
-    /// The live sessions of `uid`, oldest first (for introspection).
-    pub fn sessions(&self, uid: u32) -> Vec<SessionView> {
+    /// The live sessions `caller` may see, oldest first (for introspection): its uid's, or
+    /// everybody's for the admin group.
+    pub fn sessions(&self, caller: &Caller) -> Vec<SessionView> {
         let inner = self.lock();
         let now = Instant::now();
         let mut out: Vec<(Instant, SessionView)> = inner
             .sessions
             .iter()
-            .filter(|(_, s)| s.uid == uid)
+            .filter(|(_, s)| caller.admin || s.uid == caller.uid)
             .map(|(id, s)| {
                 let signaled = s
                     .created
@@ -580,22 +805,19 @@ impl Registry {
         out.into_iter().map(|(_, v)| v).collect()
     }
 
-    /// Every semaphore of `uid`, oldest first, with the id of its signaler (the live session
-    /// that created it), if any (for introspection).
-    pub fn semaphores(&self, uid: u32) -> Vec<(Snapshot, Option<String>)> {
+    /// Every semaphore `caller` reaches, oldest first, with the id of its signaler (the live
+    /// session that created it), if any (for introspection).
+    pub fn semaphores(&self, caller: &Caller) -> Vec<(Snapshot, Option<String>)> {
         let inner = self.lock();
         let signalers: HashMap<&str, &str> = inner
             .sessions
             .iter()
-            .filter(|(_, s)| s.uid == uid)
             .flat_map(|(sid, s)| s.created.iter().map(move |r| (r.as_str(), sid.as_str())))
             .collect();
         let mut out: Vec<_> = inner
             .resources
             .values()
-            .filter(|e| {
-                e.resource.owner_uid == uid && matches!(e.resource.object, Object::Semaphore(_))
-            })
+            .filter(|e| e.reaches(caller) && matches!(e.resource.object, Object::Semaphore(_)))
             .map(|e| {
                 let signaler = signalers
                     .get(e.resource.id.as_str())

@@ -200,6 +200,8 @@ pub(crate) fn resource_msg(s: &Snapshot) -> v1::Resource {
         owner_uid: r.owner_uid,
         references: s.references,
         pinned: s.pinned,
+        granted_uids: s.granted_uids.clone(),
+        granted_gids: s.granted_gids.clone(),
         details: Some(details),
     }
 }
@@ -379,7 +381,7 @@ impl GpuShare for Service {
         let resources = self
             .d
             .registry
-            .list(caller.uid)
+            .list(&caller)
             .iter()
             .map(resource_msg)
             .collect();
@@ -415,6 +417,76 @@ impl GpuShare for Service {
         )))
     }
 
+    async fn grant(
+        &self,
+        req: Request<v1::GrantRequest>,
+    ) -> std::result::Result<Response<v1::Resource>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        Ok(Response::new(self.set_grant(&caller, r, true)?))
+    }
+
+    async fn revoke(
+        &self,
+        req: Request<v1::GrantRequest>,
+    ) -> std::result::Result<Response<v1::Resource>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        Ok(Response::new(self.set_grant(&caller, r, false)?))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<v1::ResourceRef>,
+    ) -> std::result::Result<Response<v1::TokenResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let id = &req.get_ref().id;
+        self.d.resource(id, &caller)?;
+        let token = self.d.registry.mint_token(id, &caller)?;
+        tracing::debug!(id = %id, uid = caller.uid, "capability token minted");
+        Ok(Response::new(v1::TokenResponse {
+            token: token.to_vec(),
+        }))
+    }
+
+    async fn revoke_tokens(
+        &self,
+        req: Request<v1::ResourceRef>,
+    ) -> std::result::Result<Response<v1::Resource>, Status> {
+        let caller = self.caller(&req)?;
+        let id = &req.get_ref().id;
+        self.d.resource(id, &caller)?;
+        let snap = self.d.registry.revoke_tokens(id, &caller)?;
+        Ok(Response::new(resource_msg(&snap)))
+    }
+
+    async fn open(
+        &self,
+        req: Request<v1::OpenRequest>,
+    ) -> std::result::Result<Response<v1::Resource>, Status> {
+        use crate::registry::OpenTarget;
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let target = match r.target {
+            Some(v1::open_request::Target::Id(id)) => {
+                self.d.resource(&id, &caller)?;
+                OpenTarget::Id(id)
+            }
+            Some(v1::open_request::Target::Token(t)) => OpenTarget::Token(t),
+            Some(v1::open_request::Target::Named(n)) => {
+                Daemon::check_name("name", &n.name)?;
+                OpenTarget::Named {
+                    owner_uid: n.owner_uid,
+                    name: n.name,
+                }
+            }
+            None => return Err(Error::BadOpen.into()),
+        };
+        let snap = self.d.registry.open(&target, r.signal, &caller)?;
+        tracing::debug!(id = %snap.resource.id, uid = caller.uid, "opened");
+        Ok(Response::new(resource_msg(&snap)))
+    }
+
     async fn release_resource(
         &self,
         req: Request<v1::ResourceRef>,
@@ -422,10 +494,7 @@ impl GpuShare for Service {
         let caller = self.caller(&req)?;
         let id = &req.get_ref().id;
         self.d.resource(id, &caller)?;
-        let freed = self
-            .d
-            .registry
-            .release(id, caller.uid, caller.session.as_deref())?;
+        let freed = self.d.registry.release(id, &caller)?;
         let was_freed = freed.is_some();
         self.d.freed(freed);
         Ok(Response::new(v1::ReleaseResourceResponse {
@@ -642,6 +711,20 @@ impl Service {
             .d
             .registry
             .insert(resource, caller.session.as_deref(), r.pin)?;
+        Ok(resource_msg(&snap))
+    }
+
+    /// Grant / Revoke.
+    fn set_grant(&self, caller: &Caller, r: v1::GrantRequest, grant: bool) -> Result<v1::Resource> {
+        use crate::registry::Grantee;
+        self.d.resource(&r.id, caller)?;
+        let who = match r.grantee {
+            Some(v1::grant_request::Grantee::Uid(u)) => Grantee::Uid(u),
+            Some(v1::grant_request::Grantee::Gid(g)) => Grantee::Gid(g),
+            None => return Err(Error::BadGrant),
+        };
+        let snap = self.d.registry.set_grant(&r.id, caller, who, grant)?;
+        tracing::info!(id = %r.id, owner_uid = caller.uid, ?who, grant, "access changed");
         Ok(resource_msg(&snap))
     }
 

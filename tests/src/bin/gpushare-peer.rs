@@ -7,7 +7,13 @@
 //! gpushare-peer <runtime-dir> cuda-wait <ticket-hex> <value>                # GPU-side wait on an imported semaphore
 //! gpushare-peer <runtime-dir> sem-signal <ticket-hex> <value> [<delay-ms>]   # imports a semaphore, host-signals it
 //! gpushare-peer <runtime-dir> cuda-read <ticket-hex> <offset> <length>      # CUDA import by UUID; prints the device and the bytes
+//! gpushare-peer <runtime-dir> open-read <target> <offset> <length>          # Open (id:ID | token:HEX | name:UID:NAME), export, import, read
+//! gpushare-peer <runtime-dir> try-grant <id> <uid>                          # Grant as this process; prints the outcome
+//! gpushare-peer <runtime-dir> admin-release <id>                            # lists (prints the count), then releases <id>
 //! ```
+//!
+//! `open-read`, `try-grant` and `admin-release` print `error <gRPC code> <message>` and exit 1
+//! when the daemon refuses, so that tests can check the code another uid gets.
 //!
 //! `import-*` redeem the ticket on fd.sock, open the Vulkan device named by the UUID in the
 //! descriptor's metadata (a device of this process, not the daemon's), import the memory, and
@@ -55,6 +61,11 @@ async fn main() -> ExitCode {
         ("hold", [size]) => hold(dir, size.parse().unwrap(), false).await,
         ("hold", [size, pin]) if pin == "pin" => hold(dir, size.parse().unwrap(), true).await,
         ("cuda-wait", [ticket, value]) => cuda_wait(dir, ticket, value.parse().unwrap()).await,
+        ("open-read", [target, offset, len]) => {
+            open_read(dir, target, offset.parse().unwrap(), len.parse().unwrap()).await
+        }
+        ("try-grant", [id, uid]) => try_grant(dir, id, uid.parse().unwrap()).await,
+        ("admin-release", [id]) => admin_release(dir, id).await,
         ("cuda-read", [ticket, offset, len]) => {
             cuda_read(dir, ticket, offset.parse().unwrap(), len.parse().unwrap()).await
         }
@@ -190,5 +201,65 @@ async fn cuda_read(
         hex::encode(device.info().uuid)
     );
     println!("{}", hex::encode(out));
+    Ok(())
+}
+
+/// A daemon refusal as `error <code> <message>` on stderr (tests match the code).
+fn refused(e: gpushare_client::Error) -> Box<dyn std::error::Error> {
+    format!("error {:?} {e}", e.code()).into()
+}
+
+/// Opens `target` in a session of this process, exports it with a ticket (the session is what
+/// gives a token holder its access), imports it into Vulkan and prints `len` bytes at `offset`.
+async fn open_read(
+    dir: &str,
+    target: &str,
+    offset: u64,
+    len: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use gpushare_client::OpenTarget;
+    let target = if let Some(id) = target.strip_prefix("id:") {
+        OpenTarget::Id(id.to_owned())
+    } else if let Some(t) = target.strip_prefix("token:") {
+        OpenTarget::Token(hex::decode(t)?)
+    } else if let Some(rest) = target.strip_prefix("name:") {
+        let (owner, name) = rest.split_once(':').ok_or("name:UID:NAME")?;
+        OpenTarget::Named {
+            owner_uid: owner.parse()?,
+            name: name.to_owned(),
+        }
+    } else {
+        return Err("target: id:ID, token:HEX or name:UID:NAME".into());
+    };
+    let client = Client::connect_with_session(dir, "gpushare-peer open-read").await?;
+    let opened = client.open(target, false).await.map_err(refused)?;
+    let ticket = client.export_ticket(&opened.id).await.map_err(refused)?;
+    let exported = client.redeem(&ticket.ticket).await.map_err(refused)?;
+    let instance = Instance::new("gpushare-peer")?;
+    let device = import::vulkan_device_for(&instance, &exported)?;
+    let buffer = import::import_buffer_vulkan(&device, exported)?;
+    let bytes = Transfer::new(&device)?.download(&buffer, offset, len, &SyncPoints::default())?;
+    println!("{}", hex::encode(bytes));
+    Ok(())
+}
+
+/// Tries an owner's operation (Grant) as this process.
+async fn try_grant(dir: &str, id: &str, uid: u32) -> Result<(), Box<dyn std::error::Error>> {
+    let client = Client::connect(dir).await?;
+    client
+        .grant(id, gpushare_client::Grantee::Uid(uid))
+        .await
+        .map_err(refused)?;
+    println!("granted");
+    Ok(())
+}
+
+/// As a member of the admin group: lists every resource (prints how many), then releases `id`.
+async fn admin_release(dir: &str, id: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let client = Client::connect(dir).await?;
+    let listed = client.list().await.map_err(refused)?;
+    println!("listed {}", listed.len());
+    let freed = client.release(id).await.map_err(refused)?;
+    println!("freed {freed}");
     Ok(())
 }

@@ -55,6 +55,8 @@ pub fn resource_json(r: &v1::Resource) -> Value {
         "owner_uid": r.owner_uid,
         "references": r.references,
         "pinned": r.pinned,
+        "granted_uids": r.granted_uids,
+        "granted_gids": r.granted_gids,
     });
     match &r.details {
         Some(v1::resource::Details::Buffer(b)) => {
@@ -115,6 +117,15 @@ pub fn resource_table(r: &v1::Resource) -> Table {
     t.row(["owner uid", &r.owner_uid.to_string()]);
     t.row(["references", &r.references.to_string()]);
     t.row(["pinned", yes_no(r.pinned)]);
+    let list = |v: &[u32]| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        }
+    };
+    t.row(["granted uids", &list(&r.granted_uids)]);
+    t.row(["granted gids", &list(&r.granted_gids)]);
     match &r.details {
         Some(v1::resource::Details::Buffer(b)) => {
             t.row(["size", &sized(b.size)]);
@@ -375,6 +386,8 @@ mod tests {
                 allocation_size: 8192,
                 dedicated: false,
             })),
+            granted_uids: vec![1001],
+            granted_gids: Vec::new(),
         }
     }
 

@@ -1,0 +1,261 @@
+//! Access control: deny by default, grants to a uid or a gid, capability tokens, names unique per
+//! owner, owner-only operations, and the admin group. The cross-uid cases need root (CI runs as
+//! root): the other process is `gpushare-peer` started as uid/gid 65534 (or 65533 for the admin
+//! group); without root they print `SKIP:`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use gpushare_client::{Client, CreateOptions, Grantee, OpenTarget, Sync};
+use gpushare_tests::{bin, run, TestDaemon};
+use tonic::Code;
+
+const OTHER: u32 = 65534;
+const ADMIN: u32 = 65533;
+
+fn named(name: &str) -> CreateOptions {
+    CreateOptions {
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+/// Runs the peer as `uid`/`gid`: `(success, stdout, stderr)`.
+fn peer_as(d: &TestDaemon, uid: u32, gid: u32, args: &[&str]) -> (bool, String, String) {
+    // The peer binary may sit in a directory the other uid cannot enter: copy it out.
+    let exe = d.scratch().join("gpushare-peer");
+    if !exe.exists() {
+        std::fs::copy(bin("gpushare-peer"), &exe).unwrap();
+    }
+    let mut all = vec![d.runtime_dir().to_str().unwrap()];
+    all.extend_from_slice(args);
+    let (status, out, err) = run(
+        Command::new(&exe).args(&all).uid(uid).gid(gid),
+        Duration::from_secs(60),
+    );
+    (status.success(), out, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_tokens_and_open_within_one_uid() {
+    let d = gpushare_tests::daemon_or_skip!();
+    let c = Client::connect_with_session(d.runtime_dir(), "owner")
+        .await
+        .unwrap();
+    let buf = c.create_buffer(4096, &named("frames")).await.unwrap();
+    // Names are unique per owner among live resources.
+    let e = c.create_semaphore(0, &named("frames")).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::AlreadyExists), "{e}");
+    let uid = c.describe(buf.id()).await.unwrap().owner_uid;
+
+    // Another session of the same uid opens it by name, by id and by token; each Open adds a
+    // reference of that session, once.
+    let other = Client::connect_with_session(d.runtime_dir(), "opener")
+        .await
+        .unwrap();
+    let by_name = other
+        .open(
+            OpenTarget::Named {
+                owner_uid: uid,
+                name: "frames".into(),
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_name.id, buf.id());
+    assert_eq!(by_name.references, 2);
+    let again = other
+        .open(OpenTarget::Id(buf.id().into()), false)
+        .await
+        .unwrap();
+    assert_eq!(again.references, 2, "Open is idempotent per session");
+    let token = c.create_token(buf.id()).await.unwrap();
+    assert_eq!(token.len(), 16);
+    let third = Client::connect_with_session(d.runtime_dir(), "token holder")
+        .await
+        .unwrap();
+    assert_eq!(
+        third
+            .open(OpenTarget::Token(token.clone()), false)
+            .await
+            .unwrap()
+            .references,
+        3
+    );
+    // The owner's session goes; the openers keep the buffer alive.
+    assert!(!buf.release().await.unwrap());
+    drop(third);
+    let r = other.describe(buf.id()).await.unwrap();
+    assert!(r.references >= 1);
+    // Revoked tokens open nothing; malformed requests are INVALID_ARGUMENT.
+    c.revoke_tokens(buf.id()).await.unwrap();
+    let fresh = Client::connect_with_session(d.runtime_dir(), "late")
+        .await
+        .unwrap();
+    let e = fresh
+        .open(OpenTarget::Token(token), false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+    let e = fresh
+        .open(OpenTarget::Token(vec![1, 2, 3]), false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
+    let e = fresh
+        .open(
+            OpenTarget::Named {
+                owner_uid: uid,
+                name: "nope".into(),
+            },
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+    // Open needs a session.
+    let sessionless = Client::connect(d.runtime_dir()).await.unwrap();
+    let e = sessionless
+        .open(OpenTarget::Id(buf.id().into()), false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+    // When the last opener's session ends, the buffer is freed, and its name is free again.
+    drop(other);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.create_buffer(4096, &named("frames")).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), Some(Code::AlreadyExists), "{e}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the name stayed taken"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// A semaphore opened to signal by a second session is abandoned only when the last signaler
+/// session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_is_abandoned_when_its_last_signaler_ends() {
+    let d = gpushare_tests::daemon_or_skip!();
+    let keeper = Client::connect(d.runtime_dir()).await.unwrap();
+    let creator = Client::connect_with_session(d.runtime_dir(), "creator")
+        .await
+        .unwrap();
+    let pinned = CreateOptions {
+        pin: true,
+        ..Default::default()
+    };
+    // Only the id is kept: a handle would keep the creator's client, and its session, alive.
+    let sem = creator
+        .create_semaphore(0, &pinned)
+        .await
+        .unwrap()
+        .id()
+        .to_owned();
+    let helper = Client::connect_with_session(d.runtime_dir(), "second signaler")
+        .await
+        .unwrap();
+    helper
+        .open(OpenTarget::Id(sem.clone()), true)
+        .await
+        .unwrap();
+    drop(creator);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Still a live signaler: not abandoned, signals work.
+    let s = keeper.semaphore(&sem);
+    assert_eq!(s.signal(1).await.unwrap(), 1);
+    drop(helper);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match s.signal(2).await {
+            Err(e) if e.code() == Some(Code::Aborted) => break,
+            other => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never abandoned: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_uids_reach_only_what_they_are_granted() {
+    if !rustix::process::getuid().is_root() {
+        println!("SKIP: the other-uid cases need root to run a process as another uid");
+        return;
+    }
+    let d = gpushare_tests::daemon_or_skip!(&format!("socket_mode = 0o666\nadmin_gid = {ADMIN}\n"));
+    let c = Client::connect_with_session(d.runtime_dir(), "owner")
+        .await
+        .unwrap();
+    let buf = c.create_buffer(4096, &named("shared")).await.unwrap();
+    buf.write(0, b"grant me", &Sync::none()).await.unwrap();
+    let uid = c.describe(buf.id()).await.unwrap().owner_uid;
+    let id_target = format!("id:{}", buf.id());
+    let read = |target: &str| peer_as(&d, OTHER, OTHER, &["open-read", target, "0", "8"]);
+    let want = hex::encode(b"grant me");
+
+    // Deny by default: NOT_FOUND, the same as an id that does not exist.
+    let (ok, _, err) = read(&id_target);
+    assert!(!ok && err.contains("error Some(NotFound)"), "{err}");
+    // A uid grant opens it; revoking closes it again.
+    let r = c.grant(buf.id(), Grantee::Uid(OTHER)).await.unwrap();
+    assert_eq!(r.granted_uids, vec![OTHER]);
+    let (ok, out, err) = read(&id_target);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), want);
+    // By name, too.
+    let (ok, out, err) = read(&format!("name:{uid}:shared"));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), want);
+    // A grantee may not do what only the owner may.
+    let (ok, _, err) = peer_as(&d, OTHER, OTHER, &["try-grant", buf.id(), "4242"]);
+    assert!(!ok && err.contains("error Some(PermissionDenied)"), "{err}");
+    c.revoke(buf.id(), Grantee::Uid(OTHER)).await.unwrap();
+    let (ok, _, err) = read(&id_target);
+    assert!(!ok && err.contains("error Some(NotFound)"), "{err}");
+    // A gid grant: the peer's primary gid.
+    c.grant(buf.id(), Grantee::Gid(OTHER)).await.unwrap();
+    let (ok, out, err) = read(&id_target);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), want);
+    c.revoke(buf.id(), Grantee::Gid(OTHER)).await.unwrap();
+    // A capability token works for whoever holds it, until revoked.
+    let token = hex::encode(c.create_token(buf.id()).await.unwrap());
+    let (ok, out, err) = read(&format!("token:{token}"));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), want);
+    c.revoke_tokens(buf.id()).await.unwrap();
+    let (ok, _, err) = read(&format!("token:{token}"));
+    assert!(!ok && err.contains("error Some(NotFound)"), "{err}");
+    // Without a grant nothing of it shows: by name either.
+    let (ok, _, err) = read(&format!("name:{uid}:shared"));
+    assert!(!ok && err.contains("error Some(NotFound)"), "{err}");
+
+    // The admin group lists everything and frees what it releases.
+    let (ok, out, err) = peer_as(&d, ADMIN, ADMIN, &["admin-release", buf.id()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("listed 1"), "{out}");
+    assert!(out.contains("freed true"), "{out}");
+    let e = c.describe(buf.id()).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+    // Anybody else releasing someone else's resource gets NOT_FOUND.
+    let other_buf = c
+        .create_buffer(4096, &CreateOptions::default())
+        .await
+        .unwrap();
+    let (ok, _, err) = peer_as(&d, OTHER, OTHER, &["admin-release", other_buf.id()]);
+    assert!(!ok && err.contains("error Some(NotFound)"), "{err}");
+    assert!(out.contains("listed"), "{out}");
+}
