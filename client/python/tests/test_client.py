@@ -4,6 +4,7 @@ The session-scoped `daemon` fixture starts target/debug/gpushared (or $GPUSHARED
 runtime directory, with small transfer limits (DAEMON_CONFIG), and stops it with SIGTERM at the end.
 """
 
+import gc
 import array
 import errno
 import fcntl
@@ -610,6 +611,9 @@ def test_host_buffer_is_sealed_and_release_frees_it(client):
 
 
 def test_host_buffer_close_unmaps_and_closes_its_fds(client):
+    # Host buffers of earlier tests that are garbage by now would otherwise be collected
+    # while this test counts.
+    gc.collect()
     before = _fds_linking_to(HOST_MEMFD)
     with client.create_host_buffer(4096) as hb:
         assert _fds_linking_to(HOST_MEMFD) > before
