@@ -46,7 +46,9 @@ pub fn admitted(
             match d.hold(uid, Counted::ControlConnections) {
                 Ok(held) => Some(Ok(Admitted { io, _held: held })),
                 Err(e) => {
-                    tracing::warn!(uid, error = %e, "control.sock: connection refused");
+                    // Debug, not warn: a flood would flood the journal. Refusals are counted
+                    // in gpushare_quota_refusals_total.
+                    tracing::debug!(uid, error = %e, "control.sock: connection refused");
                     None
                 }
             }

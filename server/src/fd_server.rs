@@ -126,19 +126,56 @@ fn error_reply(e: &Error) -> v1::FdReply {
     }
 }
 
-/// Redeems one request: the import metadata and a fresh descriptor.
-fn handle(d: &Daemon, uid: u32, gid: u32, bytes: &[u8]) -> Result<(v1::ExportedFd, OwnedFd)> {
+/// A well-formed fd.sock request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FdRequest {
+    /// Redeem this ticket.
+    Redeem([u8; crate::ids::ID_BYTES]),
+    /// Export this resource id (well formed, not yet looked up).
+    Export(String),
+}
+
+/// Decodes and validates one fd.sock message, before anything is looked up: every malformed
+/// input is an INVALID_ARGUMENT error, never a panic (a fuzz target drives this: `fuzz/`).
+pub fn parse_request(bytes: &[u8]) -> Result<FdRequest> {
     if bytes.is_empty() {
         return Err(Error::BadFdRequest("empty message"));
     }
+    if bytes.len() > gpushare_proto::fdpass::MAX_MESSAGE {
+        return Err(Error::BadFdRequest("message too large"));
+    }
     let req = v1::FdRequest::decode(bytes).map_err(|_| Error::BadFdRequest("not an FdRequest"))?;
-    let snap = match req.request {
+    match req.request {
         Some(v1::fd_request::Request::Redeem(ticket)) => {
+            Ok(FdRequest::Redeem(ticket.as_slice().try_into().map_err(
+                |_| Error::BadFdRequest("a ticket is 16 bytes"),
+            )?))
+        }
+        Some(v1::fd_request::Request::Export(id)) => {
+            let well_formed = ["buf", "sem", crate::daemon::HOST_BUFFER_PREFIX]
+                .iter()
+                .any(|p| crate::ids::is_well_formed(&id, p));
+            if !well_formed {
+                return Err(Error::MalformedId {
+                    what: "resource",
+                    id: crate::ids::shown(&id),
+                });
+            }
+            Ok(FdRequest::Export(id))
+        }
+        None => Err(Error::BadFdRequest("no request set")),
+    }
+}
+
+/// Redeems one request: the import metadata and a fresh descriptor.
+fn handle(d: &Daemon, uid: u32, gid: u32, bytes: &[u8]) -> Result<(v1::ExportedFd, OwnedFd)> {
+    let snap = match parse_request(bytes)? {
+        FdRequest::Redeem(ticket) => {
             let id = d.tickets.redeem(&ticket, uid)?;
             // The ticket is the authorization: issued to this uid after an access check.
             d.registry.get_unchecked(&id)?
         }
-        Some(v1::fd_request::Request::Export(id)) => {
+        FdRequest::Export(id) => {
             let caller = d.caller(uid, gid, 0, None)?;
             let snap = d.resource(&id, &caller)?;
             if let Object::Semaphore(s) = &snap.resource.object {
@@ -148,7 +185,6 @@ fn handle(d: &Daemon, uid: u32, gid: u32, bytes: &[u8]) -> Result<(v1::ExportedF
             }
             snap
         }
-        None => return Err(Error::BadFdRequest("no request set")),
     };
     let r = &snap.resource;
     let info = d.device(r.device)?.info();
@@ -209,4 +245,35 @@ fn handle(d: &Daemon, uid: u32, gid: u32, bytes: &[u8]) -> Result<(v1::ExportedF
         },
         fd,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_or_are_refused_as_invalid() {
+        let encode =
+            |r: v1::fd_request::Request| v1::FdRequest { request: Some(r) }.encode_to_vec();
+        let id = crate::ids::new_id("buf");
+        assert_eq!(
+            parse_request(&encode(v1::fd_request::Request::Export(id.clone()))).unwrap(),
+            FdRequest::Export(id)
+        );
+        assert_eq!(
+            parse_request(&encode(v1::fd_request::Request::Redeem(vec![7; 16]))).unwrap(),
+            FdRequest::Redeem([7; 16])
+        );
+        for bad in [
+            Vec::new(),
+            b"\xff\xff garbage".to_vec(),
+            encode(v1::fd_request::Request::Redeem(vec![7; 15])),
+            encode(v1::fd_request::Request::Export("buf-nothex".into())),
+            v1::FdRequest { request: None }.encode_to_vec(),
+            vec![0x0a; gpushare_proto::fdpass::MAX_MESSAGE + 1],
+        ] {
+            let e = parse_request(&bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}: {e}");
+        }
+    }
 }

@@ -321,3 +321,105 @@ async fn connections_per_uid_are_bounded_on_both_sockets() {
     assert!(served, "a closed connection's slot came back");
     c1.info().await.unwrap();
 }
+
+/// 10,000 connections at once (5,000 on each socket) from one uid: the daemon admits
+/// `connections_per_uid` (default 256) on each and closes the rest at once, so its descriptors
+/// stay bounded and other uids are still served; once the flood closes, its descriptor count
+/// is back where it was and it serves as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_connections_at_once() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    const PER_SOCKET: usize = 5000;
+    let mut limit = getrlimit(Resource::Nofile);
+    let need = 2 * PER_SOCKET as u64 + 512;
+    if limit.maximum.is_some_and(|m| m < need) {
+        println!(
+            "SKIP: this process may open at most {:?} descriptors",
+            limit.maximum
+        );
+        return;
+    }
+    limit.current = Some(limit.current.unwrap_or(0).max(need));
+    setrlimit(Resource::Nofile, limit).unwrap();
+    let d = gpushare_tests::daemon_or_skip!("socket_mode = 0o666\n");
+    let c = Client::connect(d.runtime_dir()).await.unwrap();
+    c.info().await.unwrap();
+    drop(c);
+    let base = d.settled_fd_count();
+
+    let control = d.runtime_dir().join(gpushare_proto::CONTROL_SOCKET);
+    let fd_sock = d.runtime_dir().join(gpushare_proto::FD_SOCKET);
+    let mut flood_control = Vec::with_capacity(PER_SOCKET);
+    let mut flood_fd = Vec::with_capacity(PER_SOCKET);
+    for _ in 0..PER_SOCKET {
+        // The backlog may fill while the daemon catches up: retry briefly.
+        let mut tries = 0;
+        let s = loop {
+            match tokio::net::UnixStream::connect(&control).await {
+                Ok(s) => break s,
+                Err(e) if tries < 200 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("connect: {e}"),
+            }
+        };
+        flood_control.push(s);
+        let mut tries = 0;
+        let f = loop {
+            match SeqPacket::connect(&fd_sock).await {
+                Ok(f) => break f,
+                Err(e) if tries < 200 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("connect: {e}"),
+            }
+        };
+        flood_fd.push(f);
+    }
+    // Let the daemon accept (and refuse) them all, then look at its descriptors.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = d.fd_count();
+    println!("10,000 connections held: the daemon has {during} descriptors ({base} before)");
+    assert!(
+        during <= base + 2 * 256 + 64,
+        "descriptors must stay bounded by the connection quotas: {during}"
+    );
+    // Another uid is served meanwhile (root only: the peer drops to uid 65534).
+    if rustix::process::getuid().is_root() {
+        use std::os::unix::process::CommandExt;
+        let exe = d.scratch().join("gpusharectl");
+        std::fs::copy(gpushare_tests::bin("gpusharectl"), &exe).unwrap();
+        let (status, _, err) = gpushare_tests::run(
+            std::process::Command::new(&exe)
+                .arg("--runtime-dir")
+                .arg(d.runtime_dir())
+                .arg("info")
+                .uid(65534)
+                .gid(65534),
+            Duration::from_secs(30),
+        );
+        assert!(
+            status.success(),
+            "another uid was not served during the flood: {err}"
+        );
+    }
+    drop(flood_control);
+    drop(flood_fd);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = d.settled_fd_count();
+        if now <= base {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "descriptors after the flood: {now}, before: {base}"
+        );
+    }
+    let c = Client::connect(d.runtime_dir()).await.unwrap();
+    c.info().await.unwrap();
+}
