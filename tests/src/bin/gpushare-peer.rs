@@ -10,6 +10,7 @@
 //! gpushare-peer <runtime-dir> open-read <target> <offset> <length>          # Open (id:ID | token:HEX | name:UID:NAME), export, import, read
 //! gpushare-peer <runtime-dir> try-grant <id> <uid>                          # Grant as this process; prints the outcome
 //! gpushare-peer <runtime-dir> admin-release <id>                            # lists (prints the count), then releases <id>
+//! gpushare-peer <runtime-dir> storm <seed>                                   # a random mix of calls, forever (killed by the crash storm)
 //! ```
 //!
 //! `open-read`, `try-grant` and `admin-release` print `error <gRPC code> <message>` and exit 1
@@ -66,6 +67,7 @@ async fn main() -> ExitCode {
         }
         ("try-grant", [id, uid]) => try_grant(dir, id, uid.parse().unwrap()).await,
         ("admin-release", [id]) => admin_release(dir, id).await,
+        ("storm", [seed]) => storm(dir, seed.parse().unwrap()).await,
         ("cuda-read", [ticket, offset, len]) => {
             cuda_read(dir, ticket, offset.parse().unwrap(), len.parse().unwrap()).await
         }
@@ -262,4 +264,60 @@ async fn admin_release(dir: &str, id: &str) -> Result<(), Box<dyn std::error::Er
     let freed = client.release(id).await.map_err(refused)?;
     println!("freed {freed}");
     Ok(())
+}
+
+/// The crash storm's client: forever, a seeded mix of what clients do (create buffers and
+/// semaphores, write, export and keep the descriptors, wait with a timeout, watch, signal,
+/// release), so that a SIGKILL at a random moment lands mid-call, mid-descriptor-receive, while
+/// holding descriptors, or while waiting.
+async fn storm(dir: &str, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
+    use gpushare_client::Sync;
+    use std::time::Duration;
+    let mut rng = gpushare_tests::rng::SplitMix64(seed);
+    let client = Client::connect_with_session(dir, "gpushare-peer storm").await?;
+    let mut held = Vec::new();
+    let mut fds = Vec::new();
+    let data = vec![0x5a; 64 << 10];
+    loop {
+        match rng.below(7) {
+            0 | 1 => {
+                let b = client
+                    .create_buffer(1 << 20, &CreateOptions::default())
+                    .await?;
+                b.write(0, &data, &Sync::none()).await?;
+                held.push(b.id().to_owned());
+            }
+            2 => {
+                let s = client
+                    .create_semaphore(0, &CreateOptions::default())
+                    .await?;
+                // A wait nobody satisfies, cut short by its timeout (or by the kill).
+                let _ = s.wait(1, Duration::from_millis(rng.below(20) + 1)).await;
+                held.push(s.id().to_owned());
+            }
+            3 => {
+                if let Some(id) = held.last() {
+                    if let Ok(e) = client.export(id).await {
+                        fds.push(e.fd);
+                    }
+                }
+            }
+            4 => {
+                if let Some(id) = held.first() {
+                    let s = client.semaphore(id);
+                    let mut w = s.watch();
+                    use futures_util::StreamExt;
+                    let _ = tokio::time::timeout(Duration::from_millis(5), w.next()).await;
+                }
+            }
+            5 => {
+                if let Some(id) = held.pop() {
+                    let _ = client.release(&id).await;
+                }
+            }
+            _ => {
+                let _ = client.info().await?;
+            }
+        }
+    }
 }
