@@ -216,6 +216,10 @@ struct SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         let ended = self.d.registry.end_session(&self.id);
+        let revoked = self.d.tickets.revoke_session(&self.id);
+        if revoked > 0 {
+            tracing::debug!(session = %self.id, revoked, "unredeemed tickets of an ended session revoked");
+        }
         self.d.session_ended(ended);
     }
 }
@@ -514,10 +518,12 @@ impl GpuShare for Service {
                 return Err(Error::NotExportable(id.clone()).into());
             }
         }
-        let ticket = self
-            .d
-            .tickets
-            .issue(id, caller.uid, self.d.config.quotas.tickets_per_uid)?;
+        let ticket = self.d.tickets.issue(
+            id,
+            caller.uid,
+            caller.session.as_deref(),
+            self.d.config.quotas.tickets_per_uid,
+        )?;
         Ok(Response::new(v1::ExportResponse {
             ticket: ticket.to_vec(),
             ttl_ms: self.d.config.limits.ticket_ttl_ms,

@@ -15,6 +15,8 @@ use crate::ids;
 struct Ticket {
     resource_id: String,
     uid: u32,
+    /// The session of the Export call that issued it: the ticket is revoked when it ends.
+    session: Option<String>,
     expires: Instant,
 }
 
@@ -40,8 +42,15 @@ impl Tickets {
     }
 
     /// Issues a ticket for `resource_id`, redeemable by `uid`, unless `uid` already holds
-    /// `per_uid` unexpired tickets (`quotas.tickets_per_uid`).
-    pub fn issue(&self, resource_id: &str, uid: u32, per_uid: u64) -> Result<[u8; ids::ID_BYTES]> {
+    /// `per_uid` unexpired tickets (`quotas.tickets_per_uid`). A ticket issued in a session is
+    /// revoked when that session ends ([`Tickets::revoke_session`]).
+    pub fn issue(
+        &self,
+        resource_id: &str,
+        uid: u32,
+        session: Option<&str>,
+        per_uid: u64,
+    ) -> Result<[u8; ids::ID_BYTES]> {
         let ticket = ids::random16();
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -58,6 +67,7 @@ impl Tickets {
             Ticket {
                 resource_id: resource_id.to_owned(),
                 uid,
+                session: session.map(str::to_owned),
                 expires: now + self.ttl,
             },
         );
@@ -81,6 +91,15 @@ impl Tickets {
         Ok(t.resource_id)
     }
 
+    /// Revokes the unredeemed tickets issued in `session` (it ended: its process is gone).
+    /// Returns how many.
+    pub fn revoke_session(&self, session: &str) -> usize {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
+        map.retain(|_, t| t.session.as_deref() != Some(session));
+        before - map.len()
+    }
+
     /// Outstanding tickets (expired ones included until the next sweep).
     pub fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -99,7 +118,7 @@ mod tests {
     #[test]
     fn one_time_and_uid_bound() {
         let t = Tickets::new(Duration::from_secs(10));
-        let ticket = t.issue("buf-x", 1000, 8).unwrap();
+        let ticket = t.issue("buf-x", 1000, None, 8).unwrap();
         assert!(matches!(t.redeem(&ticket, 1001), Err(Error::UnknownTicket)));
         assert_eq!(t.redeem(&ticket, 1000).unwrap(), "buf-x");
         assert!(matches!(t.redeem(&ticket, 1000), Err(Error::UnknownTicket)));
@@ -116,27 +135,39 @@ mod tests {
     #[test]
     fn expired_tickets_are_refused_and_swept() {
         let t = Tickets::new(Duration::from_millis(1));
-        let ticket = t.issue("buf-x", 0, 8).unwrap();
+        let ticket = t.issue("buf-x", 0, None, 8).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert!(matches!(t.redeem(&ticket, 0), Err(Error::TicketExpired)));
-        let _old = t.issue("buf-y", 0, 8).unwrap();
+        let _old = t.issue("buf-y", 0, None, 8).unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        let _new = t.issue("buf-z", 0, 8).unwrap();
+        let _new = t.issue("buf-z", 0, None, 8).unwrap();
         assert_eq!(t.len(), 1, "the expired ticket was swept");
     }
 
     #[test]
     fn tickets_per_uid_are_capped_until_redeemed() {
         let t = Tickets::new(Duration::from_secs(10));
-        let a = t.issue("buf-x", 7, 2).unwrap();
-        let _b = t.issue("buf-x", 7, 2).unwrap();
+        let a = t.issue("buf-x", 7, None, 2).unwrap();
+        let _b = t.issue("buf-x", 7, None, 2).unwrap();
         assert!(matches!(
-            t.issue("buf-x", 7, 2),
+            t.issue("buf-x", 7, None, 2),
             Err(Error::Quota { limit: 2, .. })
         ));
         // Another uid has its own quota; a redeemed ticket frees a slot.
-        t.issue("buf-y", 8, 2).unwrap();
+        t.issue("buf-y", 8, None, 2).unwrap();
         t.redeem(&a, 7).unwrap();
-        t.issue("buf-x", 7, 2).unwrap();
+        t.issue("buf-x", 7, None, 2).unwrap();
+    }
+
+    #[test]
+    fn a_sessions_tickets_go_with_it() {
+        let t = Tickets::new(Duration::from_secs(10));
+        let mine = t.issue("buf-x", 7, Some("ses-a"), 8).unwrap();
+        let other = t.issue("buf-x", 7, Some("ses-b"), 8).unwrap();
+        let sessionless = t.issue("buf-x", 7, None, 8).unwrap();
+        assert_eq!(t.revoke_session("ses-a"), 1);
+        assert!(matches!(t.redeem(&mine, 7), Err(Error::UnknownTicket)));
+        assert_eq!(t.redeem(&other, 7).unwrap(), "buf-x");
+        assert_eq!(t.redeem(&sessionless, 7).unwrap(), "buf-x");
     }
 }
