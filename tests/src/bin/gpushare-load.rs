@@ -1,0 +1,407 @@
+//! `gpushare-load`: the load test of issue 4 against the real `gpushared`.
+//!
+//! ```text
+//! cargo build --release --bins
+//! target/release/gpushare-load [--json PATH] [--calls N]   # default bench/results/load-latest.json, N = 20000
+//! ```
+//!
+//! 1. **Unloaded**: one client, 2,000 mixed calls one after another: the latency baseline.
+//! 2. **Capacity**: 16 clients (each its own connection and session) × N mixed calls, all at
+//!    once. Target: zero errors. Calls per second give the capacity.
+//! 3. **Overload**: a second daemon with `quotas.calls_in_flight = 16` (the capacity run's
+//!    concurrency), and 10 × as many callers: 16 connections × 10 tasks, each calling as fast as
+//!    it can for 5 s. Targets: the calls past the quota are refused with RESOURCE_EXHAUSTED
+//!    (and fast: their p99 is reported), no other error, the admitted calls' p99 within 3 × the
+//!    unloaded p99, and the daemon's resident memory bounded (reported before, at the end of the
+//!    overload, and after).
+//!
+//! Mixed calls: GetValue 30 %, Signal 10 %, Write 4 KiB 20 %, Read 4 KiB 20 %, Describe 10 %,
+//! direct export on fd.sock 10 % (the descriptor is received and closed).
+//!
+//! Exit status: 0 when every phase ran (targets may fail: they are FAIL rows); 1 on an error that
+//! stopped the run; 3 when no Vulkan device exists.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gpushare_client::{Buffer, Client, CreateOptions, Semaphore, Sync as Points};
+use gpushare_tests::report::{machine_info, print_table, Row};
+use gpushare_tests::rng::SplitMix64;
+use gpushare_tests::TestDaemon;
+use serde_json::json;
+use tonic::Code;
+
+const CLIENTS: usize = 16;
+const UNLOADED_CALLS: usize = 2_000;
+const OVERLOAD_FACTOR: usize = 10;
+const OVERLOAD_TIME: Duration = Duration::from_secs(5);
+const ADMITTED_P99_MAX: f64 = 3.0;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// One client's resources for the mixed calls.
+struct Kit {
+    client: Client,
+    buf: Buffer,
+    sem: Semaphore,
+    next_signal: u64,
+    data: Vec<u8>,
+}
+
+impl Kit {
+    async fn new(dir: &std::path::Path, name: &str) -> Res<Kit> {
+        let client = Client::connect_with_session(dir, name).await?;
+        let buf = client
+            .create_buffer(1 << 20, &CreateOptions::default())
+            .await?;
+        let sem = client
+            .create_semaphore(0, &CreateOptions::default())
+            .await?;
+        Ok(Kit {
+            client,
+            buf,
+            sem,
+            next_signal: 1,
+            data: vec![0x5a; 4096],
+        })
+    }
+}
+
+/// One mixed call, chosen by `r` in 0..100. Returns the error, if any.
+async fn call(kit: &mut Kit, r: u64) -> Result<(), gpushare_client::Error> {
+    let none = Points::none();
+    match r {
+        0..30 => kit.sem.value().await.map(drop),
+        30..40 => {
+            let v = kit.next_signal;
+            kit.next_signal += 1;
+            kit.sem.signal(v).await.map(drop)
+        }
+        40..60 => kit.buf.write(8192, &kit.data, &none).await,
+        60..80 => kit.buf.read(8192, 4096, &none).await.map(drop),
+        80..90 => kit.client.describe(kit.buf.id()).await.map(drop),
+        _ => kit.client.export(kit.buf.id()).await.map(drop),
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn us(x: f64) -> String {
+    format!("{x:.1} us")
+}
+
+fn main() -> ExitCode {
+    let mut json_path = PathBuf::from("bench/results/load-latest.json");
+    let mut calls = 20_000usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match (a.as_str(), args.next()) {
+            ("--json", Some(p)) => json_path = PathBuf::from(p),
+            ("--calls", Some(n)) => calls = n.parse().unwrap(),
+            _ => {
+                eprintln!("usage: gpushare-load [--json PATH] [--calls N]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    match rt.block_on(run(json_path, calls)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gpushare-load failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
+    let started = Instant::now();
+    let machine = machine_info();
+    println!(
+        "gpushare-load on {} ({} CPUs), {} UTC",
+        machine["hostname"].as_str().unwrap_or("?"),
+        machine["nproc"],
+        machine["date_utc"].as_str().unwrap_or("?"),
+    );
+    let Some(daemon) = TestDaemon::start() else {
+        eprintln!("no Vulkan device: nothing to measure");
+        return Ok(ExitCode::from(3));
+    };
+    let dir = daemon.runtime_dir().to_owned();
+    let mut rows = Vec::new();
+
+    // 1. Unloaded.
+    println!("[1/3] unloaded: one client, {UNLOADED_CALLS} mixed calls");
+    let mut kit = Kit::new(&dir, "load unloaded").await?;
+    let mut rng = SplitMix64(1);
+    for _ in 0..200 {
+        call(&mut kit, rng.below(100)).await?;
+    }
+    let mut lat = Vec::with_capacity(UNLOADED_CALLS);
+    for _ in 0..UNLOADED_CALLS {
+        let t = Instant::now();
+        call(&mut kit, rng.below(100)).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(kit);
+    let unloaded = sorted(lat);
+    let (u50, u99) = (pct(&unloaded, 50.0), pct(&unloaded, 99.0));
+
+    // 2. Capacity: 16 clients x `calls`, zero errors.
+    println!("[2/3] capacity: {CLIENTS} clients x {calls} mixed calls");
+    let rss_before = daemon.rss_kib();
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        let dir = dir.clone();
+        tasks.spawn(async move {
+            let mut kit = Kit::new(&dir, &format!("load {i}")).await?;
+            let mut rng = SplitMix64(100 + i as u64);
+            let mut errors = 0u64;
+            let mut first: Option<String> = None;
+            let mut lat = Vec::with_capacity(calls);
+            for _ in 0..calls {
+                let t = Instant::now();
+                if let Err(e) = call(&mut kit, rng.below(100)).await {
+                    errors += 1;
+                    first.get_or_insert(e.to_string());
+                }
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            Res::Ok((errors, first, lat))
+        });
+    }
+    let mut errors = 0;
+    let mut first_error = None;
+    let mut loaded = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let (e, f, l) = r??;
+        errors += e;
+        if first_error.is_none() {
+            first_error = f;
+        }
+        loaded.extend(l);
+    }
+    let capacity_s = t.elapsed().as_secs_f64();
+    let total = (CLIENTS * calls) as f64;
+    let rate = total / capacity_s;
+    let loaded = sorted(loaded);
+    let rss_capacity = daemon.rss_kib();
+    rows.push(Row::new(
+        &format!("{CLIENTS} clients x {calls} mixed calls: errors"),
+        errors.to_string(),
+        format!("{:.0} calls/s", rate),
+        None,
+        "0".into(),
+        Some(errors == 0),
+    ));
+    rows.push(Row::info(
+        "  call latency p50 / p99 under that load",
+        format!("{} / {}", us(pct(&loaded, 50.0)), us(pct(&loaded, 99.0))),
+        format!("unloaded {} / {}", us(u50), us(u99)),
+        Some(pct(&loaded, 99.0) / u99),
+    ));
+    drop(daemon);
+
+    // 3. Overload: 10x the callers against a daemon that admits 16 calls at once.
+    let callers = CLIENTS * OVERLOAD_FACTOR;
+    println!(
+        "[3/3] overload: {callers} callers for {} s, calls_in_flight = {CLIENTS}",
+        OVERLOAD_TIME.as_secs()
+    );
+    let Some(daemon) = TestDaemon::start_with(&format!("[quotas]\ncalls_in_flight = {CLIENTS}\n"))
+    else {
+        return Ok(ExitCode::from(3));
+    };
+    let dir = daemon.runtime_dir().to_owned();
+    let rss_overload_before = daemon.rss_kib();
+    let deadline = Instant::now() + OVERLOAD_TIME;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        // One connection and session per client, shared by its tasks (HTTP/2 streams).
+        let kit = loop {
+            match Kit::new(&dir, &format!("overload {i}")).await {
+                Ok(k) => break k,
+                // The setup calls themselves may be shed by the other clients' load.
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
+        let kit = Arc::new(tokio::sync::Mutex::new(kit));
+        let shared = {
+            let k = kit.lock().await;
+            (k.client.clone(), k.buf.clone(), k.sem.clone())
+        };
+        for j in 0..OVERLOAD_FACTOR {
+            let (client, buf, sem) = shared.clone();
+            tasks.spawn(async move {
+                let mut kit = Kit {
+                    client,
+                    buf,
+                    sem,
+                    // Signals are left out of the overload (concurrent tasks share a semaphore).
+                    next_signal: 0,
+                    data: vec![0x5a; 4096],
+                };
+                let mut rng = SplitMix64(1000 + (i * OVERLOAD_FACTOR + j) as u64);
+                let (mut admitted, mut shed, mut other) = (Vec::new(), Vec::new(), 0u64);
+                let mut first_other = None;
+                while Instant::now() < deadline {
+                    let r = match rng.below(90) {
+                        x if x < 30 => x,
+                        x => x + 10, // skip the Signal band
+                    };
+                    let t = Instant::now();
+                    let out = call(&mut kit, r).await;
+                    let us = t.elapsed().as_secs_f64() * 1e6;
+                    match out {
+                        Ok(()) => admitted.push(us),
+                        Err(e) if e.code() == Some(Code::ResourceExhausted) => shed.push(us),
+                        Err(e) => {
+                            other += 1;
+                            first_other.get_or_insert(e.to_string());
+                        }
+                    }
+                }
+                (admitted, shed, other, first_other)
+            });
+        }
+        drop(kit);
+    }
+    let mut admitted = Vec::new();
+    let mut shed = Vec::new();
+    let mut other = 0;
+    let mut first_other = None;
+    let mut rss_peak = daemon.rss_kib();
+    while let Some(r) = tasks.join_next().await {
+        let (a, s, o, f) = r?;
+        admitted.extend(a);
+        shed.extend(s);
+        other += o;
+        if first_other.is_none() {
+            first_other = f;
+        }
+        rss_peak = rss_peak.max(daemon.rss_kib());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_after = daemon.rss_kib();
+    let admitted = sorted(admitted);
+    let shed = sorted(shed);
+    let offered = (admitted.len() + shed.len()) as f64 / OVERLOAD_TIME.as_secs_f64();
+    let a99 = pct(&admitted, 99.0);
+    rows.push(Row::info(
+        &format!("overload: {callers} callers, calls offered per second"),
+        format!("{offered:.0}/s"),
+        format!("{rate:.0}/s capacity ({CLIENTS} clients)"),
+        Some(offered / rate),
+    ));
+    rows.push(Row::new(
+        "  admitted calls: p99",
+        format!(
+            "{} ({} calls, p50 {})",
+            us(a99),
+            admitted.len(),
+            us(pct(&admitted, 50.0))
+        ),
+        format!("{} unloaded p99", us(u99)),
+        Some(a99 / u99),
+        format!("<= {ADMITTED_P99_MAX:.0}x"),
+        Some(a99 <= ADMITTED_P99_MAX * u99),
+    ));
+    rows.push(Row::new(
+        "  refused calls (RESOURCE_EXHAUSTED): p99",
+        format!(
+            "{} ({} calls, {:.0}% of offered)",
+            us(pct(&shed, 99.0)),
+            shed.len(),
+            100.0 * shed.len() as f64 / (admitted.len() + shed.len()).max(1) as f64
+        ),
+        format!("{} unloaded p99", us(u99)),
+        Some(pct(&shed, 99.0) / u99),
+        "some, fast".into(),
+        Some(!shed.is_empty() && pct(&shed, 99.0) <= ADMITTED_P99_MAX * u99),
+    ));
+    rows.push(Row::new(
+        "  other errors",
+        other.to_string(),
+        "-".into(),
+        None,
+        "0".into(),
+        Some(other == 0),
+    ));
+    rows.push(Row::new(
+        "  daemon RSS before / peak / after overload",
+        format!("{rss_overload_before} / {rss_peak} / {rss_after} KiB"),
+        format!("capacity run: {rss_before} -> {rss_capacity} KiB"),
+        Some(rss_peak as f64 / rss_overload_before.max(1) as f64),
+        "peak <= 2x".into(),
+        Some(rss_peak <= 2 * rss_overload_before),
+    ));
+    drop(daemon);
+
+    print_table(&rows);
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.result == Some(false))
+        .map(|r| r.metric.as_str())
+        .collect();
+    if let Some(e) = &first_error {
+        println!("first error in the capacity run: {e}");
+    }
+    if let Some(e) = &first_other {
+        println!("first unexpected error in the overload: {e}");
+    }
+    println!(
+        "{}",
+        if failed.is_empty() {
+            "all targets PASS".to_owned()
+        } else {
+            format!("FAIL: {}", failed.join("; "))
+        }
+    );
+    let report = json!({
+        "machine": machine,
+        "settings": {
+            "clients": CLIENTS, "calls_per_client": calls, "unloaded_calls": UNLOADED_CALLS,
+            "overload_callers": callers, "overload_seconds": OVERLOAD_TIME.as_secs_f64(),
+            "calls_in_flight_quota": CLIENTS,
+            "mix": "GetValue 30%, Signal 10% (not in the overload), Write 4 KiB 20%, Read 4 KiB 20%, Describe 10%, export on fd.sock 10%",
+        },
+        "measurements": {
+            "unloaded_us": {"p50": u50, "p99": u99, "n": unloaded.len()},
+            "capacity": {"errors": errors, "calls": total, "seconds": capacity_s, "calls_per_s": rate,
+                          "p50_us": pct(&loaded, 50.0), "p99_us": pct(&loaded, 99.0),
+                          "first_error": first_error},
+            "overload": {"offered_per_s": offered, "admitted": admitted.len(), "shed": shed.len(),
+                          "other_errors": other, "first_other_error": first_other,
+                          "admitted_p50_us": pct(&admitted, 50.0), "admitted_p99_us": a99,
+                          "shed_p50_us": pct(&shed, 50.0), "shed_p99_us": pct(&shed, 99.0),
+                          "rss_kib": {"before": rss_overload_before, "peak": rss_peak, "after": rss_after}},
+        },
+        "table": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+        "failed_targets": failed,
+        "total_seconds": started.elapsed().as_secs_f64(),
+    });
+    if let Some(dir) = json_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("wrote {}", json_path.display());
+    Ok(ExitCode::SUCCESS)
+}
