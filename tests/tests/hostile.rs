@@ -647,21 +647,27 @@ async fn crash_storm_of_a_thousand_killed_clients() {
     const AT_ONCE: usize = 8;
     let d = gpushare_tests::daemon_or_skip!("");
     let c = Client::connect(d.runtime_dir()).await.unwrap();
-    // Warm up what the daemon allocates once (executor staging, first export), then measure.
-    let warm = c
-        .create_buffer(
-            1 << 20,
-            &CreateOptions {
-                pin: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    // Warm up what the daemon makes once and keeps (executor staging, the first export, the
+    // driver-wait thread with its kick semaphore, which the driver may back with a descriptor
+    // of its own), then measure.
+    let pinned = CreateOptions {
+        pin: true,
+        ..Default::default()
+    };
+    let warm = c.create_buffer(1 << 20, &pinned).await.unwrap();
     warm.write(0, &[1; 65536], &Sync::none()).await.unwrap();
     drop(c.export(warm.id()).await.unwrap());
     assert!(warm.release().await.unwrap());
+    let sem = c.create_semaphore(0, &pinned).await.unwrap();
+    let _ = sem.wait(1, Duration::from_millis(5)).await;
+    {
+        use futures_util::StreamExt;
+        let mut w = sem.watch();
+        let _ = tokio::time::timeout(Duration::from_millis(5), w.next()).await;
+    }
+    assert!(sem.release().await.unwrap());
     let base_fds = d.settled_fd_count();
+    let base_links = fd_links(d.pid());
     let base_rss = d.rss_kib();
     let dir = d.runtime_dir().to_str().unwrap().to_owned();
     let mut rng = gpushare_tests::rng::SplitMix64(0x5707_2d00);
@@ -713,7 +719,12 @@ async fn crash_storm_of_a_thousand_killed_clients() {
          daemon descriptors {base_fds} -> {fds}, RSS {base_rss} -> {rss} KiB",
         storm.as_secs_f64()
     );
-    assert_eq!(fds, base_fds, "descriptors leaked by the storm");
+    if fds != base_fds {
+        let now = fd_links(d.pid());
+        let added: Vec<_> = now.iter().filter(|l| !base_links.contains(l)).collect();
+        let gone: Vec<_> = base_links.iter().filter(|l| !now.contains(l)).collect();
+        panic!("descriptors {base_fds} -> {fds}: new {added:?}, gone {gone:?}");
+    }
     // Resident memory: allocator caches and fragmentation keep some of what the storm used
     // (bench/README.md, "Memory"); a leak per client would be tens of MiB here.
     assert!(
@@ -731,4 +742,18 @@ async fn crash_storm_of_a_thousand_killed_clients() {
         .unwrap();
     b.write(0, b"alive", &Sync::none()).await.unwrap();
     assert_eq!(b.read(0, 5, &Sync::none()).await.unwrap(), b"alive");
+}
+
+/// What each of `pid`'s descriptors points at (for a leak report).
+fn fd_links(pid: u32) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }
