@@ -72,7 +72,7 @@ pub struct Quotas {
     pub host_buffer_bytes_per_uid: u64,
     /// Resources one session holds references to (default 4096).
     pub resources_per_session: u64,
-    /// Live sessions per uid (default 1024).
+    /// Live sessions per uid (default 4096).
     pub sessions_per_uid: u64,
     /// Host waits pending per uid: Wait calls, Write/Read/Fill/Copy waiting for their wait
     /// points (default 1024).
@@ -84,10 +84,10 @@ pub struct Quotas {
     /// gRPC calls being handled at once, all uids together; past it calls are refused at once
     /// (load shedding) instead of queueing (default 1024). Streams count only while they start.
     pub calls_in_flight: u64,
-    /// Open connections per uid, on control.sock and fd.sock each (default 256); past it a new
-    /// connection is closed at once.
+    /// Open connections per uid, on control.sock and fd.sock each (default 4096: a service
+    /// account may run thousands of clients); past it a new connection is closed at once.
     pub connections_per_uid: u64,
-    /// Open connections, all uids together, on each socket (default 4096).
+    /// Open connections, all uids together, on each socket (default 16384).
     pub connections: u64,
 }
 
@@ -100,13 +100,13 @@ impl Default for Quotas {
             host_buffers_per_uid: 256,
             host_buffer_bytes_per_uid: 4 << 30,
             resources_per_session: 4096,
-            sessions_per_uid: 1024,
+            sessions_per_uid: 4096,
             pending_waits_per_uid: 1024,
             watches_per_uid: 256,
             tickets_per_uid: 1024,
             calls_in_flight: 1024,
-            connections_per_uid: 256,
-            connections: 4096,
+            connections_per_uid: 4096,
+            connections: 16384,
         }
     }
 }

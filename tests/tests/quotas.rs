@@ -330,7 +330,7 @@ async fn connections_per_uid_are_bounded_on_both_sockets() {
 }
 
 /// 10,000 connections at once (5,000 on each socket) from one uid: the daemon admits
-/// `connections_per_uid` (default 256) on each and closes the rest at once, so its descriptors
+/// `connections_per_uid` (256 here) on each and closes the rest at once, so its descriptors
 /// stay bounded and other uids are still served; once the flood closes, its descriptor count
 /// is back where it was and it serves as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,7 +348,9 @@ async fn ten_thousand_connections_at_once() {
     }
     limit.current = Some(limit.current.unwrap_or(0).max(need));
     setrlimit(Resource::Nofile, limit).unwrap();
-    let d = gpushare_tests::daemon_or_skip!("socket_mode = 0o666\n");
+    let d = gpushare_tests::daemon_or_skip!(
+        "socket_mode = 0o666\n[quotas]\nconnections_per_uid = 256\n"
+    );
     let c = Client::connect(d.runtime_dir()).await.unwrap();
     c.info().await.unwrap();
     drop(c);
