@@ -9,15 +9,17 @@
 //! 2. **Capacity**: 16 clients (each its own connection and session) × N mixed calls, all at
 //!    once. Target: zero errors. Calls per second give the capacity.
 //! 3. **Overload**: a second daemon with `quotas.calls_in_flight = 4`, and 160 callers (10 × the
-//!    capacity run's 16): 16 connections × 10 tasks, each calling as fast as it can for 5 s; a
-//!    refused caller retries after 200 µs, as a client with a backoff would, so that the load
-//!    generator (this process, on the same machine) spends its CPU on calls rather than on
-//!    spinning. Targets: calls past the quota are refused with RESOURCE_EXHAUSTED, fast (p99
-//!    within 3 × the unloaded p99), no other error, the admitted calls' p99 within 3 × the
-//!    unloaded p99, and the daemon's resident memory bounded (before, peak, after). The offered
-//!    rate is reported against the capacity run's rate: one process on the daemon's machine
-//!    cannot offer 10 × the daemon's capacity, so the overload is 10 × the callers and 40 × the
-//!    admitted concurrency rather than 10 × the calls per second.
+//!    capacity run's 16): 16 connections × 10 tasks, each calling as fast as it can for 5 s.
+//!    The daemon's admitted rate under the quota is its capacity there; the offered rate (every
+//!    attempt) is reported against it. Beside the callers, a **probe** client on its own thread
+//!    and connection makes one mixed call every 500 µs: its latencies are what a well-behaved
+//!    client sees while the daemon is overloaded, free of the callers' own scheduling delays
+//!    (160 busy tasks in one process would put their queueing into every figure they measure).
+//!    On machines with 8 CPUs or more the daemon runs on the first half, the callers on the
+//!    second half but the last CPU, the probe on the last. Targets: the probe's admitted calls'
+//!    p99 within 3 × the unloaded p99; refusals RESOURCE_EXHAUSTED and fast (the probe's refused
+//!    calls' p99 within 3 × the unloaded p99); no other error; the daemon's resident memory
+//!    bounded (peak ≤ 2 × before). The callers' own figures are reported beside.
 //!
 //! Mixed calls: GetValue 30 %, Signal 10 %, Write 4 KiB 20 %, Read 4 KiB 20 %, Describe 10 %,
 //! direct export on fd.sock 10 % (the descriptor is received and closed).
@@ -43,10 +45,46 @@ const UNLOADED_CALLS: usize = 2_000;
 const OVERLOAD_FACTOR: usize = 10;
 const OVERLOAD_TIME: Duration = Duration::from_secs(5);
 const OVERLOAD_QUOTA: usize = 4;
-const RETRY_AFTER: Duration = Duration::from_micros(200);
+const PROBE_EVERY: Duration = Duration::from_micros(500);
+
+/// CPU sets for the daemon, the callers and the probe: `None` below 8 CPUs (no pinning).
+fn cpu_plan() -> Option<(Vec<usize>, Vec<usize>, usize)> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (n >= 8).then(|| ((0..n / 2).collect(), (n / 2..n - 1).collect(), n - 1))
+}
+
+fn pin_thread(cpus: &[usize]) {
+    let mut set = rustix::thread::CpuSet::new();
+    for &c in cpus {
+        set.set(c);
+    }
+    if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+        eprintln!("cannot pin to CPUs {cpus:?}: {e}");
+    }
+}
+
+/// Moves every thread of process `pid` to `cpus` (threads it makes later inherit it).
+fn pin_process(pid: u32, cpus: &[usize]) {
+    let mut set = rustix::thread::CpuSet::new();
+    for &c in cpus {
+        set.set(c);
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for t in tasks.flatten() {
+        let tid = t.file_name().to_string_lossy().parse::<i32>().ok();
+        if let Some(tid) = tid.and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::thread::sched_setaffinity(Some(tid), &set);
+        }
+    }
+}
 const ADMITTED_P99_MAX: f64 = 3.0;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Latencies of admitted and refused calls (µs), other errors, and the first of those.
+type Outcome = (Vec<f64>, Vec<f64>, u64, Option<String>);
 
 /// One client's resources for the mixed calls.
 struct Kit {
@@ -123,6 +161,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    // The callers' CPUs for this process's runtime (the daemons are moved off them).
+    if let Some((_, callers, _)) = cpu_plan() {
+        pin_thread(&callers);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -238,8 +280,53 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
         return Ok(ExitCode::from(3));
     };
     let dir = daemon.runtime_dir().to_owned();
+    if let Some((daemon_cpus, _, _)) = cpu_plan() {
+        pin_process(daemon.pid(), &daemon_cpus);
+    }
     let rss_overload_before = daemon.rss_kib();
     let deadline = Instant::now() + OVERLOAD_TIME;
+    // The probe: its own thread, runtime and connection, on its own CPU.
+    let probe = {
+        let dir = dir.clone();
+        std::thread::spawn(move || -> Res<Outcome> {
+            if let Some((_, _, cpu)) = cpu_plan() {
+                pin_thread(&[cpu]);
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let mut kit = loop {
+                    match Kit::new(&dir, "overload probe").await {
+                        Ok(k) => break k,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                };
+                let mut rng = SplitMix64(7);
+                let (mut ok, mut shed, mut other) = (Vec::new(), Vec::new(), 0u64);
+                let mut first_other = None;
+                while Instant::now() < deadline {
+                    let r = match rng.below(90) {
+                        x if x < 30 => x,
+                        x => x + 10, // no Signal
+                    };
+                    let t = Instant::now();
+                    let out = call(&mut kit, r).await;
+                    let us = t.elapsed().as_secs_f64() * 1e6;
+                    match out {
+                        Ok(()) => ok.push(us),
+                        Err(e) if e.code() == Some(Code::ResourceExhausted) => shed.push(us),
+                        Err(e) => {
+                            other += 1;
+                            first_other.get_or_insert(e.to_string());
+                        }
+                    }
+                    tokio::time::sleep(PROBE_EVERY).await;
+                }
+                Res::Ok((ok, shed, other, first_other))
+            })
+        })
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..CLIENTS {
         // One connection and session per client, shared by its tasks (HTTP/2 streams).
@@ -279,10 +366,7 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
                     let us = t.elapsed().as_secs_f64() * 1e6;
                     match out {
                         Ok(()) => admitted.push(us),
-                        Err(e) if e.code() == Some(Code::ResourceExhausted) => {
-                            shed.push(us);
-                            tokio::time::sleep(RETRY_AFTER).await;
-                        }
+                        Err(e) if e.code() == Some(Code::ResourceExhausted) => shed.push(us),
                         Err(e) => {
                             other += 1;
                             first_other.get_or_insert(e.to_string());
@@ -309,43 +393,78 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
         }
         rss_peak = rss_peak.max(daemon.rss_kib());
     }
+    let (probe_ok, probe_shed, probe_other, probe_first) =
+        probe.join().map_err(|_| "the probe thread panicked")??;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_after = daemon.rss_kib();
     let admitted = sorted(admitted);
     let shed = sorted(shed);
-    let offered = (admitted.len() + shed.len()) as f64 / OVERLOAD_TIME.as_secs_f64();
-    let a99 = pct(&admitted, 99.0);
+    let (probe_ok, probe_shed) = (sorted(probe_ok), sorted(probe_shed));
+    let secs = OVERLOAD_TIME.as_secs_f64();
+    let admitted_rate = (admitted.len() + probe_ok.len()) as f64 / secs;
+    let offered = (admitted.len() + shed.len() + probe_ok.len() + probe_shed.len()) as f64 / secs;
+    let other = other + probe_other;
+    if first_other.is_none() {
+        first_other = probe_first;
+    }
+    let p99 = pct(&probe_ok, 99.0);
+    let s99 = pct(&probe_shed, 99.0);
     rows.push(Row::info(
         &format!("overload: {callers} callers, calls offered per second"),
         format!("{offered:.0}/s"),
-        format!("{rate:.0}/s capacity ({CLIENTS} clients)"),
-        Some(offered / rate),
+        format!("{admitted_rate:.0}/s admitted (capacity at calls_in_flight = {OVERLOAD_QUOTA})"),
+        Some(offered / admitted_rate),
     ));
     rows.push(Row::new(
-        "  admitted calls: p99",
+        "  probe's admitted calls: p99",
         format!(
             "{} ({} calls, p50 {})",
-            us(a99),
-            admitted.len(),
-            us(pct(&admitted, 50.0))
+            us(p99),
+            probe_ok.len(),
+            us(pct(&probe_ok, 50.0))
         ),
         format!("{} unloaded p99", us(u99)),
-        Some(a99 / u99),
+        Some(p99 / u99),
         format!("<= {ADMITTED_P99_MAX:.0}x"),
-        Some(a99 <= ADMITTED_P99_MAX * u99),
+        Some(p99 <= ADMITTED_P99_MAX * u99),
     ));
     rows.push(Row::new(
-        "  refused calls (RESOURCE_EXHAUSTED): p99",
+        "  probe's refused calls (RESOURCE_EXHAUSTED): p99",
         format!(
-            "{} ({} calls, {:.0}% of offered)",
-            us(pct(&shed, 99.0)),
-            shed.len(),
-            100.0 * shed.len() as f64 / (admitted.len() + shed.len()).max(1) as f64
+            "{} ({} calls, p50 {})",
+            us(s99),
+            probe_shed.len(),
+            us(pct(&probe_shed, 50.0))
         ),
         format!("{} unloaded p99", us(u99)),
-        Some(pct(&shed, 99.0) / u99),
-        "some, fast".into(),
-        Some(!shed.is_empty() && pct(&shed, 99.0) <= ADMITTED_P99_MAX * u99),
+        Some(s99 / u99),
+        format!("<= {ADMITTED_P99_MAX:.0}x"),
+        Some(probe_shed.is_empty() || s99 <= ADMITTED_P99_MAX * u99),
+    ));
+    rows.push(Row::new(
+        "  callers: refused with RESOURCE_EXHAUSTED",
+        format!(
+            "{} of {} ({:.0}%), p50 {} p99 {}",
+            shed.len(),
+            admitted.len() + shed.len(),
+            100.0 * shed.len() as f64 / (admitted.len() + shed.len()).max(1) as f64,
+            us(pct(&shed, 50.0)),
+            us(pct(&shed, 99.0))
+        ),
+        "-".into(),
+        None,
+        "some".into(),
+        Some(!shed.is_empty()),
+    ));
+    rows.push(Row::info(
+        "  callers: admitted calls p50 / p99 (their own queueing included)",
+        format!(
+            "{} / {}",
+            us(pct(&admitted, 50.0)),
+            us(pct(&admitted, 99.0))
+        ),
+        format!("{} unloaded p99", us(u99)),
+        Some(pct(&admitted, 99.0) / u99),
     ));
     rows.push(Row::new(
         "  other errors",
@@ -391,7 +510,8 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
             "clients": CLIENTS, "calls_per_client": calls, "unloaded_calls": UNLOADED_CALLS,
             "overload_callers": callers, "overload_seconds": OVERLOAD_TIME.as_secs_f64(),
             "calls_in_flight_quota": OVERLOAD_QUOTA,
-            "retry_after_refusal_us": RETRY_AFTER.as_micros() as u64,
+            "probe_every_us": PROBE_EVERY.as_micros() as u64,
+            "cpus": cpu_plan().map(|(d, c, p)| json!({"daemon": d, "callers": c, "probe": p})),
             "mix": "GetValue 30%, Signal 10% (not in the overload), Write 4 KiB 20%, Read 4 KiB 20%, Describe 10%, export on fd.sock 10%",
         },
         "measurements": {
@@ -399,10 +519,15 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
             "capacity": {"errors": errors, "calls": total, "seconds": capacity_s, "calls_per_s": rate,
                           "p50_us": pct(&loaded, 50.0), "p99_us": pct(&loaded, 99.0),
                           "first_error": first_error},
-            "overload": {"offered_per_s": offered, "admitted": admitted.len(), "shed": shed.len(),
+            "overload": {"offered_per_s": offered, "admitted_per_s": admitted_rate,
+                          "admitted": admitted.len(), "shed": shed.len(),
                           "other_errors": other, "first_other_error": first_other,
-                          "admitted_p50_us": pct(&admitted, 50.0), "admitted_p99_us": a99,
+                          "admitted_p50_us": pct(&admitted, 50.0),
+                          "admitted_p99_us": pct(&admitted, 99.0),
                           "shed_p50_us": pct(&shed, 50.0), "shed_p99_us": pct(&shed, 99.0),
+                          "probe": {"admitted": probe_ok.len(), "refused": probe_shed.len(),
+                                    "admitted_p50_us": pct(&probe_ok, 50.0), "admitted_p99_us": p99,
+                                    "refused_p50_us": pct(&probe_shed, 50.0), "refused_p99_us": s99},
                           "rss_kib": {"before": rss_overload_before, "peak": rss_peak, "after": rss_after}},
         },
         "table": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
