@@ -62,6 +62,14 @@ F_SEAL_SHRINK = getattr(fcntl, "F_SEAL_SHRINK", 0x0002)
 _CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 ResourceId = Union[str, "gpushare_pb2.Resource", "gpushare_pb2.ResourceRef"]
+
+
+def _grant_request(resource, uid, gid) -> "gpushare_pb2.GrantRequest":
+    if (uid is None) == (gid is None):
+        raise ValueError("a grant names exactly one of uid= or gid=")
+    if uid is not None:
+        return gpushare_pb2.GrantRequest(id=_rid(resource), uid=uid)
+    return gpushare_pb2.GrantRequest(id=_rid(resource), gid=gid)
 Point = Union[Tuple[ResourceId, int], "gpushare_pb2.SemaphorePoint"]
 
 
@@ -599,6 +607,57 @@ class Client:
     def release(self, resource: ResourceId) -> bool:
         """Drops this session's reference (or the pin); True when that freed the resource."""
         return self._call("ReleaseResource", gpushare_pb2.ResourceRef(id=_rid(resource))).freed
+
+    # ---- access ----
+
+    def grant(
+        self, resource: ResourceId, uid: Optional[int] = None, gid: Optional[int] = None
+    ) -> "gpushare_pb2.Resource":
+        """Owner only: lets ``uid`` (or every process whose primary gid is ``gid``) use the
+        resource. PERMISSION_DENIED for a grantee, NOT_FOUND for anybody else."""
+        return self._call("Grant", _grant_request(resource, uid, gid))
+
+    def revoke(
+        self, resource: ResourceId, uid: Optional[int] = None, gid: Optional[int] = None
+    ) -> "gpushare_pb2.Resource":
+        """Owner only: takes a grant back (imports already made stay valid)."""
+        return self._call("Revoke", _grant_request(resource, uid, gid))
+
+    def create_token(self, resource: ResourceId) -> bytes:
+        """Owner only: a capability token (16 bytes). Whoever passes it to :meth:`open` gets a
+        reference in its session, and the use of the resource through it."""
+        return self._call("CreateToken", gpushare_pb2.ResourceRef(id=_rid(resource))).token
+
+    def revoke_tokens(self, resource: ResourceId) -> "gpushare_pb2.Resource":
+        """Owner only: invalidates every token of the resource."""
+        return self._call("RevokeTokens", gpushare_pb2.ResourceRef(id=_rid(resource)))
+
+    def open(
+        self,
+        resource: Optional[ResourceId] = None,
+        *,
+        token: Optional[bytes] = None,
+        owner_uid: Optional[int] = None,
+        name: Optional[str] = None,
+        signal: bool = False,
+    ) -> "gpushare_pb2.Resource":
+        """Adds a reference of this client's session (it needs one) to a resource named by
+        id, by capability ``token``, or by ``owner_uid`` and ``name``. With ``signal``, for a
+        semaphore, the session also becomes one of its signalers. Idempotent per session."""
+        given = [resource is not None, token is not None, name is not None]
+        if sum(given) != 1:
+            raise ValueError("open() takes exactly one of: a resource, token=, or owner_uid= and name=")
+        if resource is not None:
+            request = gpushare_pb2.OpenRequest(id=_rid(resource), signal=signal)
+        elif token is not None:
+            request = gpushare_pb2.OpenRequest(token=bytes(token), signal=signal)
+        else:
+            if owner_uid is None:
+                raise ValueError("open(name=...) needs owner_uid=")
+            request = gpushare_pb2.OpenRequest(
+                named=gpushare_pb2.NamedResource(owner_uid=owner_uid, name=name), signal=signal
+            )
+        return self._call("Open", request)
 
     # ---- semaphores ----
 

@@ -754,3 +754,45 @@ def test_redeem_never_leaks_fds(tmp_path, case, nfds, expected):
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_names_tokens_grants_and_open(daemon, client):
+    buf = client.create_buffer(4096, name="py-shared")
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.create_semaphore(name="py-shared")
+    assert_code(e, grpc.StatusCode.ALREADY_EXISTS)
+    uid = client.describe(buf).owner_uid
+
+    with daemon.client(client_name="py opener") as other:
+        # By name, then by id again: one reference of this session.
+        opened = other.open(owner_uid=uid, name="py-shared")
+        assert opened.id == buf.id and opened.references == 2
+        assert other.open(buf).references == 2
+        # By token; a revoked token opens nothing.
+        token = client.create_token(buf)
+        assert len(token) == 16
+        with daemon.client(client_name="py token holder") as third:
+            assert third.open(token=token).references == 3
+            client.revoke_tokens(buf)
+        with daemon.client(client_name="py late") as late:
+            with pytest.raises(gpushare.GpushareError) as e:
+                late.open(token=token)
+            assert_code(e, grpc.StatusCode.NOT_FOUND)
+            with pytest.raises(gpushare.GpushareError) as e:
+                late.open(owner_uid=uid, name="no such name")
+            assert_code(e, grpc.StatusCode.NOT_FOUND)
+
+    # Grants are listed on the resource, and taken back.
+    r = client.grant(buf, uid=4242)
+    assert list(r.granted_uids) == [4242]
+    r = client.grant(buf, gid=4343)
+    assert list(r.granted_gids) == [4343]
+    r = client.revoke(buf, uid=4242)
+    assert list(r.granted_uids) == []
+    with pytest.raises(ValueError):
+        client.grant(buf, uid=1, gid=2)
+    with pytest.raises(ValueError):
+        client.open(buf, token=b"x" * 16)
+    with pytest.raises(ValueError):
+        client.open(name="py-shared")
+    client.release(buf)
