@@ -259,3 +259,54 @@ async fn other_uids_reach_only_what_they_are_granted() {
     assert!(!ok && err.contains("error Some(NotFound)"), "{err}");
     assert!(out.contains("listed"), "{out}");
 }
+
+/// `gpusharectl grant`, `revoke` and `token` against the real daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpusharectl_grants_revokes_and_mints_tokens() {
+    let d = gpushare_tests::daemon_or_skip!();
+    let c = Client::connect_with_session(d.runtime_dir(), "owner")
+        .await
+        .unwrap();
+    let buf = c
+        .create_buffer(4096, &CreateOptions::default())
+        .await
+        .unwrap();
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["--runtime-dir", d.runtime_dir().to_str().unwrap(), "--json"];
+        all.extend_from_slice(args);
+        run(
+            Command::new(bin("gpusharectl")).args(&all),
+            Duration::from_secs(30),
+        )
+    };
+    let (status, out, err) = ctl(&["grant", buf.id(), "--uid", "4242"]);
+    assert!(status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["granted_uids"], serde_json::json!([4242]), "{out}");
+    let (status, out, err) = ctl(&["revoke", buf.id(), "--uid", "4242"]);
+    assert!(status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["granted_uids"], serde_json::json!([]), "{out}");
+    let (status, out, err) = ctl(&["token", buf.id()]);
+    assert!(status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let token = hex::decode(v["token"].as_str().unwrap()).unwrap();
+    assert_eq!(token.len(), 16);
+    let opener = Client::connect_with_session(d.runtime_dir(), "opener")
+        .await
+        .unwrap();
+    opener
+        .open(OpenTarget::Token(token.clone()), false)
+        .await
+        .unwrap();
+    let (status, _, err) = ctl(&["token", buf.id(), "--revoke"]);
+    assert!(status.success(), "{err}");
+    let e = opener
+        .open(OpenTarget::Token(token), false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+    // Neither --uid nor --gid: a usage error.
+    let (status, _, _) = ctl(&["grant", buf.id()]);
+    assert!(!status.success());
+}

@@ -58,6 +58,37 @@ pub(crate) enum Command {
         /// Resource id.
         id: String,
     },
+    /// Let another uid, or every process of a primary gid, use one of your resources.
+    Grant {
+        /// Resource id.
+        id: String,
+        /// The uid to grant.
+        #[arg(long, conflicts_with = "gid", required_unless_present = "gid")]
+        uid: Option<u32>,
+        /// The primary gid to grant.
+        #[arg(long)]
+        gid: Option<u32>,
+    },
+    /// Take a grant back (descriptors already imported stay valid).
+    Revoke {
+        /// Resource id.
+        id: String,
+        /// The uid to revoke.
+        #[arg(long, conflicts_with = "gid", required_unless_present = "gid")]
+        uid: Option<u32>,
+        /// The primary gid to revoke.
+        #[arg(long)]
+        gid: Option<u32>,
+    },
+    /// Mint a capability token for one of your resources (prints it as hex), or with --revoke
+    /// invalidate every token of it.
+    Token {
+        /// Resource id.
+        id: String,
+        /// Invalidate the resource's tokens instead.
+        #[arg(long)]
+        revoke: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

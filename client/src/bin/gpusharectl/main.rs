@@ -112,6 +112,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Top { interval, count } => stats::top(&client, &out, interval, count).await,
         Command::Buffer(command) => buffer(&client, &out, command).await,
         Command::Sem(command) => semaphore(&client, &out, command).await,
+        Command::Grant { id, uid, gid } => grant(&client, &out, &id, uid, gid, true).await,
+        Command::Revoke { id, uid, gid } => grant(&client, &out, &id, uid, gid, false).await,
+        Command::Token { id, revoke: false } => {
+            let token = client
+                .create_token(&id)
+                .await
+                .context(|| format!("token {id}"))?;
+            out.either(
+                serde_json::json!({ "id": id, "token": hex::encode(&token) }),
+                &hex::encode(&token),
+            )
+        }
+        Command::Token { id, revoke: true } => {
+            let r = client
+                .revoke_tokens(&id)
+                .await
+                .context(|| format!("token --revoke {id}"))?;
+            out.either(
+                output::resource_json(&r),
+                &output::resource_table(&r).render(),
+            )
+        }
         Command::Export { id } => {
             let exported = client
                 .export(&id)
@@ -369,4 +391,31 @@ async fn wait(
             result => return result,
         }
     }
+}
+
+/// `grant` and `revoke`.
+async fn grant(
+    client: &Client,
+    out: &Out,
+    id: &str,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    grant: bool,
+) -> Result<(), Failure> {
+    let who = match (uid, gid) {
+        (Some(u), None) => gpushare_client::Grantee::Uid(u),
+        (None, Some(g)) => gpushare_client::Grantee::Gid(g),
+        _ => return Err(Failure::Usage("give exactly one of --uid or --gid".into())),
+    };
+    let verb = if grant { "grant" } else { "revoke" };
+    let r = if grant {
+        client.grant(id, who).await
+    } else {
+        client.revoke(id, who).await
+    }
+    .context(|| format!("{verb} {id}"))?;
+    out.either(
+        output::resource_json(&r),
+        &output::resource_table(&r).render(),
+    )
 }
