@@ -18,6 +18,20 @@ use crate::registry::{EndedSession, Object, Registry, Resource, Snapshot};
 use crate::tickets::Tickets;
 use crate::waiter::WaitService;
 
+/// MALFORMED_ID (INVALID_ARGUMENT) unless `id` has the shape of a resource id.
+pub(crate) fn check_resource_id(id: &str) -> Result<()> {
+    if ["buf", "sem", HOST_BUFFER_PREFIX]
+        .iter()
+        .any(|prefix| ids::is_well_formed(id, prefix))
+    {
+        return Ok(());
+    }
+    Err(Error::MalformedId {
+        what: "resource",
+        id: ids::shown(id),
+    })
+}
+
 /// The id prefix of host buffers (`host-…`).
 pub const HOST_BUFFER_PREFIX: &str = "host";
 
@@ -153,17 +167,16 @@ impl Daemon {
         })
     }
 
-    /// Looks up any resource of the caller's, validating the id's shape first.
+    /// Looks up a resource for describing or releasing it: as [`Daemon::resource`], and the
+    /// admin group sees every resource.
+    pub fn resource_visible(&self, id: &str, caller: &Caller) -> Result<Snapshot> {
+        check_resource_id(id)?;
+        self.registry.get_visible(id, caller)
+    }
+
+    /// Looks up a resource the caller may use, validating the id's shape first.
     pub fn resource(&self, id: &str, caller: &Caller) -> Result<Snapshot> {
-        if !["buf", "sem", HOST_BUFFER_PREFIX]
-            .iter()
-            .any(|prefix| ids::is_well_formed(id, prefix))
-        {
-            return Err(Error::MalformedId {
-                what: "resource",
-                id: ids::shown(id),
-            });
-        }
+        check_resource_id(id)?;
         self.registry.get(id, caller)
     }
 

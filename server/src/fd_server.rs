@@ -152,15 +152,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<FdRequest> {
             )?))
         }
         Some(v1::fd_request::Request::Export(id)) => {
-            let well_formed = ["buf", "sem", crate::daemon::HOST_BUFFER_PREFIX]
-                .iter()
-                .any(|p| crate::ids::is_well_formed(&id, p));
-            if !well_formed {
-                return Err(Error::MalformedId {
-                    what: "resource",
-                    id: crate::ids::shown(&id),
-                });
-            }
+            crate::daemon::check_resource_id(&id)?;
             Ok(FdRequest::Export(id))
         }
         None => Err(Error::BadFdRequest("no request set")),

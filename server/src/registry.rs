@@ -6,9 +6,10 @@
 //! under a running transfer. Processes that imported the resource's fd keep their import: the
 //! driver holds its own reference.
 //!
-//! Access: a resource is reached by its owner uid, by the uids and primary gids it was granted
-//! to, by the sessions that hold a reference to it (a capability token redeemed with Open puts
-//! one there), and by the admin group. Anybody else's lookup reads exactly like an unknown id
+//! Access: a resource is reached (used) by its owner uid, by the uids and primary gids it was
+//! granted to, and by the sessions that hold a reference to it (a capability token redeemed with
+//! Open puts one there). The admin group sees (lists, describes) and releases every resource but
+//! uses none that is not its own. Anybody else's lookup reads exactly like an unknown id
 //! (NOT_FOUND); a caller that reaches it but asks for an owner's operation gets
 //! PERMISSION_DENIED.
 
@@ -272,15 +273,23 @@ impl Entry {
         }
     }
 
-    /// Whether `c` may use the resource (see the module docs).
+    /// Whether `c` may use the resource (see the module docs). The admin group does not use
+    /// other uids' resources: it only sees and releases them ([`Entry::sees`]).
     fn reaches(&self, c: &Caller) -> bool {
         self.resource.owner_uid == c.uid
-            || c.admin
             || self.granted_uids.contains(&c.uid)
             || self.granted_gids.contains(&c.gid)
             || c.session
                 .as_ref()
                 .is_some_and(|s| self.sessions.contains(s))
+    }
+}
+
+impl Entry {
+    /// Whether `c` may see (list, describe) and release the resource: whoever reaches it, and
+    /// the admin group.
+    fn sees(&self, c: &Caller) -> bool {
+        c.admin || self.reaches(c)
     }
 }
 
@@ -564,6 +573,15 @@ impl Registry {
         }
     }
 
+    /// The caller's view of resource `id` for describing and releasing it: like [`Registry::get`],
+    /// and the admin group sees every resource.
+    pub fn get_visible(&self, id: &str, caller: &Caller) -> Result<Snapshot> {
+        match self.lock().resources.get(id) {
+            Some(e) if e.sees(caller) => Ok(e.snapshot()),
+            _ => Err(not_found(id)),
+        }
+    }
+
     /// Resource `id` without an access check: for an export ticket, which was issued after one.
     pub fn get_unchecked(&self, id: &str) -> Result<Snapshot> {
         match self.lock().resources.get(id) {
@@ -572,13 +590,13 @@ impl Registry {
         }
     }
 
-    /// Every resource `caller` reaches, oldest first.
+    /// Every resource `caller` sees, oldest first.
     pub fn list(&self, caller: &Caller) -> Vec<Snapshot> {
         let mut out: Vec<_> = self
             .lock()
             .resources
             .values()
-            .filter(|e| e.reaches(caller))
+            .filter(|e| e.sees(caller))
             .map(Entry::snapshot)
             .collect();
         out.sort_by_key(|s| s.resource.created);
@@ -719,7 +737,7 @@ impl Registry {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let entry = match inner.resources.get_mut(id) {
-            Some(e) if e.reaches(caller) => e,
+            Some(e) if e.sees(caller) => e,
             _ => return Err(not_found(id)),
         };
         let by_session = caller
@@ -817,7 +835,7 @@ impl Registry {
         let mut out: Vec<_> = inner
             .resources
             .values()
-            .filter(|e| e.reaches(caller) && matches!(e.resource.object, Object::Semaphore(_)))
+            .filter(|e| e.sees(caller) && matches!(e.resource.object, Object::Semaphore(_)))
             .map(|e| {
                 let signaler = signalers
                     .get(e.resource.id.as_str())

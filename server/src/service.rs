@@ -397,7 +397,7 @@ impl GpuShare for Service {
         req: Request<v1::ResourceRef>,
     ) -> std::result::Result<Response<v1::Resource>, Status> {
         let caller = self.caller(&req)?;
-        let snap = self.d.resource(&req.get_ref().id, &caller)?;
+        let snap = self.d.resource_visible(&req.get_ref().id, &caller)?;
         Ok(Response::new(resource_msg(&snap)))
     }
 
@@ -497,7 +497,7 @@ impl GpuShare for Service {
     ) -> std::result::Result<Response<v1::ReleaseResourceResponse>, Status> {
         let caller = self.caller(&req)?;
         let id = &req.get_ref().id;
-        self.d.resource(id, &caller)?;
+        self.d.resource_visible(id, &caller)?;
         let freed = self.d.registry.release(id, &caller)?;
         let was_freed = freed.is_some();
         self.d.freed(freed);

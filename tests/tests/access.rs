@@ -243,6 +243,10 @@ async fn other_uids_reach_only_what_they_are_granted() {
     let (ok, _, err) = read(&format!("name:{uid}:shared"));
     assert!(!ok && err.contains("error Some(NotFound)"), "{err}");
 
+    // The admin group sees and releases, but does not use: reading another uid's buffer is
+    // NOT_FOUND for it too.
+    let (ok, _, err) = peer_as(&d, ADMIN, ADMIN, &["open-read", &id_target, "0", "8"]);
+    assert!(!ok && err.contains("error Some(NotFound)"), "{err}");
     // The admin group lists everything and frees what it releases.
     let (ok, out, err) = peer_as(&d, ADMIN, ADMIN, &["admin-release", buf.id()]);
     assert!(ok, "{err}");
