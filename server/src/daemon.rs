@@ -13,6 +13,7 @@ use crate::devices::{DeviceSlot, Opened};
 use crate::error::{Error, Result};
 use crate::host_buffer::HostBuffer;
 use crate::ids;
+use crate::inflight::InFlight;
 use crate::quota::{Counted, Counters, Held};
 use crate::registry::{EndedSession, Object, Registry, Resource, Snapshot};
 use crate::tickets::Tickets;
@@ -66,6 +67,9 @@ pub struct Daemon {
     pub descriptors_sent: AtomicU64,
     /// Per-uid counts of pending waits, watches and connections (`[quotas]`).
     pub held: Arc<Counters>,
+    /// gRPC calls in flight (`quotas.calls_in_flight`; the server's tower layer counts them,
+    /// host waits park theirs).
+    pub in_flight: Arc<InFlight>,
 }
 
 /// Who is calling: from the connection's peer credentials, plus the session header.
@@ -116,6 +120,9 @@ impl Daemon {
             config.limits.ticket_ttl_ms.into(),
         ));
         let registry = Registry::new(config.quotas.clone());
+        let in_flight = Arc::new(InFlight::with_limit(
+            usize::try_from(config.quotas.calls_in_flight).unwrap_or(usize::MAX),
+        ));
         Self {
             config,
             devices,
@@ -129,6 +136,7 @@ impl Daemon {
             signal_lock: Mutex::new(()),
             descriptors_sent: AtomicU64::new(0),
             held: Arc::new(Counters::default()),
+            in_flight,
         }
     }
 

@@ -5,7 +5,10 @@
 //! until the stream started: streams end on their own at shutdown).
 //!
 //! The same count sheds load: past `quotas.calls_in_flight` a call is answered at once with
-//! RESOURCE_EXHAUSTED, naming the quota, instead of queueing behind the others.
+//! RESOURCE_EXHAUSTED, naming the quota, instead of queueing behind the others. A call parked
+//! in a host wait (a Wait call, or an operation waiting for its wait points: [`InFlight::park`])
+//! does not count against that quota while it waits, so that parked waits, bounded per uid by
+//! `quotas.pending_waits_per_uid`, cannot starve every other uid of calls.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,7 +25,19 @@ pub struct InFlight {
     idle: Notify,
     /// Calls refused for load (`calls_in_flight`).
     shed: AtomicUsize,
+    /// Calls in flight that are parked in a host wait (not counted against `limit`).
+    parked: AtomicUsize,
     limit: usize,
+}
+
+/// A parked call ([`InFlight::park`]); counts again when dropped.
+#[derive(Debug)]
+pub struct Parked(Arc<InFlight>);
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Default for InFlight {
@@ -38,8 +53,21 @@ impl InFlight {
             count: AtomicUsize::new(0),
             idle: Notify::new(),
             shed: AtomicUsize::new(0),
+            parked: AtomicUsize::new(0),
             limit,
         }
+    }
+
+    /// Marks a call in flight as parked in a host wait until the guard drops: it then does not
+    /// count against the calls-in-flight quota (it still counts for the shutdown drain).
+    pub fn park(self: &Arc<Self>) -> Parked {
+        self.parked.fetch_add(1, Ordering::AcqRel);
+        Parked(self.clone())
+    }
+
+    /// Calls parked in host waits now.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::Acquire)
     }
 
     /// Calls refused so far because `limit` calls were in flight.
@@ -115,7 +143,8 @@ where
     fn call(&mut self, req: R) -> Self::Future {
         let before = self.counter.count.fetch_add(1, Ordering::AcqRel);
         let guard = Guard(self.counter.clone());
-        if before >= self.counter.limit {
+        let active = before.saturating_sub(self.counter.parked.load(Ordering::Acquire));
+        if active >= self.counter.limit {
             drop(guard);
             self.counter.shed.fetch_add(1, Ordering::Relaxed);
             let status = crate::quota::refused(

@@ -113,7 +113,7 @@ impl Metrics {
     /// Renders every figure in the Prometheus text format 0.0.4. `in_flight` counts the gRPC
     /// calls in flight and those shed for load.
     pub fn render(&self, d: &Daemon, in_flight: &crate::inflight::InFlight) -> String {
-        let (shed, in_flight) = (in_flight.shed(), in_flight.count());
+        let (shed, parked, in_flight) = (in_flight.shed(), in_flight.parked(), in_flight.count());
         let mut out = String::with_capacity(4096);
         let (resources, sessions) = d.registry.counts();
         gauge(&mut out, "gpushare_up", "1 while the daemon serves.", 1.0);
@@ -240,6 +240,13 @@ impl Metrics {
             "gpushare_grpc_calls_in_flight",
             "gRPC calls whose handler has not returned yet.",
             in_flight as f64,
+        );
+        gauge(
+            &mut out,
+            "gpushare_grpc_calls_parked",
+            "gRPC calls in flight that are parked in a host wait (not counted against \
+             quotas.calls_in_flight).",
+            parked as f64,
         );
         labeled(
             &mut out,

@@ -118,14 +118,13 @@ where
     F: std::future::Future<Output = Result<Vec<u8>>>,
 {
     let deadline = Instant::now() + seq.timeout;
-    let _pending = if seq.wait.is_empty() {
-        None
-    } else {
-        Some(svc.d.hold(seq.uid, Counted::PendingWaits)?)
-    };
-    for p in &seq.wait {
-        let left = deadline.saturating_duration_since(Instant::now());
-        svc.d.waits.wait(&p.id, &p.sem, p.value, left).await?;
+    if !seq.wait.is_empty() {
+        let _pending = svc.d.hold(seq.uid, Counted::PendingWaits)?;
+        let _parked = svc.d.in_flight.park();
+        for p in &seq.wait {
+            let left = deadline.saturating_duration_since(Instant::now());
+            svc.d.waits.wait(&p.id, &p.sem, p.value, left).await?;
+        }
     }
     let out = work().await?;
     for p in &seq.signal {

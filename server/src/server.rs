@@ -17,7 +17,7 @@ use tokio::net::UnixListener;
 use tokio_util::task::TaskTracker;
 
 use crate::daemon::Daemon;
-use crate::inflight::{InFlight, InFlightLayer};
+use crate::inflight::InFlightLayer;
 use crate::metrics::{Metrics, MetricsLayer};
 use crate::service::Service;
 
@@ -94,8 +94,7 @@ pub async fn run_with_metrics(
     let fd_tasks = TaskTracker::new();
     let fd_server = tokio::spawn(crate::fd_server::serve(d.clone(), fd, fd_tasks.clone()));
 
-    let limit = usize::try_from(d.config.quotas.calls_in_flight).unwrap_or(usize::MAX);
-    let in_flight = Arc::new(InFlight::with_limit(limit));
+    let in_flight = d.in_flight.clone();
     let recorder = metrics.as_ref().map(|_| Arc::new(Metrics::default()));
     let metrics_server = metrics.map(|endpoint| {
         let (d, in_flight) = (d.clone(), in_flight.clone());

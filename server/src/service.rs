@@ -550,6 +550,7 @@ impl GpuShare for Service {
         let r = req.into_inner();
         let (_, sem) = self.d.semaphore(&r.id, &caller)?;
         let _pending = self.d.hold(caller.uid, Counted::PendingWaits)?;
+        let _parked = self.d.in_flight.park();
         let value = self.d.waits.wait(&r.id, &sem, r.value, timeout).await?;
         Ok(Response::new(v1::SemaphoreValue { value }))
     }
