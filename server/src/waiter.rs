@@ -764,9 +764,8 @@ mod tests {
     }
 
     /// Waits signaled behind the service's back (as another process would) complete, and the
-    /// counters say which mechanism saw them: with driver waits on, the driver thread sees most
-    /// of them before the backstop poller (which waits 200 µs between reads of a young wait);
-    /// with them off, only the poller does.
+    /// counters say which mechanism saw them: with driver waits on, the driver thread sees some
+    /// of them first (it races the poller); with them off, only the poller does.
     #[test]
     fn direct_signals_wake_waits_through_the_driver_or_the_poller() {
         let Some(device) = device() else { return };
@@ -806,7 +805,10 @@ mod tests {
             );
             assert_eq!(svc.driver_waits_active(), driver);
             if driver {
-                assert!(by(Wakeup::Driver) > ROUNDS / 2, "{counts:?}");
+                // The driver thread and the tight poller race for each signal (the poller
+                // relaxes only once the driver has won many in a row); on a loaded machine the
+                // poller may win often, but the driver path must work.
+                assert!(by(Wakeup::Driver) >= 1, "{counts:?}");
                 if by(Wakeup::Driver) == ROUNDS {
                     assert!(svc.poller_relaxed(), "20 driver completions in a row");
                 }
