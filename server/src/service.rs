@@ -445,7 +445,7 @@ impl GpuShare for Service {
     ) -> std::result::Result<Response<v1::TokenResponse>, Status> {
         let caller = self.caller(&req)?;
         let id = &req.get_ref().id;
-        self.d.resource(id, &caller)?;
+        crate::daemon::check_resource_id(id)?;
         let token = self.d.registry.mint_token(id, &caller)?;
         tracing::debug!(id = %id, uid = caller.uid, "capability token minted");
         Ok(Response::new(v1::TokenResponse {
@@ -459,7 +459,7 @@ impl GpuShare for Service {
     ) -> std::result::Result<Response<v1::Resource>, Status> {
         let caller = self.caller(&req)?;
         let id = &req.get_ref().id;
-        self.d.resource(id, &caller)?;
+        crate::daemon::check_resource_id(id)?;
         let snap = self.d.registry.revoke_tokens(id, &caller)?;
         Ok(Response::new(resource_msg(&snap)))
     }
@@ -473,7 +473,7 @@ impl GpuShare for Service {
         let r = req.into_inner();
         let target = match r.target {
             Some(v1::open_request::Target::Id(id)) => {
-                self.d.resource(&id, &caller)?;
+                crate::daemon::check_resource_id(&id)?;
                 OpenTarget::Id(id)
             }
             Some(v1::open_request::Target::Token(t)) => OpenTarget::Token(t),
@@ -724,7 +724,7 @@ impl Service {
     /// Grant / Revoke.
     fn set_grant(&self, caller: &Caller, r: v1::GrantRequest, grant: bool) -> Result<v1::Resource> {
         use crate::registry::Grantee;
-        self.d.resource(&r.id, caller)?;
+        crate::daemon::check_resource_id(&r.id)?;
         let who = match r.grantee {
             Some(v1::grant_request::Grantee::Uid(u)) => Grantee::Uid(u),
             Some(v1::grant_request::Grantee::Gid(g)) => Grantee::Gid(g),

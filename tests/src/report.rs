@@ -189,3 +189,11 @@ pub fn utc_now() -> String {
         rem % 60
     )
 }
+
+/// Writes a bench report as pretty JSON to `path`, creating its directory.
+pub fn write_json(path: &std::path::Path, report: &Value) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(report)? + "\n")
+}

@@ -169,16 +169,7 @@ async fn run(json_path: PathBuf, nofile: Option<u64>) -> ExitCode {
         "failed_targets": failed,
         "total_seconds": total_s,
     });
-    if let Some(dir) = json_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            eprintln!("cannot create {}: {e}", dir.display());
-            return ExitCode::FAILURE;
-        }
-    }
-    match std::fs::write(
-        &json_path,
-        serde_json::to_string_pretty(&report).unwrap() + "\n",
-    ) {
+    match gpushare_tests::report::write_json(&json_path, &report) {
         Ok(()) => println!("wrote {}", json_path.display()),
         Err(e) => {
             eprintln!("cannot write {}: {e}", json_path.display());

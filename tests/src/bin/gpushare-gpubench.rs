@@ -329,10 +329,7 @@ fn run(json_path: &Path) -> Res<bool> {
         "errors": out.errors,
         "failed_targets": failed,
     });
-    if let Some(parent) = json_path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(json_path, serde_json::to_string_pretty(&doc)? + "\n")?;
+    gpushare_tests::report::write_json(json_path, &doc)?;
     println!("\nJSON: {}", json_path.display());
     drop(daemon);
     Ok(out.errors.is_empty())

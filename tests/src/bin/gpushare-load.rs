@@ -534,10 +534,7 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
         "failed_targets": failed,
         "total_seconds": started.elapsed().as_secs_f64(),
     });
-    if let Some(dir) = json_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
+    gpushare_tests::report::write_json(&json_path, &report)?;
     println!("wrote {}", json_path.display());
     Ok(ExitCode::SUCCESS)
 }
