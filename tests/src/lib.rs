@@ -288,14 +288,49 @@ impl Drop for TestDaemon {
     }
 }
 
+/// Spawns `cmd`, retrying for up to 5 s while exec fails with ETXTBSY.
+///
+/// A binary just copied by [`bin_copy_in`] can be busy for a moment: a child that
+/// another test thread forked while the copy's write descriptor was open holds
+/// that descriptor until its own exec closes it (close-on-exec).
+pub fn spawn(cmd: &mut Command) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match cmd.spawn() {
+            Ok(child) => return child,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("spawn {cmd:?}: {e}"),
+        }
+    }
+}
+
+/// Copies the workspace binary `name` into `dir` (once) and returns its path:
+/// another uid may not be able to enter the target directory. Spawn the copy
+/// with [`spawn`] or [`run`], which wait out a transient ETXTBSY.
+pub fn bin_copy_in(name: &str, dir: &Path) -> PathBuf {
+    let exe = dir.join(name);
+    if !exe.exists() {
+        // Copy under a temporary name and rename: a concurrent caller never
+        // sees a half-written binary.
+        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+        fs::copy(bin(name), &tmp).expect("copy the binary");
+        fs::rename(&tmp, &exe).expect("rename the copied binary");
+    }
+    exe
+}
+
 /// Runs a command to completion with a timeout; returns (status, stdout, stderr).
 pub fn run(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {

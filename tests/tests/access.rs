@@ -25,10 +25,7 @@ fn named(name: &str) -> CreateOptions {
 /// Runs the peer as `uid`/`gid`: `(success, stdout, stderr)`.
 fn peer_as(d: &TestDaemon, uid: u32, gid: u32, args: &[&str]) -> (bool, String, String) {
     // The peer binary may sit in a directory the other uid cannot enter: copy it out.
-    let exe = d.scratch().join("gpushare-peer");
-    if !exe.exists() {
-        std::fs::copy(bin("gpushare-peer"), &exe).unwrap();
-    }
+    let exe = gpushare_tests::bin_copy_in("gpushare-peer", d.scratch());
     let mut all = vec![d.runtime_dir().to_str().unwrap()];
     all.extend_from_slice(args);
     let (status, out, err) = run(

@@ -390,8 +390,7 @@ async fn tickets_expire_and_bind_to_their_uid() {
     }
     // Another uid presents a valid ticket: unknown to it; the owner can still redeem it.
     let ticket = c.export_ticket(buf.id()).await.unwrap().ticket;
-    let peer = d.scratch().join("gpushare-peer");
-    std::fs::copy(bin("gpushare-peer"), &peer).unwrap();
+    let peer = gpushare_tests::bin_copy_in("gpushare-peer", d.scratch());
     let (status, _, err) = run(
         Command::new(&peer)
             .args([

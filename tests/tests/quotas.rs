@@ -422,8 +422,7 @@ async fn ten_thousand_connections_at_once() {
     // Another uid is served meanwhile (root only: the peer drops to uid 65534).
     if rustix::process::getuid().is_root() {
         use std::os::unix::process::CommandExt;
-        let exe = d.scratch().join("gpusharectl");
-        std::fs::copy(gpushare_tests::bin("gpusharectl"), &exe).unwrap();
+        let exe = gpushare_tests::bin_copy_in("gpusharectl", d.scratch());
         let (status, _, err) = gpushare_tests::run(
             std::process::Command::new(&exe)
                 .arg("--runtime-dir")
