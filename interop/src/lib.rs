@@ -10,6 +10,7 @@
 
 pub mod cuda;
 pub mod host;
+pub mod image;
 pub mod vulkan;
 
 pub use vulkan::{

@@ -104,8 +104,8 @@ pub enum Error {
         /// The value asked for.
         requested: u64,
     },
-    /// Buffer usage flags that are empty or name unknown bits.
-    #[error("invalid buffer usage {usage:#x}")]
+    /// Buffer or image usage flags that are empty or name unknown bits.
+    #[error("invalid usage {usage:#x}")]
     InvalidUsage {
         /// The usage flags given.
         usage: u32,
@@ -134,6 +134,9 @@ pub enum Error {
         /// The `memoryTypeBits` the buffer allows.
         type_bits: u32,
     },
+    /// An image shape that is not a valid image (zero extent, too many mip levels, ...).
+    #[error("{0}")]
+    InvalidImage(String),
     /// A GPU operation did not complete within its timeout. Its resources stay alive until it does.
     #[error("GPU operation timed out")]
     Timeout,

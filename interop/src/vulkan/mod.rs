@@ -1,5 +1,5 @@
-//! Vulkan: instance and device selection, exportable buffers and timeline semaphores, imports,
-//! and transfer submissions.
+//! Vulkan: instance and device selection, exportable buffers, images and timeline semaphores,
+//! imports, and transfer submissions.
 //!
 //! Requires Vulkan 1.2 (timeline semaphores). Works with GPUs (device-local, non-host-visible
 //! memory) and CPU drivers (lavapipe) alike; capabilities are probed, never assumed.
@@ -8,6 +8,8 @@ mod buffer;
 mod caps;
 mod device;
 mod error;
+mod image;
+mod image_transfer;
 mod import;
 mod instance;
 mod memory;
@@ -21,6 +23,11 @@ pub use buffer::{DeviceBuffer, ExportableBuffer};
 pub use caps::{Capabilities, HandleType};
 pub use device::Device;
 pub use error::{Error, Result};
+pub use image::{
+    DeviceImage, ExportableImage, ImageImportDesc, ImageSupport, ImportedImage, IMAGE_BASE_USAGE,
+    IMAGE_KNOWN_USAGE,
+};
+pub use image_transfer::ClearColor;
 pub use import::{BufferImportDesc, ImportedBuffer};
 pub use instance::Instance;
 pub use physical::{DeviceSelector, DeviceType, MemoryHeap, PhysicalDeviceInfo};

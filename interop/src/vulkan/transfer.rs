@@ -65,7 +65,7 @@ impl fmt::Debug for Transfer {
 
 /// Which of the engine's staging buffer an operation uses.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum StagingUse {
+pub(super) enum StagingUse {
     None,
     Used,
 }
@@ -111,11 +111,16 @@ impl Transfer {
             size: len,
         };
         let (s, d) = (src.raw(), dst.raw());
-        self.run(sync, &[src, dst], StagingUse::None, |dev, cmd| {
-            // SAFETY: `cmd` is recording; both buffers are live, have the transfer usages, and
-            // the region lies within both (checked above) without overlapping.
-            unsafe { dev.cmd_copy_buffer(cmd, s, d, &[region]) }
-        })
+        self.run(
+            sync,
+            vec![src.retain(), dst.retain()],
+            StagingUse::None,
+            |dev, cmd| {
+                // SAFETY: `cmd` is recording; both buffers are live, have the transfer usages, and
+                // the region lies within both (checked above) without overlapping.
+                unsafe { dev.cmd_copy_buffer(cmd, s, d, &[region]) }
+            },
+        )
     }
 
     /// Fills `len` bytes of `dst` from `offset` with the 32-bit `value` repeated. `offset` and
@@ -133,7 +138,7 @@ impl Transfer {
         check_aligned("fill offset", offset, 4)?;
         check_aligned("fill length", len, 4)?;
         let d = dst.raw();
-        self.run(sync, &[dst], StagingUse::None, |dev, cmd| {
+        self.run(sync, vec![dst.retain()], StagingUse::None, |dev, cmd| {
             // SAFETY: `cmd` is recording; the buffer is live with TRANSFER_DST usage; the range
             // lies within it, offset and size are multiples of 4 (checked above).
             unsafe { dev.cmd_fill_buffer(cmd, d, offset, len, value) }
@@ -164,7 +169,7 @@ impl Transfer {
             dst_offset: offset,
             size: len,
         };
-        self.run(sync, &[dst], StagingUse::Used, |dev, cmd| {
+        self.run(sync, vec![dst.retain()], StagingUse::Used, |dev, cmd| {
             // SAFETY: `cmd` is recording; the staging buffer holds `len` bytes written by the
             // host before submission (made visible by the submission itself); `dst` is live with
             // TRANSFER_DST usage and the range lies within it.
@@ -189,7 +194,7 @@ impl Transfer {
             dst_offset: 0,
             size: len,
         };
-        self.run(sync, &[src], StagingUse::Used, |dev, cmd| {
+        self.run(sync, vec![src.retain()], StagingUse::Used, |dev, cmd| {
             let barrier = vk::MemoryBarrier::default()
                 .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
                 .dst_access_mask(vk::AccessFlags::HOST_READ);
@@ -216,8 +221,21 @@ impl Transfer {
             .unwrap_or_default())
     }
 
+    /// The first `len` bytes of the staging buffer (after an operation that filled them).
+    pub(super) fn staged(&self, len: u64) -> Vec<u8> {
+        self.staging
+            .as_ref()
+            .map(|s| s.read(len))
+            .unwrap_or_default()
+    }
+
+    /// This engine's device.
+    pub(super) fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
     /// The staging buffer, grown to at least `len` bytes.
-    fn staging(&mut self, len: u64) -> Result<&mut Staging> {
+    pub(super) fn staging(&mut self, len: u64) -> Result<&mut Staging> {
         if self.staging.as_ref().is_some_and(|s| s.capacity() < len) {
             self.staging = None;
         }
@@ -289,10 +307,10 @@ impl Transfer {
     }
 
     /// Records one command buffer with `record`, submits it with `sync`'s points and waits for it.
-    fn run(
+    pub(super) fn run(
         &mut self,
         sync: &SyncPoints<'_>,
-        buffers: &[&dyn DeviceBuffer],
+        mut keep: Vec<Arc<dyn Any + Send + Sync>>,
         staging: StagingUse,
         record: impl FnOnce(&ash::Device, vk::CommandBuffer),
     ) -> Result<()> {
@@ -386,7 +404,6 @@ impl Transfer {
             }
             Err(result) => {
                 // The GPU may still run it: keep everything it touches alive.
-                let mut keep: Vec<_> = buffers.iter().map(|b| b.retain()).collect();
                 keep.extend(
                     sync.wait
                         .iter()
