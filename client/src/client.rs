@@ -412,7 +412,7 @@ pub(crate) fn resource_ref(id: &str) -> v1::ResourceRef {
 }
 
 /// The id of a resource a create call returned.
-fn created_id(resource: v1::Resource) -> Result<String> {
+pub(crate) fn created_id(resource: v1::Resource) -> Result<String> {
     if resource.id.is_empty() {
         return Err(Error::MissingField("Resource.id"));
     }

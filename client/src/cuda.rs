@@ -14,9 +14,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-use gpushare_interop::cuda::{CudaDevice, ExternalMemory, ExternalSemaphore};
+use gpushare_interop::cuda::{
+    ArrayLevel, CudaDevice, ExternalMemory, ExternalSemaphore, MipmappedArray, SurfaceObject,
+    TextureObject, TextureOptions,
+};
+use gpushare_interop::image::ImageDesc;
 
-use crate::{Buffer, Client, CreateOptions, Error, Exported, Result};
+use crate::{Buffer, Client, CreateOptions, Error, Exported, Image, ImageSpec, Result};
 
 /// Opens the CUDA device that is the GPU which exported `exported`, chosen by the device UUID in
 /// its metadata (Vulkan's `deviceUUID` and CUDA's `cuDeviceGetUuid` agree for one GPU).
@@ -102,6 +106,103 @@ impl InteropBuffer {
     /// The imported memory (for range mappings: [`ExternalMemory::map_range`]).
     pub fn memory(&self) -> &Arc<ExternalMemory> {
         &self.memory
+    }
+}
+
+/// A shared image imported into CUDA as a mipmapped array (Falcor's
+/// `importTextureToMipmappedArray`, across processes and with every level, layer and 3D): each
+/// level's array, surface objects to write levels from kernels (`mapTextureToSurface`), and
+/// texture objects to sample them.
+///
+/// Surface and texture objects, level arrays and this import each keep what they were made
+/// from alive, so any drop order is safe: objects are destroyed first, then the mipmapped
+/// array, then the imported memory. GPU work that uses them must be complete before the last
+/// one goes (synchronize the stream that used them).
+pub struct InteropImage {
+    id: String,
+    array: Arc<MipmappedArray>,
+}
+
+impl fmt::Debug for InteropImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InteropImage")
+            .field("id", &self.id)
+            .field("desc", self.array.desc())
+            .finish()
+    }
+}
+
+impl InteropImage {
+    /// Imports an exported image into `device` (the exporting GPU: see [`cuda_device_for`]) as
+    /// a mipmapped array of its format, extent, levels and layers (layered for a 2D image of
+    /// more than one layer; surface load/store when its usage has STORAGE). The descriptor's
+    /// ownership passes to the driver only on success; on any failure it is closed.
+    pub fn import(device: &Arc<CudaDevice>, exported: Exported) -> Result<InteropImage> {
+        let desc = exported.image_import_desc()?;
+        check_device(&desc.device_uuid, device)?;
+        let Exported { fd, info } = exported;
+        let memory = ExternalMemory::import_opaque_fd(device, fd, desc.allocation_size, true)?;
+        let array = memory.mipmapped_array(&desc.desc, desc.usage)?;
+        Ok(InteropImage {
+            id: info.resource_id,
+            array,
+        })
+    }
+
+    /// The daemon's id of the image.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Its shape.
+    pub fn desc(&self) -> &ImageDesc {
+        self.array.desc()
+    }
+
+    /// The mipmapped array (`CUmipmappedArray`).
+    pub fn array(&self) -> &Arc<MipmappedArray> {
+        &self.array
+    }
+
+    /// Level `level`'s array (`cuMipmappedArrayGetLevel`).
+    pub fn level(&self, level: u32) -> Result<ArrayLevel> {
+        Ok(self.array.level(level)?)
+    }
+
+    /// A surface object on level `level`, for `surf2Dwrite`-style stores from kernels (the
+    /// seed's `mapTextureToSurface`, any level). Needs STORAGE usage.
+    pub fn surface(&self, level: u32) -> Result<SurfaceObject> {
+        Ok(SurfaceObject::new(&self.level(level)?)?)
+    }
+
+    /// A texture object over the whole mip chain (`tex2DLod` and friends).
+    pub fn texture(&self, opts: &TextureOptions) -> Result<TextureObject> {
+        Ok(TextureObject::new(&self.array, opts)?)
+    }
+}
+
+impl Client {
+    /// Creates an image, exports it to this process and imports it into `device` as a
+    /// mipmapped array. The daemon's device must be the same GPU as `device`. If the import
+    /// fails, the image is released again.
+    pub async fn create_interop_image(
+        &self,
+        spec: &ImageSpec,
+        opts: &CreateOptions,
+        device: &Arc<CudaDevice>,
+    ) -> Result<(Image, InteropImage)> {
+        let image = self.create_image(spec, opts).await?;
+        let imported = match image.export().await {
+            Ok(exported) => InteropImage::import(device, exported),
+            Err(e) => Err(e),
+        };
+        match imported {
+            Ok(imported) => Ok((image, imported)),
+            Err(e) => {
+                let _ = image.release().await;
+                Err(e)
+            }
+        }
     }
 }
 

@@ -128,6 +128,9 @@ pub enum Error {
         /// The memory object's size.
         allocation_size: u64,
     },
+    /// An image's metadata names an impossible shape.
+    #[error("bad image metadata: {0}")]
+    BadImage(String),
     /// Mapping a host buffer's descriptor failed, or a range was outside it.
     #[error("host buffer")]
     Host(#[from] gpushare_interop::host::HostError),

@@ -10,7 +10,8 @@
 use std::sync::Arc;
 
 use gpushare_interop::vulkan::{
-    BufferImportDesc, Device, DeviceSelector, ImportedBuffer, Instance, TimelineSemaphore,
+    BufferImportDesc, Device, DeviceSelector, ImportedBuffer, ImportedImage, Instance,
+    TimelineSemaphore,
 };
 use gpushare_proto::v1;
 
@@ -28,6 +29,16 @@ pub fn import_buffer_vulkan(device: &Arc<Device>, exported: Exported) -> Result<
     let desc = exported.buffer_import_desc()?;
     check_driver(device, &exported)?;
     Ok(device.import_buffer(exported.fd, &desc)?)
+}
+
+/// Imports an exported image's memory into `device` (the exporting physical device: see
+/// [`vulkan_device_for`]), bound to an image of the same parameters. Its contents are in
+/// `VK_IMAGE_LAYOUT_GENERAL`: use it there, acquiring it from `VK_QUEUE_FAMILY_EXTERNAL`
+/// before your work and releasing it back after (the daemon's own transfers do the same).
+pub fn import_image_vulkan(device: &Arc<Device>, exported: Exported) -> Result<ImportedImage> {
+    let desc = exported.image_import_desc()?;
+    check_driver(device, &exported)?;
+    Ok(device.import_image(exported.fd, &desc)?)
 }
 
 /// Imports an exported timeline semaphore into `device`.
@@ -94,7 +105,7 @@ fn check_driver(device: &Device, exported: &Exported) -> Result<()> {
     Ok(())
 }
 
-fn check_kind(exported: &Exported, expected: v1::ResourceKind) -> Result<()> {
+pub(crate) fn check_kind(exported: &Exported, expected: v1::ResourceKind) -> Result<()> {
     if exported.info.kind != expected as i32 {
         return Err(Error::WrongKind {
             expected,
@@ -104,7 +115,7 @@ fn check_kind(exported: &Exported, expected: v1::ResourceKind) -> Result<()> {
     Ok(())
 }
 
-fn check_opaque_fd(exported: &Exported) -> Result<()> {
+pub(crate) fn check_opaque_fd(exported: &Exported) -> Result<()> {
     if exported.info.handle_type != v1::HandleType::OpaqueFd as i32 {
         return Err(Error::HandleType(exported.info.handle_type));
     }

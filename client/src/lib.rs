@@ -2,10 +2,11 @@
 //!
 //! A [`Client`] speaks to the two sockets in the daemon's runtime directory: gRPC on
 //! `control.sock` for every control call, and `fd.sock` (`SOCK_SEQPACKET` + `SCM_RIGHTS`) to
-//! redeem export tickets for file descriptors. Typed handles ([`Buffer`], [`Semaphore`],
-//! [`HostBuffer`]) name a resource by id and carry the client with them; [`import`] turns an [`Exported`] descriptor into
-//! a Vulkan import on the same physical device, and [`cuda`] into a CUDA import (a device pointer,
-//! an external semaphore) on the same GPU.
+//! redeem export tickets for file descriptors. Typed handles ([`Buffer`], [`Image`],
+//! [`Semaphore`], [`HostBuffer`]) name a resource by id and carry the client with them;
+//! [`import`] turns an [`Exported`] descriptor into a Vulkan import on the same physical device,
+//! and [`cuda`] into a CUDA import (a device pointer, a mipmapped array with surface and texture
+//! objects, an external semaphore) on the same GPU.
 //!
 //! # Sessions
 //!
@@ -24,6 +25,7 @@ pub mod cuda;
 mod error;
 mod export;
 mod host;
+mod image;
 pub mod import;
 mod semaphore;
 mod sync;
@@ -34,8 +36,10 @@ pub use buffer::Buffer;
 pub use client::{Client, CreateOptions, Grantee, OpenTarget};
 pub use error::{Error, Result};
 pub use export::Exported;
+pub use gpushare_interop::image::{ImageDesc, ImageFormat, ImageKind, ImageRegion};
 pub use gpushare_proto::v1;
 pub use host::HostBuffer;
+pub use image::{image_desc, ClearValue, Image, ImageSpec};
 pub use semaphore::{Semaphore, Watch};
 pub use sync::Sync;
 

@@ -372,11 +372,16 @@ impl ImageRegion {
     /// The region's bytes, tightly packed: rows of `width` texels, then `height` rows, then
     /// `depth` slices, then `layers` layers.
     pub fn size(&self, format: ImageFormat) -> u64 {
+        self.size_bytes(format.texel_size())
+    }
+
+    /// The region's bytes, tightly packed, at `texel` bytes per texel.
+    pub fn size_bytes(&self, texel: u32) -> u64 {
         u64::from(self.width)
             * u64::from(self.height)
             * u64::from(self.depth)
             * u64::from(self.layers)
-            * u64::from(format.texel_size())
+            * u64::from(texel)
     }
 }
 

@@ -13,6 +13,7 @@ use crate::devices::{DeviceSlot, Opened};
 use crate::error::{Error, Result};
 use crate::host_buffer::HostBuffer;
 use crate::ids;
+use crate::image::{SharedImage, IMAGE_PREFIX};
 use crate::inflight::InFlight;
 use crate::quota::{Counted, Counters, Held};
 use crate::registry::{EndedSession, Object, Registry, Resource, Snapshot};
@@ -21,7 +22,7 @@ use crate::waiter::WaitService;
 
 /// MALFORMED_ID (INVALID_ARGUMENT) unless `id` has the shape of a resource id.
 pub(crate) fn check_resource_id(id: &str) -> Result<()> {
-    if ["buf", "sem", HOST_BUFFER_PREFIX]
+    if ["buf", "sem", HOST_BUFFER_PREFIX, IMAGE_PREFIX]
         .iter()
         .any(|prefix| ids::is_well_formed(id, prefix))
     {
@@ -188,22 +189,38 @@ impl Daemon {
         self.registry.get(id, caller)
     }
 
-    /// Looks up a buffer of the caller's.
-    pub fn buffer(&self, id: &str, caller: &Caller) -> Result<(Arc<Resource>, Arc<SharedBuffer>)> {
-        if !ids::is_well_formed(id, "buf") {
+    /// Looks up a resource of the caller's of one kind: `prefix` is its ids' prefix, `what` its
+    /// name in errors, `pick` takes the object out (`None` for another kind).
+    fn typed<T>(
+        &self,
+        id: &str,
+        caller: &Caller,
+        prefix: &str,
+        what: &'static str,
+        pick: impl FnOnce(&Object) -> Option<Arc<T>>,
+    ) -> Result<(Arc<Resource>, Arc<T>)> {
+        if !ids::is_well_formed(id, prefix) {
             return Err(Error::MalformedId {
-                what: "buffer",
+                what,
                 id: ids::shown(id),
             });
         }
         let snap = self.registry.get(id, caller)?;
-        match &snap.resource.object {
-            Object::Buffer(b) => Ok((snap.resource.clone(), b.clone())),
-            _ => Err(Error::NotFound {
-                what: "buffer",
+        match pick(&snap.resource.object) {
+            Some(object) => Ok((snap.resource.clone(), object)),
+            None => Err(Error::NotFound {
+                what,
                 id: ids::shown(id),
             }),
         }
+    }
+
+    /// Looks up a buffer of the caller's.
+    pub fn buffer(&self, id: &str, caller: &Caller) -> Result<(Arc<Resource>, Arc<SharedBuffer>)> {
+        self.typed(id, caller, "buf", "buffer", |o| match o {
+            Object::Buffer(b) => Some(b.clone()),
+            _ => None,
+        })
     }
 
     /// Looks up a host buffer of the caller's.
@@ -212,20 +229,18 @@ impl Daemon {
         id: &str,
         caller: &Caller,
     ) -> Result<(Arc<Resource>, Arc<HostBuffer>)> {
-        if !ids::is_well_formed(id, HOST_BUFFER_PREFIX) {
-            return Err(Error::MalformedId {
-                what: "host buffer",
-                id: ids::shown(id),
-            });
-        }
-        let snap = self.registry.get(id, caller)?;
-        match &snap.resource.object {
-            Object::HostBuffer(h) => Ok((snap.resource.clone(), h.clone())),
-            _ => Err(Error::NotFound {
-                what: "host buffer",
-                id: ids::shown(id),
-            }),
-        }
+        self.typed(id, caller, HOST_BUFFER_PREFIX, "host buffer", |o| match o {
+            Object::HostBuffer(h) => Some(h.clone()),
+            _ => None,
+        })
+    }
+
+    /// Looks up an image of the caller's.
+    pub fn image(&self, id: &str, caller: &Caller) -> Result<(Arc<Resource>, Arc<SharedImage>)> {
+        self.typed(id, caller, IMAGE_PREFIX, "image", |o| match o {
+            Object::Image(i) => Some(i.clone()),
+            _ => None,
+        })
     }
 
     /// Looks up a semaphore of the caller's.
@@ -234,20 +249,10 @@ impl Daemon {
         id: &str,
         caller: &Caller,
     ) -> Result<(Arc<Resource>, Arc<TimelineSemaphore>)> {
-        if !ids::is_well_formed(id, "sem") {
-            return Err(Error::MalformedId {
-                what: "semaphore",
-                id: ids::shown(id),
-            });
-        }
-        let snap = self.registry.get(id, caller)?;
-        match &snap.resource.object {
-            Object::Semaphore(s) => Ok((snap.resource.clone(), s.clone())),
-            _ => Err(Error::NotFound {
-                what: "semaphore",
-                id: ids::shown(id),
-            }),
-        }
+        self.typed(id, caller, "sem", "semaphore", |o| match o {
+            Object::Semaphore(s) => Some(s.clone()),
+            _ => None,
+        })
     }
 
     /// Host-signals semaphore `res` (`sem`) to `value`, refusing non-increasing values and

@@ -2,11 +2,13 @@
 //! default), each one's CUDA device (paired by UUID, with Falcor's fallbacks unless
 //! `strict_device_match`, each CUDA device at most once), and each one's executor.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use gpushare_interop::cuda::{self, CudaDevice, MatchMethod, VulkanCandidate};
+use gpushare_interop::image::{ImageDesc, ImageFormat, ImageKind};
 use gpushare_interop::vulkan::{
-    self, Device, DeviceSelector, DeviceType, Instance, PhysicalDeviceInfo,
+    self, vk, Device, DeviceImage, DeviceSelector, DeviceType, Instance, PhysicalDeviceInfo,
+    Transfer,
 };
 
 use crate::executor::{CudaExecutor, Executor, VulkanExecutor};
@@ -31,13 +33,53 @@ pub struct DeviceSlot {
     pub cuda: Option<CudaSlot>,
     /// Runs Write/Read/Fill/Copy on it.
     pub executor: Arc<dyn Executor>,
+    /// The image formats it creates and exports as 2D images with the default usage.
+    pub image_formats: Vec<ImageFormat>,
+    /// The transfer engine that prepares new images (their first layout transition and
+    /// zeroing: Vulkan work, whichever the executor), made on first use.
+    prepare: Mutex<Option<Transfer>>,
 }
+
+/// The usage of images created without one: sampled and storage (CUDA surfaces need storage).
+pub const DEFAULT_IMAGE_USAGE: vk::ImageUsageFlags = vk::ImageUsageFlags::from_raw(
+    vk::ImageUsageFlags::SAMPLED.as_raw() | vk::ImageUsageFlags::STORAGE.as_raw(),
+);
 
 impl DeviceSlot {
     /// What the driver reports about it.
     pub fn info(&self) -> &PhysicalDeviceInfo {
         self.device.info()
     }
+
+    /// Moves a new image to its resting layout and zeroes it (blocking; one short submission).
+    pub fn prepare_image(&self, image: &dyn DeviceImage) -> Result<(), vulkan::Error> {
+        let mut engine = self.prepare.lock().unwrap_or_else(|p| p.into_inner());
+        let engine = match &mut *engine {
+            Some(t) => t,
+            slot @ None => slot.insert(Transfer::new(&self.device)?),
+        };
+        engine.prepare_image(image)
+    }
+}
+
+/// The formats `device` creates and exports as 2D images with [`DEFAULT_IMAGE_USAGE`].
+fn image_formats(device: &Device) -> Vec<ImageFormat> {
+    ImageFormat::all()
+        .filter(|&format| {
+            let desc = ImageDesc {
+                format,
+                kind: ImageKind::D2,
+                width: 1,
+                height: 1,
+                depth: 1,
+                mip_levels: 1,
+                array_layers: 1,
+            };
+            device
+                .image_support(&desc, DEFAULT_IMAGE_USAGE | vulkan::IMAGE_BASE_USAGE)
+                .is_ok_and(|s| s.exportable)
+        })
+        .collect()
 }
 
 /// Why a device selector string is invalid.
@@ -274,9 +316,11 @@ pub fn open(selector: &str, executor: &str, strict: bool) -> Result<Opened, Devi
         );
         slots.push(DeviceSlot {
             index,
+            image_formats: image_formats(&device),
             device,
             cuda,
             executor,
+            prepare: Mutex::new(None),
         });
     }
     Ok(Opened {

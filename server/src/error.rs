@@ -192,6 +192,9 @@ pub enum Error {
     /// Write got both inline bytes and a host range, or a Read's host range has the wrong length.
     #[error("{0}")]
     BadHostRange(&'static str),
+    /// An image request that names no valid image, region or color.
+    #[error("{0}")]
+    BadImage(String),
     /// A GPU driver call failed.
     #[error("{op} failed")]
     Gpu {
@@ -245,7 +248,7 @@ impl Error {
             NotOwner(_) => Code::PermissionDenied,
             BadToken | BadGrant | BadOpen => Code::InvalidArgument,
             UnknownToken => Code::NotFound,
-            BadHostRange(_) => Code::InvalidArgument,
+            BadHostRange(_) | BadImage(_) => Code::InvalidArgument,
             Cuda { source, .. } if source.is_out_of_memory() => Code::ResourceExhausted,
             Cuda { .. } => Code::Internal,
         }
@@ -270,7 +273,10 @@ fn gpu_code(e: &vulkan::Error) -> Code {
         return Code::ResourceExhausted;
     }
     match e {
-        vulkan::Error::OutOfRange { .. } => Code::InvalidArgument,
+        vulkan::Error::OutOfRange { .. }
+        | vulkan::Error::InvalidImage(_)
+        | vulkan::Error::InvalidUsage { .. }
+        | vulkan::Error::InvalidSize { .. } => Code::InvalidArgument,
         vulkan::Error::InvalidValue { .. } | vulkan::Error::Unsupported(_) => {
             Code::FailedPrecondition
         }

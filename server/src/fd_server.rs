@@ -194,6 +194,11 @@ fn handle(d: &Daemon, uid: u32, gid: u32, bytes: &[u8]) -> Result<(v1::ExportedF
             }),
             r.take_fd()?,
         ),
+        Object::Image(i) => (
+            v1::ResourceKind::Image,
+            v1::exported_fd::Details::Image(crate::image::import_msg(i.vk())),
+            r.take_fd()?,
+        ),
         Object::HostBuffer(h) => {
             handle_type = v1::HandleType::Memfd as i32;
             (

@@ -19,6 +19,7 @@ pub mod error;
 pub mod executor;
 pub mod fd_server;
 pub mod host_buffer;
+pub mod image;
 pub mod ids;
 pub mod inflight;
 pub mod introspect;

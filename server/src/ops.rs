@@ -1,5 +1,5 @@
-//! Daemon-executed operations (Write, Read, Fill, Copy): validation, then wait points, then the
-//! executor, then signal points.
+//! Daemon-executed operations (Write, Read, Fill, Copy, WriteImage, ReadImage, ClearImage):
+//! validation, then wait points, then the executor, then signal points.
 //!
 //! Wait points are awaited on the host through the wait service, not on the GPU queue, so a
 //! wait point that is never reached holds only its own call (bounded by its timeout), never the
@@ -16,7 +16,9 @@ use crate::buffer::SharedBuffer;
 use crate::daemon::Caller;
 use crate::error::{Error, Result};
 use crate::executor::{chunks, Op, Source};
+use crate::host_buffer::HostBuffer;
 use crate::ids;
+use crate::image;
 use crate::quota::Counted;
 use crate::registry::Resource;
 use crate::service::Service;
@@ -211,6 +213,62 @@ fn buffer(svc: &Service, caller: &Caller, id: &str) -> Result<(Arc<Resource>, Ar
     svc.d.buffer(id, caller)
 }
 
+/// Where a Write's or WriteImage's bytes come from: the request's `data` or a host buffer range
+/// (never both), `length` bytes either way (`None`: whatever `data` holds, for Write).
+fn write_source(
+    svc: &Service,
+    caller: &Caller,
+    data: Vec<u8>,
+    from_host: Option<v1::HostRange>,
+) -> Result<Source> {
+    match from_host {
+        Some(h) => {
+            if !data.is_empty() {
+                return Err(Error::BadHostRange(
+                    "a write got both data and from_host: send one of them",
+                ));
+            }
+            let (_, host) = svc.d.host_buffer(&h.host_buffer_id, caller)?;
+            check_range("host buffer", h.offset, h.length, host.size())?;
+            Ok(Source::Host {
+                host,
+                offset: h.offset,
+                length: h.length,
+            })
+        }
+        None => {
+            check_transfer(svc, data.len() as u64)?;
+            Ok(Source::Bytes(data))
+        }
+    }
+}
+
+/// Where a Read or ReadImage of `length` bytes goes: a host buffer range (whose length must be
+/// 0 or `length`), or the reply.
+fn read_target(
+    svc: &Service,
+    caller: &Caller,
+    length: u64,
+    to_host: Option<v1::HostRange>,
+) -> Result<Option<(Arc<HostBuffer>, u64)>> {
+    match to_host {
+        Some(h) => {
+            if h.length != 0 && h.length != length {
+                return Err(Error::BadHostRange(
+                    "a read's to_host.length must be 0 or the length read",
+                ));
+            }
+            let (_, host) = svc.d.host_buffer(&h.host_buffer_id, caller)?;
+            check_range("host buffer", h.offset, length, host.size())?;
+            Ok(Some((host, h.offset)))
+        }
+        None => {
+            check_transfer(svc, length)?;
+            Ok(None)
+        }
+    }
+}
+
 /// Write.
 pub async fn write(
     svc: &Service,
@@ -219,26 +277,7 @@ pub async fn write(
     r: v1::WriteRequest,
 ) -> Result<()> {
     let (res, dst) = buffer(svc, caller, &r.buffer_id)?;
-    let src = match r.from_host {
-        Some(h) => {
-            if !r.data.is_empty() {
-                return Err(Error::BadHostRange(
-                    "Write got both data and from_host: send one of them",
-                ));
-            }
-            let (_, host) = svc.d.host_buffer(&h.host_buffer_id, caller)?;
-            check_range("host buffer", h.offset, h.length, host.size())?;
-            Source::Host {
-                host,
-                offset: h.offset,
-                length: h.length,
-            }
-        }
-        None => {
-            check_transfer(svc, r.data.len() as u64)?;
-            Source::Bytes(r.data)
-        }
-    };
+    let src = write_source(svc, caller, r.data, r.from_host)?;
     check_range("buffer", r.offset, src.len(), dst.size())?;
     let seq = resolve(svc, caller, cap, r.sync)?;
     sequenced(
@@ -263,22 +302,7 @@ pub async fn read(
     r: v1::ReadRequest,
 ) -> Result<Vec<u8>> {
     let (res, src) = buffer(svc, caller, &r.buffer_id)?;
-    let into = match r.to_host {
-        Some(h) => {
-            if h.length != 0 && h.length != r.length {
-                return Err(Error::BadHostRange(
-                    "Read's to_host.length must be 0 or equal its length",
-                ));
-            }
-            let (_, host) = svc.d.host_buffer(&h.host_buffer_id, caller)?;
-            check_range("host buffer", h.offset, r.length, host.size())?;
-            Some((host, h.offset))
-        }
-        None => {
-            check_transfer(svc, r.length)?;
-            None
-        }
-    };
+    let into = read_target(svc, caller, r.length, r.to_host)?;
     check_range("buffer", r.offset, r.length, src.size())?;
     let seq = resolve(svc, caller, cap, r.sync)?;
     sequenced(
@@ -293,6 +317,92 @@ pub async fn read(
         },
     )
     .await
+}
+
+/// WriteImage.
+pub async fn write_image(
+    svc: &Service,
+    caller: &Caller,
+    cap: Duration,
+    r: v1::WriteImageRequest,
+) -> Result<()> {
+    let (res, dst) = svc.d.image(&r.image_id, caller)?;
+    let region = image::region(dst.desc(), r.region.as_ref())?;
+    let src = write_source(svc, caller, r.data, r.from_host)?;
+    let expected = region.size(dst.desc().format);
+    if src.len() != expected {
+        return Err(Error::BadImage(format!(
+            "the region {}x{}x{} x {} layers of {} takes {expected} bytes, not {}",
+            region.width,
+            region.height,
+            region.depth,
+            region.layers,
+            dst.desc().format,
+            src.len()
+        )));
+    }
+    let seq = resolve(svc, caller, cap, r.sync)?;
+    sequenced(svc, seq, res.device, Op::WriteImage { dst, region, src })
+        .await
+        .map(drop)
+}
+
+/// ReadImage.
+pub async fn read_image(
+    svc: &Service,
+    caller: &Caller,
+    cap: Duration,
+    r: v1::ReadImageRequest,
+) -> Result<Vec<u8>> {
+    let (res, src) = svc.d.image(&r.image_id, caller)?;
+    let region = image::region(src.desc(), r.region.as_ref())?;
+    let into = read_target(svc, caller, region.size(src.desc().format), r.to_host)?;
+    let seq = resolve(svc, caller, cap, r.sync)?;
+    sequenced(svc, seq, res.device, Op::ReadImage { src, region, into }).await
+}
+
+/// ClearImage.
+pub async fn clear_image(
+    svc: &Service,
+    caller: &Caller,
+    cap: Duration,
+    r: v1::ClearImageRequest,
+) -> Result<()> {
+    let (res, dst) = svc.d.image(&r.image_id, caller)?;
+    let desc = *dst.desc();
+    let span = |what: &str, base: u32, n: u32, total: u32| -> Result<u32> {
+        let n = if n == 0 {
+            total.saturating_sub(base)
+        } else {
+            n
+        };
+        if n == 0 || u64::from(base) + u64::from(n) > u64::from(total) {
+            return Err(Error::BadImage(format!(
+                "{what} {base}..{} are outside the image's {total}",
+                u64::from(base) + u64::from(n)
+            )));
+        }
+        Ok(n)
+    };
+    let levels = span("levels", r.base_level, r.levels, desc.mip_levels)?;
+    let layers = span("layers", r.base_layer, r.layers, desc.array_layers)?;
+    let color = image::clear_color(&desc, &r.float_color, &r.uint_color)?;
+    let seq = resolve(svc, caller, cap, r.sync)?;
+    sequenced(
+        svc,
+        seq,
+        res.device,
+        Op::ClearImage {
+            dst,
+            base_level: r.base_level,
+            levels,
+            base_layer: r.base_layer,
+            layers,
+            color,
+        },
+    )
+    .await
+    .map(drop)
 }
 
 /// Fill.

@@ -24,6 +24,7 @@ use gpushare_interop::vulkan::TimelineSemaphore;
 
 use crate::buffer::SharedBuffer;
 use crate::host_buffer::HostBuffer;
+use crate::image::SharedImage;
 
 use crate::config::Quotas;
 use crate::daemon::Caller;
@@ -40,12 +41,14 @@ pub enum Object {
     Semaphore(Arc<TimelineSemaphore>),
     /// Shared host memory for bulk transfers.
     HostBuffer(Arc<HostBuffer>),
+    /// An exportable image.
+    Image(Arc<SharedImage>),
 }
 
 /// One resource's fixed description.
 #[derive(Debug)]
 pub struct Resource {
-    /// Random id, `buf-…`, `sem-…` or `host-…`.
+    /// Random id, `buf-…`, `sem-…`, `host-…` or `img-…`.
     pub id: String,
     /// Optional name.
     pub name: String,
@@ -77,6 +80,10 @@ impl Object {
                 .mem()
                 .dup_fd()
                 .map_err(Error::host("duplicating a host buffer's descriptor")),
+            Object::Image(i) => i
+                .vk()
+                .export_fd()
+                .map_err(Error::gpu("exporting image memory")),
         }
     }
 
@@ -86,6 +93,7 @@ impl Object {
             Object::Buffer(_) => "buffer",
             Object::Semaphore(_) => "semaphore",
             Object::HostBuffer(_) => "host buffer",
+            Object::Image(_) => "image",
         }
     }
 }
@@ -209,6 +217,12 @@ impl Usage {
             Object::HostBuffer(h) => Usage {
                 host_buffers: 1,
                 host_buffer_bytes: h.size(),
+                ..Usage::default()
+            },
+            // Images count against the buffer quotas.
+            Object::Image(i) => Usage {
+                buffers: 1,
+                buffer_bytes: i.vk().allocation_size(),
                 ..Usage::default()
             },
         }

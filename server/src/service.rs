@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
 use gpushare_interop::cuda::MatchMethod;
-use gpushare_interop::vulkan::{DeviceType, HandleType};
+use gpushare_interop::vulkan::{vk, DeviceType, HandleType};
 use gpushare_proto::v1::{self, gpu_share_server::GpuShare};
 use gpushare_proto::SESSION_HEADER;
 use tonic::transport::server::UdsConnectInfo;
@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::executor::Op;
 use crate::host_buffer::HostBuffer;
 use crate::ids;
+use crate::image::SharedImage;
 use crate::quota::Counted;
 use crate::registry::{Object, Resource, Snapshot, Usage};
 use crate::waiter::End;
@@ -121,6 +122,11 @@ fn device_info(slot: &DeviceSlot) -> v1::DeviceInfo {
         index,
         vulkan_index: i.index,
         executor: slot.executor.name().into(),
+        image_formats: slot
+            .image_formats
+            .iter()
+            .map(|&f| crate::image::format_msg(f))
+            .collect(),
         name: i.name.clone(),
         vendor_id: i.vendor_id,
         device_id: i.device_id,
@@ -164,6 +170,15 @@ fn device_info(slot: &DeviceSlot) -> v1::DeviceInfo {
     }
 }
 
+/// Runs short blocking GPU work from a request handler: off the async worker where the runtime
+/// allows it (multi-threaded), in place otherwise.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// The wire form of a resource.
 pub(crate) fn resource_msg(s: &Snapshot) -> v1::Resource {
     let r = &s.resource;
@@ -183,6 +198,10 @@ pub(crate) fn resource_msg(s: &Snapshot) -> v1::Resource {
                 value: sem.value().unwrap_or(0),
                 exportable: sem.exportable(),
             }),
+        ),
+        Object::Image(i) => (
+            v1::ResourceKind::Image,
+            v1::resource::Details::Image(crate::image::details_msg(i.vk())),
         ),
         Object::HostBuffer(h) => (
             v1::ResourceKind::HostBuffer,
@@ -375,6 +394,61 @@ impl GpuShare for Service {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
         Ok(Response::new(self.create_host(&caller, r).await?))
+    }
+
+    async fn create_image(
+        &self,
+        req: Request<v1::CreateImageRequest>,
+    ) -> std::result::Result<Response<v1::Resource>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let desc = crate::image::requested_desc(&r)?;
+        let usage = match r.usage {
+            0 => crate::devices::DEFAULT_IMAGE_USAGE,
+            u => vk::ImageUsageFlags::from_raw(u),
+        };
+        // The tightly packed size bounds the allocation's from below: refuse the absurd before
+        // asking the driver (the allocation size itself is checked after).
+        let limit = self.d.max_buffer_size;
+        if desc.total_size() > limit {
+            return Err(Error::TooLarge {
+                what: "image size",
+                value: desc.total_size(),
+                limit,
+            }
+            .into());
+        }
+        let estimate = Usage {
+            buffers: 1,
+            buffer_bytes: desc.total_size(),
+            ..Usage::default()
+        };
+        Ok(Response::new(self.create(
+            &caller,
+            r.device,
+            r.name,
+            r.pin,
+            &estimate,
+            |slot| {
+                let image = slot
+                    .device
+                    .create_exportable_image(&desc, usage)
+                    .map_err(Error::gpu("creating an image"))?;
+                if image.allocation_size() > limit {
+                    return Err(Error::TooLarge {
+                        what: "image allocation size",
+                        value: image.allocation_size(),
+                        limit,
+                    });
+                }
+                blocking(|| slot.prepare_image(&image))
+                    .map_err(Error::gpu("preparing a new image"))?;
+                Ok((
+                    crate::image::IMAGE_PREFIX,
+                    Object::Image(Arc::new(SharedImage::new(image))),
+                ))
+            },
+        )?))
     }
 
     async fn list_resources(
@@ -631,6 +705,36 @@ impl GpuShare for Service {
         let cap = self.wait_timeout(&req, u32::MAX);
         let data = crate::ops::read(self, &caller, cap, req.into_inner()).await?;
         Ok(Response::new(v1::ReadResponse { data }))
+    }
+
+    async fn write_image(
+        &self,
+        req: Request<v1::WriteImageRequest>,
+    ) -> std::result::Result<Response<v1::OpResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let cap = self.wait_timeout(&req, u32::MAX);
+        crate::ops::write_image(self, &caller, cap, req.into_inner()).await?;
+        Ok(Response::new(v1::OpResponse {}))
+    }
+
+    async fn read_image(
+        &self,
+        req: Request<v1::ReadImageRequest>,
+    ) -> std::result::Result<Response<v1::ReadResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let cap = self.wait_timeout(&req, u32::MAX);
+        let data = crate::ops::read_image(self, &caller, cap, req.into_inner()).await?;
+        Ok(Response::new(v1::ReadResponse { data }))
+    }
+
+    async fn clear_image(
+        &self,
+        req: Request<v1::ClearImageRequest>,
+    ) -> std::result::Result<Response<v1::OpResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let cap = self.wait_timeout(&req, u32::MAX);
+        crate::ops::clear_image(self, &caller, cap, req.into_inner()).await?;
+        Ok(Response::new(v1::OpResponse {}))
     }
 
     async fn fill(

@@ -196,6 +196,11 @@ impl ExternalMemory {
         &self.device
     }
 
+    /// The driver handle, valid while `self` lives (for the mappings in sibling modules).
+    pub(super) fn raw(&self) -> sys::CUexternalMemory {
+        self.raw
+    }
+
     /// A device pointer to the whole allocation, mapped on first use and kept until `Drop`
     /// (valid while `self` lives).
     pub fn device_ptr(&self) -> Result<u64> {

@@ -7,17 +7,23 @@
 //! in cudarc: `cudarc::driver::sys` → thin `unsafe fn`s returning [`Result`] (one per call,
 //! through one checked path) → safe types that release their handle in `Drop`.
 //!
-//! Not here: mipmapped arrays and surfaces (images), the daemon's executor, client helpers.
+//! Not here: the daemon's executor, client helpers.
 
+mod array;
 mod device;
 mod error;
 mod external_memory;
 mod external_semaphore;
+pub mod kernels;
 mod loader;
 mod matching;
 pub mod memops;
 mod memory;
 
+pub use array::{
+    array3d_descriptor, copy_array_to_device, copy_array_to_host, copy_device_to_array,
+    copy_host_to_array, ArrayLevel, MipmappedArray, SurfaceObject, TextureObject, TextureOptions,
+};
 pub use device::{devices, CudaDevice, CudaDeviceInfo};
 pub use error::{Error, Result};
 pub use external_memory::{ExternalMemory, MappedBuffer};

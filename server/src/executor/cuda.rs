@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use gpushare_interop::cuda::{self, CudaDevice, PinnedBuffer};
 
-use super::{Executor, Op, OpFuture, Source, Worker};
+use gpushare_interop::image::ImageRegion;
+
+use super::{image_pieces, Executor, Op, OpFuture, Source, Worker};
 use crate::buffer::CudaViewError;
 use crate::error::Error;
 
@@ -155,6 +157,124 @@ fn execute(
             // past the synchronize below.
             unsafe { cuda::copy_peer(stream, to, device, from, &src_device, length) }?;
             device.synchronize_stream()?;
+            Ok(Vec::new())
+        }
+        Op::WriteImage { dst, region, src } => {
+            let array = dst.cuda_array(device)?;
+            let level = array.level(region.level)?;
+            let format = dst.desc().format;
+            match src {
+                Source::Bytes(data) => {
+                    let pinned = staging.get(data.len())?;
+                    pinned.as_mut_slice()[..data.len()].copy_from_slice(&data);
+                    let src = &pinned.as_slice()[..data.len()];
+                    // SAFETY: the pinned source holds the region's bytes (the length was checked
+                    // by the caller and again by the call) and is not touched again before the
+                    // synchronize below; the level's array lives in `dst` past it.
+                    unsafe {
+                        cuda::copy_host_to_array(
+                            stream,
+                            &level,
+                            &region,
+                            format,
+                            src.as_ptr(),
+                            src.len(),
+                        )
+                    }?;
+                }
+                Source::Host {
+                    host,
+                    offset,
+                    length,
+                } => {
+                    host.register(device)?;
+                    let len = usize_len(length)?;
+                    let src = host
+                        .mem()
+                        .range(offset, length)
+                        .map_err(|_| host_range_error(offset, length))?;
+                    // SAFETY: the source lies in the host buffer's page-locked mapping (range
+                    // checked), which lives past the synchronize below, as does the level.
+                    unsafe { cuda::copy_host_to_array(stream, &level, &region, format, src, len) }?;
+                }
+            }
+            device.synchronize_stream()?;
+            Ok(Vec::new())
+        }
+        Op::ReadImage { src, region, into } => {
+            let array = src.cuda_array(device)?;
+            let level = array.level(region.level)?;
+            let format = src.desc().format;
+            let length = region.size(format);
+            let len = usize_len(length)?;
+            match into {
+                Some((host, to)) => {
+                    host.register(device)?;
+                    let dst = host
+                        .mem()
+                        .range(to, length)
+                        .map_err(|_| host_range_error(to, length))?;
+                    // SAFETY: the destination lies in the host buffer's page-locked mapping
+                    // (checked), which lives past the synchronize below, as does the level.
+                    unsafe { cuda::copy_array_to_host(stream, &level, &region, format, dst, len) }?;
+                    device.synchronize_stream()?;
+                    Ok(Vec::new())
+                }
+                None => {
+                    let pinned = staging.get(len)?;
+                    let dst = pinned.as_mut_slice()[..len].as_mut_ptr();
+                    // SAFETY: the pinned destination holds `len` bytes and is neither read nor
+                    // dropped before the synchronize below; the level lives past it.
+                    unsafe { cuda::copy_array_to_host(stream, &level, &region, format, dst, len) }?;
+                    device.synchronize_stream()?;
+                    Ok(pinned.as_slice()[..len].to_vec())
+                }
+            }
+        }
+        Op::ClearImage {
+            dst,
+            base_level,
+            levels,
+            base_layer,
+            layers,
+            color,
+        } => {
+            // CUDA has no clear for arrays: copy the color, one texel repeated, from pinned
+            // memory, in pieces of at most HOST_CHUNK bytes (each starts on a texel, so each is
+            // a prefix of the repeated pattern).
+            let desc = *dst.desc();
+            let texel = crate::image::texel_bytes(desc.format, color);
+            let array = dst.cuda_array(device)?;
+            let texel_size = desc.format.texel_size();
+            let pieces: Vec<ImageRegion> = (base_level..base_level + levels)
+                .flat_map(|l| {
+                    let whole = ImageRegion {
+                        base_layer,
+                        layers,
+                        ..ImageRegion::level(&desc, l)
+                    };
+                    image_pieces(&whole, texel_size).into_iter().map(|(p, _)| p)
+                })
+                .collect();
+            let longest = pieces
+                .iter()
+                .map(|p| p.size(desc.format))
+                .max()
+                .unwrap_or(0);
+            let longest = usize_len(longest)?;
+            let pinned = staging.get(longest)?;
+            for (i, b) in pinned.as_mut_slice()[..longest].iter_mut().enumerate() {
+                *b = texel[i % texel.len()];
+            }
+            for piece in pieces {
+                let level = array.level(piece.level)?;
+                let len = usize_len(piece.size(desc.format))?;
+                let src = pinned.as_slice()[..len].as_ptr();
+                // SAFETY: the pinned source holds `len` bytes of the pattern and is not written
+                // again before the synchronize below; the level lives past it.
+                unsafe { cuda::copy_host_to_array(stream, &level, &piece, desc.format, src, len) }?;
+                device.synchronize_stream()?;
+            }
             Ok(Vec::new())
         }
         Op::Register { host } => {

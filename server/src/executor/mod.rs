@@ -1,4 +1,5 @@
-//! Daemon-executed GPU operations (Write, Read, Fill, Copy) behind one trait, with two
+//! Daemon-executed GPU operations (Write, Read, Fill, Copy, and their image forms) behind one
+//! trait, with two
 //! implementations: [`CudaExecutor`] (the daemon's CUDA stream over its imported memory) and
 //! [`VulkanExecutor`] (Vulkan transfer submissions). Configuration chooses (`executor`).
 //!
@@ -18,6 +19,9 @@ use tokio::sync::oneshot;
 use crate::buffer::SharedBuffer;
 use crate::error::{Error, Result};
 use crate::host_buffer::HostBuffer;
+use crate::image::SharedImage;
+use gpushare_interop::image::ImageRegion;
+use gpushare_interop::vulkan::ClearColor;
 
 mod cuda;
 mod vulkan;
@@ -66,6 +70,78 @@ pub fn chunks(length: u64) -> impl Iterator<Item = (u64, u64)> {
     (0..length)
         .step_by(HOST_CHUNK as usize)
         .map(move |pos| (pos, HOST_CHUNK.min(length - pos)))
+}
+
+/// Pieces of `region` (of a format with `texel` bytes per texel) of at most [`HOST_CHUNK`]
+/// bytes each where a row allows, with each piece's byte offset in the region's tightly packed
+/// bytes: whole layers, else slices of one layer, else rows of one slice (the packing order, so
+/// every piece is one contiguous byte range).
+pub fn image_pieces(region: &ImageRegion, texel: u32) -> Vec<(ImageRegion, u64)> {
+    let row = u64::from(region.width) * u64::from(texel);
+    let slice = row * u64::from(region.height);
+    let layer = slice * u64::from(region.depth);
+    let per = |unit: u64| (HOST_CHUNK / unit.max(1)).max(1) as u32;
+    let mut out = Vec::new();
+    let mut push = |r: ImageRegion, at: u64| out.push((r, at));
+    if layer <= HOST_CHUNK {
+        let n = per(layer);
+        let mut l = 0;
+        while l < region.layers {
+            let count = n.min(region.layers - l);
+            let r = ImageRegion {
+                base_layer: region.base_layer + l,
+                layers: count,
+                ..*region
+            };
+            push(r, u64::from(l) * layer);
+            l += count;
+        }
+        return out;
+    }
+    for l in 0..region.layers {
+        let base = u64::from(l) * layer;
+        let one = ImageRegion {
+            base_layer: region.base_layer + l,
+            layers: 1,
+            ..*region
+        };
+        if slice <= HOST_CHUNK {
+            let n = per(slice);
+            let mut z = 0;
+            while z < region.depth {
+                let count = n.min(region.depth - z);
+                push(
+                    ImageRegion {
+                        z: region.z + z,
+                        depth: count,
+                        ..one
+                    },
+                    base + u64::from(z) * slice,
+                );
+                z += count;
+            }
+        } else {
+            let n = per(row);
+            for z in 0..region.depth {
+                let mut y = 0;
+                while y < region.height {
+                    let count = n.min(region.height - y);
+                    push(
+                        ImageRegion {
+                            z: region.z + z,
+                            depth: 1,
+                            y: region.y + y,
+                            height: count,
+                            ..one
+                        },
+                        base + u64::from(z) * slice + u64::from(y) * row,
+                    );
+                    y += count;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// One daemon-executed operation. Ranges were validated by the caller.
@@ -122,6 +198,39 @@ pub enum Op {
         /// The word.
         value: u32,
     },
+    /// Upload `src` (the region's tightly packed bytes) into a region of an image.
+    WriteImage {
+        /// Destination.
+        dst: Arc<SharedImage>,
+        /// Where (checked against the image).
+        region: ImageRegion,
+        /// The bytes: exactly the region's size.
+        src: Source,
+    },
+    /// Download a region of an image: into the reply, or into a host buffer at an offset.
+    ReadImage {
+        /// Source.
+        src: Arc<SharedImage>,
+        /// Where (checked against the image).
+        region: ImageRegion,
+        /// The host buffer and offset to read into; `None`: the bytes are returned.
+        into: Option<(Arc<HostBuffer>, u64)>,
+    },
+    /// Set levels and layers of an image to one color.
+    ClearImage {
+        /// Destination.
+        dst: Arc<SharedImage>,
+        /// First level.
+        base_level: u32,
+        /// Levels (at least 1, within the image).
+        levels: u32,
+        /// First layer.
+        base_layer: u32,
+        /// Layers (at least 1, within the image).
+        layers: u32,
+        /// The color, of the format's kind.
+        color: ClearColor,
+    },
     /// Copy between buffers of one device.
     Copy {
         /// Source.
@@ -147,6 +256,9 @@ impl Op {
             Op::Copy { .. } => "copy",
             Op::Register { .. } => "host buffer registration",
             Op::CopyPeer { .. } => "copy between devices",
+            Op::WriteImage { .. } => "image write",
+            Op::ReadImage { .. } => "image read",
+            Op::ClearImage { .. } => "image clear",
         }
     }
 }
@@ -249,5 +361,39 @@ mod tests {
             ]
         );
         assert_eq!(parts.iter().map(|p| p.1).sum::<u64>(), n);
+    }
+
+    #[test]
+    fn image_pieces_tile_the_packed_bytes_in_order() {
+        let region = |layers, w, h, d| ImageRegion {
+            level: 0,
+            base_layer: 2,
+            layers,
+            x: 3,
+            y: 4,
+            z: 5,
+            width: w,
+            height: h,
+            depth: d,
+        };
+        for (r, texel) in [
+            (region(1, 16, 16, 1), 4),
+            (region(8, 2048, 2048, 1), 4),
+            (region(3, 4096, 4096, 1), 16),
+            (region(1, 512, 512, 64), 8),
+            (region(2, 16384, 16384, 1), 16),
+        ] {
+            let pieces = image_pieces(&r, texel);
+            let mut at = 0;
+            for (p, offset) in &pieces {
+                assert_eq!(*offset, at, "{r:?}: pieces follow one another");
+                let size = p.size_bytes(texel);
+                assert!(size <= HOST_CHUNK, "{r:?}: piece {p:?} of {size} bytes");
+                assert_eq!((p.x, p.width), (r.x, r.width));
+                at += size;
+            }
+            assert_eq!(at, r.size_bytes(texel), "{r:?}: every byte once");
+        }
+        assert_eq!(image_pieces(&region(4, 8, 8, 1), 4).len(), 1);
     }
 }

@@ -1,12 +1,14 @@
 //! The Vulkan executor: operations as Vulkan transfer submissions on one thread that owns the
-//! device's transfer engine. Used where the host has no CUDA, or by configuration.
+//! device's transfer engine. Image transfers through host buffers go in pieces of at most
+//! `HOST_CHUNK` bytes (whole layers, slices or rows), like buffer transfers. Used where the host
+//! has no CUDA, or by configuration.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use gpushare_interop::vulkan::{self, Device, SyncPoints, Transfer};
 
-use super::{chunks, Executor, Op, OpFuture, Source, Worker};
+use super::{chunks, image_pieces, Executor, Op, OpFuture, Source, Worker};
 use crate::error::Error;
 use crate::host_buffer::HostBuffer;
 
@@ -83,6 +85,61 @@ fn execute(t: &mut Transfer, op: Op) -> std::result::Result<Vec<u8>, vulkan::Err
             Ok(Vec::new())
         }
         Op::Register { .. } => Ok(Vec::new()),
+        Op::WriteImage {
+            dst,
+            region,
+            src: Source::Bytes(data),
+        } => t
+            .upload_image(dst.vk(), &region, &data, &sync)
+            .map(|()| Vec::new()),
+        Op::WriteImage {
+            dst,
+            region,
+            src: Source::Host { host, offset, .. },
+        } => {
+            let texel = dst.desc().format.texel_size();
+            for (piece, at) in image_pieces(&region, texel) {
+                let bytes = host_slice(&host, offset + at, piece.size_bytes(texel))?;
+                t.upload_image(dst.vk(), &piece, bytes, &sync)?;
+            }
+            Ok(Vec::new())
+        }
+        Op::ReadImage {
+            src,
+            region,
+            into: None,
+        } => t.download_image(src.vk(), &region, &sync),
+        Op::ReadImage {
+            src,
+            region,
+            into: Some((host, to)),
+        } => {
+            for (piece, at) in image_pieces(&region, src.desc().format.texel_size()) {
+                let bytes = t.download_image(src.vk(), &piece, &sync)?;
+                host.mem()
+                    .write_at(to + at, &bytes)
+                    .map_err(|_| host_range_error())?;
+            }
+            Ok(Vec::new())
+        }
+        Op::ClearImage {
+            dst,
+            base_level,
+            levels,
+            base_layer,
+            layers,
+            color,
+        } => t
+            .clear_image(
+                dst.vk(),
+                base_level,
+                levels,
+                base_layer,
+                layers,
+                color,
+                &sync,
+            )
+            .map(|()| Vec::new()),
         Op::CopyPeer { .. } => Err(vulkan::Error::Unsupported(
             "a CUDA peer copy on the Vulkan executor".into(),
         )),

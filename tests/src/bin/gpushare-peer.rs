@@ -3,6 +3,8 @@
 //! ```text
 //! gpushare-peer <runtime-dir> import-read  <ticket-hex> <offset> <length>   # prints the bytes as hex
 //! gpushare-peer <runtime-dir> import-write <ticket-hex> <offset> <hex>      # writes through its import
+//! gpushare-peer <runtime-dir> image-read   <ticket-hex> <level>            # Vulkan image import; prints the level (all layers) as hex
+//! gpushare-peer <runtime-dir> image-write  <ticket-hex> <level> <hex>      # Vulkan image import; writes the level (all layers)
 //! gpushare-peer <runtime-dir> hold <buffer-size> [pin]                     # session + buffer + semaphore, then sleeps
 //! gpushare-peer <runtime-dir> cuda-wait <ticket-hex> <value>                # GPU-side wait on an imported semaphore
 //! gpushare-peer <runtime-dir> sem-signal <ticket-hex> <value> [<delay-ms>]   # imports a semaphore, host-signals it
@@ -27,7 +29,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use gpushare_client::{import, Client, CreateOptions};
-use gpushare_interop::vulkan::{Instance, SyncPoints, Transfer};
+use gpushare_interop::vulkan::{DeviceImage, Instance, SyncPoints, Transfer};
 
 fn usage() -> ExitCode {
     eprintln!("usage: gpushare-peer <runtime-dir> (import-read TICKET OFFSET LEN | import-write TICKET OFFSET HEX | hold SIZE)");
@@ -56,6 +58,18 @@ async fn main() -> ExitCode {
                 ticket,
                 offset.parse().unwrap(),
                 Access::Write(hex::decode(data).unwrap()),
+            )
+            .await
+        }
+        ("image-read", [ticket, level]) => {
+            image_rw(dir, ticket, level.parse().unwrap(), None).await
+        }
+        ("image-write", [ticket, level, data]) => {
+            image_rw(
+                dir,
+                ticket,
+                level.parse().unwrap(),
+                Some(hex::decode(data).unwrap()),
             )
             .await
         }
@@ -109,6 +123,31 @@ async fn import_rw(
             println!("{}", hex::encode(bytes));
         }
         Access::Write(data) => transfer.upload(&buffer, offset, &data, &SyncPoints::default())?,
+    }
+    Ok(())
+}
+
+/// Imports an image into this process's Vulkan device and reads (`data` is `None`; printed as
+/// hex) or writes a whole level, every layer, with this process's own transfer queue.
+async fn image_rw(
+    dir: &str,
+    ticket: &str,
+    level: u32,
+    data: Option<Vec<u8>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let client = Client::connect(dir).await?;
+    let exported = client.redeem(&hex::decode(ticket)?).await?;
+    let instance = Instance::new("gpushare-peer")?;
+    let device = import::vulkan_device_for(&instance, &exported)?;
+    let image = import::import_image_vulkan(&device, exported)?;
+    let region = gpushare_client::ImageRegion::level(image.desc(), level);
+    let mut transfer = Transfer::new(&device)?;
+    match data {
+        None => {
+            let bytes = transfer.download_image(&image, &region, &SyncPoints::default())?;
+            println!("{}", hex::encode(bytes));
+        }
+        Some(bytes) => transfer.upload_image(&image, &region, &bytes, &SyncPoints::default())?,
     }
     Ok(())
 }

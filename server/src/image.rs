@@ -1,0 +1,431 @@
+//! An image as the daemon holds it: the exportable Vulkan image, and its CUDA import (a
+//! mipmapped array) when the CUDA executor has used it. Also the wire ↔ interop conversions of
+//! image requests: shapes, regions, clear colors.
+
+use std::sync::{Arc, OnceLock};
+
+use gpushare_interop::cuda::{CudaDevice, ExternalMemory, MipmappedArray};
+use gpushare_interop::image::{ImageDesc, ImageFormat, ImageKind, ImageRegion};
+use gpushare_interop::vulkan::{vk, ClearColor, ExportableImage};
+use gpushare_proto::v1;
+
+use crate::buffer::CudaViewError;
+use crate::error::{Error, Result};
+
+/// The id prefix of images (`img-…`).
+pub const IMAGE_PREFIX: &str = "img";
+
+/// The daemon's image.
+#[derive(Debug)]
+pub struct SharedImage {
+    // Declared first: dropped before the Vulkan memory it imports.
+    cuda: OnceLock<Arc<MipmappedArray>>,
+    vk: ExportableImage,
+}
+
+impl SharedImage {
+    /// Wraps a freshly allocated (and prepared) image.
+    pub fn new(vk: ExportableImage) -> Self {
+        Self {
+            cuda: OnceLock::new(),
+            vk,
+        }
+    }
+
+    /// The Vulkan image.
+    pub fn vk(&self) -> &ExportableImage {
+        &self.vk
+    }
+
+    /// What the image is.
+    pub fn desc(&self) -> &ImageDesc {
+        self.vk.desc()
+    }
+
+    /// The image as a CUDA mipmapped array in `device`'s context: exported from Vulkan and
+    /// imported on first use, then kept until the image is freed. Called by the image's own
+    /// device's CUDA executor thread only.
+    pub fn cuda_array(
+        &self,
+        device: &Arc<CudaDevice>,
+    ) -> std::result::Result<Arc<MipmappedArray>, CudaViewError> {
+        if let Some(array) = self.cuda.get() {
+            return Ok(array.clone());
+        }
+        let fd = self.vk.export_fd().map_err(CudaViewError::Export)?;
+        let mem = ExternalMemory::import_opaque_fd(device, fd, self.vk.allocation_size(), true)?;
+        let array = mem.mipmapped_array(self.vk.desc(), self.vk.usage())?;
+        Ok(self.cuda.get_or_init(|| array).clone())
+    }
+}
+
+/// The wire value of a format.
+pub fn format_msg(format: ImageFormat) -> i32 {
+    format.code() as i32
+}
+
+/// The wire value of a kind.
+pub fn kind_msg(kind: ImageKind) -> i32 {
+    match kind {
+        ImageKind::D2 => v1::ImageKind::ImageKind2d as i32,
+        ImageKind::D3 => v1::ImageKind::ImageKind3d as i32,
+    }
+}
+
+/// The wire description of an image (Resource.image).
+pub fn details_msg(i: &ExportableImage) -> v1::ImageDetails {
+    let d = i.desc();
+    v1::ImageDetails {
+        format: format_msg(d.format),
+        kind: kind_msg(d.kind),
+        width: d.width,
+        height: d.height,
+        depth: d.depth,
+        mip_levels: d.mip_levels,
+        array_layers: d.array_layers,
+        usage: i.usage(),
+        allocation_size: i.allocation_size(),
+    }
+}
+
+/// What an importer needs besides the descriptor (ExportedFd.image).
+pub fn import_msg(i: &ExportableImage) -> v1::ImageImport {
+    let d = i.desc();
+    v1::ImageImport {
+        format: format_msg(d.format),
+        kind: kind_msg(d.kind),
+        width: d.width,
+        height: d.height,
+        depth: d.depth,
+        mip_levels: d.mip_levels,
+        array_layers: d.array_layers,
+        usage: i.usage(),
+        allocation_size: i.allocation_size(),
+        dedicated: i.dedicated(),
+        memory_type_index: i.memory_type_index(),
+        vk_format: d.format.info().vk.as_raw() as u32,
+        tiling: vk::ImageTiling::OPTIMAL.as_raw() as u32,
+        layout: vk::ImageLayout::GENERAL.as_raw() as u32,
+    }
+}
+
+/// The image a CreateImage asks for (shape only; the device's limits are checked by the driver
+/// query at creation).
+pub fn requested_desc(r: &v1::CreateImageRequest) -> Result<ImageDesc> {
+    let format = u32::try_from(r.format)
+        .ok()
+        .and_then(ImageFormat::from_code)
+        .ok_or_else(|| Error::BadImage(format!("unknown or missing image format {}", r.format)))?;
+    let kind = match v1::ImageKind::try_from(r.kind) {
+        Ok(v1::ImageKind::ImageKind2d) => ImageKind::D2,
+        Ok(v1::ImageKind::ImageKind3d) => ImageKind::D3,
+        _ => {
+            return Err(Error::BadImage(format!(
+                "unknown or missing image kind {} (IMAGE_KIND_2D or IMAGE_KIND_3D)",
+                r.kind
+            )))
+        }
+    };
+    let one = |v: u32| v.max(1);
+    let desc = ImageDesc {
+        format,
+        kind,
+        width: r.width,
+        height: r.height,
+        depth: one(r.depth),
+        mip_levels: one(r.mip_levels),
+        array_layers: one(r.array_layers),
+    };
+    desc.validate()
+        .map_err(|e| Error::BadImage(e.to_string()))?;
+    Ok(desc)
+}
+
+/// The region a request names, with its zero fields filled in (see `ImageRegion` in the
+/// proto), checked against the image.
+pub fn region(desc: &ImageDesc, r: Option<&v1::ImageRegion>) -> Result<ImageRegion> {
+    let r = r.cloned().unwrap_or_default();
+    if r.level >= desc.mip_levels {
+        return Err(Error::BadImage(format!(
+            "level {} is beyond the image's {} mip levels",
+            r.level, desc.mip_levels
+        )));
+    }
+    let (w, h, d) = desc.level_extent(r.level);
+    let rest = |len: u32, off: u32, size: u32| {
+        if len == 0 {
+            size.saturating_sub(off)
+        } else {
+            len
+        }
+    };
+    let region = ImageRegion {
+        level: r.level,
+        base_layer: r.base_layer,
+        layers: rest(r.layers, r.base_layer, desc.array_layers),
+        x: r.x,
+        y: r.y,
+        z: r.z,
+        width: rest(r.width, r.x, w),
+        height: rest(r.height, r.y, h),
+        depth: rest(r.depth, r.z, d),
+    };
+    region.validate(desc).map_err(|e| {
+        Error::BadImage(format!(
+            "{e} (level {} is {w}x{h}x{d}, {} layers)",
+            r.level, desc.array_layers
+        ))
+    })?;
+    Ok(region)
+}
+
+/// The clear color a ClearImage asks for, of the kind the format needs.
+pub fn clear_color(desc: &ImageDesc, floats: &[f32], uints: &[u32]) -> Result<ClearColor> {
+    use gpushare_interop::image::ChannelKind;
+    if floats.len() > 4 || uints.len() > 4 {
+        return Err(Error::BadImage(
+            "a clear color has at most 4 channels".into(),
+        ));
+    }
+    let integer = desc.format.info().kind == ChannelKind::Unsigned;
+    match (integer, floats.is_empty(), uints.is_empty()) {
+        (_, false, false) => Err(Error::BadImage(
+            "ClearImage takes float_color or uint_color, not both".into(),
+        )),
+        (true, false, true) => Err(Error::BadImage(format!(
+            "a {} image is cleared with uint_color",
+            desc.format
+        ))),
+        (false, true, false) => Err(Error::BadImage(format!(
+            "a {} image is cleared with float_color",
+            desc.format
+        ))),
+        (true, _, _) => {
+            let mut v = [0; 4];
+            v[..uints.len()].copy_from_slice(uints);
+            Ok(ClearColor::Uint(v))
+        }
+        (false, _, _) => {
+            let mut v = [0.0; 4];
+            v[..floats.len()].copy_from_slice(floats);
+            Ok(ClearColor::Float(v))
+        }
+    }
+}
+
+/// The packed bytes of one texel of `color` in `format` (for executors that clear by copying).
+pub fn texel_bytes(format: ImageFormat, color: ClearColor) -> Vec<u8> {
+    use gpushare_interop::image::ChannelKind;
+    let info = format.info();
+    let channels = info.channels as usize;
+    let mut out = Vec::with_capacity(info.texel_size() as usize);
+    for c in 0..channels {
+        match (color, info.kind, info.bits) {
+            (ClearColor::Uint(v), _, 8) => out.push(v[c].min(255) as u8),
+            (ClearColor::Uint(v), _, 16) => out.extend((v[c].min(65535) as u16).to_le_bytes()),
+            (ClearColor::Uint(v), _, _) => out.extend(v[c].to_le_bytes()),
+            (ClearColor::Float(v), ChannelKind::UnsignedNormalized, _) => {
+                out.push((v[c].clamp(0.0, 1.0) * 255.0).round() as u8)
+            }
+            (ClearColor::Float(v), _, 16) => out.extend(f32_to_f16(v[c]).to_le_bytes()),
+            (ClearColor::Float(v), _, _) => out.extend(v[c].to_le_bytes()),
+        }
+    }
+    out
+}
+
+/// IEEE half from single precision, rounding to nearest even (clear colors only).
+fn f32_to_f16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let man = bits & 0x007f_ffff;
+    if exp == 0xff {
+        // Inf or NaN (keep a quiet NaN).
+        return sign | 0x7c00 | if man != 0 { 0x0200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    if e <= 0 {
+        if e < -10 {
+            return sign;
+        }
+        // Subnormal half.
+        let m = man | 0x0080_0000;
+        let shift = (14 - e) as u32;
+        let half = m >> shift;
+        let rem = m & ((1 << shift) - 1);
+        let mid = 1 << (shift - 1);
+        let round = u32::from(rem > mid || (rem == mid && half & 1 == 1));
+        return sign | (half + round) as u16;
+    }
+    let half = ((e as u32) << 10) | (man >> 13);
+    let rem = man & 0x1fff;
+    let round = u32::from(rem > 0x1000 || (rem == 0x1000 && half & 1 == 1));
+    sign | (half + round) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc() -> ImageDesc {
+        ImageDesc {
+            format: ImageFormat::Rgba8Unorm,
+            kind: ImageKind::D2,
+            width: 64,
+            height: 32,
+            depth: 1,
+            mip_levels: 3,
+            array_layers: 4,
+        }
+    }
+
+    #[test]
+    fn requests_default_and_refuse() {
+        let mut r = v1::CreateImageRequest {
+            format: v1::ImageFormat::Rgba16Float as i32,
+            kind: v1::ImageKind::ImageKind2d as i32,
+            width: 8,
+            height: 8,
+            ..Default::default()
+        };
+        let d = requested_desc(&r).unwrap();
+        assert_eq!((d.depth, d.mip_levels, d.array_layers), (1, 1, 1));
+        assert_eq!(d.format, ImageFormat::Rgba16Float);
+        r.mip_levels = 5;
+        assert!(requested_desc(&r).is_err());
+        r.mip_levels = 4;
+        r.format = 0;
+        assert!(requested_desc(&r).is_err());
+        r.format = 99;
+        assert!(requested_desc(&r).is_err());
+        r.format = 1;
+        r.kind = 0;
+        assert!(requested_desc(&r).is_err());
+        // The wire enum and the table agree, value for value.
+        for f in ImageFormat::all() {
+            let wire = v1::ImageFormat::try_from(format_msg(f)).unwrap();
+            let name = wire
+                .as_str_name()
+                .trim_start_matches("IMAGE_FORMAT_")
+                .replace('_', "");
+            let ours = f.name().to_uppercase();
+            assert_eq!(name, ours, "{f}");
+        }
+    }
+
+    #[test]
+    fn regions_fill_in_their_zero_fields() {
+        let d = desc();
+        let whole = region(&d, None).unwrap();
+        assert_eq!(
+            (whole.width, whole.height, whole.depth, whole.layers),
+            (64, 32, 1, 4)
+        );
+        let r = region(
+            &d,
+            Some(&v1::ImageRegion {
+                level: 1,
+                base_layer: 1,
+                x: 8,
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.x, r.width, r.height, r.base_layer, r.layers),
+            (8, 24, 16, 1, 3)
+        );
+        for bad in [
+            v1::ImageRegion {
+                level: 3,
+                ..Default::default()
+            },
+            v1::ImageRegion {
+                x: 64,
+                ..Default::default()
+            },
+            v1::ImageRegion {
+                width: 65,
+                ..Default::default()
+            },
+            v1::ImageRegion {
+                base_layer: 4,
+                ..Default::default()
+            },
+            v1::ImageRegion {
+                z: 1,
+                ..Default::default()
+            },
+        ] {
+            assert!(
+                matches!(region(&d, Some(&bad)), Err(Error::BadImage(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn clear_colors_match_their_format() {
+        let d = desc();
+        assert_eq!(
+            clear_color(&d, &[1.0], &[]).unwrap(),
+            ClearColor::Float([1.0, 0.0, 0.0, 0.0])
+        );
+        assert_eq!(
+            clear_color(&d, &[], &[]).unwrap(),
+            ClearColor::Float([0.0; 4])
+        );
+        assert!(clear_color(&d, &[], &[1]).is_err());
+        assert!(clear_color(&d, &[1.0], &[1]).is_err());
+        assert!(clear_color(&d, &[0.0; 5], &[]).is_err());
+        let u = ImageDesc {
+            format: ImageFormat::R32Uint,
+            ..d
+        };
+        assert_eq!(
+            clear_color(&u, &[], &[7]).unwrap(),
+            ClearColor::Uint([7, 0, 0, 0])
+        );
+        assert!(clear_color(&u, &[1.0], &[]).is_err());
+    }
+
+    #[test]
+    fn texels_pack_like_the_gpu() {
+        let red = ClearColor::Float([1.0, 0.5, 0.0, 1.0]);
+        assert_eq!(
+            texel_bytes(ImageFormat::Rgba8Unorm, red),
+            [255, 128, 0, 255]
+        );
+        assert_eq!(
+            texel_bytes(ImageFormat::R16Float, red),
+            0x3c00u16.to_le_bytes()
+        );
+        assert_eq!(
+            texel_bytes(ImageFormat::Rg16Float, red),
+            [0x00, 0x3c, 0x00, 0x38]
+        );
+        assert_eq!(
+            texel_bytes(ImageFormat::R32Float, red),
+            1.0f32.to_le_bytes()
+        );
+        let n = ClearColor::Uint([300, 2, 3, 4]);
+        assert_eq!(texel_bytes(ImageFormat::Rgba8Uint, n), [255, 2, 3, 4]);
+        assert_eq!(texel_bytes(ImageFormat::R32Uint, n), 300u32.to_le_bytes());
+        for f in ImageFormat::all() {
+            let c = if f.info().kind == gpushare_interop::image::ChannelKind::Unsigned {
+                n
+            } else {
+                red
+            };
+            assert_eq!(texel_bytes(f, c).len() as u32, f.texel_size(), "{f}");
+        }
+        assert_eq!(f32_to_f16(-2.0), 0xc000);
+        assert_eq!(f32_to_f16(65504.0), 0x7bff);
+        assert_eq!(f32_to_f16(1e6), 0x7c00);
+        assert_eq!(f32_to_f16(0.000_060_976_6), 0x03ff);
+    }
+}
