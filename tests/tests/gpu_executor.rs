@@ -200,3 +200,108 @@ async fn cuda_and_vulkan_executors_produce_identical_bytes() {
         );
     }
 }
+
+/// Runs the same image operations (writes in messages and from a host buffer, boxes, clears,
+/// reads into a host buffer) on every shape, and returns every level's bytes and the host
+/// buffer's.
+async fn image_sequence(d: &TestDaemon) -> (String, Vec<Vec<u8>>) {
+    use gpushare_client::{ClearValue, ImageFormat, ImageRegion, ImageSpec};
+    let c = Client::connect_with_session(d.runtime_dir(), "image parity")
+        .await
+        .unwrap();
+    let executor = c.info().await.unwrap().executor;
+    let h = c
+        .create_host_buffer(SIZE, &CreateOptions::default())
+        .await
+        .unwrap();
+    let none = Sync::none();
+    let mut rng = SplitMix64(7);
+    let specs = [
+        ImageSpec::d2(ImageFormat::Rgba8Unorm, 67, 45).full_mip_chain(),
+        // A partial chain on a layered image: the layout the CUDA import has to get right.
+        ImageSpec::d2(ImageFormat::Rgba16Float, 32, 16)
+            .mip_levels(3)
+            .layers(3),
+        ImageSpec::d3(ImageFormat::R32Float, 16, 8, 4).mip_levels(2),
+        ImageSpec::d2(ImageFormat::Rg32Uint, 9, 5).layers(2),
+    ];
+    let mut out = Vec::new();
+    for spec in specs {
+        let image = c
+            .create_image(&spec, &CreateOptions::default())
+            .await
+            .unwrap();
+        let desc = spec.desc;
+        for level in 0..desc.mip_levels {
+            let whole = image.level(level);
+            let data: Vec<u8> = (0..desc.level_size(level))
+                .map(|_| rng.next() as u8)
+                .collect();
+            if level % 2 == 0 {
+                image.write(&whole, &data, &none).await.unwrap();
+            } else {
+                h.write_at(64, &data).unwrap();
+                image.write_from_host(&whole, &h, 64, &none).await.unwrap();
+            }
+            // A box inside it, rewritten.
+            let (w, hh, dd) = desc.level_extent(level);
+            let b = ImageRegion {
+                x: w / 3,
+                y: hh / 3,
+                z: dd / 2,
+                width: (w / 2).max(1),
+                height: (hh / 2).max(1),
+                depth: 1,
+                base_layer: desc.array_layers - 1,
+                layers: 1,
+                ..whole
+            };
+            let bytes: Vec<u8> = (0..b.size(desc.format)).map(|_| rng.next() as u8).collect();
+            image.write(&b, &bytes, &none).await.unwrap();
+        }
+        let color = match desc.format {
+            ImageFormat::Rg32Uint => ClearValue::Uint([7, 0xffff_ffff, 0, 0]),
+            ImageFormat::Rgba8Unorm => ClearValue::Float([1.0, 0.0, 0.2, 1.0]),
+            _ => ClearValue::Float([0.25, -2.0, 8.5, 1.0]),
+        };
+        image
+            .clear_range(desc.mip_levels - 1, 1, 0, 1, color, &none)
+            .await
+            .unwrap();
+        for level in 0..desc.mip_levels {
+            out.push(image.read(&image.level(level), &none).await.unwrap());
+        }
+        image
+            .read_into_host(&image.level(0), &h, 4096, &none)
+            .await
+            .unwrap();
+        let mut host = vec![0; desc.level_size(0) as usize];
+        h.read_at(4096, &mut host).unwrap();
+        out.push(host);
+    }
+    (executor, out)
+}
+
+#[tokio::test]
+async fn cuda_and_vulkan_executors_produce_identical_images() {
+    let cuda = match cuda_daemon() {
+        Ok(d) => d,
+        Err(why) if !gpu_required() => {
+            println!("SKIP: {why}: the CUDA executor needs CUDA");
+            return;
+        }
+        Err(why) => panic!("GPUSHARE_REQUIRE_GPU=1 but {why}"),
+    };
+    let vulkan = TestDaemon::start_with("executor = \"vulkan\"\n").unwrap();
+    let (e1, cuda_bytes) = image_sequence(&cuda).await;
+    let (e2, vulkan_bytes) = image_sequence(&vulkan).await;
+    assert_eq!((e1.as_str(), e2.as_str()), ("cuda", "vulkan"));
+    assert_eq!(cuda_bytes.len(), vulkan_bytes.len());
+    for (i, (a, b)) in cuda_bytes.iter().zip(&vulkan_bytes).enumerate() {
+        assert!(a == b, "level read {i}: the executors' bytes differ");
+    }
+    println!(
+        "{} image reads identical on both executors",
+        cuda_bytes.len()
+    );
+}

@@ -401,14 +401,10 @@ async fn bad_image_requests_get_their_precise_status() {
         ),
         (
             "short data",
-            write(level1.clone(), 8 * 4 * 4 - 1),
+            write(level1, 8 * 4 * 4 - 1),
             "takes 128 bytes",
         ),
-        (
-            "long data",
-            write(level1.clone(), 8 * 4 * 4 + 4),
-            "takes 128 bytes",
-        ),
+        ("long data", write(level1, 8 * 4 * 4 + 4), "takes 128 bytes"),
     ] {
         let e = g.write_image(c.request(request)).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");

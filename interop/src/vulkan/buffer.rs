@@ -281,24 +281,9 @@ impl ExportableBuffer {
 
     /// Exports the memory as a new `OPAQUE_FD` (a new descriptor on every call).
     pub fn export_fd(&self) -> Result<OwnedFd> {
-        let device = &self.alloc.device;
-        let loader = device.memory_fd().ok_or_else(|| {
-            Error::Unsupported("VK_KHR_external_memory_fd on this device".to_owned())
-        })?;
-        let info = vk::MemoryGetFdInfoKHR::default()
-            .memory(self.alloc.memory)
-            .handle_type(HandleType::OpaqueFd.memory_handle_type());
-        // SAFETY: the memory was allocated with OPAQUE_FD in its export handle types, on this
-        // device, whose VK_KHR_external_memory_fd is enabled.
-        let fd = unsafe { loader.get_memory_fd(&info) }.check("vkGetMemoryFdKHR")?;
-        if fd < 0 {
-            return Err(Error::Call {
-                call: "vkGetMemoryFdKHR",
-                result: vk::Result::ERROR_INVALID_EXTERNAL_HANDLE,
-            });
-        }
-        // SAFETY: on success the driver returns a new descriptor that the caller owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        // SAFETY: the memory was allocated on this device with OPAQUE_FD in its export handle
+        // types, and lives as long as `self`.
+        unsafe { export_opaque_fd(&self.alloc.device, self.alloc.memory) }
     }
 
     /// Everything an importer needs besides the descriptor.
@@ -312,6 +297,34 @@ impl ExportableBuffer {
             device_uuid: self.alloc.device.info().device_uuid,
         }
     }
+}
+
+/// Exports `memory` as a new `OPAQUE_FD` (a new descriptor on every call).
+///
+/// # Safety
+///
+/// `memory` is a live allocation of `device` made with `OPAQUE_FD` in its export handle types.
+pub(crate) unsafe fn export_opaque_fd(
+    device: &Device,
+    memory: vk::DeviceMemory,
+) -> Result<OwnedFd> {
+    let loader = device
+        .memory_fd()
+        .ok_or_else(|| Error::Unsupported("VK_KHR_external_memory_fd on this device".to_owned()))?;
+    let info = vk::MemoryGetFdInfoKHR::default()
+        .memory(memory)
+        .handle_type(HandleType::OpaqueFd.memory_handle_type());
+    // SAFETY: the caller guarantees the memory and its export handle type; the device's
+    // VK_KHR_external_memory_fd is enabled (its loader exists).
+    let fd = unsafe { loader.get_memory_fd(&info) }.check("vkGetMemoryFdKHR")?;
+    if fd < 0 {
+        return Err(Error::Call {
+            call: "vkGetMemoryFdKHR",
+            result: vk::Result::ERROR_INVALID_EXTERNAL_HANDLE,
+        });
+    }
+    // SAFETY: on success the driver returns a new descriptor that the caller owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl sealed::Sealed for ExportableBuffer {

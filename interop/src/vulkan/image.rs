@@ -13,12 +13,12 @@
 
 use std::any::Any;
 use std::fmt;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
 
 use ash::vk;
 
-use super::buffer::Sealed;
+use super::buffer::{export_opaque_fd, Sealed};
 use super::caps::HandleType;
 use super::device::Device;
 use super::error::{Check, Error, Result};
@@ -454,24 +454,9 @@ impl ExportableImage {
 
     /// Exports the memory as a new `OPAQUE_FD` (a new descriptor on every call).
     pub fn export_fd(&self) -> Result<OwnedFd> {
-        let device = &self.alloc.device;
-        let loader = device.memory_fd().ok_or_else(|| {
-            Error::Unsupported("VK_KHR_external_memory_fd on this device".to_owned())
-        })?;
-        let info = vk::MemoryGetFdInfoKHR::default()
-            .memory(self.alloc.memory)
-            .handle_type(HandleType::OpaqueFd.memory_handle_type());
-        // SAFETY: the memory was allocated with OPAQUE_FD in its export handle types, on this
-        // device, whose VK_KHR_external_memory_fd is enabled.
-        let fd = unsafe { loader.get_memory_fd(&info) }.check("vkGetMemoryFdKHR")?;
-        if fd < 0 {
-            return Err(Error::Call {
-                call: "vkGetMemoryFdKHR",
-                result: vk::Result::ERROR_INVALID_EXTERNAL_HANDLE,
-            });
-        }
-        // SAFETY: on success the driver returns a new descriptor that the caller owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        // SAFETY: the memory was allocated on this device with OPAQUE_FD in its export handle
+        // types, and lives as long as `self`.
+        unsafe { export_opaque_fd(&self.alloc.device, self.alloc.memory) }
     }
 
     /// Everything an importer needs besides the descriptor.

@@ -5,6 +5,8 @@
 //! gpushare-peer <runtime-dir> import-write <ticket-hex> <offset> <hex>      # writes through its import
 //! gpushare-peer <runtime-dir> image-read   <ticket-hex> <level>            # Vulkan image import; prints the level (all layers) as hex
 //! gpushare-peer <runtime-dir> image-write  <ticket-hex> <level> <hex>      # Vulkan image import; writes the level (all layers)
+//! gpushare-peer <runtime-dir> cuda-image-fill   <sem-ticket> <value> <seed> <image-ticket>...  # CUDA surfaces: every level of every image, then a stream-ordered signal
+//! gpushare-peer <runtime-dir> cuda-image-sample <sem-ticket> <value> <image-ticket>...         # stream-ordered wait, then tex2DLod of every level; prints one hex line of float4s per level
 //! gpushare-peer <runtime-dir> hold <buffer-size> [pin]                     # session + buffer + semaphore, then sleeps
 //! gpushare-peer <runtime-dir> cuda-wait <ticket-hex> <value>                # GPU-side wait on an imported semaphore
 //! gpushare-peer <runtime-dir> sem-signal <ticket-hex> <value> [<delay-ms>]   # imports a semaphore, host-signals it
@@ -72,6 +74,19 @@ async fn main() -> ExitCode {
                 Some(hex::decode(data).unwrap()),
             )
             .await
+        }
+        ("cuda-image-fill", [sem, value, seed, images @ ..]) => {
+            cuda_image_fill(
+                dir,
+                sem,
+                value.parse().unwrap(),
+                seed.parse().unwrap(),
+                images,
+            )
+            .await
+        }
+        ("cuda-image-sample", [sem, value, images @ ..]) => {
+            cuda_image_sample(dir, sem, value.parse().unwrap(), images).await
         }
         ("hold", [size]) => hold(dir, size.parse().unwrap(), false).await,
         ("hold", [size, pin]) if pin == "pin" => hold(dir, size.parse().unwrap(), true).await,
@@ -242,6 +257,93 @@ async fn cuda_read(
         hex::encode(device.info().uuid)
     );
     println!("{}", hex::encode(out));
+    Ok(())
+}
+
+/// Imports every image into this process's CUDA context as a mipmapped array and fills every
+/// level of each through a surface object with the fill kernel (`seed + level` for level
+/// `level`; see `kernels::expected_texel_bytes`), then signals the imported semaphore to
+/// `value` in stream order, after the kernels, and waits for the stream.
+async fn cuda_image_fill(
+    dir: &str,
+    sem_ticket: &str,
+    value: u64,
+    seed: u32,
+    image_tickets: &[String],
+) -> Result<(), Box<dyn std::error::Error>> {
+    use gpushare_client::cuda::{cuda_device_for, import_semaphore_cuda, InteropImage};
+    use gpushare_interop::cuda::kernels::ImageKernels;
+    let client = Client::connect(dir).await?;
+    let sem = client.redeem(&hex::decode(sem_ticket)?).await?;
+    let device = cuda_device_for(&sem)?;
+    let sem = import_semaphore_cuda(&device, sem)?;
+    let kernels = ImageKernels::load(&device)?;
+    let mut keep = Vec::new();
+    for ticket in image_tickets {
+        let image = InteropImage::import(&device, client.redeem(&hex::decode(ticket)?).await?)?;
+        for level in 0..image.desc().mip_levels {
+            let surface = image.surface(level)?;
+            // SAFETY: the surface is kept in `keep` until after the synchronize below; nothing
+            // else in this process touches the image meanwhile.
+            unsafe { kernels.fill_surface(&surface, seed + level, device.stream()) }?;
+            keep.push(surface);
+        }
+        // The surfaces keep the image's array (and its memory) alive.
+        drop(image);
+    }
+    sem.signal(value, device.stream())?;
+    device.synchronize_stream()?;
+    drop(keep);
+    Ok(())
+}
+
+/// Waits in stream order for the semaphore to reach `value`, then samples every level of every
+/// (2D, float or unorm) image with `tex2DLod` over normalized coordinates, and prints one line
+/// per level: the float4s as little-endian hex.
+async fn cuda_image_sample(
+    dir: &str,
+    sem_ticket: &str,
+    value: u64,
+    image_tickets: &[String],
+) -> Result<(), Box<dyn std::error::Error>> {
+    use gpushare_client::cuda::{cuda_device_for, import_semaphore_cuda, InteropImage};
+    use gpushare_interop::cuda::{self, kernels::ImageKernels, DeviceAllocation, TextureOptions};
+    let client = Client::connect(dir).await?;
+    let sem = client.redeem(&hex::decode(sem_ticket)?).await?;
+    let device = cuda_device_for(&sem)?;
+    let sem = import_semaphore_cuda(&device, sem)?;
+    let kernels = ImageKernels::load(&device)?;
+    sem.wait(value, device.stream())?;
+    for ticket in image_tickets {
+        let image = InteropImage::import(&device, client.redeem(&hex::decode(ticket)?).await?)?;
+        let texture = image.texture(&TextureOptions {
+            normalized_coords: true,
+            ..TextureOptions::default()
+        })?;
+        for level in 0..image.desc().mip_levels {
+            let (w, h, _) = image.desc().level_extent(level);
+            let len = u64::from(w) * u64::from(h) * 16;
+            let out = DeviceAllocation::new(&device, len)?;
+            // SAFETY: `out` holds 16 bytes per texel of the grid and, like the texture, lives
+            // past the synchronize below.
+            unsafe {
+                kernels.read_texture_2d_lod(
+                    &texture,
+                    w,
+                    h,
+                    level as f32,
+                    out.ptr(),
+                    device.stream(),
+                )
+            }?;
+            let mut host = vec![0u8; len as usize];
+            // SAFETY: `out` holds `len` bytes and lives past the synchronize; `host` is not
+            // touched before it.
+            unsafe { cuda::copy_dtoh(device.stream(), out.ptr(), &mut host) }?;
+            device.synchronize_stream()?;
+            println!("{}", hex::encode(host));
+        }
+    }
     Ok(())
 }
 
