@@ -59,7 +59,7 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Quotas {
-    /// Live buffers per uid (default 4096).
+    /// Live buffers and images per uid (default 4096).
     pub buffers_per_uid: u64,
     /// Bytes of buffer memory (allocation sizes) per uid; 0: bounded by GPU memory only
     /// (default 0).

@@ -481,3 +481,18 @@ async fn bad_image_requests_get_their_precise_status() {
     assert!(c.release(big.id()).await.unwrap());
     assert!(c.release(&id).await.unwrap());
 }
+
+/// Images count against the buffer quotas: number and allocation bytes.
+#[tokio::test]
+async fn images_count_against_the_buffer_quotas() {
+    let d = gpushare_tests::daemon_or_skip!("[quotas]\nbuffers_per_uid = 2\n");
+    let c = Client::connect(d.runtime_dir()).await.unwrap();
+    let spec = ImageSpec::d2(ImageFormat::R8Unorm, 64, 64);
+    c.create_buffer(4096, &pinned()).await.unwrap();
+    let image = c.create_image(&spec, &pinned()).await.unwrap();
+    let e = c.create_image(&spec, &pinned()).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
+    assert!(e.to_string().contains("buffers per uid"), "{e}");
+    assert!(image.release().await.unwrap());
+    c.create_image(&spec, &pinned()).await.unwrap();
+}
