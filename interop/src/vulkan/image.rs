@@ -22,6 +22,7 @@ use super::buffer::{export_opaque_fd, Sealed};
 use super::caps::HandleType;
 use super::device::Device;
 use super::error::{Check, Error, Result};
+use super::import::check_import_memory;
 use super::memory::select_memory_type;
 use crate::image::{ImageDesc, ImageKind};
 
@@ -336,21 +337,12 @@ impl Device {
         let usage = self.check_image(&desc.desc, desc.usage, false)?;
         let mut alloc = self.create_image(&desc.desc, usage)?;
         let (size, type_bits) = image_requirements(self, alloc.image);
-        if desc.memory_type_index >= physical.memory.memory_type_count.min(32)
-            || type_bits & (1 << desc.memory_type_index) == 0
-        {
-            return Err(Error::InvalidMemoryType {
-                index: desc.memory_type_index,
-                type_bits,
-            });
-        }
-        if desc.allocation_size < size {
-            return Err(Error::InvalidSize {
-                what: "allocation size",
-                size: desc.allocation_size,
-                minimum: size,
-            });
-        }
+        check_import_memory(
+            self,
+            (type_bits, size),
+            desc.memory_type_index,
+            desc.allocation_size,
+        )?;
         let mut import = vk::ImportMemoryFdInfoKHR::default()
             .handle_type(HandleType::OpaqueFd.memory_handle_type())
             .fd(fd.as_raw_fd());

@@ -77,6 +77,31 @@ impl DeviceBuffer for ImportedBuffer {
     }
 }
 
+/// An import's memory type must be one the device has and the object allows (`type_bits`), and
+/// its allocation size at least what the object requires (`required`).
+pub(crate) fn check_import_memory(
+    device: &Device,
+    (type_bits, required): (u32, u64),
+    memory_type_index: u32,
+    allocation_size: u64,
+) -> Result<()> {
+    let type_count = device.physical().memory.memory_type_count;
+    if memory_type_index >= type_count.min(32) || type_bits & (1 << memory_type_index) == 0 {
+        return Err(Error::InvalidMemoryType {
+            index: memory_type_index,
+            type_bits,
+        });
+    }
+    if allocation_size < required {
+        return Err(Error::InvalidSize {
+            what: "allocation size",
+            size: allocation_size,
+            minimum: required,
+        });
+    }
+    Ok(())
+}
+
 impl Device {
     /// Imports buffer memory exported as an `OPAQUE_FD`, creating a buffer of the same size and
     /// usage bound to it. Takes ownership of `fd` only on success (see the module docs).
@@ -123,22 +148,12 @@ impl Device {
         let mut alloc =
             Allocation::create_buffer(self, desc.size, usage, Some(HandleType::OpaqueFd))?;
         let reqs = alloc.requirements();
-        let type_count = physical.memory.memory_type_count;
-        if desc.memory_type_index >= type_count.min(32)
-            || reqs.type_bits & (1 << desc.memory_type_index) == 0
-        {
-            return Err(Error::InvalidMemoryType {
-                index: desc.memory_type_index,
-                type_bits: reqs.type_bits,
-            });
-        }
-        if desc.allocation_size < reqs.size {
-            return Err(Error::InvalidSize {
-                what: "allocation size",
-                size: desc.allocation_size,
-                minimum: reqs.size,
-            });
-        }
+        check_import_memory(
+            self,
+            (reqs.type_bits, reqs.size),
+            desc.memory_type_index,
+            desc.allocation_size,
+        )?;
         if reqs.requires_dedicated && !desc.dedicated {
             return Err(Error::Unsupported(
                 "a non-dedicated import of memory that requires a dedicated allocation".to_owned(),
