@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use gpushare_client::{import, v1, Client, CreateOptions, ImageFormat, ImageRegion, ImageSpec};
 use gpushare_interop::cuda::kernels::expected_texel_bytes;
-use gpushare_interop::image::{ChannelKind, ImageDesc, ImageKind};
+use gpushare_interop::image::{f16_to_f32, f32_to_f16, ChannelKind, ImageDesc, ImageKind};
 use gpushare_interop::vulkan::{Instance, SyncPoints, Transfer};
 use gpushare_tests::{bin, gpu_required, TestDaemon};
 
@@ -184,18 +184,6 @@ async fn cuda_surfaces_write_every_level_and_vulkan_reads_on_its_queue() {
     assert!(mismatches.is_empty(), "{mismatches:#?}");
 }
 
-/// Half to single precision.
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exp = i32::from((h >> 10) & 0x1f);
-    let man = f32::from(h & 0x3ff);
-    match exp {
-        0 => sign * man * 2f32.powi(-24),
-        31 => sign * f32::INFINITY,
-        e => sign * (1.0 + man / 1024.0) * 2f32.powi(e - 15),
-    }
-}
-
 /// The float a texture returns for channel `c` of the texel at `bytes`.
 fn channel_value(format: ImageFormat, bytes: &[u8], c: usize) -> f32 {
     let info = format.info();
@@ -218,22 +206,12 @@ fn level_bytes(format: ImageFormat, texels: u64, seed: u32) -> Vec<u8> {
             let v = ((t as u32).wrapping_mul(7).wrapping_add(c * 3 + seed)) % 251;
             match (info.kind, info.bits) {
                 (ChannelKind::UnsignedNormalized, _) => out.push(v as u8),
-                (_, 16) => out.extend(half(v as f32 / 8.0).to_le_bytes()),
+                (_, 16) => out.extend(f32_to_f16(v as f32 / 8.0).to_le_bytes()),
                 _ => out.extend((v as f32 / 8.0).to_le_bytes()),
             }
         }
     }
     out
-}
-
-/// Single to half precision, for values that halves hold exactly (multiples of 1/8 below 32).
-fn half(v: f32) -> u16 {
-    if v == 0.0 {
-        return 0;
-    }
-    let e = v.log2().floor() as i32;
-    let man = ((v / 2f32.powi(e) - 1.0) * 1024.0).round() as u16;
-    (((e + 15) as u16) << 10) | man
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

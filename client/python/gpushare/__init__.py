@@ -1,5 +1,5 @@
-"""gpushare: Python client for the gpushare daemon (GPU buffers, timeline semaphores and host
-buffers shared between processes). See :class:`gpushare.Client`."""
+"""gpushare: Python client for the gpushare daemon (GPU buffers, images, timeline semaphores and
+host buffers shared between processes). See :class:`gpushare.Client`."""
 
 from gpushare.client import (
     SESSION_HEADER,
@@ -7,9 +7,16 @@ from gpushare.client import (
     Exported,
     GpushareError,
     HostBuffer,
+    IMAGE_FORMATS,
+    Image,
+    ImageFormatInfo,
     ProtocolError,
+    USAGE_COLOR_ATTACHMENT,
+    USAGE_SAMPLED,
+    USAGE_STORAGE,
     Watch,
     default_runtime_dir,
+    image_format,
 )
 from gpushare.v1 import gpushare_pb2 as pb
 
@@ -18,9 +25,16 @@ __all__ = [
     "Exported",
     "GpushareError",
     "HostBuffer",
+    "IMAGE_FORMATS",
+    "Image",
+    "ImageFormatInfo",
     "ProtocolError",
+    "USAGE_COLOR_ATTACHMENT",
+    "USAGE_SAMPLED",
+    "USAGE_STORAGE",
     "Watch",
     "default_runtime_dir",
+    "image_format",
     "SESSION_HEADER",
     "pb",
 ]

@@ -796,3 +796,282 @@ def test_names_tokens_grants_and_open(daemon, client):
     with pytest.raises(ValueError):
         client.open(name="py-shared")
     client.release(buf)
+
+
+# ---- images ----
+
+
+def _f16(values) -> bytes:
+    return struct.pack("<%de" % len(values), *values)
+
+
+def test_image_formats_table():
+    assert list(gpushare.IMAGE_FORMATS)[:3] == ["r8unorm", "rg8unorm", "rgba8unorm"]
+    assert len(gpushare.IMAGE_FORMATS) == len(pb.ImageFormat.keys()) - 1  # less UNSPECIFIED
+    for name, f in gpushare.IMAGE_FORMATS.items():
+        assert gpushare.image_format(name) is f
+        assert gpushare.image_format(f.value) is f
+        assert gpushare.image_format(pb.ImageFormat.Name(f.value)) is f
+        assert f.texel_size == f.channels * f.channel_size
+    rgba16f = gpushare.image_format("RGBA16Float")
+    assert (rgba16f.value, rgba16f.texel_size, rgba16f.kind) == (pb.IMAGE_FORMAT_RGBA16_FLOAT, 8, "float")
+    assert gpushare.image_format("r32uint").numpy_dtype == "<u4"
+    for bad in ("rgb8unorm", 0, 99):
+        with pytest.raises(ValueError):
+            gpushare.image_format(bad)
+
+
+def test_image_every_listed_format_round_trips_its_levels(client, info):
+    formats = info.devices[0].image_formats
+    assert formats, "the device lists no image format"
+    for value in formats:
+        f = gpushare.image_format(value)
+        img = client.create_image(f.name, 13, 7, mip_levels=4, name=f"py-{f.name}")
+        assert isinstance(img, gpushare.Image)
+        assert (img.format, img.format_info, img.kind) == (f.name, f, "2d")
+        assert (img.width, img.height, img.depth, img.mip_levels, img.array_layers) == (13, 7, 1, 4, 1)
+        assert img.allocation_size > 0 and img.id.startswith("img-")
+        levels = []
+        for level, extent in enumerate([(13, 7, 1), (6, 3, 1), (3, 1, 1), (1, 1, 1)]):
+            assert img.level_extent(level) == extent
+            size = img.region_size(level)
+            assert size == extent[0] * extent[1] * f.texel_size
+            assert img.read(level) == bytes(size), f"{f.name} level {level} reads as zeros"
+            data = os.urandom(size)
+            img.write(data, level=level)
+            levels.append(data)
+        for level, data in enumerate(levels):
+            assert img.read(level=level) == data, f"{f.name} level {level}"
+        # A sub-region lands where it is named.
+        t = f.texel_size
+        patch = os.urandom(2 * 3 * t)
+        img.write(patch, level=0, x=10, y=4, width=2, height=3)
+        assert img.read(level=0, x=10, y=4, width=2, height=3) == patch
+        whole = bytearray(levels[0])
+        for row in range(3):
+            start = ((4 + row) * 13 + 10) * t
+            whole[start : start + 2 * t] = patch[row * 2 * t : (row + 1) * 2 * t]
+        assert img.read() == bytes(whole), f.name
+        assert img.release() is True
+
+
+def test_image_layers_and_3d_round_trip(client):
+    layered = client.create_image("rg16float", 16, 8, mip_levels=2, array_layers=3)
+    assert (layered.kind, layered.array_layers) == ("2d", 3)
+    layer_size = 16 * 8 * 4
+    assert layered.region_size(0) == 3 * layer_size
+    assert layered.region_size(0, layer=1) == layer_size
+    data = os.urandom(3 * layer_size)
+    layered.write(data)  # every layer, layer after layer
+    for layer in range(3):
+        assert layered.read(layer=layer) == data[layer * layer_size : (layer + 1) * layer_size]
+    assert layered.read(layer=1, layers=2) == data[layer_size:]
+    one = os.urandom(8 * 4 * 4)
+    layered.write(one, level=1, layer=2)
+    assert layered.read(level=1) == bytes(2 * len(one)) + one
+
+    volume = client.create_image("r32float", 8, 4, depth=6, mip_levels=3)
+    assert (volume.kind, volume.depth, volume.array_layers) == ("3d", 6, 1)
+    assert volume.level_extent(1) == (4, 2, 3) and volume.level_extent(2) == (2, 1, 1)
+    slice_size = 8 * 4 * 4
+    data = os.urandom(6 * slice_size)
+    volume.write(data)
+    assert volume.read() == data
+    assert volume.read(z=2, depth=3) == data[2 * slice_size : 5 * slice_size]
+    box = volume.read(x=1, y=2, z=4, width=3, height=2, depth=2)
+    expected = b"".join(
+        data[((z * 4 + y) * 8 + 1) * 4 : ((z * 4 + y) * 8 + 4) * 4] for z in (4, 5) for y in (2, 3)
+    )
+    assert box == expected
+    small = os.urandom(4 * 2 * 3 * 4)
+    volume.write(small, level=1)
+    assert volume.read(level=1) == small
+    explicit = client.create_image("r8unorm", 4, 4, depth=2, kind="3d")
+    assert explicit.kind == "3d"
+
+
+def test_image_clear(client):
+    img = client.create_image("rgba8unorm", 9, 5, mip_levels=3)
+    img.clear(float_color=[1.0, 0.5, 0.0, 1.0])
+    for level in range(3):
+        w, h, _ = img.level_extent(level)
+        assert img.read(level=level) == bytes([255, 128, 0, 255]) * (w * h)
+    img.clear(float_color=[0.0, 1.0], base_level=1, levels=1)  # missing channels are 0
+    assert img.read(level=0) == bytes([255, 128, 0, 255]) * 45
+    assert img.read(level=1) == bytes([0, 255, 0, 0]) * 8
+    assert img.read(level=2) == bytes([255, 128, 0, 255]) * 2
+    img.clear()  # to zero
+    assert img.read(level=0) == bytes(9 * 5 * 4)
+
+    half = client.create_image("rgba16float", 4, 4, array_layers=2)
+    half.clear(float_color=[0.5, -2.0, 65504.0, 0.0], base_layer=1)
+    assert half.read(layer=0) == bytes(4 * 4 * 8)
+    assert half.read(layer=1) == _f16([0.5, -2.0, 65504.0, 0.0]) * 16
+
+    uint = client.create_image("rgba32uint", 3, 3)
+    uint.clear(uint_color=[1, 2, 3, 0xFFFFFFFF])
+    assert uint.read() == struct.pack("<4I", 1, 2, 3, 0xFFFFFFFF) * 9
+    with pytest.raises(gpushare.GpushareError) as e:
+        uint.clear(float_color=[1.0])
+    assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+    with pytest.raises(gpushare.GpushareError) as e:
+        img.clear(uint_color=[1])
+    assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_image_refusals(client):
+    img = client.create_image("rgba8unorm", 8, 8, mip_levels=2, array_layers=2)
+    bad_regions = [
+        dict(level=2),
+        dict(x=6, width=3),
+        dict(y=8),
+        dict(layer=2),
+        dict(layer=1, layers=2),
+        dict(level=1, width=5),
+        dict(z=1),
+    ]
+    for region in bad_regions:
+        with pytest.raises(gpushare.GpushareError) as e:
+            img.read(**region)
+        assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+        with pytest.raises(gpushare.GpushareError) as e:
+            img.write(bytes(4), **region)
+        assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+        with pytest.raises(ValueError):
+            img.region_size(**region)
+    with pytest.raises(gpushare.GpushareError) as e:
+        img.write(bytes(8 * 8 * 4 * 2 - 1))  # one byte short of the region
+    assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+    with pytest.raises(ValueError):
+        img.write(b"", sync=pb.Sync(), timeout_ms=5)
+
+    with pytest.raises(ValueError):
+        client.create_image("rgb8unorm", 4, 4)
+    with pytest.raises(ValueError):
+        client.create_image("r8unorm", 4, 4, kind="1d")
+    for kw in (
+        dict(mip_levels=4),  # at most floor(log2(4)) + 1 = 3
+        dict(depth=2, kind="2d"),
+        dict(depth=2, array_layers=2),
+        dict(usage=0x20),  # DEPTH_STENCIL_ATTACHMENT: not a usage images take
+    ):
+        with pytest.raises(gpushare.GpushareError) as e:
+            client.create_image("r8unorm", 4, 4, **kw)
+        assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.create_image("r8unorm", 0, 4)
+    assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+
+    buf = client.create_buffer(4096)
+    with pytest.raises(ValueError, match="not an image"):
+        client.image(buf.id)
+    assert img.release() is True
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.image(img.id)
+    assert_code(e, grpc.StatusCode.NOT_FOUND)
+    with pytest.raises(gpushare.GpushareError) as e:
+        img.read()
+    assert_code(e, grpc.StatusCode.NOT_FOUND)
+
+
+def test_image_handle_by_id_and_export(daemon, client):
+    img = client.create_image(
+        pb.IMAGE_FORMAT_RGBA16_FLOAT, 32, 16, mip_levels=3, array_layers=2,
+        usage=gpushare.USAGE_SAMPLED | gpushare.USAGE_STORAGE, name="py-export",
+    )
+    described = client.describe(img)  # an Image names itself wherever an id is taken
+    assert described.kind == pb.RESOURCE_KIND_IMAGE and described.name == "py-export"
+    assert described.image.format == pb.IMAGE_FORMAT_RGBA16_FLOAT
+    with daemon.client(client_name="pytest-other") as other:
+        again = other.image(img.id)  # the same uid reaches it
+        assert (again.format, again.width, again.height, again.mip_levels, again.array_layers) == (
+            "rgba16float", 32, 16, 3, 2,
+        )
+        assert again.allocation_size == img.allocation_size
+        data = os.urandom(again.region_size(level=2, layer=1))
+        again.write(data, level=2, layer=1)
+    assert img.read(level=2, layer=1) == data
+
+    with img.export() as exp:
+        info = exp.info
+        assert info.resource_id == img.id
+        assert info.kind == pb.RESOURCE_KIND_IMAGE
+        assert info.handle_type == pb.HANDLE_TYPE_OPAQUE_FD
+        assert info.WhichOneof("details") == "image"
+        i = info.image
+        assert i.format == pb.IMAGE_FORMAT_RGBA16_FLOAT and i.kind == pb.IMAGE_KIND_2D
+        assert (i.width, i.height, i.depth, i.mip_levels, i.array_layers) == (32, 16, 1, 3, 2)
+        assert i.allocation_size == img.allocation_size > 0
+        assert i.dedicated is True
+        assert i.usage & (gpushare.USAGE_SAMPLED | gpushare.USAGE_STORAGE) == 0xC
+        assert i.usage & 0x3 == 0x3  # transfer usage is added
+        assert i.tiling == 0 and i.layout == 1  # optimal, general
+        assert i.vk_format == 97  # VK_FORMAT_R16G16B16A16_SFLOAT
+        assert len(info.device_uuid) == 16
+        os.fstat(exp.fileno())
+        assert fcntl.fcntl(exp.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+
+
+def test_image_transfers_beyond_the_message_limit(client):
+    img = client.create_image("rgba32float", 256, 256, mip_levels=2)  # level 0: 1 MiB, level 1: 256 KiB
+    size = img.region_size(0)
+    assert size == MAX_TRANSFER_SIZE
+    big = client.create_image("rgba32float", 512, 300)
+    big_size = big.region_size()
+    assert big_size > MAX_TRANSFER_SIZE
+    with client.create_host_buffer(2 * big_size + 4096) as host:
+        data = os.urandom(big_size)
+        with pytest.raises(gpushare.GpushareError) as e:
+            big.write(data)
+        assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+        host.write(4096, data)
+        big.write_from_host(host, 4096)
+        assert big.read_into_host(host.id, 4096 + big_size) == big_size
+        assert host.read(4096 + big_size, big_size) == data
+        # One layer's rows through the host buffer, checked through the message path.
+        rows = big.region_size(y=100, height=50)
+        big.read_into_host(host, 0, y=100, height=50)
+        assert host.read(0, rows) == data[100 * 512 * 16 : 150 * 512 * 16]
+        assert big.read(y=100, height=50) == data[100 * 512 * 16 : 150 * 512 * 16]
+        # Exactly at the limit, a message still carries it.
+        level0 = os.urandom(size)
+        img.write(level0)
+        assert img.read() == level0
+
+
+def test_image_read_numpy(client):
+    numpy = pytest.importorskip("numpy")
+    rgba = client.create_image("rgba8unorm", 5, 3, mip_levels=2)
+    pixels = numpy.arange(5 * 3 * 4, dtype=numpy.uint8).reshape(3, 5, 4)
+    rgba.write(pixels)  # numpy arrays are taken as their bytes
+    got = rgba.read_numpy()
+    assert got.dtype == numpy.uint8 and got.shape == (3, 5, 4)
+    assert (got == pixels).all()
+    got[0, 0, 0] = 99  # a copy, writable
+    assert rgba.read_numpy(level=1).shape == (1, 2, 4)
+
+    gray = client.create_image("r16float", 4, 2)
+    values = numpy.array([[0.0, 0.5, -1.0, 65504.0], [1e-7, 2.0, 3.5, -0.0]], dtype=numpy.float16)
+    gray.write(values)
+    got = gray.read_numpy()
+    assert got.dtype == numpy.float16 and got.shape == (2, 4, 1)
+    assert (got[..., 0].view(numpy.uint16) == values.view(numpy.uint16)).all()
+
+    layered = client.create_image("rg32uint", 3, 2, array_layers=4)
+    ints = numpy.arange(4 * 2 * 3 * 2, dtype=numpy.uint32).reshape(4, 2, 3, 2) * 1000003
+    layered.write(ints)
+    got = layered.read_numpy()
+    assert got.dtype == numpy.uint32 and got.shape == (4, 2, 3, 2)
+    assert (got == ints).all()
+    one = layered.read_numpy(layer=2)
+    assert one.shape == (2, 3, 2) and (one == ints[2]).all()
+
+    volume = client.create_image("rgba32float", 4, 3, depth=2)
+    floats = numpy.random.default_rng(7).random((2, 3, 4, 4), dtype=numpy.float32)
+    volume.write(floats)
+    with client.create_host_buffer(4096) as host:
+        got = volume.read_numpy(host=host, host_offset=128)
+    assert got.dtype == numpy.float32 and got.shape == (2, 3, 4, 4)
+    assert (got == floats).all()
+    with pytest.raises(TypeError):
+        volume.write(floats[:, :, ::2])  # not contiguous

@@ -3,13 +3,16 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use gpushare_client::Sync;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gpushare_client::{ImageFormat, ImageKind, Sync};
 
 use crate::exit;
-use crate::parse::{parse_point, parse_size, parse_u32, parse_u64, Point};
+use crate::parse::{
+    parse_format, parse_point, parse_size, parse_u32, parse_u64, parse_usage, Point,
+};
 
-/// Control the gpushare daemon: GPU buffers and timeline semaphores shared between processes.
+/// Control the gpushare daemon: GPU buffers, images and timeline semaphores shared between
+/// processes.
 #[derive(Debug, Parser)]
 #[command(name = "gpusharectl", version, after_long_help = exit::EXIT_CODES_HELP)]
 pub(crate) struct Cli {
@@ -38,6 +41,9 @@ pub(crate) enum Command {
     /// Create and operate on buffers.
     #[command(subcommand)]
     Buffer(BufferCommand),
+    /// Create, list, upload to and download from images (PNG or raw texels).
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Create and operate on timeline semaphores.
     #[command(subcommand)]
     Sem(SemCommand),
@@ -179,6 +185,118 @@ pub(crate) enum BufferCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum ImageCommand {
+    /// Allocate an image (pinned: it outlives this command); prints its id.
+    Create {
+        /// Texel format: r8unorm, rg8unorm, rgba8unorm, r8uint, rg8uint, rgba8uint, r16float,
+        /// rg16float, rgba16float, r32float, rg32float, rgba32float, r32uint, rg32uint,
+        /// rgba32uint (`info` lists what each device supports).
+        #[arg(long, value_parser = parse_format)]
+        format: ImageFormat,
+        /// Level 0's width in texels.
+        #[arg(long)]
+        width: u32,
+        /// Level 0's height in texels.
+        #[arg(long)]
+        height: u32,
+        /// Level 0's depth in texels (3D images).
+        #[arg(long, default_value_t = 1)]
+        depth: u32,
+        /// 2d (with array layers) or 3d [default: 3d when --depth is above 1, else 2d].
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        /// Mip levels [default: 1].
+        #[arg(long, value_name = "N", conflicts_with = "full_mip_chain")]
+        mip_levels: Option<u32>,
+        /// Every mip level, down to 1 texel.
+        #[arg(long)]
+        full_mip_chain: bool,
+        /// Array layers (2D images).
+        #[arg(long, value_name = "L", default_value_t = 1)]
+        layers: u32,
+        /// Usage: sampled, storage, color_attachment, comma-separated (or a VkImageUsageFlags
+        /// number) [default: sampled,storage]. Transfer usage is always added.
+        #[arg(long, value_parser = parse_usage)]
+        usage: Option<u32>,
+        /// Device index (see `info`).
+        #[arg(long, default_value_t = 0)]
+        device: u32,
+        /// Optional name.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Pin the image. Always the case: the CLI opens no session, so what it creates is
+        /// pinned until `image rm` (the flag is accepted for scripts that spell it out).
+        #[arg(long)]
+        pin: bool,
+    },
+    /// List your images: format, kind, extent, mip levels, layers and allocation size.
+    Ls,
+    /// Upload a PNG file (converted to the image's format) or, with --raw, the file's bytes
+    /// as they are (tightly packed texels) into one level.
+    Upload {
+        /// Image id.
+        id: String,
+        /// The file: a PNG (by its content) of exactly the level's width x height, unless --raw.
+        file: PathBuf,
+        /// The mip level.
+        #[arg(long, default_value_t = 0)]
+        level: u32,
+        /// One array layer [default: every layer; a PNG needs it when the image has several].
+        #[arg(long, value_name = "N")]
+        layer: Option<u32>,
+        /// Upload the file's bytes as they are: exactly the level's (or the layer's) size.
+        #[arg(long)]
+        raw: bool,
+        #[command(flatten)]
+        sync: SyncArgs,
+    },
+    /// Download one level into a PNG file (FILE must end in .png; unorm and float formats, 2D)
+    /// or, with --raw, its tightly packed texels.
+    Download {
+        /// Image id.
+        id: String,
+        /// The file to write (replaced).
+        file: PathBuf,
+        /// The mip level.
+        #[arg(long, default_value_t = 0)]
+        level: u32,
+        /// One array layer [default: every layer; a PNG needs it when the image has several].
+        #[arg(long, value_name = "N")]
+        layer: Option<u32>,
+        /// Write the texels as they are.
+        #[arg(long)]
+        raw: bool,
+        #[command(flatten)]
+        sync: SyncArgs,
+    },
+    /// Release the image (drops the pin; the daemon frees it when nothing else holds it).
+    Rm {
+        /// Image id.
+        id: String,
+    },
+}
+
+/// An image kind on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum KindArg {
+    /// 2D, with array layers.
+    #[value(name = "2d")]
+    D2,
+    /// 3D.
+    #[value(name = "3d")]
+    D3,
+}
+
+impl From<KindArg> for ImageKind {
+    fn from(kind: KindArg) -> ImageKind {
+        match kind {
+            KindArg::D2 => ImageKind::D2,
+            KindArg::D3 => ImageKind::D3,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum SemCommand {
     /// Create a timeline semaphore (pinned: it outlives this command); prints its id.
     Create {
@@ -312,6 +430,102 @@ mod tests {
     }
 
     #[test]
+    fn parses_image_commands() {
+        let cli = Cli::try_parse_from([
+            "gpusharectl",
+            "image",
+            "create",
+            "--format",
+            "RGBA8Unorm",
+            "--width",
+            "37",
+            "--height",
+            "21",
+            "--full-mip-chain",
+            "--layers",
+            "2",
+            "--usage",
+            "sampled,color_attachment",
+            "--pin",
+        ])
+        .expect("valid command line");
+        let Command::Image(ImageCommand::Create {
+            format,
+            width,
+            depth,
+            kind,
+            mip_levels,
+            full_mip_chain,
+            layers,
+            usage,
+            pin,
+            ..
+        }) = cli.command
+        else {
+            panic!("wrong command: {:?}", cli.command);
+        };
+        assert_eq!(format, ImageFormat::Rgba8Unorm);
+        assert_eq!((width, depth, kind, mip_levels), (37, 1, None, None));
+        assert!(full_mip_chain && pin);
+        assert_eq!((layers, usage), (2, Some(0x14)));
+        let cli = Cli::try_parse_from([
+            "gpusharectl",
+            "image",
+            "download",
+            "img-1",
+            "out.png",
+            "--level",
+            "2",
+            "--layer",
+            "1",
+            "--signal",
+            "s=1",
+        ])
+        .expect("valid command line");
+        let Command::Image(ImageCommand::Download {
+            id,
+            file,
+            level,
+            layer,
+            raw,
+            sync,
+        }) = cli.command
+        else {
+            panic!("wrong command: {:?}", cli.command);
+        };
+        assert_eq!(
+            (id.as_str(), level, layer, raw),
+            ("img-1", 2, Some(1), false)
+        );
+        assert_eq!(file, PathBuf::from("out.png"));
+        assert_eq!(sync.to_sync().signal, vec![("s".to_owned(), 1)]);
+        let cli = Cli::try_parse_from([
+            "gpusharectl",
+            "image",
+            "create",
+            "--format",
+            "r8uint",
+            "--width",
+            "4",
+            "--height",
+            "4",
+            "--depth",
+            "4",
+            "--kind",
+            "3d",
+        ])
+        .expect("valid command line");
+        assert!(matches!(
+            cli.command,
+            Command::Image(ImageCommand::Create {
+                kind: Some(KindArg::D3),
+                depth: 4,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn usage_errors_exit_2() {
         for args in [
             &["gpusharectl", "buffer", "create"][..],
@@ -336,6 +550,45 @@ mod tests {
                 "--hex",
                 "00",
             ],
+            &[
+                "gpusharectl",
+                "image",
+                "create",
+                "--format",
+                "rgb8unorm",
+                "--width",
+                "1",
+                "--height",
+                "1",
+            ],
+            &[
+                "gpusharectl",
+                "image",
+                "create",
+                "--format",
+                "r8unorm",
+                "--width",
+                "4",
+                "--height",
+                "4",
+                "--mip-levels",
+                "2",
+                "--full-mip-chain",
+            ],
+            &[
+                "gpusharectl",
+                "image",
+                "create",
+                "--format",
+                "r8unorm",
+                "--width",
+                "4",
+                "--height",
+                "4",
+                "--kind",
+                "1d",
+            ],
+            &["gpusharectl", "image", "upload", "img-1"],
         ] {
             let err = Cli::try_parse_from(args).expect_err("usage error");
             assert_eq!(err.exit_code(), 2, "{args:?}");

@@ -1,9 +1,11 @@
 //! `gpusharectl`: command-line control of the gpushare daemon.
 //!
 //! Inspect the daemon (`info`, `ls`, `describe`, `stats`, a live `top`), create and drive buffers (`buffer create`,
-//! `write`, `read`, `fill`, `copy`, `rm`) and timeline semaphores (`sem create`, `signal`, `wait`,
-//! `get`, `watch`, `rm`), and check what an export delivers (`export`). Buffer operations take
-//! `--wait SEM=VALUE` and `--signal SEM=VALUE` points, run by the daemon in GPU order.
+//! `write`, `read`, `fill`, `copy`, `rm`), images (`image create`, `ls`, `upload`, `download`,
+//! `rm`: PNG files converted to and from the image's format, or raw texels) and timeline
+//! semaphores (`sem create`, `signal`, `wait`, `get`, `watch`, `rm`), and check what an export
+//! delivers (`export`). Buffer and image operations take `--wait SEM=VALUE` and
+//! `--signal SEM=VALUE` points, run by the daemon in GPU order.
 //!
 //! The CLI opens no client session: what it creates is pinned, lives on after it exits, and is
 //! freed by `rm`. Output is aligned text by default and JSON with `--json`; errors go to stderr
@@ -27,8 +29,10 @@
 mod args;
 mod exit;
 mod failure;
+mod images;
 mod output;
 mod parse;
+mod pixels;
 mod stats;
 mod table;
 
@@ -111,6 +115,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Stats => stats::once(&client, &out).await,
         Command::Top { interval, count } => stats::top(&client, &out, interval, count).await,
         Command::Buffer(command) => buffer(&client, &out, command).await,
+        Command::Image(command) => images::run(&client, &out, command).await,
         Command::Sem(command) => semaphore(&client, &out, command).await,
         Command::Grant { id, uid, gid } => grant(&client, &out, &id, uid, gid, true).await,
         Command::Revoke { id, uid, gid } => grant(&client, &out, &id, uid, gid, false).await,

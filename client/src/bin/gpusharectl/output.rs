@@ -12,9 +12,48 @@ pub fn kind_name(kind: i32) -> String {
         Ok(v1::ResourceKind::Buffer) => "buffer".into(),
         Ok(v1::ResourceKind::Semaphore) => "semaphore".into(),
         Ok(v1::ResourceKind::HostBuffer) => "host_buffer".into(),
+        Ok(v1::ResourceKind::Image) => "image".into(),
         Ok(v1::ResourceKind::Unspecified) => "unspecified".into(),
         Err(_) => format!("unknown({kind})"),
     }
+}
+
+/// An image format's name (`rgba8unorm`).
+pub fn format_name(format: i32) -> String {
+    u32::try_from(format)
+        .ok()
+        .and_then(gpushare_client::ImageFormat::from_code)
+        .map_or_else(|| format!("unknown({format})"), |f| f.name().to_owned())
+}
+
+/// An image kind's short name.
+pub fn image_kind_name(kind: i32) -> String {
+    match v1::ImageKind::try_from(kind) {
+        Ok(v1::ImageKind::ImageKind2d) => "2d".into(),
+        Ok(v1::ImageKind::ImageKind3d) => "3d".into(),
+        _ => format!("unknown({kind})"),
+    }
+}
+
+/// An image's shape in one cell: `rgba8unorm 2d 64x32 mips 7 layers 3`.
+fn image_shape(i: &v1::ImageDetails) -> String {
+    let extent = if i.depth > 1 {
+        format!("{}x{}x{}", i.width, i.height, i.depth)
+    } else {
+        format!("{}x{}", i.width, i.height)
+    };
+    let mut s = format!(
+        "{} {} {extent}",
+        format_name(i.format),
+        image_kind_name(i.kind)
+    );
+    if i.mip_levels > 1 {
+        s.push_str(&format!(" mips {}", i.mip_levels));
+    }
+    if i.array_layers > 1 {
+        s.push_str(&format!(" layers {}", i.array_layers));
+    }
+    s
 }
 
 /// A handle type's short name.
@@ -72,6 +111,19 @@ pub fn resource_json(r: &v1::Resource) -> Value {
         Some(v1::resource::Details::HostBuffer(h)) => {
             v["host_buffer"] = json!({ "size": h.size, "registered": h.registered });
         }
+        Some(v1::resource::Details::Image(i)) => {
+            v["image"] = json!({
+                "format": format_name(i.format),
+                "kind": image_kind_name(i.kind),
+                "width": i.width,
+                "height": i.height,
+                "depth": i.depth,
+                "mip_levels": i.mip_levels,
+                "array_layers": i.array_layers,
+                "usage": i.usage,
+                "allocation_size": i.allocation_size,
+            });
+        }
         None => {}
     }
     v
@@ -88,6 +140,7 @@ pub fn resources_table(resources: &[v1::Resource]) -> Table {
             Some(v1::resource::Details::Buffer(b)) => human_size(b.size),
             Some(v1::resource::Details::Semaphore(s)) => s.value.to_string(),
             Some(v1::resource::Details::HostBuffer(h)) => human_size(h.size),
+            Some(v1::resource::Details::Image(i)) => image_shape(i),
             None => "-".into(),
         };
         t.row([
@@ -105,6 +158,57 @@ pub fn resources_table(resources: &[v1::Resource]) -> Table {
         ]);
     }
     t
+}
+
+/// Images as a table: one row each (other resources are left out).
+pub fn images_table(resources: &[v1::Resource]) -> Table {
+    let mut t = Table::new([
+        "ID", "NAME", "FORMAT", "KIND", "EXTENT", "MIPS", "LAYERS", "SIZE",
+    ])
+    .right(5)
+    .right(6)
+    .right(7);
+    for r in resources {
+        let Some(v1::resource::Details::Image(i)) = &r.details else {
+            continue;
+        };
+        let extent = if i.kind == v1::ImageKind::ImageKind3d as i32 {
+            format!("{}x{}x{}", i.width, i.height, i.depth)
+        } else {
+            format!("{}x{}", i.width, i.height)
+        };
+        t.row([
+            r.id.clone(),
+            if r.name.is_empty() {
+                "-".into()
+            } else {
+                r.name.clone()
+            },
+            format_name(i.format),
+            image_kind_name(i.kind),
+            extent,
+            i.mip_levels.to_string(),
+            i.array_layers.to_string(),
+            human_size(i.allocation_size),
+        ]);
+    }
+    t
+}
+
+/// An image's shape as JSON (what `image create --json` prints).
+pub fn image_desc_json(d: &gpushare_client::ImageDesc) -> Value {
+    json!({
+        "format": d.format.name(),
+        "kind": match d.kind {
+            gpushare_client::ImageKind::D2 => "2d",
+            gpushare_client::ImageKind::D3 => "3d",
+        },
+        "width": d.width,
+        "height": d.height,
+        "depth": d.depth,
+        "mip_levels": d.mip_levels,
+        "array_layers": d.array_layers,
+    })
 }
 
 /// One resource as key/value lines.
@@ -139,6 +243,11 @@ pub fn resource_table(r: &v1::Resource) -> Table {
         Some(v1::resource::Details::HostBuffer(h)) => {
             t.row(["size", &sized(h.size)]);
             t.row(["page-locked", yes_no(h.registered)]);
+        }
+        Some(v1::resource::Details::Image(i)) => {
+            t.row(["image", &image_shape(i)]);
+            t.row(["usage", &format!("{:#x}", i.usage)]);
+            t.row(["allocation size", &sized(i.allocation_size)]);
         }
         None => {}
     }
@@ -193,6 +302,7 @@ fn device_json(d: &v1::DeviceInfo) -> Value {
             "timeline_semaphore_export": handle_types(&caps.timeline_semaphore_export),
             "timeline_semaphore_import": handle_types(&caps.timeline_semaphore_import),
         },
+        "image_formats": d.image_formats.iter().map(|&f| format_name(f)).collect::<Vec<_>>(),
         "cuda": d.cuda.as_ref().map(|c| json!({
             "ordinal": c.ordinal,
             "name": c.name,
@@ -275,6 +385,15 @@ pub fn info_text(info: &v1::GetInfoResponse) -> String {
         t.row(["buffer import", &list(&caps.buffer_import)]);
         t.row(["semaphore export", &list(&caps.timeline_semaphore_export)]);
         t.row(["semaphore import", &list(&caps.timeline_semaphore_import)]);
+        let formats: Vec<String> = d.image_formats.iter().map(|&f| format_name(f)).collect();
+        t.row([
+            "image formats",
+            &if formats.is_empty() {
+                "none".to_owned()
+            } else {
+                formats.join(", ")
+            },
+        ]);
         let cuda = match &d.cuda {
             Some(c) => format!(
                 "{} {} (cc {}.{}), matched by {}",
@@ -322,6 +441,24 @@ pub fn exported_json(e: &v1::ExportedFd) -> Value {
         Some(v1::exported_fd::Details::HostBuffer(h)) => {
             v["host_buffer"] = json!({ "size": h.size });
         }
+        Some(v1::exported_fd::Details::Image(i)) => {
+            v["image"] = json!({
+                "format": format_name(i.format),
+                "kind": image_kind_name(i.kind),
+                "width": i.width,
+                "height": i.height,
+                "depth": i.depth,
+                "mip_levels": i.mip_levels,
+                "array_layers": i.array_layers,
+                "usage": i.usage,
+                "allocation_size": i.allocation_size,
+                "dedicated": i.dedicated,
+                "memory_type_index": i.memory_type_index,
+                "vk_format": i.vk_format,
+                "tiling": i.tiling,
+                "layout": i.layout,
+            });
+        }
         None => {}
     }
     v
@@ -349,6 +486,28 @@ pub fn exported_table(e: &v1::ExportedFd) -> Table {
         }
         Some(v1::exported_fd::Details::HostBuffer(h)) => {
             t.row(["size", &sized(h.size)]);
+        }
+        Some(v1::exported_fd::Details::Image(i)) => {
+            t.row(["format", &format_name(i.format)]);
+            t.row(["kind", &image_kind_name(i.kind)]);
+            t.row(["extent", &format!("{}x{}x{}", i.width, i.height, i.depth)]);
+            t.row(["mip levels", &i.mip_levels.to_string()]);
+            t.row(["array layers", &i.array_layers.to_string()]);
+            t.row(["usage", &format!("{:#x}", i.usage)]);
+            t.row(["allocation size", &sized(i.allocation_size)]);
+            t.row(["dedicated", yes_no(i.dedicated)]);
+            t.row(["memory type", &i.memory_type_index.to_string()]);
+            t.row(["vk format", &i.vk_format.to_string()]);
+            let tiling = match i.tiling {
+                0 => "optimal".to_owned(),
+                t => format!("VkImageTiling {t}"),
+            };
+            t.row(["tiling", &tiling]);
+            let layout = match i.layout {
+                1 => "general".to_owned(),
+                l => format!("VkImageLayout {l}"),
+            };
+            t.row(["layout", &layout]);
         }
         None => {}
     }
@@ -418,6 +577,63 @@ mod tests {
              b1   buffer     frames    0       4 KiB     2  yes\n\
              s22  semaphore  -         0          17     1  no\n"
         );
+    }
+
+    fn image(id: &str, kind: v1::ImageKind, depth: u32, layers: u32) -> v1::Resource {
+        v1::Resource {
+            id: id.into(),
+            kind: v1::ResourceKind::Image as i32,
+            references: 1,
+            pinned: true,
+            details: Some(v1::resource::Details::Image(v1::ImageDetails {
+                format: v1::ImageFormat::Rgba8Unorm as i32,
+                kind: kind as i32,
+                width: 37,
+                height: 21,
+                depth,
+                mip_levels: 3,
+                array_layers: layers,
+                usage: 0xf,
+                allocation_size: 6656,
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn images_as_table_and_json() {
+        let mut named = image("img-2", v1::ImageKind::ImageKind3d, 5, 1);
+        named.name = "volume".into();
+        assert_eq!(
+            images_table(&[
+                image("img-1", v1::ImageKind::ImageKind2d, 1, 2),
+                buffer(),
+                named
+            ])
+            .render(),
+            "ID     NAME    FORMAT      KIND  EXTENT   MIPS  LAYERS     SIZE\n\
+             img-1  -       rgba8unorm  2d    37x21       3       2  6.5 KiB\n\
+             img-2  volume  rgba8unorm  3d    37x21x5     3       1  6.5 KiB\n"
+        );
+        let v = resource_json(&image("img-1", v1::ImageKind::ImageKind2d, 1, 2));
+        assert_eq!(v["kind"], "image");
+        assert_eq!(v["image"]["format"], "rgba8unorm");
+        assert_eq!(v["image"]["array_layers"], 2);
+        let desc = gpushare_client::ImageDesc {
+            format: gpushare_client::ImageFormat::R16Float,
+            kind: gpushare_client::ImageKind::D3,
+            width: 8,
+            height: 4,
+            depth: 2,
+            mip_levels: 2,
+            array_layers: 1,
+        };
+        let v = image_desc_json(&desc);
+        assert_eq!(
+            (v["format"].as_str(), v["kind"].as_str()),
+            (Some("r16float"), Some("3d"))
+        );
+        assert_eq!(v["depth"], 2);
     }
 
     #[test]

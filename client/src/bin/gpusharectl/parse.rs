@@ -1,5 +1,7 @@
 //! Parsers for command-line values: sizes with binary suffixes, `SEM=VALUE` points, integers in
-//! decimal or hex.
+//! decimal or hex, image formats and usages.
+
+use gpushare_client::ImageFormat;
 
 /// A size, offset or length: decimal digits, optionally followed by a binary suffix `K`, `M`, `G`
 /// or `T` (powers of 1024, any case, optionally followed by `iB` or `B`), or a `0x` hex number.
@@ -82,6 +84,42 @@ pub fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
     hex::decode(&compact).map_err(|e| format!("invalid hex data: {e}"))
 }
 
+/// An image format by name (`rgba8unorm`, any case).
+pub fn parse_format(s: &str) -> Result<ImageFormat, String> {
+    ImageFormat::from_name(s.trim()).ok_or_else(|| {
+        let names: Vec<&str> = ImageFormat::all().map(ImageFormat::name).collect();
+        format!(
+            "unknown image format {s:?}: expected one of {}",
+            names.join(", ")
+        )
+    })
+}
+
+/// `VkImageUsageFlags` as a comma-separated list of `sampled` (0x4), `storage` (0x8) and
+/// `color_attachment` (0x10), or as a number (decimal or `0x` hex).
+pub fn parse_usage(s: &str) -> Result<u32, String> {
+    let s = s.trim();
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
+        return parse_u32(s);
+    }
+    let mut usage = 0;
+    for name in s.split(',') {
+        usage |= match name.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "sampled" => 0x4,
+            "storage" => 0x8,
+            "color_attachment" => 0x10,
+            _ => {
+                return Err(format!(
+                    "unknown image usage {:?}: use sampled, storage, color_attachment \
+                     (comma-separated) or a number",
+                    name.trim()
+                ))
+            }
+        };
+    }
+    Ok(usage)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +180,31 @@ mod tests {
         assert_eq!(parse_u32("0xdeadbeef"), Ok(0xdead_beef));
         assert_eq!(parse_u32("42"), Ok(42));
         assert!(parse_u32("4294967296").is_err());
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(parse_format("rgba8unorm"), Ok(ImageFormat::Rgba8Unorm));
+        assert_eq!(parse_format("R32Float"), Ok(ImageFormat::R32Float));
+        for format in ImageFormat::all() {
+            assert_eq!(parse_format(format.name()), Ok(format));
+        }
+        let err = parse_format("rgb8unorm").unwrap_err();
+        assert!(err.contains("unknown image format \"rgb8unorm\""), "{err}");
+        assert!(err.contains("rgba32uint"), "{err}");
+    }
+
+    #[test]
+    fn usages() {
+        assert_eq!(parse_usage("sampled"), Ok(0x4));
+        assert_eq!(parse_usage("sampled,storage"), Ok(0xc));
+        assert_eq!(parse_usage("storage, color-attachment"), Ok(0x18));
+        assert_eq!(parse_usage("COLOR_ATTACHMENT"), Ok(0x10));
+        assert_eq!(parse_usage("0x1c"), Ok(0x1c));
+        assert_eq!(parse_usage("12"), Ok(12));
+        for bad in ["", "sampled,", "depth", "sampled,bogus"] {
+            assert!(parse_usage(bad).is_err(), "{bad:?} parsed");
+        }
     }
 
     #[test]
