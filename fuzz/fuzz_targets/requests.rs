@@ -4,7 +4,7 @@
 #![no_main]
 
 use gpushare_proto::v1;
-use gpushare_server::{config, daemon, devices, ids, ops};
+use gpushare_server::{config, daemon, devices, executor, ids, image, ops};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else {
         return;
     };
-    match selector % 6 {
+    match selector % 7 {
         0 => {
             if let Ok(w) = v1::WriteRequest::decode(rest) {
                 let _ = ops::check_range("buffer", w.offset, w.data.len() as u64, u64::MAX / 2);
@@ -33,6 +33,26 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(o) = v1::OpenRequest::decode(rest) {
                 if let Some(v1::open_request::Target::Named(n)) = o.target {
                     let _ = daemon::Daemon::check_name("name", &n.name);
+                }
+            }
+        }
+        5 => {
+            // An image request: its shape, then a region and a clear color against it.
+            let (head, tail) = rest.split_at(rest.len().min(64));
+            if let Ok(c) = v1::CreateImageRequest::decode(head) {
+                if let Ok(desc) = image::requested_desc(&c) {
+                    let _ = desc.total_size();
+                    if let Ok(w) = v1::WriteImageRequest::decode(tail) {
+                        if let Ok(region) = image::region(&desc, w.region.as_ref()) {
+                            let _ = region.size(desc.format);
+                            let _ = executor::image_pieces(&region, desc.format.texel_size());
+                        }
+                    }
+                    if let Ok(k) = v1::ClearImageRequest::decode(tail) {
+                        if let Ok(color) = image::clear_color(&desc, &k.float_color, &k.uint_color) {
+                            let _ = image::texel_bytes(desc.format, color);
+                        }
+                    }
                 }
             }
         }

@@ -265,19 +265,25 @@ impl ImageDesc {
     }
 
     /// The bytes of one layer of level `level`, tightly packed (rows of `width × texel`).
+    /// Saturates at `u64::MAX` (shapes come from requests; the driver's limits come later).
     pub fn level_layer_size(&self, level: u32) -> u64 {
         let (w, h, d) = self.level_extent(level);
-        u64::from(w) * u64::from(h) * u64::from(d) * u64::from(self.format.texel_size())
+        u64::from(w)
+            .saturating_mul(u64::from(h))
+            .saturating_mul(u64::from(d))
+            .saturating_mul(u64::from(self.format.texel_size()))
     }
 
-    /// The bytes of level `level` over all layers, tightly packed, layer after layer.
+    /// The bytes of level `level` over all layers, tightly packed, layer after layer
+    /// (saturating).
     pub fn level_size(&self, level: u32) -> u64 {
-        self.level_layer_size(level) * u64::from(self.array_layers)
+        self.level_layer_size(level)
+            .saturating_mul(u64::from(self.array_layers))
     }
 
-    /// Every level's bytes, all layers, tightly packed.
+    /// Every level's bytes, all layers, tightly packed (saturating).
     pub fn total_size(&self) -> u64 {
-        (0..self.mip_levels).map(|l| self.level_size(l)).sum()
+        (0..self.mip_levels).fold(0u64, |sum, l| sum.saturating_add(self.level_size(l)))
     }
 }
 
@@ -376,12 +382,79 @@ impl ImageRegion {
     }
 
     /// The region's bytes, tightly packed, at `texel` bytes per texel.
+    /// Saturates at `u64::MAX`.
     pub fn size_bytes(&self, texel: u32) -> u64 {
         u64::from(self.width)
-            * u64::from(self.height)
-            * u64::from(self.depth)
-            * u64::from(self.layers)
-            * u64::from(texel)
+            .saturating_mul(u64::from(self.height))
+            .saturating_mul(u64::from(self.depth))
+            .saturating_mul(u64::from(self.layers))
+            .saturating_mul(u64::from(texel))
+    }
+}
+
+/// Half-precision floats (the 16-bit float formats), converted exactly one way and rounded to
+/// nearest, ties to even, the other.
+/// IEEE 754 half precision from single precision, rounding to nearest, ties to even:
+/// overflow becomes infinity, values below half the smallest subnormal become (signed) zero,
+/// NaN stays NaN.
+pub fn f32_to_f16(value: f32) -> u16 {
+    let bits = value.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let man = bits & 0x007f_ffff;
+    if exp == 0xff {
+        // Infinity, or NaN kept quiet with the top of its payload.
+        let nan = if man != 0 {
+            0x0200 | (man >> 13) as u16
+        } else {
+            0
+        };
+        return sign | 0x7c00 | nan;
+    }
+    // The half's biased exponent.
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    if e <= 0 {
+        // A half subnormal (or zero): the value is m × 2^-24 with m = significand >> (14 - e).
+        if e < -10 {
+            // Below 2^-25, half the smallest subnormal: rounds to zero.
+            return sign;
+        }
+        let significand = man | 0x0080_0000;
+        let shift = (14 - e) as u32;
+        let half = significand >> shift;
+        let rem = significand & ((1 << shift) - 1);
+        let mid = 1 << (shift - 1);
+        let round = u32::from(rem > mid || (rem == mid && half & 1 == 1));
+        // A carry into bit 10 is the smallest normal, exactly right.
+        return sign | (half + round) as u16;
+    }
+    let half = ((e as u32) << 10) | (man >> 13);
+    let rem = man & 0x1fff;
+    let round = u32::from(rem > 0x1000 || (rem == 0x1000 && half & 1 == 1));
+    // A carry out of the mantissa bumps the exponent (to infinity from the largest finite).
+    sign | (half + round) as u16
+}
+
+/// Single precision from IEEE 754 half precision (exact).
+pub fn f16_to_f32(half: u16) -> f32 {
+    let sign = u32::from(half & 0x8000) << 16;
+    let exp = u32::from((half >> 10) & 0x1f);
+    let man = u32::from(half & 0x03ff);
+    match exp {
+        0 => {
+            // Zero or subnormal: man × 2^-24, exact in f32.
+            let magnitude = man as f32 * f32::from_bits(0x3380_0000);
+            if sign != 0 {
+                -magnitude
+            } else {
+                magnitude
+            }
+        }
+        0x1f => f32::from_bits(sign | 0x7f80_0000 | (man << 13)),
+        _ => f32::from_bits(sign | ((exp + 127 - 15) << 23) | (man << 13)),
     }
 }
 
@@ -572,6 +645,15 @@ mod tests {
     }
 
     #[test]
+    fn sizes_of_absurd_shapes_saturate() {
+        let d = desc(ImageKind::D3, u32::MAX, u32::MAX, u32::MAX, 32, 1);
+        assert_eq!(d.level_size(0), u64::MAX);
+        assert_eq!(d.total_size(), u64::MAX);
+        let r = ImageRegion::level(&d, 0);
+        assert_eq!(r.size(d.format), u64::MAX);
+    }
+
+    #[test]
     fn bad_shapes_are_refused_with_the_field() {
         assert_eq!(
             desc(ImageKind::D2, 0, 4, 1, 1, 1)
@@ -629,5 +711,71 @@ mod tests {
         let mut r = whole;
         r.height = 0;
         assert!(r.validate(&d).is_err());
+    }
+
+    #[test]
+    fn f16_known_values() {
+        for (value, half) in [
+            (0.0, 0x0000),
+            (-0.0, 0x8000),
+            (1.0, 0x3c00),
+            (-1.0, 0xbc00),
+            (0.5, 0x3800),
+            (2.0, 0x4000),
+            (65504.0, 0x7bff),
+            (-65504.0, 0xfbff),
+            // 2^-24, the smallest subnormal; 1023 × 2^-24, the largest; 2^-14, the smallest normal.
+            (f32::from_bits(0x3380_0000), 0x0001),
+            (1023.0 * f32::from_bits(0x3380_0000), 0x03ff),
+            (f32::from_bits(0x3880_0000), 0x0400),
+            (f32::INFINITY, 0x7c00),
+            (f32::NEG_INFINITY, 0xfc00),
+        ] {
+            assert_eq!(f32_to_f16(value), half, "{value} to f16");
+            assert_eq!(
+                f16_to_f32(half).to_bits(),
+                value.to_bits(),
+                "{half:#06x} to f32"
+            );
+        }
+    }
+
+    #[test]
+    fn f16_rounds_to_nearest_even() {
+        let ulp = f32::from_bits(0x3a80_0000); // 2^-10, the ulp of half at 1.0
+        assert_eq!(f32_to_f16(1.0 + ulp / 2.0), 0x3c00, "tie to even (down)");
+        assert_eq!(f32_to_f16(1.0 + 1.5 * ulp), 0x3c02, "tie to even (up)");
+        assert_eq!(f32_to_f16(1.0 + ulp * 0.51), 0x3c01, "above the tie");
+        assert_eq!(f32_to_f16(65519.0), 0x7bff, "below the overflow tie");
+        assert_eq!(
+            f32_to_f16(65520.0),
+            0x7c00,
+            "the overflow tie rounds to infinity"
+        );
+        assert_eq!(f32_to_f16(1e10), 0x7c00);
+        assert_eq!(f32_to_f16(-1e10), 0xfc00);
+        let tiny = f32::from_bits(0x3300_0000); // 2^-25: half the smallest subnormal
+        assert_eq!(f32_to_f16(tiny), 0x0000, "subnormal tie to even (zero)");
+        assert_eq!(f32_to_f16(tiny * 1.5), 0x0001);
+        assert_eq!(f32_to_f16(-tiny * 1.5), 0x8001);
+        assert_eq!(f32_to_f16(tiny * 3.0), 0x0002, "1.5 ulp ties to even (2)");
+        assert_eq!(f32_to_f16(f32::from_bits(0x3280_0000)), 0x0000, "2^-26");
+        assert_eq!(f32_to_f16(f32::MIN_POSITIVE), 0x0000);
+        // Just below the smallest normal rounds up into it.
+        assert_eq!(f32_to_f16(f32::from_bits(0x387f_ffff)), 0x0400);
+        assert!(f16_to_f32(f32_to_f16(f32::NAN)).is_nan());
+    }
+
+    #[test]
+    fn every_f16_round_trips() {
+        for half in 0..=u16::MAX {
+            let value = f16_to_f32(half);
+            if value.is_nan() {
+                assert!(f16_to_f32(f32_to_f16(value)).is_nan(), "{half:#06x}");
+                assert_eq!(half & 0x7c00, 0x7c00);
+            } else {
+                assert_eq!(f32_to_f16(value), half, "{half:#06x} ({value:e})");
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use gpushare_interop::cuda::{CudaDevice, ExternalMemory, MipmappedArray};
-use gpushare_interop::image::{ImageDesc, ImageFormat, ImageKind, ImageRegion};
+use gpushare_interop::image::{f32_to_f16, ImageDesc, ImageFormat, ImageKind, ImageRegion};
 use gpushare_interop::vulkan::{vk, ClearColor, ExportableImage};
 use gpushare_proto::v1;
 
@@ -234,39 +234,6 @@ pub fn texel_bytes(format: ImageFormat, color: ClearColor) -> Vec<u8> {
     out
 }
 
-/// IEEE half from single precision, rounding to nearest even (clear colors only).
-fn f32_to_f16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let sign = ((bits >> 16) & 0x8000) as u16;
-    let exp = ((bits >> 23) & 0xff) as i32;
-    let man = bits & 0x007f_ffff;
-    if exp == 0xff {
-        // Inf or NaN (keep a quiet NaN).
-        return sign | 0x7c00 | if man != 0 { 0x0200 } else { 0 };
-    }
-    let e = exp - 127 + 15;
-    if e >= 0x1f {
-        return sign | 0x7c00;
-    }
-    if e <= 0 {
-        if e < -10 {
-            return sign;
-        }
-        // Subnormal half.
-        let m = man | 0x0080_0000;
-        let shift = (14 - e) as u32;
-        let half = m >> shift;
-        let rem = m & ((1 << shift) - 1);
-        let mid = 1 << (shift - 1);
-        let round = u32::from(rem > mid || (rem == mid && half & 1 == 1));
-        return sign | (half + round) as u16;
-    }
-    let half = ((e as u32) << 10) | (man >> 13);
-    let rem = man & 0x1fff;
-    let round = u32::from(rem > 0x1000 || (rem == 0x1000 && half & 1 == 1));
-    sign | (half + round) as u16
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,9 +390,5 @@ mod tests {
             };
             assert_eq!(texel_bytes(f, c).len() as u32, f.texel_size(), "{f}");
         }
-        assert_eq!(f32_to_f16(-2.0), 0xc000);
-        assert_eq!(f32_to_f16(65504.0), 0x7bff);
-        assert_eq!(f32_to_f16(1e6), 0x7c00);
-        assert_eq!(f32_to_f16(0.000_060_976_6), 0x03ff);
     }
 }

@@ -183,6 +183,16 @@ async fn serve(
     notifier: Arc<Notifier>,
 ) -> Result<(), (u8, String)> {
     raise_fd_limit();
+    // Registered first: a SIGTERM that comes while devices open, or before the server task first
+    // polls the shutdown future, is kept and starts a clean shutdown once serving, instead of
+    // killing the process with the default action.
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        )
+    };
     let fail = |e: &dyn std::error::Error| (1, chain(e));
     let dir = RuntimeDir::lock(&config.runtime_dir).map_err(|e| fail(&e))?;
     notifier.status("opening devices");
@@ -262,11 +272,7 @@ async fn serve(
     }
     let stopping = notifier.clone();
     let shutdown = async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
+        match signals {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM received"),
