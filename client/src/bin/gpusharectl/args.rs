@@ -224,10 +224,6 @@ pub(crate) enum ImageCommand {
         /// Optional name.
         #[arg(long, default_value = "")]
         name: String,
-        /// Pin the image. Always the case: the CLI opens no session, so what it creates is
-        /// pinned until `image rm` (the flag is accepted for scripts that spell it out).
-        #[arg(long)]
-        pin: bool,
     },
     /// List your images: format, kind, extent, mip levels, layers and allocation size.
     Ls,
@@ -446,7 +442,6 @@ mod tests {
             "2",
             "--usage",
             "sampled,color_attachment",
-            "--pin",
         ])
         .expect("valid command line");
         let Command::Image(ImageCommand::Create {
@@ -458,7 +453,6 @@ mod tests {
             full_mip_chain,
             layers,
             usage,
-            pin,
             ..
         }) = cli.command
         else {
@@ -466,7 +460,7 @@ mod tests {
         };
         assert_eq!(format, ImageFormat::Rgba8Unorm);
         assert_eq!((width, depth, kind, mip_levels), (37, 1, None, None));
-        assert!(full_mip_chain && pin);
+        assert!(full_mip_chain);
         assert_eq!((layers, usage), (2, Some(0x14)));
         let cli = Cli::try_parse_from([
             "gpusharectl",

@@ -34,7 +34,6 @@ pub(crate) async fn run(client: &Client, out: &Out, command: ImageCommand) -> Re
             usage,
             device,
             name,
-            pin: _,
         } => {
             let kind = kind.map_or(
                 if depth > 1 {
