@@ -8,7 +8,8 @@
 //! kernel per surface shape and store width (`sust.b` with `.b8`, `.b16`, `.b32`, `.v2.b32`,
 //! `.v4.b32`: texels of 1, 2, 4, 8 and 16 bytes); the x coordinate of `sust.b` is in bytes.
 //!
-//! Not here: image import (`array.rs`), anything a client runs in production.
+//! Not here: image import (`array.rs`), surface and texture objects (`texture.rs`), anything a
+//! client runs in production.
 
 use std::ffi::{c_void, CStr, CString};
 use std::fmt;
@@ -17,9 +18,9 @@ use std::sync::Arc;
 
 use cudarc::driver::{sys, CudaStream};
 
-use super::array::{SurfaceObject, TextureObject};
 use super::device::CudaDevice;
 use super::error::{Error, Result};
+use super::texture::{SurfaceObject, TextureObject};
 use crate::image::{ChannelKind, ImageDesc, ImageKind};
 
 /// Thin wrappers, one per driver call.

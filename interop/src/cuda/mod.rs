@@ -10,6 +10,7 @@
 //! Not here: the daemon's executor, client helpers.
 
 mod array;
+mod array_copy;
 mod device;
 mod error;
 mod external_memory;
@@ -19,10 +20,11 @@ mod loader;
 mod matching;
 pub mod memops;
 mod memory;
+mod texture;
 
-pub use array::{
-    array3d_descriptor, copy_array_to_device, copy_array_to_host, copy_device_to_array,
-    copy_host_to_array, ArrayLevel, MipmappedArray, SurfaceObject, TextureObject, TextureOptions,
+pub use array::{array3d_descriptor, ArrayLevel, MipmappedArray};
+pub use array_copy::{
+    copy_array_to_device, copy_array_to_host, copy_device_to_array, copy_host_to_array,
 };
 pub use device::{devices, CudaDevice, CudaDeviceInfo};
 pub use error::{Error, Result};
@@ -34,6 +36,7 @@ pub use memory::{
     copy_dtod, copy_dtoh, copy_dtoh_ptr, copy_htod, copy_htod_ptr, copy_peer, memset_d32,
     DeviceAllocation, HostRegistration, PinnedBuffer,
 };
+pub use texture::{SurfaceObject, TextureObject, TextureOptions};
 
 /// Re-exported so callers can use cudarc's safe API (streams, allocations, copies) and raw
 /// handles without a cudarc dependency of their own, at the same version.
