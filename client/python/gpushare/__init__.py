@@ -1,21 +1,16 @@
 """gpushare: Python client for the gpushare daemon (GPU buffers, images, timeline semaphores and
 host buffers shared between processes). See :class:`gpushare.Client`."""
 
-from gpushare.client import (
-    SESSION_HEADER,
-    Client,
-    Exported,
-    GpushareError,
-    HostBuffer,
+from gpushare._common import Exported, GpushareError, ProtocolError
+from gpushare.client import SESSION_HEADER, Client, Watch, default_runtime_dir
+from gpushare.host_buffer import HostBuffer
+from gpushare.image import (
     IMAGE_FORMATS,
-    Image,
-    ImageFormatInfo,
-    ProtocolError,
     USAGE_COLOR_ATTACHMENT,
     USAGE_SAMPLED,
     USAGE_STORAGE,
-    Watch,
-    default_runtime_dir,
+    Image,
+    ImageFormatInfo,
     image_format,
 )
 from gpushare.v1 import gpushare_pb2 as pb
