@@ -102,6 +102,17 @@ pub enum Error {
         /// The value asked for.
         requested: u64,
     },
+    /// A host signal of a semaphore that a daemon operation will signal on the GPU.
+    #[error(
+        "semaphore {id} has a signal to {value} pending on the GPU (a daemon operation's signal \
+         point): signal it once that operation returned"
+    )]
+    SignalPending {
+        /// The semaphore.
+        id: String,
+        /// The highest value pending.
+        value: u64,
+    },
     /// A semaphore that its device cannot export.
     #[error("semaphore {0} is not exportable: the device cannot export timeline semaphores")]
     NotExportable(String),
@@ -236,6 +247,7 @@ impl Error {
             NoSession { .. }
             | UnknownSession(_)
             | NotIncreasing { .. }
+            | SignalPending { .. }
             | NotExportable(_)
             | NoReference(_) => Code::FailedPrecondition,
             WaitTimeout { .. } | TicketExpired => Code::DeadlineExceeded,

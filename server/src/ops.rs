@@ -15,7 +15,7 @@ use gpushare_proto::v1;
 use crate::buffer::SharedBuffer;
 use crate::daemon::Caller;
 use crate::error::{Error, Result};
-use crate::executor::{chunks, Op, Source};
+use crate::executor::{chunks, DeviceSync, Op, Source};
 use crate::host_buffer::HostBuffer;
 use crate::ids;
 use crate::image;
@@ -103,18 +103,54 @@ fn resolve(
 }
 
 /// Runs `op` on `device`'s executor between the wait points and the signal points.
+///
+/// Where the executor orders semaphores on the device (CUDA), the points on semaphores of the
+/// same device that it can import (exportable ones) go to it: after the host saw the wait
+/// points reached, it waits for them again on its stream (ordering the work after the
+/// producer's GPU work) and signals the signal points on its stream after the work, reserved
+/// here first (`Daemon::reserve_signals`). Other points are waited for and signaled from the
+/// host, as with the Vulkan executor.
 async fn sequenced(svc: &Service, seq: Sequenced, device: u32, op: Op) -> Result<Vec<u8>> {
     let slot = svc.d.device(device)?;
-    sequenced_work(svc, seq, || slot.executor.run(op)).await
+    let executor = &slot.executor;
+    sequenced_work(svc, seq, |seq| {
+        if !executor.orders_on_device() {
+            return Ok(executor.run(op));
+        }
+        let on_device = |p: &Point| p.res.device == device && p.sem.exportable();
+        let (ordered, host): (Vec<Point>, Vec<Point>) =
+            seq.signal.drain(..).partition(|p| on_device(p));
+        seq.signal = host;
+        let wait = seq
+            .wait
+            .iter()
+            .filter(|p| on_device(p))
+            .map(|p| (p.res.clone(), p.value))
+            .collect();
+        let signal = svc.d.reserve_signals(
+            ordered
+                .into_iter()
+                .map(|p| (p.res, p.sem, p.value))
+                .collect(),
+        )?;
+        Ok(executor.run_ordered(
+            op,
+            DeviceSync {
+                wait,
+                signal: Some(signal),
+            },
+        ))
+    })
+    .await
 }
 
 /// Runs `work` between the wait points and the signal points. `work` is called only once every
-/// wait point was reached: an executor queues its operation as soon as `run` is called, before
-/// the future is awaited.
+/// wait point was reached (an executor queues its operation as soon as `run` is called, before
+/// the future is awaited); it may take signal points out of the list to signal them itself.
 async fn sequenced_work<F>(
     svc: &Service,
-    seq: Sequenced,
-    work: impl FnOnce() -> F,
+    mut seq: Sequenced,
+    work: impl FnOnce(&mut Sequenced) -> Result<F>,
 ) -> Result<Vec<u8>>
 where
     F: std::future::Future<Output = Result<Vec<u8>>>,
@@ -128,7 +164,7 @@ where
             svc.d.waits.wait(&p.id, &p.sem, p.value, left).await?;
         }
     }
-    let out = work().await?;
+    let out = work(&mut seq)?.await?;
     for p in &seq.signal {
         svc.d.signal(&p.res, &p.sem, p.value)?;
     }
@@ -445,13 +481,13 @@ pub async fn copy(svc: &Service, caller: &Caller, cap: Duration, r: v1::CopyRequ
     }
     let seq = resolve(svc, caller, cap, r.sync)?;
     if seq_across {
-        let work = || {
-            copy_across(
+        let work = |_: &mut Sequenced| {
+            Ok(copy_across(
                 svc,
                 (src_res.device, src, r.src_offset),
                 (dst_res.device, dst, r.dst_offset),
                 r.length,
-            )
+            ))
         };
         return sequenced_work(svc, seq, work).await.map(drop);
     }

@@ -14,12 +14,13 @@
 //! PERMISSION_DENIED.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use std::os::fd::OwnedFd;
 
+use gpushare_interop::cuda::ExternalSemaphore;
 use gpushare_interop::vulkan::TimelineSemaphore;
 
 use crate::buffer::SharedBuffer;
@@ -67,6 +68,26 @@ pub struct Resource {
     /// Set once a semaphore was abandoned (its creating session ended while it lived on) or
     /// poisoned on its way out: it was signaled as far as allowed and takes no more signals.
     pub abandoned: AtomicBool,
+    /// A semaphore's signals enqueued on its device's CUDA stream by daemon operations and not
+    /// yet complete (see `Daemon::reserve_signals`): how many, and the highest value. Changed
+    /// only under the daemon's signal lock.
+    pub gpu_signals: PendingSignals,
+    /// The semaphore imported into its device's CUDA context, made by the CUDA executor on first
+    /// use (stream-ordered waits and signals); dropped with the resource.
+    pub cuda_semaphore: OnceLock<Arc<ExternalSemaphore>>,
+}
+
+/// Signals of a semaphore that a daemon operation enqueued on the GPU and that have not
+/// completed. While any is pending the semaphore takes no host signal (the GPU's later signal
+/// would otherwise move its value backwards), and poisoning it waits for the last one.
+#[derive(Debug, Default)]
+pub struct PendingSignals {
+    /// Enqueued and not complete.
+    pub count: AtomicU32,
+    /// The highest value among them.
+    pub max: AtomicU64,
+    /// The semaphore was abandoned while signals were pending: poison it after the last one.
+    pub poison_deferred: AtomicBool,
 }
 
 impl Object {
@@ -111,6 +132,8 @@ impl Resource {
             spare_fds: Mutex::new(Vec::new()),
             refilling: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
+            gpu_signals: PendingSignals::default(),
+            cuda_semaphore: OnceLock::new(),
         }
     }
 

@@ -4,16 +4,22 @@
 //! directly, as DMA, from the host buffer's page-locked memory (registered at creation). One
 //! thread owns the stream and the staging buffer; every operation is complete (stream
 //! synchronized) before its future resolves.
+//!
+//! Semaphore points are in stream order (Falcor's `waitForCuda` / `waitForFalcor`): each
+//! operation's wait points, already reached on the host, are waited for on the stream before
+//! its work, and its signal points (reserved by the daemon, see `Daemon::reserve_signals`) are
+//! signaled on the stream after it, with the semaphores imported into this context once.
 
 use std::sync::Arc;
 
-use gpushare_interop::cuda::{self, CudaDevice, PinnedBuffer};
+use gpushare_interop::cuda::{self, CudaDevice, ExternalSemaphore, PinnedBuffer};
 
 use gpushare_interop::image::ImageRegion;
 
-use super::{image_pieces, Executor, Op, OpFuture, Source, Worker};
+use super::{image_pieces, DeviceSync, Executor, Op, OpFuture, Source, Worker};
 use crate::buffer::CudaViewError;
 use crate::error::Error;
+use crate::registry::{Object, Resource};
 
 /// Executes operations on a CUDA device's stream, on one thread.
 #[derive(Debug)]
@@ -47,9 +53,9 @@ impl CudaExecutor {
             device: device.clone(),
             buffer: None,
         };
-        let worker = Worker::start("gpushare-cuda-exec", move |op| {
+        let worker = Worker::start("gpushare-cuda-exec", move |op, sync| {
             let label = op.label();
-            execute(&device, &mut staging, op).map_err(|e| match e {
+            execute(&device, &mut staging, op, sync).map_err(|e| match e {
                 CudaViewError::Export(source) => Error::Gpu { op: label, source },
                 CudaViewError::Cuda(source) => Error::Cuda { op: label, source },
             })
@@ -75,11 +81,90 @@ fn host_range_error(offset: u64, length: u64) -> CudaViewError {
     })
 }
 
+/// What is left to do once the stream has run an operation.
+enum After {
+    /// Nothing: the result is on the device or in a host buffer.
+    Nothing,
+    /// The first bytes of the staging buffer, this many, are the operation's result.
+    Staged(usize),
+}
+
+/// Runs `op` with `sync`: on the stream, the wait points (already reached on the host: this
+/// orders the operation after the producer's GPU work), the operation, the signal points; then
+/// one synchronize, which always runs once anything may have been enqueued (the staging memory
+/// and the reservation outlive what the stream does with them).
 fn execute(
     device: &Arc<CudaDevice>,
     staging: &mut Staging,
     op: Op,
+    sync: &DeviceSync,
 ) -> std::result::Result<Vec<u8>, CudaViewError> {
+    // What the stream uses stays alive until it is done, even if the resource is freed
+    // meanwhile (the op's own references go when `enqueue` returns).
+    let keep = op.retain();
+    let enqueued = enqueue_ordered(device, staging, op, sync);
+    let synced = device.synchronize_stream();
+    drop(keep);
+    let after = enqueued?;
+    synced?;
+    Ok(match after {
+        After::Nothing => Vec::new(),
+        After::Staged(len) => staging
+            .buffer
+            .as_ref()
+            .map(|b| b.as_slice()[..len].to_vec())
+            .unwrap_or_default(),
+    })
+}
+
+fn enqueue_ordered(
+    device: &Arc<CudaDevice>,
+    staging: &mut Staging,
+    op: Op,
+    sync: &DeviceSync,
+) -> std::result::Result<After, CudaViewError> {
+    let stream = device.stream();
+    for (res, value) in &sync.wait {
+        cuda_semaphore(res, device)?.wait(*value, stream)?;
+    }
+    let after = enqueue(device, staging, op)?;
+    if let Some(signals) = &sync.signal {
+        for (res, value) in signals.points() {
+            cuda_semaphore(res, device)?.signal(value, stream)?;
+        }
+    }
+    Ok(after)
+}
+
+/// Semaphore `res` imported into `device`'s context: on first use its Vulkan semaphore is
+/// exported and imported, then kept with the resource.
+fn cuda_semaphore(
+    res: &Resource,
+    device: &Arc<CudaDevice>,
+) -> std::result::Result<Arc<ExternalSemaphore>, CudaViewError> {
+    if let Some(s) = res.cuda_semaphore.get() {
+        return Ok(s.clone());
+    }
+    let Object::Semaphore(sem) = &res.object else {
+        return Err(CudaViewError::Cuda(cuda::Error::InvalidValue {
+            what: "sync point",
+            value: 0,
+            reason: "not a semaphore",
+        }));
+    };
+    let fd = sem.export_fd().map_err(CudaViewError::Export)?;
+    let imported = Arc::new(ExternalSemaphore::import_timeline_fd(device, fd)?);
+    Ok(res.cuda_semaphore.get_or_init(|| imported).clone())
+}
+
+/// Enqueues `op`'s work on the stream, without synchronizing: [`execute`] synchronizes, and
+/// keeps everything the work uses alive until then (`Op::retain`); "lives past the synchronize"
+/// below means that.
+fn enqueue(
+    device: &Arc<CudaDevice>,
+    staging: &mut Staging,
+    op: Op,
+) -> std::result::Result<After, CudaViewError> {
     let stream = device.stream();
     // Ranges were validated against the buffers' sizes by the caller (ops.rs); the pointers
     // below are the buffers' whole mappings plus in-range offsets.
@@ -103,10 +188,9 @@ fn execute(
                 .map_err(|_| host_range_error(from, length))?;
             // SAFETY: the destination lies in `dst`'s mapping and the source in the host
             // buffer's page-locked mapping (both ranges checked); both live until this function
-            // returns, after the synchronize below.
+            // returns, and `execute` keeps them (`Op::retain`) until its synchronize.
             unsafe { cuda::copy_htod_ptr(stream, ptr, src, len) }?;
-            device.synchronize_stream()?;
-            Ok(Vec::new())
+            Ok(After::Nothing)
         }
         Op::Write {
             dst,
@@ -118,10 +202,9 @@ fn execute(
             pinned.as_mut_slice()[..data.len()].copy_from_slice(&data);
             // SAFETY: `ptr..ptr + len` lies in `dst`'s mapping (range checked by the caller),
             // which lives while `dst` does (held until this function returns); the pinned
-            // source is not touched again until the stream is synchronized below.
+            // source is not touched again until the stream is synchronized (in `execute`).
             unsafe { cuda::copy_htod(stream, ptr, &pinned.as_slice()[..data.len()]) }?;
-            device.synchronize_stream()?;
-            Ok(Vec::new())
+            Ok(After::Nothing)
         }
         Op::Read {
             src,
@@ -139,8 +222,7 @@ fn execute(
             // SAFETY: the source lies in `src`'s mapping and the destination in the host
             // buffer's page-locked mapping (both checked); both live past the synchronize.
             unsafe { cuda::copy_dtoh_ptr(stream, ptr, dst, len) }?;
-            device.synchronize_stream()?;
-            Ok(Vec::new())
+            Ok(After::Nothing)
         }
         Op::CopyPeer {
             src,
@@ -154,10 +236,9 @@ fn execute(
             let to = dst.cuda_ptr(device)? + dst_offset;
             // SAFETY: the source range lies in `src`'s mapping in its own device's context, the
             // destination in `dst`'s in this one (both checked by the caller); both buffers live
-            // past the synchronize below.
+            // past the synchronize in `execute`.
             unsafe { cuda::copy_peer(stream, to, device, from, &src_device, length) }?;
-            device.synchronize_stream()?;
-            Ok(Vec::new())
+            Ok(After::Nothing)
         }
         Op::WriteImage { dst, region, src } => {
             let array = dst.cuda_array(device)?;
@@ -170,7 +251,7 @@ fn execute(
                     let src = &pinned.as_slice()[..data.len()];
                     // SAFETY: the pinned source holds the region's bytes (the length was checked
                     // by the caller and again by the call) and is not touched again before the
-                    // synchronize below; the level's array lives in `dst` past it.
+                    // synchronize in `execute`; the level's array lives past it.
                     unsafe {
                         cuda::copy_host_to_array(
                             stream,
@@ -194,12 +275,11 @@ fn execute(
                         .range(offset, length)
                         .map_err(|_| host_range_error(offset, length))?;
                     // SAFETY: the source lies in the host buffer's page-locked mapping (range
-                    // checked), which lives past the synchronize below, as does the level.
+                    // checked), which lives past the synchronize in `execute`, as does the level.
                     unsafe { cuda::copy_host_to_array(stream, &level, &region, format, src, len) }?;
                 }
             }
-            device.synchronize_stream()?;
-            Ok(Vec::new())
+            Ok(After::Nothing)
         }
         Op::ReadImage { src, region, into } => {
             let array = src.cuda_array(device)?;
@@ -215,19 +295,17 @@ fn execute(
                         .range(to, length)
                         .map_err(|_| host_range_error(to, length))?;
                     // SAFETY: the destination lies in the host buffer's page-locked mapping
-                    // (checked), which lives past the synchronize below, as does the level.
+                    // (checked), which lives past the synchronize in `execute`, as does the level.
                     unsafe { cuda::copy_array_to_host(stream, &level, &region, format, dst, len) }?;
-                    device.synchronize_stream()?;
-                    Ok(Vec::new())
+                    Ok(After::Nothing)
                 }
                 None => {
                     let pinned = staging.get(len)?;
                     let dst = pinned.as_mut_slice()[..len].as_mut_ptr();
                     // SAFETY: the pinned destination holds `len` bytes and is neither read nor
-                    // dropped before the synchronize below; the level lives past it.
+                    // dropped before the synchronize in `execute`; the level lives past it.
                     unsafe { cuda::copy_array_to_host(stream, &level, &region, format, dst, len) }?;
-                    device.synchronize_stream()?;
-                    Ok(pinned.as_slice()[..len].to_vec())
+                    Ok(After::Staged(len))
                 }
             }
         }
@@ -271,15 +349,14 @@ fn execute(
                 let len = usize_len(piece.size(desc.format))?;
                 let src = pinned.as_slice()[..len].as_ptr();
                 // SAFETY: the pinned source holds `len` bytes of the pattern and is not written
-                // again before the synchronize below; the level lives past it.
+                // again before the synchronize in `execute`; the level lives past it.
                 unsafe { cuda::copy_host_to_array(stream, &level, &piece, desc.format, src, len) }?;
-                device.synchronize_stream()?;
             }
-            Ok(Vec::new())
+            Ok(After::Nothing)
         }
         Op::Register { host } => {
             host.register(device)?;
-            Ok(Vec::new())
+            Ok(After::Nothing)
         }
         Op::Read {
             src,
@@ -291,10 +368,9 @@ fn execute(
             let ptr = src.cuda_ptr(device)? + offset;
             let pinned = staging.get(len)?;
             // SAFETY: the source range lies in `src`'s mapping (checked by the caller); the
-            // pinned destination is neither read nor dropped before the synchronize below.
+            // pinned destination is neither read nor dropped before the synchronize in `execute`.
             unsafe { cuda::copy_dtoh(stream, ptr, &mut pinned.as_mut_slice()[..len]) }?;
-            device.synchronize_stream()?;
-            Ok(pinned.as_slice()[..len].to_vec())
+            Ok(After::Staged(len))
         }
         Op::Fill {
             dst,
@@ -305,10 +381,9 @@ fn execute(
             let ptr = dst.cuda_ptr(device)? + offset;
             let words = usize_len(length / 4)?;
             // SAFETY: offset and length are multiples of 4 and in range (checked by the
-            // caller); the mapping outlives the synchronize below.
+            // caller); the mapping outlives the synchronize in `execute`.
             unsafe { cuda::memset_d32(stream, ptr, value, words) }?;
-            device.synchronize_stream()?;
-            Ok(Vec::new())
+            Ok(After::Nothing)
         }
         Op::Copy {
             src,
@@ -322,8 +397,7 @@ fn execute(
             // SAFETY: both ranges are in their buffers' mappings and do not overlap (the caller
             // refuses overlapping copies within one buffer); both live past the synchronize.
             unsafe { cuda::copy_dtod(stream, to, from, length) }?;
-            device.synchronize_stream()?;
-            Ok(Vec::new())
+            Ok(After::Nothing)
         }
     }
 }
@@ -333,7 +407,11 @@ impl Executor for CudaExecutor {
         "cuda"
     }
 
-    fn run(&self, op: Op) -> OpFuture {
-        self.worker.run(op)
+    fn orders_on_device(&self) -> bool {
+        true
+    }
+
+    fn run_ordered(&self, op: Op, sync: DeviceSync) -> OpFuture {
+        self.worker.run(op, sync)
     }
 }

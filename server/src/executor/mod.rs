@@ -17,9 +17,11 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 use crate::buffer::SharedBuffer;
+use crate::daemon::GpuSignals;
 use crate::error::{Error, Result};
 use crate::host_buffer::HostBuffer;
 use crate::image::SharedImage;
+use crate::registry::Resource;
 use gpushare_interop::image::ImageRegion;
 use gpushare_interop::vulkan::ClearColor;
 
@@ -246,7 +248,53 @@ pub enum Op {
     },
 }
 
+/// Something an operation uses, kept alive while the device may still use it.
+pub type Keep = Arc<dyn std::any::Any + Send + Sync>;
+
 impl Op {
+    /// Everything the operation uses (buffers, images, host buffers, devices), to keep alive
+    /// until the device is done with it: an executor that enqueues work and synchronizes later
+    /// holds these until then, whatever the caller or the registry drops meanwhile.
+    pub fn retain(&self) -> Vec<Keep> {
+        fn source(src: &Source) -> Option<Keep> {
+            match src {
+                Source::Host { host, .. } => Some(host.clone()),
+                Source::Bytes(_) => None,
+            }
+        }
+        let into = |into: &Option<(Arc<HostBuffer>, u64)>| -> Option<Keep> {
+            into.as_ref().map(|(h, _)| -> Keep { h.clone() })
+        };
+        match self {
+            Op::Write { dst, src, .. } => [Some(dst.clone() as Keep), source(src)]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Op::Read { src, into: i, .. } => [Some(src.clone() as Keep), into(i)]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Op::CopyPeer {
+                src,
+                src_device,
+                dst,
+                ..
+            } => vec![src.clone(), src_device.clone(), dst.clone()],
+            Op::Register { host } => vec![host.clone()],
+            Op::WriteImage { dst, src, .. } => [Some(dst.clone() as Keep), source(src)]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Op::ReadImage { src, into: i, .. } => [Some(src.clone() as Keep), into(i)]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Op::ClearImage { dst, .. } => vec![dst.clone()],
+            Op::Fill { dst, .. } => vec![dst.clone()],
+            Op::Copy { src, dst, .. } => vec![src.clone(), dst.clone()],
+        }
+    }
+
     /// The operation's name, for errors and logs.
     pub fn label(&self) -> &'static str {
         match self {
@@ -266,15 +314,43 @@ impl Op {
 /// Future of an operation: the bytes read (empty for everything but Read).
 pub type OpFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>;
 
+/// Semaphore points an operation waits for and signals on its device's stream, in order with
+/// its work (Falcor's `waitForCuda` / `waitForFalcor`). The wait points were already reached on
+/// the host (`ops.rs` gates them there, so an unsignaled point never stalls the stream that
+/// every client shares): waiting for them again on the stream orders the operation after the
+/// producer's GPU work. The signals were reserved under the daemon's signal lock.
+#[derive(Debug, Default)]
+pub struct DeviceSync {
+    /// Semaphores of the operation's device, and the values already reached.
+    pub wait: Vec<(Arc<Resource>, u64)>,
+    /// Reserved signal points; dropped once the stream has passed them.
+    pub signal: Option<GpuSignals>,
+}
+
+impl DeviceSync {
+    /// Whether there is nothing to wait for or signal.
+    pub fn is_empty(&self) -> bool {
+        self.wait.is_empty() && self.signal.as_ref().is_none_or(GpuSignals::is_empty)
+    }
+}
+
 /// Runs operations on a device, in submission order, each complete when its future resolves.
 pub trait Executor: Send + Sync + std::fmt::Debug {
     /// Name reported by GetInfo ("cuda" or "vulkan").
     fn name(&self) -> &'static str;
+    /// Whether it waits for and signals semaphores of its device in order with its work
+    /// ([`DeviceSync`]); otherwise the caller signals them from the host afterwards.
+    fn orders_on_device(&self) -> bool;
+    /// Queues `op` with device-ordered waits and signals (empty unless
+    /// [`orders_on_device`](Self::orders_on_device)).
+    fn run_ordered(&self, op: Op, sync: DeviceSync) -> OpFuture;
     /// Queues `op`.
-    fn run(&self, op: Op) -> OpFuture;
+    fn run(&self, op: Op) -> OpFuture {
+        self.run_ordered(op, DeviceSync::default())
+    }
 }
 
-type Job = (Op, oneshot::Sender<Result<Vec<u8>>>);
+type Job = (Op, DeviceSync, oneshot::Sender<Result<Vec<u8>>>);
 
 /// The thread an executor runs its operations on, one at a time in submission order. Dropping
 /// it (or [`Worker::stop`]) lets queued operations finish, then joins the thread.
@@ -288,15 +364,19 @@ impl Worker {
     /// Starts a thread that runs `exec` for each operation.
     fn start(
         name: &str,
-        mut exec: impl FnMut(Op) -> Result<Vec<u8>> + Send + 'static,
+        mut exec: impl FnMut(Op, &DeviceSync) -> Result<Vec<u8>> + Send + 'static,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                for (op, reply) in rx {
+                for (op, sync, reply) in rx {
                     // The caller may have gone (client cancelled); the work is done regardless.
-                    let _ = reply.send(exec(op));
+                    let result = exec(op, &sync);
+                    // The stream has passed the signals (or they were never enqueued): end
+                    // the reservation before answering, so the caller sees it ended.
+                    drop(sync);
+                    let _ = reply.send(result);
                 }
             })?;
         Ok(Self {
@@ -305,11 +385,12 @@ impl Worker {
         })
     }
 
-    /// Queues `op`.
-    fn run(&self, op: Op) -> OpFuture {
+    /// Queues `op` with `sync`. If the thread is gone, `sync` is dropped here (its reservation
+    /// ends: nothing was enqueued).
+    fn run(&self, op: Op, sync: DeviceSync) -> OpFuture {
         let (tx, rx) = oneshot::channel();
         let sent = match &*self.jobs.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(jobs) => jobs.send((op, tx)).is_ok(),
+            Some(jobs) => jobs.send((op, sync, tx)).is_ok(),
             None => false,
         };
         Box::pin(async move {

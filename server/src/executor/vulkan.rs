@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gpushare_interop::vulkan::{self, Device, SyncPoints, Transfer};
 
-use super::{chunks, image_pieces, Executor, Op, OpFuture, Source, Worker};
+use super::{chunks, image_pieces, DeviceSync, Executor, Op, OpFuture, Source, Worker};
 use crate::error::Error;
 use crate::host_buffer::HostBuffer;
 
@@ -26,8 +26,17 @@ impl VulkanExecutor {
     /// Starts the executor thread for `device`.
     pub fn start(device: &Arc<Device>) -> std::result::Result<Self, vulkan::Error> {
         let mut transfer = Transfer::new(device)?;
-        let worker = Worker::start("gpushare-vk-exec", move |op| {
+        let worker = Worker::start("gpushare-vk-exec", move |op, sync| {
             let label = op.label();
+            if !sync.is_empty() {
+                // `orders_on_device` is false: the caller signals from the host.
+                return Err(Error::Gpu {
+                    op: label,
+                    source: vulkan::Error::Unsupported(
+                        "device-ordered waits and signals on the Vulkan executor".into(),
+                    ),
+                });
+            }
             execute(&mut transfer, op).map_err(|source| Error::Gpu { op: label, source })
         })
         .map_err(|_| vulkan::Error::Unsupported("cannot start the executor thread".into()))?;
@@ -186,7 +195,11 @@ impl Executor for VulkanExecutor {
         "vulkan"
     }
 
-    fn run(&self, op: Op) -> OpFuture {
-        self.worker.run(op)
+    fn orders_on_device(&self) -> bool {
+        false
+    }
+
+    fn run_ordered(&self, op: Op, sync: DeviceSync) -> OpFuture {
+        self.worker.run(op, sync)
     }
 }
