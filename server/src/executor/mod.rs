@@ -1,12 +1,14 @@
 //! Daemon-executed GPU operations (Write, Read, Fill, Copy, and their image forms) behind one
-//! trait, with two
-//! implementations: [`CudaExecutor`] (the daemon's CUDA stream over its imported memory) and
-//! [`VulkanExecutor`] (Vulkan transfer submissions). Configuration chooses (`executor`).
+//! trait, with two implementations: [`CudaExecutor`] (the daemon's CUDA stream over its
+//! imported memory) and [`VulkanExecutor`] (Vulkan transfer submissions). Configuration
+//! chooses (`executor`).
 //!
-//! Sequencing is done by the caller (`ops.rs`): wait points are awaited on the host through the
-//! wait service *before* an operation is handed to an executor, and signal points are signaled
-//! after it completed. A client that never signals a wait point therefore never stalls the
-//! daemon's queue for everybody else; it only holds its own call, bounded by its timeout.
+//! Sequencing starts in the caller (`ops.rs`): wait points are awaited on the host through the
+//! wait service *before* an operation is handed to an executor, so a client that never signals
+//! a wait point never stalls the daemon's stream or queue for everybody else; it only holds its
+//! own call, bounded by its timeout. The CUDA executor then also waits for the reached points
+//! and signals the signal points on its stream, in order with the work ([`DeviceSync`]); with
+//! the Vulkan executor the caller signals from the host once the operation completed.
 
 use std::future::Future;
 use std::pin::Pin;
