@@ -13,7 +13,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use ash::vk;
@@ -22,7 +22,7 @@ use super::buffer::{export_opaque_fd, Sealed};
 use super::caps::HandleType;
 use super::device::Device;
 use super::error::{Check, Error, Result};
-use super::import::check_import_memory;
+use super::import::{check_import_memory, settle_import_fd};
 use super::memory::select_memory_type;
 use crate::image::{ImageDesc, ImageKind};
 
@@ -357,12 +357,7 @@ impl Device {
                 Some(&mut import),
             )
         };
-        if alloc.memory != vk::DeviceMemory::null() {
-            // vkAllocateMemory succeeded: the driver owns the descriptor now.
-            let _ = fd.into_raw_fd();
-        } else {
-            drop(fd);
-        }
+        settle_import_fd(fd, alloc.memory);
         result?;
         Ok(ImportedImage {
             alloc: Arc::new(alloc),

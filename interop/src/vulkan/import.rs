@@ -102,6 +102,17 @@ pub(crate) fn check_import_memory(
     Ok(())
 }
 
+/// After an import's `vkAllocateMemory`: if it made `memory`, the driver owns the descriptor
+/// now (even if binding then failed: freeing the memory frees the descriptor too), so it is
+/// released without closing; otherwise it is still ours and is closed here, once.
+pub(crate) fn settle_import_fd(fd: OwnedFd, memory: vk::DeviceMemory) {
+    if memory != vk::DeviceMemory::null() {
+        let _ = fd.into_raw_fd();
+    } else {
+        drop(fd);
+    }
+}
+
 impl Device {
     /// Imports buffer memory exported as an `OPAQUE_FD`, creating a buffer of the same size and
     /// usage bound to it. Takes ownership of `fd` only on success (see the module docs).
@@ -173,13 +184,7 @@ impl Device {
                 Some(&mut import),
             )
         };
-        if alloc.memory != vk::DeviceMemory::null() {
-            // vkAllocateMemory succeeded: the driver owns the descriptor now (even if binding
-            // failed, in which case `alloc`'s drop frees the memory and with it the descriptor).
-            let _ = fd.into_raw_fd();
-        } else {
-            drop(fd);
-        }
+        settle_import_fd(fd, alloc.memory);
         result?;
         Ok(ImportedBuffer {
             alloc: Arc::new(alloc),
