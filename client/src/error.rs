@@ -43,6 +43,19 @@ pub enum Error {
         /// The daemon's message.
         message: String,
     },
+    /// The daemon refused an fd.sock wait ([`crate::HostWaiter`]), or it timed out.
+    #[error("{}", if message.is_empty() { code.description() } else { message.as_str() })]
+    FdRefused {
+        /// The daemon's code (`DEADLINE_EXCEEDED` at the timeout, `ABORTED` for an abandoned
+        /// or freed semaphore, `NOT_FOUND`, `RESOURCE_EXHAUSTED`).
+        code: tonic::Code,
+        /// The daemon's message.
+        message: String,
+    },
+    /// The daemon did not answer an fd.sock wait this long after it was sent (its timeout plus
+    /// a grace period); the connection was dropped.
+    #[error("no answer to a wait from the daemon within {0:?}")]
+    NoWaitReply(std::time::Duration),
     /// A message from the daemon could not be decoded.
     #[error("malformed message from the daemon")]
     Decode(#[from] prost::DecodeError),
@@ -163,7 +176,7 @@ impl Error {
     pub fn code(&self) -> Option<tonic::Code> {
         match self {
             Error::Status(status) => Some(status.code()),
-            Error::Redeem { code, .. } => Some(*code),
+            Error::Redeem { code, .. } | Error::FdRefused { code, .. } => Some(*code),
             _ => None,
         }
     }

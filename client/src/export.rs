@@ -135,6 +135,7 @@ fn parse_reply(received: Received) -> Result<Exported> {
             code: tonic::Code::from_i32(e.code),
             message: e.message,
         }),
+        Some(v1::fd_reply::Reply::Waited(_)) => Err(Error::MissingField("FdReply.exported")),
         None => Err(Error::MissingField("FdReply.reply")),
     }
 }

@@ -74,7 +74,7 @@ impl FdPassError {
     }
 
     /// Whether this is [`FdPassError::Io`] with `WouldBlock`.
-    fn would_block(&self) -> bool {
+    pub fn would_block(&self) -> bool {
         matches!(self, Self::Io { source, .. } if source.kind() == io::ErrorKind::WouldBlock)
     }
 }
@@ -142,6 +142,36 @@ pub fn send(
         ));
     }
     Ok(())
+}
+
+/// Connects a non-blocking, close-on-exec seqpacket socket to `path`, without a runtime.
+pub fn connect(path: &Path) -> Result<OwnedFd, FdPassError> {
+    let fd = seqpacket_socket()?;
+    let addr = SocketAddrUnix::new(path).map_err(|e| FdPassError::io("connect", e))?;
+    // Unix sockets complete connect() at once or fail; EAGAIN means the backlog is full.
+    net::connect(&fd, &addr).map_err(|e| FdPassError::io("connect", e))?;
+    Ok(fd)
+}
+
+/// Blocks until `socket` has a message or was hung up, at most `timeout`. Returns whether it
+/// has (a following [`recv`] then does not block).
+pub fn poll_readable(
+    socket: BorrowedFd<'_>,
+    timeout: std::time::Duration,
+) -> Result<bool, FdPassError> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(&socket, PollFlags::IN)];
+    let timeout = rustix::time::Timespec {
+        tv_sec: timeout.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: timeout.subsec_nanos().into(),
+    };
+    loop {
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(n) => return Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(FdPassError::io("poll", e)),
+        }
+    }
 }
 
 /// Receives one message. See the module docs for the truncation and descriptor rules.
@@ -212,13 +242,7 @@ impl SeqPacket {
 
     /// Connects to the seqpacket socket at `path`.
     pub async fn connect(path: &Path) -> Result<Self, FdPassError> {
-        let fd = seqpacket_socket()?;
-        let addr = SocketAddrUnix::new(path).map_err(|e| FdPassError::io("connect", e))?;
-        match net::connect(&fd, &addr) {
-            Ok(()) => {}
-            // Unix sockets complete connect() at once or fail; EAGAIN means the backlog is full.
-            Err(e) => return Err(FdPassError::io("connect", e)),
-        }
+        let fd = connect(path)?;
         Self::from_owned(fd).map_err(|e| FdPassError::io("epoll_ctl", e))
     }
 

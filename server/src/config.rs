@@ -33,6 +33,10 @@ pub struct Limits {
     pub max_wait_timeout_ms: u32,
     /// A connection on fd.sock that sends nothing for this long is closed (default 30 s).
     pub fd_idle_timeout_ms: u32,
+    /// Longest spin an fd.sock wait may ask for (`FdWait.spin_us`), in microseconds (default
+    /// 5000): while such a wait is that young, the wait service reads counters continuously,
+    /// one thread busy. 0 turns spinning off.
+    pub max_spin_us: u32,
     /// Largest host buffer (CreateHostBuffer), in bytes (default 1 GiB). Host buffers are
     /// page-locked while they live when the executor is CUDA.
     pub max_host_buffer_size: u64,
@@ -46,6 +50,7 @@ impl Default for Limits {
             ticket_ttl_ms: 10_000,
             max_wait_timeout_ms: 3_600_000,
             fd_idle_timeout_ms: 30_000,
+            max_spin_us: 5_000,
             max_host_buffer_size: 1 << 30,
         }
     }

@@ -200,6 +200,15 @@ pub enum Error {
         #[source]
         source: gpushare_interop::host::HostError,
     },
+    /// A system call on a connection failed (descriptors exhausted, most likely).
+    #[error("{op} failed")]
+    Io {
+        /// What the daemon was doing.
+        op: &'static str,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
     /// Write got both inline bytes and a host range, or a Read's host range has the wrong length.
     #[error("{0}")]
     BadHostRange(&'static str),
@@ -255,6 +264,12 @@ impl Error {
             ShuttingDown | ExecutorGone => Code::Unavailable,
             Gpu { source, .. } => gpu_code(source),
             Host { source, .. } => host_code(source),
+            Io { source, .. } => match rustix::io::Errno::from_io_error(source) {
+                Some(e) if e == rustix::io::Errno::MFILE || e == rustix::io::Errno::NFILE => {
+                    Code::ResourceExhausted
+                }
+                _ => Code::Internal,
+            },
             Quota { .. } => Code::ResourceExhausted,
             NameTaken(_) => Code::AlreadyExists,
             NotOwner(_) => Code::PermissionDenied,

@@ -1,5 +1,7 @@
 //! fd.sock: redeems export tickets (and direct exports of the caller's own resources) and sends
-//! each resource's descriptor with its import metadata as `SCM_RIGHTS`.
+//! each resource's descriptor with its import metadata as `SCM_RIGHTS`; and serves host waits
+//! whose reply the wait service's thread writes to the socket itself, the daemon's
+//! lowest-latency reply path (no async runtime hop, no HTTP/2).
 //!
 //! One request message in, one reply out, any number of times per connection. Malformed,
 //! empty, oversized or truncated requests, and requests that carry descriptors (closed at
@@ -11,7 +13,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gpushare_proto::fdpass::{FdPassError, SeqPacket, SeqPacketListener};
+use gpushare_proto::fdpass::{self, FdPassError, Received, SeqPacket, SeqPacketListener};
 use gpushare_proto::v1;
 use prost::Message;
 use tokio_util::task::TaskTracker;
@@ -64,15 +66,20 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
         }
     };
     let idle = Duration::from_millis(d.config.limits.fd_idle_timeout_ms.into());
+    // A message that arrived while a wait was pending: answered next.
+    let mut early: Option<std::result::Result<Received, FdPassError>> = None;
     loop {
-        let received = tokio::select! {
-            _ = d.shutdown.cancelled() => return,
-            r = tokio::time::timeout(idle, conn.recv()) => match r {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::debug!(uid, "fd.sock: idle connection closed");
-                    return;
-                }
+        let received = match early.take() {
+            Some(r) => r,
+            None => tokio::select! {
+                _ = d.shutdown.cancelled() => return,
+                r = tokio::time::timeout(idle, conn.recv()) => match r {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::debug!(uid, "fd.sock: idle connection closed");
+                        return;
+                    }
+                },
             },
         };
         let (reply, fd) = match received {
@@ -93,13 +100,21 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
                 drop(msg.fds);
                 (error_reply(&Error::FdsRefused(n)), None)
             }
-            Ok(msg) => match handle(&d, uid, gid, &msg.bytes) {
-                Ok((exported, fd)) => (
-                    v1::FdReply {
-                        reply: Some(v1::fd_reply::Reply::Exported(exported)),
-                    },
-                    Some(fd),
-                ),
+            Ok(msg) => match parse_request(&msg.bytes) {
+                Ok(FdRequest::Wait(w)) => match wait(&d, uid, gid, &conn, w, &mut early).await {
+                    Waited::Answered => continue,
+                    Waited::Reply(reply) => (reply, None),
+                    Waited::Gone => return,
+                },
+                Ok(req) => match handle(&d, uid, gid, req) {
+                    Ok((exported, fd)) => (
+                        v1::FdReply {
+                            reply: Some(v1::fd_reply::Reply::Exported(exported)),
+                        },
+                        Some(fd),
+                    ),
+                    Err(e) => (error_reply(&e), None),
+                },
                 Err(e) => (error_reply(&e), None),
             },
         };
@@ -114,6 +129,84 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         // `fd` (the daemon's copy) closes here; the client holds its own.
+    }
+}
+
+/// How an fd.sock wait ended for its connection.
+enum Waited {
+    /// The wait service's thread sent the reply.
+    Answered,
+    /// The connection task sends this reply.
+    Reply(v1::FdReply),
+    /// The client hung up or the daemon is shutting down: close the connection.
+    Gone,
+}
+
+/// The reply to a wait that reached `value`.
+fn waited_reply(value: u64) -> v1::FdReply {
+    v1::FdReply {
+        reply: Some(v1::fd_reply::Reply::Waited(v1::SemaphoreValue { value })),
+    }
+}
+
+/// Serves one fd.sock wait: the same access rule, quota and timeout cap as the Wait call.
+/// While it is pending the connection is watched: a hang-up cancels the wait, and a message
+/// that arrives early is kept in `early` and answered after the wait's reply.
+async fn wait(
+    d: &Daemon,
+    uid: u32,
+    gid: u32,
+    conn: &SeqPacket,
+    w: v1::FdWait,
+    early: &mut Option<std::result::Result<Received, FdPassError>>,
+) -> Waited {
+    let err = |e: Error| Waited::Reply(error_reply(&e));
+    let caller = match d.caller(uid, gid, 0, None) {
+        Ok(c) => c,
+        Err(e) => return err(e),
+    };
+    let (_, sem) = match d.semaphore(&w.id, &caller) {
+        Ok(found) => found,
+        Err(e) => return err(e),
+    };
+    let _pending = match d.hold(uid, crate::quota::Counted::PendingWaits) {
+        Ok(held) => held,
+        Err(e) => return err(e),
+    };
+    let limits = &d.config.limits;
+    let timeout = Duration::from_millis(w.timeout_ms.min(limits.max_wait_timeout_ms).into());
+    let spin = Duration::from_micros(w.spin_us.min(limits.max_spin_us).into());
+    // The reply goes out on a duplicate of the socket, from the thread that saw the value.
+    let reply: crate::waiter::DirectReply = match conn.as_fd().try_clone_to_owned() {
+        Ok(socket) => Box::new(move |value| {
+            let bytes = waited_reply(value).encode_to_vec();
+            fdpass::send(socket.as_fd(), &bytes, &[]).is_ok()
+        }),
+        Err(source) => {
+            return err(Error::Io {
+                op: "duplicating the fd.sock connection",
+                source,
+            })
+        }
+    };
+    let waiting = d
+        .waits
+        .wait_direct(&w.id, &sem, w.value, timeout, spin, reply);
+    tokio::pin!(waiting);
+    let done = loop {
+        tokio::select! {
+            done = &mut waiting => break done,
+            _ = d.shutdown.cancelled() => return Waited::Gone,
+            r = conn.recv(), if early.is_none() => match r {
+                Err(FdPassError::Closed) | Err(FdPassError::Io { .. }) => return Waited::Gone,
+                other => *early = Some(other),
+            },
+        }
+    };
+    match done {
+        Ok((_, true)) => Waited::Answered,
+        Ok((value, false)) => Waited::Reply(waited_reply(value)),
+        Err(e) => err(e),
     }
 }
 
@@ -133,6 +226,8 @@ pub enum FdRequest {
     Redeem([u8; crate::ids::ID_BYTES]),
     /// Export this resource id (well formed, not yet looked up).
     Export(String),
+    /// Wait for a semaphore value (the id well formed, not yet looked up).
+    Wait(v1::FdWait),
 }
 
 /// Decodes and validates one fd.sock message, before anything is looked up: every malformed
@@ -155,13 +250,17 @@ pub fn parse_request(bytes: &[u8]) -> Result<FdRequest> {
             crate::daemon::check_resource_id(&id)?;
             Ok(FdRequest::Export(id))
         }
+        Some(v1::fd_request::Request::Wait(w)) => {
+            crate::daemon::check_resource_id(&w.id)?;
+            Ok(FdRequest::Wait(w))
+        }
         None => Err(Error::BadFdRequest("no request set")),
     }
 }
 
-/// Redeems one request: the import metadata and a fresh descriptor.
-fn handle(d: &Daemon, uid: u32, gid: u32, bytes: &[u8]) -> Result<(v1::ExportedFd, OwnedFd)> {
-    let snap = match parse_request(bytes)? {
+/// Redeems one export or ticket: the import metadata and a fresh descriptor.
+fn handle(d: &Daemon, uid: u32, gid: u32, req: FdRequest) -> Result<(v1::ExportedFd, OwnedFd)> {
+    let snap = match req {
         FdRequest::Redeem(ticket) => {
             let id = d.tickets.redeem(&ticket, uid)?;
             // The ticket is the authorization: issued to this uid after an access check.
@@ -177,6 +276,7 @@ fn handle(d: &Daemon, uid: u32, gid: u32, bytes: &[u8]) -> Result<(v1::ExportedF
             }
             snap
         }
+        FdRequest::Wait(_) => return Err(Error::BadFdRequest("a wait has no descriptor")),
     };
     let r = &snap.resource;
     let info = d.device(r.device)?.info();
@@ -261,11 +361,25 @@ mod tests {
             parse_request(&encode(v1::fd_request::Request::Redeem(vec![7; 16]))).unwrap(),
             FdRequest::Redeem([7; 16])
         );
+        let wait = v1::FdWait {
+            id: crate::ids::new_id("sem"),
+            value: 3,
+            timeout_ms: 10,
+            spin_us: 50,
+        };
+        assert_eq!(
+            parse_request(&encode(v1::fd_request::Request::Wait(wait.clone()))).unwrap(),
+            FdRequest::Wait(wait)
+        );
         for bad in [
             Vec::new(),
             b"\xff\xff garbage".to_vec(),
             encode(v1::fd_request::Request::Redeem(vec![7; 15])),
             encode(v1::fd_request::Request::Export("buf-nothex".into())),
+            encode(v1::fd_request::Request::Wait(v1::FdWait {
+                id: "sem-nothex".into(),
+                ..Default::default()
+            })),
             v1::FdRequest { request: None }.encode_to_vec(),
             vec![0x0a; gpushare_proto::fdpass::MAX_MESSAGE + 1],
         ] {

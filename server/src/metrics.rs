@@ -178,7 +178,7 @@ impl Metrics {
         gauge(
             &mut out,
             "gpushare_pending_waits",
-            "Host waits pending in the wait service (Wait calls and wait points).",
+            "Host waits pending in the wait service (Wait calls, fd.sock waits and wait points).",
             d.waits.pending_waits() as f64,
         );
         let wakeups: Vec<(String, f64)> = d
@@ -192,7 +192,8 @@ impl Metrics {
             "gpushare_wait_wakeups_total",
             "counter",
             "Host waits completed, by what noticed the value: driver (a vkWaitSemaphores thread), \
-             poll (the poller's periodic read), notify (a read the daemon asked for).",
+             poll (the poller's periodic read), notify (a read the daemon asked for), spin (the \
+             poller's continuous reads while an fd.sock wait that asked to spin is young).",
             &wakeups,
         );
         gauge(

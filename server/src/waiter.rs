@@ -60,10 +60,28 @@ pub struct PendingWait {
     pub age: Duration,
 }
 
+/// How a wait ends: the value and whether its direct reply was sent ([`WaitService::wait_direct`]),
+/// or why it ended without the value.
+type Outcome = std::result::Result<(u64, bool), End>;
+
+/// Sends a wait's answer from the thread that saw its value; returns whether it was delivered.
+pub type DirectReply = Box<dyn FnOnce(u64) -> bool + Send>;
+
 struct Waiter {
     target: u64,
     since: Instant,
-    tx: oneshot::Sender<std::result::Result<u64, End>>,
+    /// Until then the poller reads counters without sleeping (the wait asked to spin).
+    spin_until: Option<Instant>,
+    tx: oneshot::Sender<Outcome>,
+    direct: Option<Direct>,
+}
+
+/// A direct reply and the flag that makes sending it and the waiter's timeout exclusive:
+/// whoever sets `claimed` first (the thread that saw the value, or the timed-out caller)
+/// answers.
+struct Direct {
+    claimed: Arc<AtomicBool>,
+    reply: DirectReply,
 }
 
 struct Watched {
@@ -90,7 +108,7 @@ struct Shared {
     state: Mutex<State>,
     wake: Condvar,
     /// Waits completed per [`Wakeup`] source.
-    wakeups: [AtomicU64; 3],
+    wakeups: [AtomicU64; 4],
     /// Set while at least one driver-wait thread runs and none has failed.
     driver_waits: AtomicBool,
     /// How often the driver-wait threads, rather than the poller, noticed a value first: an
@@ -109,7 +127,7 @@ impl Shared {
     fn trust(&self, by: Wakeup) {
         let hit = match by {
             Wakeup::Driver => 125,
-            Wakeup::Poll => 0,
+            Wakeup::Poll | Wakeup::Spin => 0,
             // The daemon's own signals say nothing about the driver.
             Wakeup::Notify => return,
         };
@@ -136,11 +154,13 @@ pub enum Wakeup {
     Poll = 1,
     /// A poll the daemon asked for: it signaled the semaphore itself, or a wait was added.
     Notify = 2,
+    /// The poller's continuous reads while a wait that asked to spin is young.
+    Spin = 3,
 }
 
 impl Wakeup {
     /// All sources, in counter order.
-    pub const ALL: [Wakeup; 3] = [Wakeup::Driver, Wakeup::Poll, Wakeup::Notify];
+    pub const ALL: [Wakeup; 4] = [Wakeup::Driver, Wakeup::Poll, Wakeup::Notify, Wakeup::Spin];
 
     /// The metric label.
     pub fn label(self) -> &'static str {
@@ -148,6 +168,7 @@ impl Wakeup {
             Wakeup::Driver => "driver",
             Wakeup::Poll => "poll",
             Wakeup::Notify => "notify",
+            Wakeup::Spin => "spin",
         }
     }
 }
@@ -266,7 +287,7 @@ impl WaitService {
     }
 
     /// Waits completed so far, per source ([`Wakeup::ALL`] order).
-    pub fn wakeups(&self) -> [(Wakeup, u64); 3] {
+    pub fn wakeups(&self) -> [(Wakeup, u64); 4] {
         Wakeup::ALL.map(|w| (w, self.shared.wakeups[w as usize].load(Ordering::Relaxed)))
     }
 
@@ -328,6 +349,39 @@ impl WaitService {
         target: u64,
         timeout: Duration,
     ) -> Result<u64> {
+        self.wait_with(id, sem, target, timeout, Duration::ZERO, None)
+            .await
+            .map(|(value, _)| value)
+    }
+
+    /// fd.sock's wait: like [`WaitService::wait`], but for its first `spin` the poller reads
+    /// counters without sleeping, and once the value is reached the thread that saw it calls
+    /// `reply` with it at once, before this returns. Returns the value and whether `reply` was
+    /// called and delivered; when not (the value was there already, or sending failed), the
+    /// caller answers. Exactly one of the two answers: a timeout that races the value either
+    /// wins (`reply` is never called) or waits for `reply`'s outcome.
+    pub async fn wait_direct(
+        &self,
+        id: &str,
+        sem: &Arc<TimelineSemaphore>,
+        target: u64,
+        timeout: Duration,
+        spin: Duration,
+        reply: DirectReply,
+    ) -> Result<(u64, bool)> {
+        self.wait_with(id, sem, target, timeout, spin, Some(reply))
+            .await
+    }
+
+    async fn wait_with(
+        &self,
+        id: &str,
+        sem: &Arc<TimelineSemaphore>,
+        target: u64,
+        timeout: Duration,
+        spin: Duration,
+        reply: Option<DirectReply>,
+    ) -> Result<(u64, bool)> {
         let abandoned = || Err(Error::Abandoned(id.to_owned()));
         let value = sem
             .value()
@@ -338,7 +392,7 @@ impl WaitService {
             return abandoned();
         }
         if value >= target {
-            return Ok(value);
+            return Ok((value, false));
         }
         let timed_out = || Error::WaitTimeout {
             id: id.to_owned(),
@@ -348,7 +402,13 @@ impl WaitService {
         if timeout.is_zero() {
             return Err(timed_out());
         }
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
+        let claimed = reply.is_some().then(|| Arc::new(AtomicBool::new(false)));
+        let direct = reply
+            .zip(claimed.clone())
+            .map(|(reply, claimed)| Direct { claimed, reply });
+        let now = Instant::now();
+        let spin_until = (!spin.is_zero()).then(|| now + spin);
         {
             let mut st = self.shared.lock();
             if st.shutdown {
@@ -369,19 +429,28 @@ impl WaitService {
                 .waiters
                 .push(Waiter {
                     target,
-                    since: Instant::now(),
+                    since: now,
+                    spin_until,
                     tx,
+                    direct,
                 });
             st.kick = true;
         }
         self.shared.wake.notify_one();
         self.kick_device(sem);
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(End::Freed))) => Err(Error::SemaphoreFreed(id.to_owned())),
-            Ok(Ok(Err(End::Abandoned))) => abandoned(),
-            Ok(Ok(Err(End::ShuttingDown))) | Ok(Err(_)) => Err(Error::ShuttingDown),
-            Err(_) => Err(timed_out()),
+        let outcome = match tokio::time::timeout(timeout, &mut rx).await {
+            Ok(outcome) => outcome,
+            Err(_) => match &claimed {
+                // The thread that saw the value claimed the wait first: its reply is on its way.
+                Some(c) if c.swap(true, Ordering::AcqRel) => rx.await,
+                _ => return Err(timed_out()),
+            },
+        };
+        match outcome {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(End::Freed)) => Err(Error::SemaphoreFreed(id.to_owned())),
+            Ok(Err(End::Abandoned)) => abandoned(),
+            Ok(Err(End::ShuttingDown)) | Err(_) => Err(Error::ShuttingDown),
         }
     }
 
@@ -546,12 +615,22 @@ fn end_all(w: Watched, end: End) {
     }
 }
 
+/// What a [`scan`] found still pending.
+struct Scanned {
+    /// The age of the youngest pending wait or recently moved watch.
+    youngest: Option<Duration>,
+    /// Whether a pending wait asked to spin and is still young enough.
+    spin: bool,
+}
+
 /// Reads the counter of every semaphore with waiters or watches, completes the waits whose
 /// value was reached (counted as `by`), updates watches and drops entries nothing needs any
-/// more. Returns the age of the youngest pending wait or recently moved watch.
-fn scan(shared: &Shared, st: &mut State, by: Wakeup) -> Option<Duration> {
+/// more. Waits with a direct reply are moved to `direct` with their value, to be answered by
+/// [`deliver`] outside the lock.
+fn scan(shared: &Shared, st: &mut State, by: Wakeup, direct: &mut Vec<(Waiter, u64)>) -> Scanned {
     let now = Instant::now();
     let mut youngest: Option<Duration> = None;
+    let mut spin = false;
     for (id, w) in st.sems.iter_mut() {
         w.waiters.retain(|x| !x.tx.is_closed());
         if w.watch.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
@@ -578,26 +657,58 @@ fn scan(shared: &Shared, st: &mut State, by: Wakeup) -> Option<Duration> {
         let mut i = 0;
         while i < w.waiters.len() {
             if w.waiters[i].target <= value {
+                let waiter = w.waiters.swap_remove(i);
+                if let Some(d) = &waiter.direct {
+                    if d.claimed.swap(true, Ordering::AcqRel) {
+                        // Its caller timed out first and answered.
+                        continue;
+                    }
+                }
                 // Counted before the waiter can see its value.
                 shared.wakeups[by as usize].fetch_add(1, Ordering::Relaxed);
                 shared.trust(by);
-                let _ = w.waiters.swap_remove(i).tx.send(Ok(value));
+                if waiter.direct.is_some() {
+                    direct.push((waiter, value));
+                } else {
+                    let _ = waiter.tx.send(Ok((value, false)));
+                }
             } else {
-                let age = now.saturating_duration_since(w.waiters[i].since);
+                let x = &w.waiters[i];
+                let age = now.saturating_duration_since(x.since);
                 youngest = Some(youngest.map_or(age, |y| y.min(age)));
+                spin |= x.spin_until.is_some_and(|until| until > now);
                 i += 1;
             }
         }
     }
     st.sems
         .retain(|_, w| !w.waiters.is_empty() || w.watch.is_some());
-    youngest
+    Scanned { youngest, spin }
+}
+
+/// Answers the waits [`scan`] moved out: each direct reply first, then its caller.
+fn deliver(direct: &mut Vec<(Waiter, u64)>) {
+    for (waiter, value) in direct.drain(..) {
+        let sent = waiter.direct.is_some_and(|d| (d.reply)(value));
+        let _ = waiter.tx.send(Ok((value, sent)));
+    }
+}
+
+/// One pause between continuous reads while a wait spins: short, and a chance for another
+/// thread on this CPU to run.
+fn spin_pause() {
+    for _ in 0..64 {
+        std::hint::spin_loop();
+    }
+    std::thread::yield_now();
 }
 
 fn poll_loop(shared: &Shared) {
     // The default 50 µs timer slack stays: a 20 µs sleep lasts ~70 µs. With a 1 µs slack the
     // H100 run at 76393d4 spent 680 µs of daemon CPU per 1-2 ms wait (300 µs before) without a
     // measurable gain, the gRPC reply being most of the latency (bench/README.md).
+    let mut direct = Vec::new();
+    let mut spinning = false;
     let mut st = shared.lock();
     loop {
         if st.shutdown {
@@ -613,15 +724,27 @@ fn poll_loop(shared: &Shared) {
         }
         let by = if st.kick {
             Wakeup::Notify
+        } else if spinning {
+            Wakeup::Spin
         } else {
             Wakeup::Poll
         };
         st.kick = false;
-        let youngest = scan(shared, &mut st, by);
+        let scanned = scan(shared, &mut st, by, &mut direct);
+        spinning = scanned.spin;
+        if !direct.is_empty() || spinning {
+            drop(st);
+            deliver(&mut direct);
+            if spinning {
+                spin_pause();
+            }
+            st = shared.lock();
+            continue;
+        }
         if st.kick {
             continue;
         }
-        let interval = poll_interval(youngest, shared.relaxed());
+        let interval = poll_interval(scanned.youngest, shared.relaxed());
         st = shared
             .wake
             .wait_timeout_while(st, interval, |s| !s.kick && !s.shutdown)
@@ -705,8 +828,10 @@ fn driver_wait_loop(shared: &Shared, blocker: &Blocker, device: &Arc<Device>) {
         if st.shutdown {
             return;
         }
-        scan(shared, &mut st, Wakeup::Driver);
+        let mut direct = Vec::new();
+        scan(shared, &mut st, Wakeup::Driver, &mut direct);
         drop(st);
+        deliver(&mut direct);
         // The semaphores are released here, outside the lock: the last reference may destroy one.
         drop(points);
     }
@@ -799,7 +924,7 @@ mod tests {
             let counts = svc.wakeups();
             let by = |w: Wakeup| counts.iter().find(|(x, _)| *x == w).unwrap().1;
             assert_eq!(
-                by(Wakeup::Driver) + by(Wakeup::Poll) + by(Wakeup::Notify),
+                by(Wakeup::Driver) + by(Wakeup::Poll) + by(Wakeup::Notify) + by(Wakeup::Spin),
                 ROUNDS,
                 "{counts:?}"
             );

@@ -435,6 +435,49 @@ class Client:
             timeout=deadline,
         ).value
 
+    def fd_wait(
+        self, semaphore: ResourceId, value: int, timeout_ms: int = 0, spin_us: int = 0
+    ) -> int:
+        """The low-latency wait: like :meth:`wait`, but on fd.sock, where the daemon thread that
+        sees the value sends the reply itself (no HTTP/2, no gRPC runtime on either side).
+        ``spin_us``: for that long the daemon reads the counter continuously (capped by its
+        ``limits.max_spin_us``; one daemon thread busy meanwhile). Raises GpushareError with the
+        daemon's code: DEADLINE_EXCEEDED at the timeout, ABORTED for an abandoned or freed
+        semaphore, NOT_FOUND, RESOURCE_EXHAUSTED."""
+        request = gpushare_pb2.FdRequest(
+            wait=gpushare_pb2.FdWait(
+                id=_rid(semaphore), value=value, timeout_ms=timeout_ms, spin_us=spin_us
+            )
+        ).SerializeToString()
+        # The daemon answers at the timeout; the socket's own timeout only catches a daemon
+        # that does not answer at all.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.settimeout(timeout_ms / 1000.0 + 10.0)
+            try:
+                sock.connect(self.fd_path)
+                sock.sendall(request)
+                data = sock.recv(MAX_FD_REPLY_BYTES)
+            except socket.timeout:
+                raise GpushareError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply on {self.fd_path}"
+                ) from None
+            except OSError as e:
+                raise GpushareError(
+                    grpc.StatusCode.UNAVAILABLE, f"fd.sock {self.fd_path}: {e}"
+                ) from None
+        if not data:
+            raise GpushareError(grpc.StatusCode.UNAVAILABLE, "fd.sock closed without a reply")
+        try:
+            reply = gpushare_pb2.FdReply.FromString(data)
+        except Exception as e:  # google.protobuf.message.DecodeError
+            raise ProtocolError(f"undecodable FdReply: {e}") from None
+        which = reply.WhichOneof("reply")
+        if which == "error":
+            raise GpushareError.from_code_value(reply.error.code, reply.error.message)
+        if which != "waited":
+            raise ProtocolError("FdReply to a wait has neither `waited` nor `error`")
+        return reply.waited.value
+
     def value(self, semaphore: ResourceId) -> int:
         return self._call("GetValue", gpushare_pb2.ResourceRef(id=_rid(semaphore))).value
 

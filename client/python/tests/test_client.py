@@ -294,6 +294,23 @@ def test_write_waits_and_signals(client):
     assert_code(e, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+def test_fd_wait(client):
+    sem = client.create_semaphore(0)
+    assert client.fd_wait(sem, 0) == 0
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.fd_wait(sem, 5, timeout_ms=30)
+    assert_code(e, grpc.StatusCode.DEADLINE_EXCEEDED)
+    for spin_us in (0, 2000):
+        target = client.value(sem) + 1
+        timer = threading.Timer(0.05, client.signal, args=(sem, target))
+        timer.start()
+        assert client.fd_wait(sem, target, timeout_ms=5000, spin_us=spin_us) == target
+        timer.join()
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.fd_wait("sem-00000000000000000000000000000000", 1, timeout_ms=10)
+    assert_code(e, grpc.StatusCode.NOT_FOUND)
+
+
 # ---- fd.sock tickets ----
 
 
