@@ -28,6 +28,30 @@ macro_rules! daemon_or_skip {
 pub mod report;
 pub mod rng;
 
+/// User plus system CPU time of process `pid` so far, in clock ticks (`/proc/<pid>/stat`).
+pub fn process_cpu_ticks(pid: u32) -> std::io::Result<u64> {
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "a /proc stat line");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').ok_or_else(bad)?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state): utime is field 14, stime 15.
+    let field = |i: usize| -> std::io::Result<u64> {
+        fields.get(i).and_then(|f| f.parse().ok()).ok_or_else(bad)
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// Clock ticks per second (`_SC_CLK_TCK`; 100 if unknown).
+pub fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if n > 0 {
+        n as f64
+    } else {
+        100.0
+    }
+}
+
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -48,7 +48,7 @@ use gpushare_interop::cuda::{self, memops, CudaDevice, DeviceAllocation, PinnedB
 use gpushare_interop::vulkan::Instance;
 use gpushare_tests::report::{command_output, machine_info, print_table, Row};
 use gpushare_tests::rng::SplitMix64;
-use gpushare_tests::TestDaemon;
+use gpushare_tests::{clock_ticks_per_second, process_cpu_ticks, TestDaemon};
 use serde_json::{json, Map, Value};
 
 const BW_SIZE: u64 = 1 << 30;
@@ -793,9 +793,9 @@ fn wakeup(ctx: &Ctx, out: &mut Out) -> Res<()> {
     let vk_sem = import::import_semaphore_vulkan(&vk_device, exported)?;
 
     let mut v = 0u64;
-    let idle0 = cpu_ticks(ctx.daemon_pid)?;
+    let idle0 = process_cpu_ticks(ctx.daemon_pid)?;
     std::thread::sleep(Duration::from_secs(1));
-    let idle1 = cpu_ticks(ctx.daemon_pid)?;
+    let idle1 = process_cpu_ticks(ctx.daemon_pid)?;
 
     // Reference for the reply path: a GetValue round trip after the same idle time.
     let mut idle_rtt = Vec::new();
@@ -812,7 +812,7 @@ fn wakeup(ctx: &Ctx, out: &mut Out) -> Res<()> {
     let mut cpu_wait = 0;
     for i in 0..WAKE_WARMUP + WAKE_ROUNDS {
         if i == WAKE_WARMUP {
-            cpu_wait = cpu_ticks(ctx.daemon_pid)?;
+            cpu_wait = process_cpu_ticks(ctx.daemon_pid)?;
         }
         v += 1;
         let s = sem.clone();
@@ -828,7 +828,7 @@ fn wakeup(ctx: &Ctx, out: &mut Out) -> Res<()> {
             wait_lat.push(t_wake as i64 - t_signal as i64);
         }
     }
-    let cpu_wait = cpu_ticks(ctx.daemon_pid)? - cpu_wait;
+    let cpu_wait = process_cpu_ticks(ctx.daemon_pid)? - cpu_wait;
     let counts1 = wakeup_counts(ctx)?;
     let by: [f64; 4] = std::array::from_fn(|i| counts1.0[i] - counts0.0[i]);
 
@@ -848,7 +848,7 @@ fn wakeup(ctx: &Ctx, out: &mut Out) -> Res<()> {
     let mut cpu_watch = 0;
     for i in 0..WAKE_WARMUP + WAKE_ROUNDS {
         if i == WAKE_WARMUP {
-            cpu_watch = cpu_ticks(ctx.daemon_pid)?;
+            cpu_watch = process_cpu_ticks(ctx.daemon_pid)?;
         }
         v += 1;
         std::thread::sleep(pending_time());
@@ -863,7 +863,7 @@ fn wakeup(ctx: &Ctx, out: &mut Out) -> Res<()> {
             }
         }
     }
-    let cpu_watch = cpu_ticks(ctx.daemon_pid)? - cpu_watch;
+    let cpu_watch = process_cpu_ticks(ctx.daemon_pid)? - cpu_watch;
     watch.abort();
 
     // (f) an fd.sock wait (HostWaiter), without and with spinning: the reply comes from the
@@ -876,7 +876,7 @@ fn wakeup(ctx: &Ctx, out: &mut Out) -> Res<()> {
         let c0 = wakeup_counts(ctx)?;
         for i in 0..WAKE_WARMUP + WAKE_ROUNDS {
             if i == WAKE_WARMUP {
-                cpu_fd[k] = cpu_ticks(ctx.daemon_pid)?;
+                cpu_fd[k] = process_cpu_ticks(ctx.daemon_pid)?;
             }
             v += 1;
             let (r, t_wake, t_signal) = std::thread::scope(|sc| {
@@ -895,7 +895,7 @@ fn wakeup(ctx: &Ctx, out: &mut Out) -> Res<()> {
                 fd_lat[k].push(t_wake as i64 - t_signal as i64);
             }
         }
-        cpu_fd[k] = cpu_ticks(ctx.daemon_pid)? - cpu_fd[k];
+        cpu_fd[k] = process_cpu_ticks(ctx.daemon_pid)? - cpu_fd[k];
         let c1 = wakeup_counts(ctx)?;
         fd_by[k] = std::array::from_fn(|i| c1.0[i] - c0.0[i]);
     }
@@ -1737,26 +1737,6 @@ fn ns(d: Duration) -> u64 {
 }
 
 /// utime + stime of a process, in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
-fn cpu_ticks(pid: u32) -> Res<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').ok_or("a /proc stat line")?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // `after` starts at field 3 (state): utime is field 14, stime 15.
-    let utime: u64 = fields.get(11).ok_or("utime")?.parse()?;
-    let stime: u64 = fields.get(12).ok_or("stime")?.parse()?;
-    Ok(utime + stime)
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if n > 0 {
-        n as f64
-    } else {
-        100.0
-    }
-}
-
 /// The `p`th percentile (nearest rank) of sorted values; 0 for none.
 fn pct_i(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {

@@ -15,11 +15,15 @@
 //!    and connection makes one mixed call every 500 µs: its latencies are what a well-behaved
 //!    client sees while the daemon is overloaded, free of the callers' own scheduling delays
 //!    (160 busy tasks in one process would put their queueing into every figure they measure).
-//!    On machines with 8 CPUs or more the daemon runs on the first half, the callers on the
-//!    second half but the last CPU, the probe on the last. Targets: the probe's admitted calls'
-//!    p99 within 3 × the unloaded p99; refusals RESOURCE_EXHAUSTED and fast (the probe's refused
-//!    calls' p99 within 3 × the unloaded p99); no other error; the daemon's resident memory
-//!    bounded (peak ≤ 2 × before). The callers' own figures are reported beside.
+//!    On machines with 8 CPUs or more the daemon runs on the first half (started there, so
+//!    that it sizes its runtime to them, as under a service's `CPUAffinity=`), the callers on
+//!    the second half but the last CPU, the probe on the last. Before the callers start, the
+//!    probe makes 2,000 calls at its pace against the idle daemon: its unloaded p99, the
+//!    baseline of the targets (phase 1's figure is shown beside it). Targets: the probe's
+//!    admitted calls' p99 within 3 × its unloaded p99; refusals RESOURCE_EXHAUSTED and fast
+//!    (the probe's refused calls' p99 within 3 × the same); no other error; the daemon's
+//!    resident memory bounded (peak ≤ 2 × before). The callers' own figures are reported
+//!    beside.
 //!
 //! Mixed calls: GetValue 30 %, Signal 10 %, Write 4 KiB 20 %, Read 4 KiB 20 %, Describe 10 %,
 //! direct export on fd.sock 10 % (the descriptor is received and closed).
@@ -48,9 +52,16 @@ const OVERLOAD_QUOTA: usize = 4;
 const PROBE_EVERY: Duration = Duration::from_micros(500);
 
 /// CPU sets for the daemon, the callers and the probe: `None` below 8 CPUs (no pinning).
+/// Decided once, from the CPUs the process may use at its start: `main` then pins itself to the
+/// callers' CPUs, after which `available_parallelism` would only see those.
 fn cpu_plan() -> Option<(Vec<usize>, Vec<usize>, usize)> {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (n >= 8).then(|| ((0..n / 2).collect(), (n / 2..n - 1).collect(), n - 1))
+    static PLAN: std::sync::OnceLock<Option<(Vec<usize>, Vec<usize>, usize)>> =
+        std::sync::OnceLock::new();
+    PLAN.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (n >= 8).then(|| ((0..n / 2).collect(), (n / 2..n - 1).collect(), n - 1))
+    })
+    .clone()
 }
 
 fn pin_thread(cpus: &[usize]) {
@@ -63,22 +74,20 @@ fn pin_thread(cpus: &[usize]) {
     }
 }
 
-/// Moves every thread of process `pid` to `cpus` (threads it makes later inherit it).
-fn pin_process(pid: u32, cpus: &[usize]) {
-    let mut set = rustix::thread::CpuSet::new();
-    for &c in cpus {
-        set.set(c);
-    }
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return;
-    };
-    for t in tasks.flatten() {
-        let tid = t.file_name().to_string_lossy().parse::<i32>().ok();
-        if let Some(tid) = tid.and_then(rustix::process::Pid::from_raw) {
-            let _ = rustix::thread::sched_setaffinity(Some(tid), &set);
+/// Starts a daemon on the daemon's CPUs: it inherits this thread's affinity, and sizes its
+/// runtime to those CPUs as it would under a service's `CPUAffinity=`.
+fn start_daemon(config: &str) -> Option<TestDaemon> {
+    match cpu_plan() {
+        Some((daemon_cpus, callers, _)) => {
+            pin_thread(&daemon_cpus);
+            let d = TestDaemon::start_with(config);
+            pin_thread(&callers);
+            d
         }
+        None => TestDaemon::start_with(config),
     }
 }
+
 const ADMITTED_P99_MAX: f64 = 3.0;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -188,7 +197,7 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
         machine["nproc"],
         machine["date_utc"].as_str().unwrap_or("?"),
     );
-    let Some(daemon) = TestDaemon::start() else {
+    let Some(daemon) = start_daemon("") else {
         eprintln!("no Vulkan device: nothing to measure");
         return Ok(ExitCode::from(3));
     };
@@ -274,21 +283,20 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
         "[3/3] overload: {callers} callers for {} s, calls_in_flight = {OVERLOAD_QUOTA}",
         OVERLOAD_TIME.as_secs()
     );
-    let Some(daemon) =
-        TestDaemon::start_with(&format!("[quotas]\ncalls_in_flight = {OVERLOAD_QUOTA}\n"))
+    let Some(daemon) = start_daemon(&format!("[quotas]\ncalls_in_flight = {OVERLOAD_QUOTA}\n"))
     else {
         return Ok(ExitCode::from(3));
     };
     let dir = daemon.runtime_dir().to_owned();
-    if let Some((daemon_cpus, _, _)) = cpu_plan() {
-        pin_process(daemon.pid(), &daemon_cpus);
-    }
     let rss_overload_before = daemon.rss_kib();
-    let deadline = Instant::now() + OVERLOAD_TIME;
-    // The probe: its own thread, runtime and connection, on its own CPU.
+    // The probe: its own thread, runtime and connection, on its own CPU. It first measures its
+    // own unloaded latency against this daemon (the same calls at the same pace, nobody else
+    // calling), then sends the deadline's start and runs under the overload.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
     let probe = {
         let dir = dir.clone();
-        std::thread::spawn(move || -> Res<Outcome> {
+        std::thread::spawn(move || -> Res<(Vec<f64>, Outcome)> {
             if let Some((_, _, cpu)) = cpu_plan() {
                 pin_thread(&[cpu]);
             }
@@ -303,6 +311,21 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
                     }
                 };
                 let mut rng = SplitMix64(7);
+                let mut baseline = Vec::with_capacity(UNLOADED_CALLS);
+                for i in 0..200 + UNLOADED_CALLS {
+                    let r = match rng.below(90) {
+                        x if x < 30 => x,
+                        x => x + 10, // no Signal
+                    };
+                    let t = Instant::now();
+                    call(&mut kit, r).await?;
+                    if i >= 200 {
+                        baseline.push(t.elapsed().as_secs_f64() * 1e6);
+                    }
+                    tokio::time::sleep(PROBE_EVERY).await;
+                }
+                ready_tx.send(())?;
+                let deadline = go_rx.recv()?;
                 let (mut ok, mut shed, mut other) = (Vec::new(), Vec::new(), 0u64);
                 let mut first_other = None;
                 while Instant::now() < deadline {
@@ -323,10 +346,18 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
                     }
                     tokio::time::sleep(PROBE_EVERY).await;
                 }
-                Res::Ok((ok, shed, other, first_other))
+                Res::Ok((baseline, (ok, shed, other, first_other)))
             })
         })
     };
+    tokio::task::block_in_place(|| ready_rx.recv())
+        .map_err(|_| "the probe stopped before its unloaded run ended")?;
+    let deadline = Instant::now() + OVERLOAD_TIME;
+    go_tx.send(deadline)?;
+    let (cpu0, cpu_t0) = (
+        gpushare_tests::process_cpu_ticks(daemon.pid())?,
+        Instant::now(),
+    );
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..CLIENTS {
         // One connection and session per client, shared by its tasks (HTTP/2 streams).
@@ -393,8 +424,17 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
         }
         rss_peak = rss_peak.max(daemon.rss_kib());
     }
-    let (probe_ok, probe_shed, probe_other, probe_first) =
+    let overload_cpu = (gpushare_tests::process_cpu_ticks(daemon.pid())? - cpu0) as f64
+        / gpushare_tests::clock_ticks_per_second()
+        / cpu_t0.elapsed().as_secs_f64();
+    let daemon_cpus = cpu_plan().map_or(
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |(d, _, _)| d.len(),
+    );
+    let (probe_base, (probe_ok, probe_shed, probe_other, probe_first)) =
         probe.join().map_err(|_| "the probe thread panicked")??;
+    let probe_base = sorted(probe_base);
+    let (b50, b99) = (pct(&probe_base, 50.0), pct(&probe_base, 99.0));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_after = daemon.rss_kib();
     let admitted = sorted(admitted);
@@ -415,6 +455,18 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
         format!("{admitted_rate:.0}/s admitted (capacity at calls_in_flight = {OVERLOAD_QUOTA})"),
         Some(offered / admitted_rate),
     ));
+    rows.push(Row::info(
+        "  daemon CPU during the overload (CPUs busy, of those it runs on)",
+        format!("{overload_cpu:.2} of {daemon_cpus}"),
+        "-".into(),
+        Some(overload_cpu / daemon_cpus as f64),
+    ));
+    rows.push(Row::info(
+        "  probe unloaded (same daemon, pace and CPU, before the callers start)",
+        format!("p50 {} / p99 {}", us(b50), us(b99)),
+        format!("{} unloaded p99 (phase 1)", us(u99)),
+        Some(b99 / u99),
+    ));
     rows.push(Row::new(
         "  probe's admitted calls: p99",
         format!(
@@ -423,10 +475,10 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
             probe_ok.len(),
             us(pct(&probe_ok, 50.0))
         ),
-        format!("{} unloaded p99", us(u99)),
-        Some(p99 / u99),
+        format!("{} probe unloaded p99", us(b99)),
+        Some(p99 / b99),
         format!("<= {ADMITTED_P99_MAX:.0}x"),
-        Some(p99 <= ADMITTED_P99_MAX * u99),
+        Some(p99 <= ADMITTED_P99_MAX * b99),
     ));
     rows.push(Row::new(
         "  probe's refused calls (RESOURCE_EXHAUSTED): p99",
@@ -436,10 +488,10 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
             probe_shed.len(),
             us(pct(&probe_shed, 50.0))
         ),
-        format!("{} unloaded p99", us(u99)),
-        Some(s99 / u99),
+        format!("{} probe unloaded p99", us(b99)),
+        Some(s99 / b99),
         format!("<= {ADMITTED_P99_MAX:.0}x"),
-        Some(probe_shed.is_empty() || s99 <= ADMITTED_P99_MAX * u99),
+        Some(probe_shed.is_empty() || s99 <= ADMITTED_P99_MAX * b99),
     ));
     rows.push(Row::new(
         "  callers: refused with RESOURCE_EXHAUSTED",
@@ -525,9 +577,12 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
                           "admitted_p50_us": pct(&admitted, 50.0),
                           "admitted_p99_us": pct(&admitted, 99.0),
                           "shed_p50_us": pct(&shed, 50.0), "shed_p99_us": pct(&shed, 99.0),
-                          "probe": {"admitted": probe_ok.len(), "refused": probe_shed.len(),
+                          "probe": {"unloaded_p50_us": b50, "unloaded_p99_us": b99,
+                                    "unloaded_calls": probe_base.len(),
+                                    "admitted": probe_ok.len(), "refused": probe_shed.len(),
                                     "admitted_p50_us": pct(&probe_ok, 50.0), "admitted_p99_us": p99,
                                     "refused_p50_us": pct(&probe_shed, 50.0), "refused_p99_us": s99},
+                          "daemon_cpus_busy": overload_cpu, "daemon_cpus": daemon_cpus,
                           "rss_kib": {"before": rss_overload_before, "peak": rss_peak, "after": rss_after}},
         },
         "table": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
