@@ -52,11 +52,13 @@ const OVERLOAD_QUOTA: usize = 4;
 const PROBE_EVERY: Duration = Duration::from_micros(500);
 
 /// CPU sets for the daemon, the callers and the probe: `None` below 8 CPUs (no pinning).
+/// The daemon's CPUs, the callers' CPUs and the probe's CPU.
+type CpuPlan = Option<(Vec<usize>, Vec<usize>, usize)>;
+
 /// Decided once, from the CPUs the process may use at its start: `main` then pins itself to the
 /// callers' CPUs, after which `available_parallelism` would only see those.
-fn cpu_plan() -> Option<(Vec<usize>, Vec<usize>, usize)> {
-    static PLAN: std::sync::OnceLock<Option<(Vec<usize>, Vec<usize>, usize)>> =
-        std::sync::OnceLock::new();
+fn cpu_plan() -> CpuPlan {
+    static PLAN: std::sync::OnceLock<CpuPlan> = std::sync::OnceLock::new();
     PLAN.get_or_init(|| {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         (n >= 8).then(|| ((0..n / 2).collect(), (n / 2..n - 1).collect(), n - 1))
