@@ -1806,7 +1806,7 @@ mod tests {
 
     #[test]
     fn own_cpu_ticks_are_read() {
-        assert!(cpu_ticks(std::process::id()).is_ok());
+        assert!(process_cpu_ticks(std::process::id()).is_ok());
         assert!(clock_ticks_per_second() > 0.0);
     }
 }
