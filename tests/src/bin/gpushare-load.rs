@@ -125,6 +125,24 @@ impl Kit {
     }
 }
 
+/// A probe sample: the kind of call ([`KINDS`]), whether under the overload, microseconds.
+type KindSample = (usize, bool, f64);
+
+/// The kinds of mixed call, as [`kind_of`] numbers them.
+const KINDS: [&str; 6] = ["GetValue", "Signal", "Write", "Read", "Describe", "export"];
+
+/// Which of [`KINDS`] [`call`] makes for `r`.
+fn kind_of(r: u64) -> usize {
+    match r {
+        0..30 => 0,
+        30..40 => 1,
+        40..60 => 2,
+        60..80 => 3,
+        80..90 => 4,
+        _ => 5,
+    }
+}
+
 /// One mixed call, chosen by `r` in 0..100. Returns the error, if any.
 async fn call(kit: &mut Kit, r: u64) -> Result<(), gpushare_client::Error> {
     let none = Points::none();
@@ -298,7 +316,7 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
     let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
     let probe = {
         let dir = dir.clone();
-        std::thread::spawn(move || -> Res<(Vec<f64>, Outcome)> {
+        std::thread::spawn(move || -> Res<(Vec<f64>, Outcome, Vec<KindSample>)> {
             if let Some((_, _, cpu)) = cpu_plan() {
                 pin_thread(&[cpu]);
             }
@@ -314,6 +332,7 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
                 };
                 let mut rng = SplitMix64(7);
                 let mut baseline = Vec::with_capacity(UNLOADED_CALLS);
+                let mut by_kind = Vec::new();
                 for i in 0..200 + UNLOADED_CALLS {
                     let r = match rng.below(90) {
                         x if x < 30 => x,
@@ -322,7 +341,9 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
                     let t = Instant::now();
                     call(&mut kit, r).await?;
                     if i >= 200 {
-                        baseline.push(t.elapsed().as_secs_f64() * 1e6);
+                        let us = t.elapsed().as_secs_f64() * 1e6;
+                        baseline.push(us);
+                        by_kind.push((kind_of(r), false, us));
                     }
                     tokio::time::sleep(PROBE_EVERY).await;
                 }
@@ -339,7 +360,10 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
                     let out = call(&mut kit, r).await;
                     let us = t.elapsed().as_secs_f64() * 1e6;
                     match out {
-                        Ok(()) => ok.push(us),
+                        Ok(()) => {
+                            ok.push(us);
+                            by_kind.push((kind_of(r), true, us));
+                        }
                         Err(e) if e.code() == Some(Code::ResourceExhausted) => shed.push(us),
                         Err(e) => {
                             other += 1;
@@ -348,7 +372,7 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
                     }
                     tokio::time::sleep(PROBE_EVERY).await;
                 }
-                Res::Ok((baseline, (ok, shed, other, first_other)))
+                Res::Ok((baseline, (ok, shed, other, first_other), by_kind))
             })
         })
     };
@@ -433,8 +457,26 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         |(d, _, _)| d.len(),
     );
-    let (probe_base, (probe_ok, probe_shed, probe_other, probe_first)) =
+    let (probe_base, (probe_ok, probe_shed, probe_other, probe_first), by_kind) =
         probe.join().map_err(|_| "the probe thread panicked")??;
+    // The probe's p50 / p99 per kind of call, unloaded and admitted under the overload.
+    let kind_figures: Vec<(&str, [(f64, f64); 2])> = KINDS
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let phase = |loaded: bool| {
+                let v = sorted(
+                    by_kind
+                        .iter()
+                        .filter(|&&(kk, l, _)| kk == k && l == loaded)
+                        .map(|&(_, _, us)| us)
+                        .collect(),
+                );
+                (pct(&v, 50.0), pct(&v, 99.0))
+            };
+            (*name, [phase(false), phase(true)])
+        })
+        .collect();
     let probe_base = sorted(probe_base);
     let (b50, b99) = (pct(&probe_base, 50.0), pct(&probe_base, 99.0));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -468,6 +510,17 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
         format!("p50 {} / p99 {}", us(b50), us(b99)),
         format!("{} unloaded p99 (phase 1)", us(u99)),
         Some(b99 / u99),
+    ));
+    rows.push(Row::info(
+        "  probe p99 by call, unloaded -> admitted under overload",
+        kind_figures
+            .iter()
+            .filter(|(_, [u, l])| u.1.is_finite() || l.1.is_finite())
+            .map(|(n, [u, l])| format!("{n} {:.0}->{:.0}", u.1, l.1))
+            .collect::<Vec<_>>()
+            .join(", "),
+        "us".into(),
+        None,
     ));
     rows.push(Row::new(
         "  probe's admitted calls: p99",
@@ -579,6 +632,9 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
                           "admitted_p50_us": pct(&admitted, 50.0),
                           "admitted_p99_us": pct(&admitted, 99.0),
                           "shed_p50_us": pct(&shed, 50.0), "shed_p99_us": pct(&shed, 99.0),
+                          "probe_by_call": kind_figures.iter().map(|(n, [u, l])| (n.to_string(), json!({
+                              "unloaded_p50_us": u.0, "unloaded_p99_us": u.1,
+                              "admitted_p50_us": l.0, "admitted_p99_us": l.1}))).collect::<serde_json::Map<_, _>>(),
                           "probe": {"unloaded_p50_us": b50, "unloaded_p99_us": b99,
                                     "unloaded_calls": probe_base.len(),
                                     "admitted": probe_ok.len(), "refused": probe_shed.len(),
