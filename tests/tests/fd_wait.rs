@@ -244,3 +244,46 @@ async fn fd_waits_keep_one_reply_per_request() {
     }
     until_pending(&c, 0).await;
 }
+
+/// `gpusharectl sem wait --spin-us`: the CLI's fd.sock wait, with the same exit codes as the
+/// gRPC wait (0 with the value, 4 on DEADLINE_EXCEEDED, 3 for NOT_FOUND).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_waits_on_fd_sock() {
+    use gpushare_tests::{bin, run};
+    use std::process::Command;
+    let d = gpushare_tests::daemon_or_skip!();
+    let c = Client::connect(d.runtime_dir()).await.unwrap();
+    let sem = c.create_semaphore(0, &pinned()).await.unwrap();
+    let dir = d.runtime_dir().to_str().unwrap().to_owned();
+    let ctl = move |args: Vec<String>| {
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            let mut cmd = Command::new(bin("gpusharectl"));
+            cmd.args(["--runtime-dir", &dir, "sem", "wait"]).args(&args);
+            run(&mut cmd, Duration::from_secs(30))
+        })
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let waiter = ctl(s(&[sem.id(), "3", "--spin-us", "1000"]));
+    until_pending(&c, 1).await;
+    sem.signal(3).await.unwrap();
+    let (status, out, err) = waiter.join().unwrap();
+    assert!(status.success(), "{err}");
+    assert!(out.contains('3'), "{out}");
+    let (status, _, err) = ctl(s(&[sem.id(), "4", "--spin-us", "0", "--timeout", "50"]))
+        .join()
+        .unwrap();
+    assert_eq!(status.code(), Some(4), "{err}");
+    assert!(err.contains("fd.sock"), "{err}");
+    let (status, _, err) = ctl(s(&[
+        "sem-00000000000000000000000000000000",
+        "1",
+        "--spin-us",
+        "10",
+        "--timeout",
+        "50",
+    ]))
+    .join()
+    .unwrap();
+    assert_eq!(status.code(), Some(3), "{err}");
+}

@@ -324,6 +324,11 @@ pub(crate) enum SemCommand {
         /// Give up after this many milliseconds (0 checks once) [default: wait indefinitely].
         #[arg(long, value_name = "MS")]
         timeout: Option<u64>,
+        /// Wait on fd.sock, the daemon's low-latency path, with the daemon and this process
+        /// spinning for the first US microseconds (0: no spinning; the daemon caps it at its
+        /// `limits.max_spin_us`) [default: a gRPC Wait call].
+        #[arg(long, value_name = "US")]
+        spin_us: Option<u64>,
     },
     /// Print the current value.
     Get {

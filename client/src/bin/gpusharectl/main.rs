@@ -116,7 +116,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Top { interval, count } => stats::top(&client, &out, interval, count).await,
         Command::Buffer(command) => buffer(&client, &out, command).await,
         Command::Image(command) => images::run(&client, &out, command).await,
-        Command::Sem(command) => semaphore(&client, &out, command).await,
+        Command::Sem(command) => semaphore(&client, &dir, &out, command).await,
         Command::Grant { id, uid, gid } => grant(&client, &out, &id, uid, gid, true).await,
         Command::Revoke { id, uid, gid } => grant(&client, &out, &id, uid, gid, false).await,
         Command::Token { id, revoke: false } => {
@@ -304,7 +304,12 @@ async fn release(client: &Client, out: &Out, id: &str) -> Result<(), Failure> {
     out.either(json!({ "id": id, "freed": freed }), text)
 }
 
-async fn semaphore(client: &Client, out: &Out, command: SemCommand) -> Result<(), Failure> {
+async fn semaphore(
+    client: &Client,
+    dir: &std::path::Path,
+    out: &Out,
+    command: SemCommand,
+) -> Result<(), Failure> {
     let value_out =
         |id: &str, value: u64| out.either(json!({ "id": id, "value": value }), &value.to_string());
     match command {
@@ -332,10 +337,33 @@ async fn semaphore(client: &Client, out: &Out, command: SemCommand) -> Result<()
                 .context(|| format!("signal {id} to {value}"))?;
             value_out(&id, now)
         }
-        SemCommand::Wait { id, value, timeout } => {
+        SemCommand::Wait {
+            id,
+            value,
+            timeout,
+            spin_us: None,
+        } => {
             let now = wait(client, &id, value, timeout)
                 .await
                 .context(|| format!("wait for {id} to reach {value}"))?;
+            value_out(&id, now)
+        }
+        SemCommand::Wait {
+            id,
+            value,
+            timeout,
+            spin_us: Some(spin),
+        } => {
+            let (dir, sem) = (dir.to_owned(), id.clone());
+            let spin = Duration::from_micros(spin);
+            let now =
+                tokio::task::spawn_blocking(move || fd_wait(&dir, &sem, value, timeout, spin))
+                    .await
+                    .map_err(|e| Failure::Io {
+                        what: "the waiting thread".into(),
+                        source: std::io::Error::other(e),
+                    })?
+                    .context(|| format!("wait for {id} to reach {value} on fd.sock"))?;
             value_out(&id, now)
         }
         SemCommand::Get { id } => {
@@ -393,6 +421,27 @@ async fn wait(
     loop {
         match sem.wait(value, round).await {
             Err(e) if e.code() == Some(tonic::Code::DeadlineExceeded) => continue,
+            result => return result,
+        }
+    }
+}
+
+/// A wait on fd.sock ([`HostWaiter`]); without a timeout, in rounds of the longest the daemon
+/// allows, like [`wait`].
+fn fd_wait(
+    dir: &std::path::Path,
+    id: &str,
+    value: u64,
+    timeout_ms: Option<u64>,
+    spin: Duration,
+) -> gpushare_client::Result<u64> {
+    let waiter = gpushare_client::HostWaiter::connect(dir)?;
+    let round = Duration::from_millis(timeout_ms.unwrap_or(u64::from(u32::MAX)));
+    loop {
+        match waiter.wait(id, value, round, spin) {
+            Err(e) if timeout_ms.is_none() && e.code() == Some(tonic::Code::DeadlineExceeded) => {
+                continue
+            }
             result => return result,
         }
     }
