@@ -191,7 +191,7 @@ async fn wait(
     };
     let waiting = d
         .waits
-        .wait_direct(&w.id, &sem, w.value, timeout, spin, reply);
+        .wait_direct(&w.id, &sem, w.value, timeout, spin, Some(reply));
     tokio::pin!(waiting);
     let done = loop {
         tokio::select! {

@@ -349,31 +349,18 @@ impl WaitService {
         target: u64,
         timeout: Duration,
     ) -> Result<u64> {
-        self.wait_with(id, sem, target, timeout, Duration::ZERO, None)
+        self.wait_direct(id, sem, target, timeout, Duration::ZERO, None)
             .await
             .map(|(value, _)| value)
     }
 
     /// fd.sock's wait: like [`WaitService::wait`], but for its first `spin` the poller reads
     /// counters without sleeping, and once the value is reached the thread that saw it calls
-    /// `reply` with it at once, before this returns. Returns the value and whether `reply` was
-    /// called and delivered; when not (the value was there already, or sending failed), the
-    /// caller answers. Exactly one of the two answers: a timeout that races the value either
-    /// wins (`reply` is never called) or waits for `reply`'s outcome.
+    /// `reply` (if any) with it at once, before this returns. Returns the value and whether
+    /// `reply` was called and delivered; when not (the value was there already, or sending
+    /// failed), the caller answers. Exactly one of the two answers: a timeout that races the
+    /// value either wins (`reply` is never called) or waits for `reply`'s outcome.
     pub async fn wait_direct(
-        &self,
-        id: &str,
-        sem: &Arc<TimelineSemaphore>,
-        target: u64,
-        timeout: Duration,
-        spin: Duration,
-        reply: DirectReply,
-    ) -> Result<(u64, bool)> {
-        self.wait_with(id, sem, target, timeout, spin, Some(reply))
-            .await
-    }
-
-    async fn wait_with(
         &self,
         id: &str,
         sem: &Arc<TimelineSemaphore>,

@@ -451,32 +451,8 @@ class Client:
         ).SerializeToString()
         # The daemon answers at the timeout; the socket's own timeout only catches a daemon
         # that does not answer at all.
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
-            sock.settimeout(timeout_ms / 1000.0 + 10.0)
-            try:
-                sock.connect(self.fd_path)
-                sock.sendall(request)
-                data = sock.recv(MAX_FD_REPLY_BYTES)
-            except socket.timeout:
-                raise GpushareError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply on {self.fd_path}"
-                ) from None
-            except OSError as e:
-                raise GpushareError(
-                    grpc.StatusCode.UNAVAILABLE, f"fd.sock {self.fd_path}: {e}"
-                ) from None
-        if not data:
-            raise GpushareError(grpc.StatusCode.UNAVAILABLE, "fd.sock closed without a reply")
-        try:
-            reply = gpushare_pb2.FdReply.FromString(data)
-        except Exception as e:  # google.protobuf.message.DecodeError
-            raise ProtocolError(f"undecodable FdReply: {e}") from None
-        which = reply.WhichOneof("reply")
-        if which == "error":
-            raise GpushareError.from_code_value(reply.error.code, reply.error.message)
-        if which != "waited":
-            raise ProtocolError("FdReply to a wait has neither `waited` nor `error`")
-        return reply.waited.value
+        reply = self._fd_exchange(request, timeout_ms / 1000.0 + 10.0)
+        return _decode_fd_reply(*reply, want="waited")
 
     def value(self, semaphore: ResourceId) -> int:
         return self._call("GetValue", gpushare_pb2.ResourceRef(id=_rid(semaphore))).value
@@ -635,7 +611,11 @@ class Client:
         return self._fd_request(request, timeout)
 
     def _fd_request(self, request: bytes, timeout: Optional[float]) -> Exported:
-        """One request/reply on a fresh fd.sock connection."""
+        """One export or redeem on a fresh fd.sock connection."""
+        return _decode_fd_reply(*self._fd_exchange(request, timeout))
+
+    def _fd_exchange(self, request: bytes, timeout: Optional[float]):
+        """One request/reply on a fresh fd.sock connection: recvmsg's data, ancdata, flags."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
             sock.settimeout(timeout)
             try:
@@ -654,11 +634,12 @@ class Client:
                 raise GpushareError(
                     grpc.StatusCode.UNAVAILABLE, f"fd.sock {self.fd_path}: {e}"
                 ) from None
-        return _decode_fd_reply(data, ancdata, flags)
+        return data, ancdata, flags
 
 
-def _decode_fd_reply(data: bytes, ancdata, flags: int) -> Exported:
-    """Turns one recvmsg result into an Exported, closing every received fd on any error."""
+def _decode_fd_reply(data: bytes, ancdata, flags: int, want: str = "exported"):
+    """Turns one recvmsg result into an Exported (``want="exported"``) or a wait's value
+    (``want="waited"``), closing every received fd that is not returned, on every path."""
     fds: List[int] = []
     try:
         for level, kind, payload in ancdata:
@@ -680,8 +661,12 @@ def _decode_fd_reply(data: bytes, ancdata, flags: int) -> Exported:
         which = reply.WhichOneof("reply")
         if which == "error":
             raise GpushareError.from_code_value(reply.error.code, reply.error.message)
-        if which != "exported":
-            raise ProtocolError("FdReply has neither `exported` nor `error`")
+        if which != want:
+            raise ProtocolError(f"FdReply has neither `{want}` nor `error`")
+        if want == "waited":
+            if fds:
+                raise ProtocolError(f"a wait's reply carried {len(fds)} descriptors")
+            return reply.waited.value
         if len(fds) != 1:
             raise ProtocolError(f"expected exactly one descriptor, got {len(fds)}")
         fd = fds.pop()
