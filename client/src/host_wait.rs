@@ -111,7 +111,9 @@ fn exchange(
     let start = Instant::now();
     while start.elapsed() < spin {
         match fdpass::recv(socket.as_fd()) {
-            Err(e) if e.would_block() => std::hint::spin_loop(),
+            // The recvmsg call itself paces the loop: no `PAUSE`, which on a VM can make the
+            // hypervisor deschedule the vCPU (pause-loop exiting).
+            Err(e) if e.would_block() => {}
             other => return Ok(other?),
         }
     }

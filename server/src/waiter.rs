@@ -681,12 +681,10 @@ fn deliver(direct: &mut Vec<(Waiter, u64)>) {
     }
 }
 
-/// One pause between continuous reads while a wait spins: short, and a chance for another
-/// thread on this CPU to run.
+/// One pause between continuous reads while a wait spins: a `sched_yield`, which lets another
+/// thread on this CPU run. No `PAUSE` loop: on a VM, a vCPU that loops on `PAUSE` triggers
+/// pause-loop exiting, and a busy host may then run something else on its physical CPU.
 fn spin_pause() {
-    for _ in 0..64 {
-        std::hint::spin_loop();
-    }
     std::thread::yield_now();
 }
 
