@@ -18,8 +18,10 @@
 //! 3. sharing a 64 MiB buffer end to end (CreateBuffer, export, descriptor received,
 //!    `cuImportExternalMemory` + map) vs. `cuIpcGetMemHandle` here + `cuIpcOpenMemHandle` in a
 //!    child process;
-//! 4. host wake-up through the daemon (a pending `Wait`, then a `Watch` stream) after a child
-//!    process signals the semaphore from its CUDA stream, with the daemon's CPU time per wait,
+//! 4. host wake-up through the daemon (a pending gRPC `Wait`, a `Watch` stream, and an
+//!    `fd.sock` wait through `HostWaiter` without and with spinning: the target row) after a
+//!    child process signals the semaphore from its CUDA stream, with the daemon's CPU time per
+//!    wait,
 //!    vs. a plain `vkWaitSemaphores` on the same semaphore imported into Vulkan in a Vulkan-only
 //!    child process, and in this process (which also holds a CUDA context);
 //! 5. GPU→GPU ping-pong between this process and a child through the shared timeline semaphore,
