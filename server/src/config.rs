@@ -86,9 +86,10 @@ pub struct Quotas {
     pub watches_per_uid: u64,
     /// Outstanding export tickets per uid (default 1024).
     pub tickets_per_uid: u64,
-    /// gRPC calls being handled at once, all uids together; past it calls are refused at once
-    /// (load shedding) instead of queueing (default 1024). Streams count only while they start;
-    /// calls parked in a host wait (Wait, wait points) do not count while they wait.
+    /// gRPC calls and fd.sock exports and redeems being handled at once, all uids together;
+    /// past it calls are refused at once (load shedding) instead of queueing (default 1024).
+    /// Streams count only while they start; calls parked in a host wait (Wait, wait points)
+    /// do not count while they wait.
     pub calls_in_flight: u64,
     /// Open connections per uid, on control.sock and fd.sock each (default 4096: a service
     /// account may run thousands of clients); past it a new connection is closed at once.

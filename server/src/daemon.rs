@@ -127,8 +127,8 @@ pub struct Daemon {
     pub descriptors_sent: AtomicU64,
     /// Per-uid counts of pending waits, watches and connections (`[quotas]`).
     pub held: Arc<Counters>,
-    /// gRPC calls in flight (`quotas.calls_in_flight`; the server's tower layer counts them,
-    /// host waits park theirs).
+    /// Calls in flight (`quotas.calls_in_flight`; the server's tower layer counts gRPC calls,
+    /// fd.sock its exports and redeems, host waits park theirs).
     pub in_flight: Arc<InFlight>,
 }
 

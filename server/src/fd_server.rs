@@ -7,7 +7,9 @@
 //! empty, oversized or truncated requests, and requests that carry descriptors (closed at
 //! once), get an `FdError` reply with INVALID_ARGUMENT and the connection stays usable. A
 //! connection that sends nothing for `fd_idle_timeout_ms` is closed, and so is one past the
-//! connection quotas (after an `FdError` with RESOURCE_EXHAUSTED).
+//! connection quotas (after an `FdError` with RESOURCE_EXHAUSTED). Exports and redeems are
+//! calls in flight (`quotas.calls_in_flight`, shared with gRPC calls): past it they get
+//! RESOURCE_EXHAUSTED at once.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -106,7 +108,7 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
                     Waited::Reply(reply) => (reply, None),
                     Waited::Gone => return,
                 },
-                Ok(req) => match handle(&d, uid, gid, req) {
+                Ok(req) => match exported(&d, uid, gid, req).await {
                     Ok((exported, fd)) => (
                         v1::FdReply {
                             reply: Some(v1::fd_reply::Reply::Exported(exported)),
@@ -258,8 +260,46 @@ pub fn parse_request(bytes: &[u8]) -> Result<FdRequest> {
     }
 }
 
+/// Serves one export or redeem request as a call in flight (`quotas.calls_in_flight`: past it
+/// the request is refused at once with RESOURCE_EXHAUSTED, as gRPC calls are).
+async fn exported(
+    d: &Daemon,
+    uid: u32,
+    gid: u32,
+    req: FdRequest,
+) -> Result<(v1::ExportedFd, OwnedFd)> {
+    let _admitted = d.in_flight.admit()?;
+    handle(d, uid, gid, req).await
+}
+
+/// A descriptor for `r`: a spare one or a host buffer's `dup` at once; otherwise the driver
+/// call that makes one runs on a blocking thread, not on the async worker (it takes tens of
+/// microseconds, and NVIDIA's driver serializes them: exports made on the workers under a flood
+/// of exports stalled every other call).
+async fn take_fd(r: &Arc<crate::registry::Resource>) -> Result<OwnedFd> {
+    if let Some(fd) = r.take_fd_now() {
+        return fd;
+    }
+    let r = r.clone();
+    tokio::task::spawn_blocking(move || r.take_fd())
+        .await
+        .map_err(|e| {
+            if e.is_cancelled() {
+                // Only a runtime that is shutting down drops a blocking task.
+                Error::ShuttingDown
+            } else {
+                Error::ExecutorGone
+            }
+        })?
+}
+
 /// Redeems one export or ticket: the import metadata and a fresh descriptor.
-fn handle(d: &Daemon, uid: u32, gid: u32, req: FdRequest) -> Result<(v1::ExportedFd, OwnedFd)> {
+async fn handle(
+    d: &Daemon,
+    uid: u32,
+    gid: u32,
+    req: FdRequest,
+) -> Result<(v1::ExportedFd, OwnedFd)> {
     let snap = match req {
         FdRequest::Redeem(ticket) => {
             let id = d.tickets.redeem(&ticket, uid)?;
@@ -292,23 +332,23 @@ fn handle(d: &Daemon, uid: u32, gid: u32, req: FdRequest) -> Result<(v1::Exporte
                 memory_type_index: b.memory_type_index(),
                 usage: b.usage(),
             }),
-            r.take_fd()?,
+            take_fd(r).await?,
         ),
         Object::Image(i) => (
             v1::ResourceKind::Image,
             v1::exported_fd::Details::Image(crate::image::import_msg(i.vk())),
-            r.take_fd()?,
+            take_fd(r).await?,
         ),
         Object::HostBuffer(h) => {
             handle_type = v1::HandleType::Memfd as i32;
             (
                 v1::ResourceKind::HostBuffer,
                 v1::exported_fd::Details::HostBuffer(v1::HostBufferImport { size: h.size() }),
-                r.take_fd()?,
+                take_fd(r).await?,
             )
         }
         Object::Semaphore(s) => {
-            let fd = r.take_fd()?;
+            let fd = take_fd(r).await?;
             let value = s.value().map_err(Error::gpu("reading a semaphore value"))?;
             (
                 v1::ResourceKind::Semaphore,

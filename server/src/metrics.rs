@@ -253,12 +253,14 @@ impl Metrics {
             &mut out,
             "gpushare_grpc_calls_shed_total",
             "counter",
-            "gRPC calls refused at once with RESOURCE_EXHAUSTED because quotas.calls_in_flight \
-             calls were in flight (load shedding).",
+            "gRPC calls and fd.sock requests refused at once with RESOURCE_EXHAUSTED because \
+             quotas.calls_in_flight calls were in flight (load shedding).",
             &[(String::new(), shed as f64)],
         );
+        // Load shedding counts itself (`InFlight::admit` takes no lock).
         let refused: Vec<(String, f64)> = crate::quota::refusals()
             .into_iter()
+            .chain((shed > 0).then_some((crate::inflight::SHED_QUOTA, shed as u64)))
             .map(|(what, n)| (format!("quota=\"{what}\""), n as f64))
             .collect();
         labeled(

@@ -144,20 +144,29 @@ impl Resource {
     /// still a distinct export of its own; the spares are closed when the resource is freed.
     /// A host buffer's descriptor is a `dup` of its memfd: cheap, so none is kept ahead.
     pub fn take_fd(self: &Arc<Self>) -> Result<OwnedFd> {
+        match self.take_fd_now() {
+            Some(fd) => fd,
+            None => {
+                let fd = self.object.export_fd()?;
+                self.refill_spares();
+                Ok(fd)
+            }
+        }
+    }
+
+    /// [`Resource::take_fd`] where it needs no driver call: a spare descriptor, or a host
+    /// buffer's `dup`. `None` when the next descriptor must be exported by the driver.
+    pub fn take_fd_now(self: &Arc<Self>) -> Option<Result<OwnedFd>> {
         if matches!(self.object, Object::HostBuffer(_)) {
-            return self.object.export_fd();
+            return Some(self.object.export_fd());
         }
         let spare = self
             .spare_fds
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .pop();
-        let fd = match spare {
-            Some(fd) => fd,
-            None => self.object.export_fd()?,
-        };
+            .pop()?;
         self.refill_spares();
-        Ok(fd)
+        Some(Ok(spare))
     }
 
     /// Tops the spare descriptors up to [`SPARE_FDS`] on a blocking task, unless one is at it.

@@ -260,10 +260,7 @@ async fn calls_past_the_in_flight_quota_are_shed_at_once() {
             }
             (Err(e), took) => {
                 assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
-                assert!(
-                    e.to_string().contains("gRPC calls in flight (limit 2"),
-                    "{e}"
-                );
+                assert!(e.to_string().contains("calls in flight (limit 2"), "{e}");
                 assert!(
                     took < Duration::from_secs(2),
                     "a shed call must not queue: {took:?}"
@@ -280,6 +277,60 @@ async fn calls_past_the_in_flight_quota_are_shed_at_once() {
     for w in waits {
         assert_eq!(w.await.unwrap().unwrap(), 1);
     }
+}
+
+/// Export requests on fd.sock are calls in flight too: past the quota they are refused at once
+/// with RESOURCE_EXHAUSTED naming it, as gRPC calls are, and served again once it has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd_sock_exports_share_the_in_flight_quota() {
+    let d = gpushare_tests::daemon_or_skip!("[quotas]\ncalls_in_flight = 1\n");
+    let c = Client::connect_with_session(d.runtime_dir(), "fd shedding")
+        .await
+        .unwrap();
+    let buf = c
+        .create_buffer(4 << 20, &CreateOptions::default())
+        .await
+        .unwrap();
+    // One writer keeps a 4 MiB Write in flight most of the time (each counts while its bytes
+    // arrive); its own refusals (when an export holds the one slot) are expected.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (buf, stop) = (buf.clone(), stop.clone());
+        async move {
+            let data = vec![3u8; 4 << 20];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Err(e) = buf.write(0, &data, &Sync::none()).await {
+                    assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
+                }
+            }
+        }
+    });
+    let (mut exported, mut refused) = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while refused == 0 || exported == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no export refused ({exported} served) or none served ({refused} refused)"
+        );
+        match c.export(buf.id()).await {
+            Ok(fd) => {
+                assert_eq!(fd.info.resource_id, buf.id());
+                exported += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
+                assert!(e.to_string().contains("calls in flight (limit 1"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    println!(
+        "exports beside a writer with calls_in_flight = 1: {exported} served, {refused} refused"
+    );
+    // Alone, an export is served.
+    c.export(buf.id()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
