@@ -3,27 +3,34 @@
 //! ```text
 //! cargo build --release --bins
 //! target/release/gpushare-load [--json PATH] [--calls N]   # default bench/results/load-latest.json, N = 20000
+//!     [--quota N] [--seconds S] [--streams N] [--daemon-cpus N] [--callers-call KIND]
 //! ```
 //!
 //! 1. **Unloaded**: one client, 2,000 mixed calls one after another: the latency baseline.
 //! 2. **Capacity**: 16 clients (each its own connection and session) × N mixed calls, all at
 //!    once. Target: zero errors. Calls per second give the capacity.
-//! 3. **Overload**: a second daemon with `quotas.calls_in_flight = 4`, and 160 callers (10 × the
-//!    capacity run's 16): 16 connections × 10 tasks, each calling as fast as it can for 5 s.
-//!    The daemon's admitted rate under the quota is its capacity there; the offered rate (every
-//!    attempt) is reported against it. Beside the callers, a **probe** client on its own thread
-//!    and connection makes one mixed call every 500 µs: its latencies are what a well-behaved
-//!    client sees while the daemon is overloaded, free of the callers' own scheduling delays
-//!    (160 busy tasks in one process would put their queueing into every figure they measure).
-//!    On machines with 8 CPUs or more the daemon runs on the first half (started there, so
-//!    that it sizes its runtime to them, as under a service's `CPUAffinity=`), the callers on
-//!    the second half but the last CPU, the probe on the last. Before the callers start, the
-//!    probe makes 2,000 calls at its pace against the idle daemon: its unloaded p99, the
-//!    baseline of the targets (phase 1's figure is shown beside it). Targets: the probe's
-//!    admitted calls' p99 within 3 × its unloaded p99; refusals RESOURCE_EXHAUSTED and fast
-//!    (the probe's refused calls' p99 within 3 × the same); no other error; the daemon's
-//!    resident memory bounded (peak ≤ 2 × before). The callers' own figures are reported
-//!    beside.
+//! 3. **Overload**: a second daemon with `quotas.calls_in_flight = 1` (`--quota`), and 160
+//!    callers (10 × the capacity run's 16): 16 connections × 10 tasks (`--streams` tasks per
+//!    connection), each calling as fast as it can for 10 s (`--seconds`). The daemon's
+//!    admitted rate under the quota is its capacity there; the offered rate (every attempt)
+//!    must be at least 10 × that. (The quota is 1 so that the callers' seven CPUs can offer
+//!    that much: the daemon refuses a call in about the time the callers take to make one.)
+//!    Beside the callers, a **probe** client in its own process (as a well-behaved client of
+//!    a shared daemon is), with its own connection, makes one mixed call every 500 µs: its
+//!    latencies are what such a client sees while the daemon is overloaded, free of the
+//!    callers' own scheduling delays (160 busy tasks in one process would put their queueing
+//!    into every figure they measure). On machines with 8 CPUs or more the daemon runs on the
+//!    first half (`--daemon-cpus`; started there, so that it sizes its runtime to them, as
+//!    under a service's `CPUAffinity=`), the callers on the rest but the last CPU, the probe on
+//!    the last. The probe makes 2,000 calls at its pace against the idle daemon before the
+//!    callers start and 2,000 more after they stopped: together, its unloaded p99, the
+//!    baseline of the targets (phase 1's figure is shown beside it; pooling both sides keeps
+//!    a drift of the machine's noise during the run out of the ratio). Targets: offered ≥ 10 ×
+//!    admitted; the probe's admitted calls' p99 within 3 × its unloaded p99; refusals
+//!    RESOURCE_EXHAUSTED and fast (the probe's refused calls' p99 within 3 × the same); no
+//!    other error; the daemon's resident memory bounded (peak ≤ 2 × before). The callers' own
+//!    figures are reported beside. `--callers-call KIND` makes every caller's call one kind
+//!    (GetValue, Write, Read, Describe, export) instead of the mix.
 //!
 //! Mixed calls: GetValue 30 %, Signal 10 %, Write 4 KiB 20 %, Read 4 KiB 20 %, Describe 10 %,
 //! direct export on fd.sock 10 % (the descriptor is received and closed).
@@ -37,19 +44,44 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gpushare_client::{Buffer, Client, CreateOptions, Semaphore, Sync as Points};
 use gpushare_tests::report::{machine_info, print_table, Row};
 use gpushare_tests::rng::SplitMix64;
 use gpushare_tests::TestDaemon;
 use serde_json::json;
 use tonic::Code;
 
+mod mix;
+mod probe;
+
+use mix::{call, probe_mix, Kit, KINDS};
+use probe::{probe_child, Phase, ProbeChild, ProbeRun};
+
 const CLIENTS: usize = 16;
 const UNLOADED_CALLS: usize = 2_000;
 const OVERLOAD_FACTOR: usize = 10;
-const OVERLOAD_TIME: Duration = Duration::from_secs(5);
-const OVERLOAD_QUOTA: usize = 4;
 const PROBE_EVERY: Duration = Duration::from_micros(500);
+/// What the command line may change.
+#[derive(Clone, Copy)]
+struct Settings {
+    /// Mixed calls per client in the capacity run.
+    calls: usize,
+    /// The overload daemon's `quotas.calls_in_flight`.
+    quota: usize,
+    /// How long the overload lasts.
+    overload: Duration,
+    /// CPUs for the daemons (`None`: half of them).
+    daemon_cpus: Option<usize>,
+    /// Overload callers per connection (HTTP/2 streams on one client).
+    streams: usize,
+    /// The overload callers' calls: one kind of [`KINDS`], or the mix (`None`).
+    callers_kind: Option<usize>,
+}
+
+static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
+
+fn settings() -> Settings {
+    *SETTINGS.get().expect("settings are set in main")
+}
 
 /// CPU sets for the daemon, the callers and the probe: `None` below 8 CPUs (no pinning).
 /// The daemon's CPUs, the callers' CPUs and the probe's CPU.
@@ -61,7 +93,11 @@ fn cpu_plan() -> CpuPlan {
     static PLAN: std::sync::OnceLock<CpuPlan> = std::sync::OnceLock::new();
     PLAN.get_or_init(|| {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (n >= 8).then(|| ((0..n / 2).collect(), (n / 2..n - 1).collect(), n - 1))
+        let d = settings()
+            .daemon_cpus
+            .unwrap_or(n / 2)
+            .clamp(1, n.saturating_sub(2).max(1));
+        (n >= 8).then(|| ((0..d).collect(), (d..n - 1).collect(), n - 1))
     })
     .clone()
 }
@@ -90,76 +126,14 @@ fn start_daemon(config: &str) -> Option<TestDaemon> {
     }
 }
 
+/// The probe's admitted (and refused) calls' p99, at most this many times its unloaded p99.
 const ADMITTED_P99_MAX: f64 = 3.0;
+/// The overload offers at least this many times the calls the daemon admits.
+const OFFERED_MIN: f64 = 10.0;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
 /// Latencies of admitted and refused calls (µs), other errors, and the first of those.
 type Outcome = (Vec<f64>, Vec<f64>, u64, Option<String>);
-
-/// One client's resources for the mixed calls.
-struct Kit {
-    client: Client,
-    buf: Buffer,
-    sem: Semaphore,
-    next_signal: u64,
-    data: Vec<u8>,
-}
-
-impl Kit {
-    async fn new(dir: &std::path::Path, name: &str) -> Res<Kit> {
-        let client = Client::connect_with_session(dir, name).await?;
-        let buf = client
-            .create_buffer(1 << 20, &CreateOptions::default())
-            .await?;
-        let sem = client
-            .create_semaphore(0, &CreateOptions::default())
-            .await?;
-        Ok(Kit {
-            client,
-            buf,
-            sem,
-            next_signal: 1,
-            data: vec![0x5a; 4096],
-        })
-    }
-}
-
-/// A probe sample: the kind of call ([`KINDS`]), whether under the overload, microseconds.
-type KindSample = (usize, bool, f64);
-
-/// The kinds of mixed call, as [`kind_of`] numbers them.
-const KINDS: [&str; 6] = ["GetValue", "Signal", "Write", "Read", "Describe", "export"];
-
-/// Which of [`KINDS`] [`call`] makes for `r`.
-fn kind_of(r: u64) -> usize {
-    match r {
-        0..30 => 0,
-        30..40 => 1,
-        40..60 => 2,
-        60..80 => 3,
-        80..90 => 4,
-        _ => 5,
-    }
-}
-
-/// One mixed call, chosen by `r` in 0..100. Returns the error, if any.
-async fn call(kit: &mut Kit, r: u64) -> Result<(), gpushare_client::Error> {
-    let none = Points::none();
-    match r {
-        0..30 => kit.sem.value().await.map(drop),
-        30..40 => {
-            let v = kit.next_signal;
-            kit.next_signal += 1;
-            kit.sem.signal(v).await.map(drop)
-        }
-        40..60 => kit.buf.write(8192, &kit.data, &none).await,
-        60..80 => kit.buf.read(8192, 4096, &none).await.map(drop),
-        80..90 => kit.client.describe(kit.buf.id()).await.map(drop),
-        _ => kit.client.export(kit.buf.id()).await.map(drop),
-    }
-}
-
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -178,19 +152,59 @@ fn us(x: f64) -> String {
 }
 
 fn main() -> ExitCode {
+    const USAGE: &str = "usage: gpushare-load [--json PATH] [--calls N] [--quota N] [--seconds S] [--daemon-cpus N] [--streams N] [--callers-call KIND]";
     let mut json_path = PathBuf::from("bench/results/load-latest.json");
-    let mut calls = 20_000usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match (a.as_str(), args.next()) {
-            ("--json", Some(p)) => json_path = PathBuf::from(p),
-            ("--calls", Some(n)) => calls = n.parse().unwrap(),
-            _ => {
-                eprintln!("usage: gpushare-load [--json PATH] [--calls N]");
-                return ExitCode::from(2);
+    let mut set = Settings {
+        calls: 20_000,
+        quota: 1,
+        overload: Duration::from_secs(10),
+        daemon_cpus: None,
+        streams: 10,
+        callers_kind: None,
+    };
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("--probe-child") {
+        let (dir, cpu) = (args.nth(1), args.next());
+        let Some(dir) = dir else {
+            eprintln!("usage: gpushare-load --probe-child DIR CPU|-");
+            return ExitCode::from(2);
+        };
+        return match probe_child(PathBuf::from(dir), cpu.and_then(|c| c.parse().ok())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gpushare-load probe: {e}");
+                ExitCode::FAILURE
             }
+        };
+    }
+    while let Some(a) = args.next() {
+        let value = args.next();
+        let ok = match (a.as_str(), value.as_deref()) {
+            ("--json", Some(p)) => {
+                json_path = PathBuf::from(p);
+                true
+            }
+            ("--calls", Some(n)) => n.parse().map(|n| set.calls = n).is_ok(),
+            ("--quota", Some(n)) => n.parse().map(|n: usize| set.quota = n.max(1)).is_ok(),
+            ("--seconds", Some(n)) => n
+                .parse()
+                .map(|s: f64| set.overload = Duration::from_secs_f64(s.max(0.5)))
+                .is_ok(),
+            ("--daemon-cpus", Some(n)) => n.parse().map(|n| set.daemon_cpus = Some(n)).is_ok(),
+            ("--streams", Some(n)) => n.parse().map(|n| set.streams = n).is_ok(),
+            ("--callers-call", Some(k)) => KINDS
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(k) && *n != "Signal")
+                .map(|k| set.callers_kind = Some(k))
+                .is_some(),
+            _ => false,
+        };
+        if !ok {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
         }
     }
+    SETTINGS.get_or_init(|| set);
     // The callers' CPUs for this process's runtime (the daemons are moved off them).
     if let Some((_, callers, _)) = cpu_plan() {
         pin_thread(&callers);
@@ -199,7 +213,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .unwrap();
-    match rt.block_on(run(json_path, calls)) {
+    match rt.block_on(run(json_path)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("gpushare-load failed: {e}");
@@ -208,7 +222,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
+async fn run(json_path: PathBuf) -> Res<ExitCode> {
+    let Settings {
+        calls,
+        quota,
+        overload,
+        ..
+    } = settings();
     let started = Instant::now();
     let machine = machine_info();
     println!(
@@ -300,106 +320,43 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
     // 3. Overload: 10x the callers against a daemon that admits 16 calls at once.
     let callers = CLIENTS * OVERLOAD_FACTOR;
     println!(
-        "[3/3] overload: {callers} callers for {} s, calls_in_flight = {OVERLOAD_QUOTA}",
-        OVERLOAD_TIME.as_secs()
+        "[3/3] overload: {callers} callers for {} s, calls_in_flight = {quota}",
+        overload.as_secs()
     );
-    let Some(daemon) = start_daemon(&format!("[quotas]\ncalls_in_flight = {OVERLOAD_QUOTA}\n"))
-    else {
+    let Some(daemon) = start_daemon(&format!("[quotas]\ncalls_in_flight = {quota}\n")) else {
         return Ok(ExitCode::from(3));
     };
     let dir = daemon.runtime_dir().to_owned();
     let rss_overload_before = daemon.rss_kib();
-    // The probe: its own thread, runtime and connection, on its own CPU. It first measures its
-    // own unloaded latency against this daemon (the same calls at the same pace, nobody else
-    // calling), then sends the deadline's start and runs under the overload.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
-    let probe = {
-        let dir = dir.clone();
-        std::thread::spawn(move || -> Res<(Vec<f64>, Outcome, Vec<KindSample>)> {
-            if let Some((_, _, cpu)) = cpu_plan() {
-                pin_thread(&[cpu]);
-            }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let mut kit = loop {
-                    match Kit::new(&dir, "overload probe").await {
-                        Ok(k) => break k,
-                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                    }
-                };
-                let mut rng = SplitMix64(7);
-                let mut baseline = Vec::with_capacity(UNLOADED_CALLS);
-                let mut by_kind = Vec::new();
-                for i in 0..200 + UNLOADED_CALLS {
-                    let r = match rng.below(90) {
-                        x if x < 30 => x,
-                        x => x + 10, // no Signal
-                    };
-                    let t = Instant::now();
-                    call(&mut kit, r).await?;
-                    if i >= 200 {
-                        let us = t.elapsed().as_secs_f64() * 1e6;
-                        baseline.push(us);
-                        by_kind.push((kind_of(r), false, us));
-                    }
-                    tokio::time::sleep(PROBE_EVERY).await;
-                }
-                ready_tx.send(())?;
-                let deadline = go_rx.recv()?;
-                let (mut ok, mut shed, mut other) = (Vec::new(), Vec::new(), 0u64);
-                let mut first_other = None;
-                while Instant::now() < deadline {
-                    let r = match rng.below(90) {
-                        x if x < 30 => x,
-                        x => x + 10, // no Signal
-                    };
-                    let t = Instant::now();
-                    let out = call(&mut kit, r).await;
-                    let us = t.elapsed().as_secs_f64() * 1e6;
-                    match out {
-                        Ok(()) => {
-                            ok.push(us);
-                            by_kind.push((kind_of(r), true, us));
-                        }
-                        Err(e) if e.code() == Some(Code::ResourceExhausted) => shed.push(us),
-                        Err(e) => {
-                            other += 1;
-                            first_other.get_or_insert(e.to_string());
-                        }
-                    }
-                    tokio::time::sleep(PROBE_EVERY).await;
-                }
-                Res::Ok((baseline, (ok, shed, other, first_other), by_kind))
-            })
-        })
-    };
-    tokio::task::block_in_place(|| ready_rx.recv())
-        .map_err(|_| "the probe stopped before its unloaded run ended")?;
-    let deadline = Instant::now() + OVERLOAD_TIME;
-    go_tx.send(deadline)?;
+    // The probe: a client in its own process (as a well-behaved client of a shared daemon is),
+    // with its own runtime and connection, on its own CPU. It first measures its own unloaded
+    // latency against this daemon (the same calls at the same pace, nobody else calling), then
+    // runs under the overload, then, once the callers have stopped, measures its unloaded
+    // latency again: its baseline pools both, so that a drift of the machine's noise during the
+    // run weighs on both sides of the ratio.
+    let mut probe = ProbeChild::spawn(&dir, cpu_plan().map(|(_, _, cpu)| cpu))?;
+    tokio::task::block_in_place(|| probe.expect("ready"))?;
+    // The callers' connections and sessions, made before the overload starts.
+    let streams = settings().streams.clamp(1, callers);
+    let mut kits = Vec::new();
+    for i in 0..callers.div_ceil(streams) {
+        kits.push(Kit::new(&dir, &format!("overload {i}")).await?);
+    }
+    let deadline = Instant::now() + overload;
+    probe.send(&format!("go {}", overload.as_micros()))?;
     let (cpu0, cpu_t0) = (
         gpushare_tests::process_cpu_ticks(daemon.pid())?,
         Instant::now(),
     );
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..CLIENTS {
-        // One connection and session per client, shared by its tasks (HTTP/2 streams).
-        let kit = loop {
-            match Kit::new(&dir, &format!("overload {i}")).await {
-                Ok(k) => break k,
-                // The setup calls themselves may be shed by the other clients' load.
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        };
+    for (i, kit) in kits.into_iter().enumerate() {
+        // One connection and session per `streams` callers (HTTP/2 streams).
         let kit = Arc::new(tokio::sync::Mutex::new(kit));
         let shared = {
             let k = kit.lock().await;
             (k.client.clone(), k.buf.clone(), k.sem.clone())
         };
-        for j in 0..OVERLOAD_FACTOR {
+        for j in (0..streams).take_while(|j| i * streams + j < callers) {
             let (client, buf, sem) = shared.clone();
             tasks.spawn(async move {
                 let mut kit = Kit {
@@ -410,14 +367,12 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
                     next_signal: 0,
                     data: vec![0x5a; 4096],
                 };
-                let mut rng = SplitMix64(1000 + (i * OVERLOAD_FACTOR + j) as u64);
+                let mut rng = SplitMix64(1000 + (i * streams + j) as u64);
                 let (mut admitted, mut shed, mut other) = (Vec::new(), Vec::new(), 0u64);
                 let mut first_other = None;
+                let only = settings().callers_kind.map(|k| [0, 30, 40, 60, 80, 90][k]);
                 while Instant::now() < deadline {
-                    let r = match rng.below(90) {
-                        x if x < 30 => x,
-                        x => x + 10, // skip the Signal band
-                    };
+                    let r = only.unwrap_or_else(|| probe_mix(&mut rng));
                     let t = Instant::now();
                     let out = call(&mut kit, r).await;
                     let us = t.elapsed().as_secs_f64() * 1e6;
@@ -450,6 +405,8 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
         }
         rss_peak = rss_peak.max(daemon.rss_kib());
     }
+    // The callers have stopped: the probe measures its unloaded latency again.
+    probe.send("done")?;
     let overload_cpu = (gpushare_tests::process_cpu_ticks(daemon.pid())? - cpu0) as f64
         / gpushare_tests::clock_ticks_per_second()
         / cpu_t0.elapsed().as_secs_f64();
@@ -457,8 +414,12 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         |(d, _, _)| d.len(),
     );
-    let (probe_base, (probe_ok, probe_shed, probe_other, probe_first), by_kind) =
-        probe.join().map_err(|_| "the probe thread panicked")??;
+    let ProbeRun {
+        before,
+        after,
+        overload: (probe_ok, probe_shed, probe_other, probe_first),
+        by_kind,
+    } = tokio::task::block_in_place(|| probe.finish())?;
     // The probe's p50 / p99 per kind of call, unloaded and admitted under the overload.
     let kind_figures: Vec<(&str, [(f64, f64); 2])> = KINDS
         .iter()
@@ -468,7 +429,7 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
                 let v = sorted(
                     by_kind
                         .iter()
-                        .filter(|&&(kk, l, _)| kk == k && l == loaded)
+                        .filter(|&&(kk, p, _)| kk == k && (p == Phase::Overload) == loaded)
                         .map(|&(_, _, us)| us)
                         .collect(),
                 );
@@ -477,14 +438,15 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
             (*name, [phase(false), phase(true)])
         })
         .collect();
-    let probe_base = sorted(probe_base);
+    let (before, after) = (sorted(before), sorted(after));
+    let probe_base = sorted([&before[..], &after[..]].concat());
     let (b50, b99) = (pct(&probe_base, 50.0), pct(&probe_base, 99.0));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_after = daemon.rss_kib();
     let admitted = sorted(admitted);
     let shed = sorted(shed);
     let (probe_ok, probe_shed) = (sorted(probe_ok), sorted(probe_shed));
-    let secs = OVERLOAD_TIME.as_secs_f64();
+    let secs = overload.as_secs_f64();
     let admitted_rate = (admitted.len() + probe_ok.len()) as f64 / secs;
     let offered = (admitted.len() + shed.len() + probe_ok.len() + probe_shed.len()) as f64 / secs;
     let other = other + probe_other;
@@ -493,11 +455,13 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
     }
     let p99 = pct(&probe_ok, 99.0);
     let s99 = pct(&probe_shed, 99.0);
-    rows.push(Row::info(
+    rows.push(Row::new(
         &format!("overload: {callers} callers, calls offered per second"),
         format!("{offered:.0}/s"),
-        format!("{admitted_rate:.0}/s admitted (capacity at calls_in_flight = {OVERLOAD_QUOTA})"),
+        format!("{admitted_rate:.0}/s admitted (capacity at calls_in_flight = {quota})"),
         Some(offered / admitted_rate),
+        format!(">= {OFFERED_MIN:.0}x"),
+        Some(offered >= OFFERED_MIN * admitted_rate),
     ));
     rows.push(Row::info(
         "  daemon CPU during the overload (CPUs busy, of those it runs on)",
@@ -506,8 +470,14 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
         Some(overload_cpu / daemon_cpus as f64),
     ));
     rows.push(Row::info(
-        "  probe unloaded (same daemon, pace and CPU, before the callers start)",
-        format!("p50 {} / p99 {}", us(b50), us(b99)),
+        "  probe unloaded (same daemon, pace and CPU; before and after the callers)",
+        format!(
+            "p50 {} / p99 {} (before {}, after {})",
+            us(b50),
+            us(b99),
+            us(pct(&before, 99.0)),
+            us(pct(&after, 99.0))
+        ),
         format!("{} unloaded p99 (phase 1)", us(u99)),
         Some(b99 / u99),
     ));
@@ -615,8 +585,11 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
         "machine": machine,
         "settings": {
             "clients": CLIENTS, "calls_per_client": calls, "unloaded_calls": UNLOADED_CALLS,
-            "overload_callers": callers, "overload_seconds": OVERLOAD_TIME.as_secs_f64(),
-            "calls_in_flight_quota": OVERLOAD_QUOTA,
+            "overload_callers": callers, "overload_seconds": overload.as_secs_f64(),
+            "calls_in_flight_quota": quota,
+            "callers_per_connection": settings().streams,
+            "callers_call": settings().callers_kind.map_or("mix", |k| KINDS[k]),
+            "probe": "own process",
             "probe_every_us": PROBE_EVERY.as_micros() as u64,
             "cpus": cpu_plan().map(|(d, c, p)| json!({"daemon": d, "callers": c, "probe": p})),
             "mix": "GetValue 30%, Signal 10% (not in the overload), Write 4 KiB 20%, Read 4 KiB 20%, Describe 10%, export on fd.sock 10%",
@@ -637,6 +610,8 @@ async fn run(json_path: PathBuf, calls: usize) -> Res<ExitCode> {
                               "admitted_p50_us": l.0, "admitted_p99_us": l.1}))).collect::<serde_json::Map<_, _>>(),
                           "probe": {"unloaded_p50_us": b50, "unloaded_p99_us": b99,
                                     "unloaded_calls": probe_base.len(),
+                                    "unloaded_before_p99_us": pct(&before, 99.0),
+                                    "unloaded_after_p99_us": pct(&after, 99.0),
                                     "admitted": probe_ok.len(), "refused": probe_shed.len(),
                                     "admitted_p50_us": pct(&probe_ok, 50.0), "admitted_p99_us": p99,
                                     "refused_p50_us": pct(&probe_shed, 50.0), "refused_p99_us": s99},
