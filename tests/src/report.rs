@@ -77,6 +77,14 @@ impl Row {
     }
 }
 
+/// The metrics of the rows whose target failed.
+pub fn failed(rows: &[Row]) -> Vec<&str> {
+    rows.iter()
+        .filter(|r| r.result == Some(false))
+        .map(|r| r.metric.as_str())
+        .collect()
+}
+
 /// Prints the rows as a Markdown table.
 pub fn print_table(rows: &[Row]) {
     let header = ["metric", "value", "baseline", "ratio", "target", "result"];

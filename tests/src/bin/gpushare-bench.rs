@@ -131,11 +131,7 @@ async fn run(json_path: PathBuf, nofile: Option<u64>) -> ExitCode {
     };
 
     print_table(&rows);
-    let failed: Vec<&str> = rows
-        .iter()
-        .filter(|r| r.result == Some(false))
-        .map(|r| r.metric.as_str())
-        .collect();
+    let failed = gpushare_tests::report::failed(&rows);
     if failed.is_empty() {
         println!("\nall targets PASS");
     } else {

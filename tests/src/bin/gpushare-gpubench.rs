@@ -286,11 +286,9 @@ fn run(json_path: &Path) -> Res<bool> {
     drop(rt);
 
     print_table(&out.rows);
-    let failed: Vec<String> = out
-        .rows
-        .iter()
-        .filter(|r| r.result == Some(false))
-        .map(|r| r.metric.clone())
+    let failed: Vec<String> = gpushare_tests::report::failed(&out.rows)
+        .into_iter()
+        .map(str::to_owned)
         .collect();
     if !failed.is_empty() {
         println!("\nFailed targets:");

@@ -562,11 +562,7 @@ async fn run(json_path: PathBuf) -> Res<ExitCode> {
     drop(daemon);
 
     print_table(&rows);
-    let failed: Vec<&str> = rows
-        .iter()
-        .filter(|r| r.result == Some(false))
-        .map(|r| r.metric.as_str())
-        .collect();
+    let failed = gpushare_tests::report::failed(&rows);
     if let Some(e) = &first_error {
         println!("first error in the capacity run: {e}");
     }
