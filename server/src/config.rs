@@ -91,6 +91,9 @@ pub struct Quotas {
     /// Streams count only while they start; calls parked in a host wait (Wait, wait points)
     /// do not count while they wait.
     pub calls_in_flight: u64,
+    /// The same, per uid (default 256): one uid flooding the daemon is refused before it takes
+    /// every slot of `calls_in_flight` from the others.
+    pub calls_in_flight_per_uid: u64,
     /// Open connections per uid, on control.sock and fd.sock each (default 4096: a service
     /// account may run thousands of clients); past it a new connection is closed at once.
     pub connections_per_uid: u64,
@@ -112,6 +115,7 @@ impl Default for Quotas {
             watches_per_uid: 256,
             tickets_per_uid: 1024,
             calls_in_flight: 1024,
+            calls_in_flight_per_uid: 256,
             connections_per_uid: 4096,
             connections: 16384,
         }
@@ -363,6 +367,7 @@ impl Config {
             ("quotas.watches_per_uid", q.watches_per_uid),
             ("quotas.tickets_per_uid", q.tickets_per_uid),
             ("quotas.calls_in_flight", q.calls_in_flight),
+            ("quotas.calls_in_flight_per_uid", q.calls_in_flight_per_uid),
             ("quotas.connections_per_uid", q.connections_per_uid),
             ("quotas.connections", q.connections),
         ] {

@@ -15,13 +15,25 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
 use crate::daemon::Daemon;
+use crate::inflight::UidCalls;
 use crate::quota::{Counted, Held};
 
-/// An accepted control.sock connection and its quota slot.
+/// An accepted control.sock connection, its quota slot and its uid's calls in flight.
 #[derive(Debug)]
 pub struct Admitted {
     io: UnixStream,
+    calls: Arc<UidCalls>,
     _held: Held,
+}
+
+/// What a request on a control.sock connection knows of it (request extensions): the peer's
+/// credentials, and the uid's calls in flight (`quotas.calls_in_flight_per_uid`).
+#[derive(Debug, Clone)]
+pub struct ControlInfo {
+    /// The peer's credentials.
+    pub uds: UdsConnectInfo,
+    /// The uid's calls in flight.
+    pub calls: Arc<UidCalls>,
 }
 
 /// The accepted connections that fit the quotas.
@@ -44,7 +56,11 @@ pub fn admitted(
                 }
             };
             match d.hold(uid, Counted::ControlConnections) {
-                Ok(held) => Some(Ok(Admitted { io, _held: held })),
+                Ok(held) => Some(Ok(Admitted {
+                    io,
+                    calls: d.in_flight.uid(uid),
+                    _held: held,
+                })),
                 Err(e) => {
                     // Debug, not warn: a flood would flood the journal. Refusals are counted
                     // in gpushare_quota_refusals_total.
@@ -57,10 +73,13 @@ pub fn admitted(
 }
 
 impl Connected for Admitted {
-    type ConnectInfo = UdsConnectInfo;
+    type ConnectInfo = ControlInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        ControlInfo {
+            uds: self.io.connect_info(),
+            calls: self.calls.clone(),
+        }
     }
 }
 

@@ -180,8 +180,9 @@ impl Daemon {
             config.limits.ticket_ttl_ms.into(),
         ));
         let registry = Registry::new(config.quotas.clone());
-        let in_flight = Arc::new(InFlight::with_limit(
+        let in_flight = Arc::new(InFlight::with_limits(
             usize::try_from(config.quotas.calls_in_flight).unwrap_or(usize::MAX),
+            usize::try_from(config.quotas.calls_in_flight_per_uid).unwrap_or(usize::MAX),
         ));
         Self {
             config,

@@ -8,8 +8,8 @@
 //! once), get an `FdError` reply with INVALID_ARGUMENT and the connection stays usable. A
 //! connection that sends nothing for `fd_idle_timeout_ms` is closed, and so is one past the
 //! connection quotas (after an `FdError` with RESOURCE_EXHAUSTED). Exports and redeems are
-//! calls in flight (`quotas.calls_in_flight`, shared with gRPC calls): past it they get
-//! RESOURCE_EXHAUSTED at once.
+//! calls in flight (`quotas.calls_in_flight` and `calls_in_flight_per_uid`, shared with gRPC
+//! calls): past them they get RESOURCE_EXHAUSTED at once.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -68,6 +68,7 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
         }
     };
     let idle = Duration::from_millis(d.config.limits.fd_idle_timeout_ms.into());
+    let calls = d.in_flight.uid(uid);
     // A message that arrived while a wait was pending: answered next.
     let mut early: Option<std::result::Result<Received, FdPassError>> = None;
     loop {
@@ -108,7 +109,7 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
                     Waited::Reply(reply) => (reply, None),
                     Waited::Gone => return,
                 },
-                Ok(req) => match exported(&d, uid, gid, req).await {
+                Ok(req) => match exported(&d, uid, gid, &calls, req).await {
                     Ok((exported, fd)) => (
                         v1::FdReply {
                             reply: Some(v1::fd_reply::Reply::Exported(exported)),
@@ -260,15 +261,17 @@ pub fn parse_request(bytes: &[u8]) -> Result<FdRequest> {
     }
 }
 
-/// Serves one export or redeem request as a call in flight (`quotas.calls_in_flight`: past it
-/// the request is refused at once with RESOURCE_EXHAUSTED, as gRPC calls are).
+/// Serves one export or redeem request as a call in flight of `uid` (`quotas.calls_in_flight`
+/// and `calls_in_flight_per_uid`: past them the request is refused at once with
+/// RESOURCE_EXHAUSTED, as gRPC calls are).
 async fn exported(
     d: &Daemon,
     uid: u32,
     gid: u32,
+    calls: &Arc<crate::inflight::UidCalls>,
     req: FdRequest,
 ) -> Result<(v1::ExportedFd, OwnedFd)> {
-    let _admitted = d.in_flight.admit()?;
+    let _admitted = d.in_flight.admit(Some(calls))?;
     handle(d, uid, gid, req).await
 }
 

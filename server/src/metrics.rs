@@ -113,7 +113,12 @@ impl Metrics {
     /// Renders every figure in the Prometheus text format 0.0.4. `in_flight` counts the gRPC
     /// calls in flight and those shed for load.
     pub fn render(&self, d: &Daemon, in_flight: &crate::inflight::InFlight) -> String {
-        let (shed, parked, in_flight) = (in_flight.shed(), in_flight.parked(), in_flight.count());
+        let (shed, parked, in_flight, shed_per_uid) = (
+            in_flight.shed(),
+            in_flight.parked(),
+            in_flight.count(),
+            in_flight.shed_per_uid(),
+        );
         let mut out = String::with_capacity(4096);
         let (resources, sessions) = d.registry.counts();
         gauge(&mut out, "gpushare_up", "1 while the daemon serves.", 1.0);
@@ -254,13 +259,25 @@ impl Metrics {
             "gpushare_grpc_calls_shed_total",
             "counter",
             "gRPC calls and fd.sock requests refused at once with RESOURCE_EXHAUSTED because \
-             quotas.calls_in_flight calls were in flight (load shedding).",
+             quotas.calls_in_flight calls, or calls_in_flight_per_uid of the caller's uid, were \
+             in flight (load shedding).",
             &[(String::new(), shed as f64)],
         );
         // Load shedding counts itself (`InFlight::admit` takes no lock).
         let refused: Vec<(String, f64)> = crate::quota::refusals()
             .into_iter()
-            .chain((shed > 0).then_some((crate::inflight::SHED_QUOTA, shed as u64)))
+            .chain(
+                [
+                    (
+                        crate::inflight::SHED_QUOTA,
+                        shed.saturating_sub(shed_per_uid),
+                    ),
+                    (crate::inflight::SHED_PER_UID_QUOTA, shed_per_uid),
+                ]
+                .into_iter()
+                .filter(|&(_, n)| n > 0)
+                .map(|(what, n)| (what, n as u64)),
+            )
             .map(|(what, n)| (format!("quota=\"{what}\""), n as f64))
             .collect();
         labeled(

@@ -158,7 +158,7 @@ where
     let deadline = Instant::now() + seq.timeout;
     if !seq.wait.is_empty() {
         let _pending = svc.d.hold(seq.uid, Counted::PendingWaits)?;
-        let _parked = svc.d.in_flight.park();
+        let _parked = svc.d.in_flight.park(seq.uid);
         for p in &seq.wait {
             let left = deadline.saturating_duration_since(Instant::now());
             svc.d.waits.wait(&p.id, &p.sem, p.value, left).await?;

@@ -11,7 +11,6 @@ use gpushare_interop::cuda::MatchMethod;
 use gpushare_interop::vulkan::{vk, DeviceType, HandleType};
 use gpushare_proto::v1::{self, gpu_share_server::GpuShare};
 use gpushare_proto::SESSION_HEADER;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::buffer::SharedBuffer;
@@ -42,8 +41,8 @@ impl Service {
     pub(crate) fn caller<T>(&self, req: &Request<T>) -> Result<Caller> {
         let cred = req
             .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|i| i.peer_cred)
+            .get::<crate::connections::ControlInfo>()
+            .and_then(|i| i.uds.peer_cred)
             .ok_or(Error::NoPeerCredentials)?;
         let session = match req.metadata().get(SESSION_HEADER) {
             Some(v) => Some(
@@ -624,7 +623,7 @@ impl GpuShare for Service {
         let r = req.into_inner();
         let (_, sem) = self.d.semaphore(&r.id, &caller)?;
         let _pending = self.d.hold(caller.uid, Counted::PendingWaits)?;
-        let _parked = self.d.in_flight.park();
+        let _parked = self.d.in_flight.park(caller.uid);
         let value = self.d.waits.wait(&r.id, &sem, r.value, timeout).await?;
         Ok(Response::new(v1::SemaphoreValue { value }))
     }

@@ -333,6 +333,89 @@ async fn fd_sock_exports_share_the_in_flight_quota() {
     c.export(buf.id()).await.unwrap();
 }
 
+/// One uid's calls in flight are bounded below the total (`calls_in_flight_per_uid`): a uid
+/// that floods the daemon is refused, naming its own quota, while another uid still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_uid_cannot_take_every_call_slot() {
+    let d = gpushare_tests::daemon_or_skip!(
+        "socket_mode = 0o666\n[quotas]\ncalls_in_flight = 2\ncalls_in_flight_per_uid = 1\n"
+    );
+    let c = Client::connect_with_session(d.runtime_dir(), "flooder")
+        .await
+        .unwrap();
+    let buf = c
+        .create_buffer(4 << 20, &CreateOptions::default())
+        .await
+        .unwrap();
+    // Two writers of this uid keep 4 MiB Writes coming; at most one is in flight at a time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let (buf, stop) = (buf.clone(), stop.clone());
+        writers.spawn(async move {
+            let data = vec![5u8; 4 << 20];
+            let (mut served, mut refused) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match buf.write(0, &data, &Sync::none()).await {
+                    Ok(()) => served += 1,
+                    Err(e) => {
+                        assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
+                        // Only this uid's own quota: alone, it cannot reach the total of two.
+                        assert!(
+                            e.to_string()
+                                .contains("calls in flight per uid (limit 1, uid "),
+                            "{e}"
+                        );
+                        refused += 1;
+                    }
+                }
+            }
+            (served, refused)
+        });
+    }
+    // Another uid (root only: a process of another uid) is served meanwhile, every time.
+    if rustix::process::getuid().is_root() {
+        use std::os::unix::process::CommandExt;
+        let exe = gpushare_tests::bin_copy_in("gpushare-peer", d.scratch());
+        for _ in 0..5 {
+            let (_, out, err) = gpushare_tests::run(
+                std::process::Command::new(&exe)
+                    .args([
+                        d.runtime_dir().to_str().unwrap(),
+                        "try-grant",
+                        buf.id(),
+                        "0",
+                    ])
+                    .uid(65534)
+                    .gid(65534),
+                Duration::from_secs(60),
+            );
+            // It does not own the buffer: NOT_FOUND, never RESOURCE_EXHAUSTED.
+            assert!(
+                err.contains("error Some(NotFound)"),
+                "stdout {out:?} stderr {err:?}"
+            );
+        }
+    } else {
+        println!("SKIP: the other uid's calls need root to run a process as another uid");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut served, mut refused) = (0, 0);
+    while let Some(r) = writers.join_next().await {
+        let (s, r) = r.unwrap();
+        served += s;
+        refused += r;
+    }
+    println!(
+        "two writers of one uid, calls_in_flight_per_uid = 1: {served} served, {refused} refused"
+    );
+    assert!(
+        served > 0 && refused > 0,
+        "{served} served, {refused} refused"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_uid_are_bounded_on_both_sockets() {
     let d = gpushare_tests::daemon_or_skip!("[quotas]\nconnections_per_uid = 2\n");
