@@ -3,10 +3,12 @@
 //! closed) can be taken again. Run against the real daemon with tiny quotas.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use gpushare_client::{v1, Client, CreateOptions, Sync};
+use gpushare_client::{v1, Buffer, Client, CreateOptions, Sync};
 use gpushare_proto::fdpass::SeqPacket;
 use prost::Message;
 use tonic::Code;
@@ -279,6 +281,37 @@ async fn calls_past_the_in_flight_quota_are_shed_at_once() {
     }
 }
 
+/// `n` tasks that write 4 MiB to `buf` back to back until `stop` is set: each Write is a call in
+/// flight while its bytes arrive. A refusal must be RESOURCE_EXHAUSTED naming `quota`. Each
+/// task returns how many of its Writes were served and how many refused.
+fn keep_writing(
+    buf: &Buffer,
+    n: usize,
+    quota: &'static str,
+    stop: &Arc<AtomicBool>,
+) -> tokio::task::JoinSet<(u32, u32)> {
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (buf, stop) = (buf.clone(), stop.clone());
+        writers.spawn(async move {
+            let data = vec![5u8; 4 << 20];
+            let (mut served, mut refused) = (0u32, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                match buf.write(0, &data, &Sync::none()).await {
+                    Ok(()) => served += 1,
+                    Err(e) => {
+                        assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
+                        assert!(e.to_string().contains(quota), "{e}");
+                        refused += 1;
+                    }
+                }
+            }
+            (served, refused)
+        });
+    }
+    writers
+}
+
 /// Export requests on fd.sock are calls in flight too: past the quota they are refused at once
 /// with RESOURCE_EXHAUSTED naming it, as gRPC calls are, and served again once it has room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,20 +324,10 @@ async fn fd_sock_exports_share_the_in_flight_quota() {
         .create_buffer(4 << 20, &CreateOptions::default())
         .await
         .unwrap();
-    // One writer keeps a 4 MiB Write in flight most of the time (each counts while its bytes
-    // arrive); its own refusals (when an export holds the one slot) are expected.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = tokio::spawn({
-        let (buf, stop) = (buf.clone(), stop.clone());
-        async move {
-            let data = vec![3u8; 4 << 20];
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Err(e) = buf.write(0, &data, &Sync::none()).await {
-                    assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
-                }
-            }
-        }
-    });
+    // One writer keeps a 4 MiB Write in flight most of the time; its own refusals (when an
+    // export holds the one slot) are expected.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writer = keep_writing(&buf, 1, "calls in flight (limit 1", &stop);
     let (mut exported, mut refused) = (0, 0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while refused == 0 || exported == 0 {
@@ -324,8 +347,8 @@ async fn fd_sock_exports_share_the_in_flight_quota() {
             }
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    writer.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    writer.join_next().await.unwrap().unwrap();
     println!(
         "exports beside a writer with calls_in_flight = 1: {exported} served, {refused} refused"
     );
@@ -347,32 +370,10 @@ async fn one_uid_cannot_take_every_call_slot() {
         .create_buffer(4 << 20, &CreateOptions::default())
         .await
         .unwrap();
-    // Two writers of this uid keep 4 MiB Writes coming; at most one is in flight at a time.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut writers = tokio::task::JoinSet::new();
-    for _ in 0..2 {
-        let (buf, stop) = (buf.clone(), stop.clone());
-        writers.spawn(async move {
-            let data = vec![5u8; 4 << 20];
-            let (mut served, mut refused) = (0u32, 0u32);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match buf.write(0, &data, &Sync::none()).await {
-                    Ok(()) => served += 1,
-                    Err(e) => {
-                        assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
-                        // Only this uid's own quota: alone, it cannot reach the total of two.
-                        assert!(
-                            e.to_string()
-                                .contains("calls in flight per uid (limit 1, uid "),
-                            "{e}"
-                        );
-                        refused += 1;
-                    }
-                }
-            }
-            (served, refused)
-        });
-    }
+    // Two writers of this uid keep 4 MiB Writes coming; at most one is in flight at a time,
+    // and only this uid's own quota refuses them: alone, it cannot reach the total of two.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = keep_writing(&buf, 2, "calls in flight per uid (limit 1, uid ", &stop);
     // Another uid (root only: a process of another uid) is served meanwhile, every time.
     if rustix::process::getuid().is_root() {
         use std::os::unix::process::CommandExt;
@@ -400,7 +401,7 @@ async fn one_uid_cannot_take_every_call_slot() {
         println!("SKIP: the other uid's calls need root to run a process as another uid");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let (mut served, mut refused) = (0, 0);
     while let Some(r) = writers.join_next().await {
         let (s, r) = r.unwrap();
