@@ -133,13 +133,12 @@ impl InFlight {
         self: &Arc<Self>,
         uid: Option<&Arc<UidCalls>>,
     ) -> Result<Admitted, crate::error::Error> {
-        let before = self.count.fetch_add(1, Ordering::AcqRel);
-        let mut admitted = Admitted(self.clone(), None);
+        // The uid's own limit first: a call it refuses never counts against the total, even
+        // for an instant, so that a flooding uid cannot get another uid's call refused.
         if let Some(u) = uid {
             let mine = u.count.fetch_add(1, Ordering::AcqRel);
-            admitted.1 = Some(u.clone());
             if mine.saturating_sub(u.parked.load(Ordering::Acquire)) >= self.per_uid {
-                drop(admitted);
+                u.count.fetch_sub(1, Ordering::AcqRel);
                 self.shed.fetch_add(1, Ordering::Relaxed);
                 self.shed_per_uid.fetch_add(1, Ordering::Relaxed);
                 return Err(crate::error::Error::Quota {
@@ -149,6 +148,8 @@ impl InFlight {
                 });
             }
         }
+        let before = self.count.fetch_add(1, Ordering::AcqRel);
+        let admitted = Admitted(self.clone(), uid.cloned());
         let active = before.saturating_sub(self.parked.load(Ordering::Acquire));
         if active >= self.limit {
             drop(admitted);
@@ -204,10 +205,13 @@ pub struct Admitted(Arc<InFlight>, Option<Arc<UidCalls>>);
 
 impl Drop for Admitted {
     fn drop(&mut self) {
+        // The total first: while the uid still counts this call, no other call of the uid can
+        // take its place in the total yet (the reverse of `admit`'s order).
+        let last = self.0.count.fetch_sub(1, Ordering::AcqRel) == 1;
         if let Some(u) = &self.1 {
             u.count.fetch_sub(1, Ordering::AcqRel);
         }
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if last {
             self.0.idle.notify_waiters();
         }
     }

@@ -9,20 +9,24 @@
 //! 1. **Unloaded**: one client, 2,000 mixed calls one after another: the latency baseline.
 //! 2. **Capacity**: 16 clients (each its own connection and session) × N mixed calls, all at
 //!    once. Target: zero errors. Calls per second give the capacity.
-//! 3. **Overload**: a second daemon with `quotas.calls_in_flight = 1` (`--quota`), and 160
-//!    callers (10 × the capacity run's 16): 16 connections × 10 tasks (`--streams` tasks per
-//!    connection), each calling as fast as it can for 10 s (`--seconds`). The daemon's
-//!    admitted rate under the quota is its capacity there; the offered rate (every attempt)
-//!    must be at least 10 × that. (The quota is 1 so that the callers' seven CPUs can offer
-//!    that much: the daemon refuses a call in about the time the callers take to make one.)
+//! 3. **Overload**: a second daemon with `quotas.calls_in_flight_per_uid = 1` (`--quota`) and
+//!    `calls_in_flight` one more, and 160 callers (10 × the capacity run's 16): 16 connections
+//!    × 10 tasks (`--streams` tasks per connection), each calling as fast as it can for 10 s
+//!    (`--seconds`). The daemon's admitted rate under the quota is its capacity there; the
+//!    offered rate (every attempt) must be at least 10 × that. (The quota is 1 so that the
+//!    callers' six CPUs can offer that much: the daemon refuses a call in about the time the
+//!    callers take to make one.)
 //!    Beside the callers, a **probe** client in its own process (as a well-behaved client of
 //!    a shared daemon is), with its own connection, makes one mixed call every 500 µs: its
 //!    latencies are what such a client sees while the daemon is overloaded, free of the
 //!    callers' own scheduling delays (160 busy tasks in one process would put their queueing
 //!    into every figure they measure). On machines with 8 CPUs or more the daemon runs on the
 //!    first half (`--daemon-cpus`; started there, so that it sizes its runtime to them, as
-//!    under a service's `CPUAffinity=`), the callers on the rest but the last CPU, the probe on
-//!    the last. The probe makes 2,000 calls at its pace against the idle daemon before the
+//!    under a service's `CPUAffinity=`), the callers on the rest but the last two CPUs, the
+//!    probe on the last. As root, a second probe runs as uid 65534 on the CPU before: another
+//!    tenant, whose calls the callers' uid cannot get refused (the total has room for one
+//!    more than the callers' uid may take). Its targets: no refusal, and its admitted p99
+//!    within 3 × its own unloaded p99. The probe makes 2,000 calls at its pace against the idle daemon before the
 //!    callers start and 2,000 more after they stopped: together, its unloaded p99, the
 //!    baseline of the targets (phase 1's figure is shown beside it; pooling both sides keeps
 //!    a drift of the machine's noise during the run out of the ratio). Targets: offered ≥ 10 ×
@@ -83,9 +87,21 @@ fn settings() -> Settings {
     *SETTINGS.get().expect("settings are set in main")
 }
 
-/// CPU sets for the daemon, the callers and the probe: `None` below 8 CPUs (no pinning).
-/// The daemon's CPUs, the callers' CPUs and the probe's CPU.
-type CpuPlan = Option<(Vec<usize>, Vec<usize>, usize)>;
+/// Where each part runs.
+#[derive(Clone)]
+struct Cpus {
+    daemon: Vec<usize>,
+    callers: Vec<usize>,
+    probe: usize,
+    /// The probe of another uid ([`OTHER_UID`]).
+    other_probe: usize,
+}
+
+/// CPU sets: `None` below 8 CPUs (no pinning).
+type CpuPlan = Option<Cpus>;
+
+/// The uid (and gid) of the second probe, when the test runs as root.
+const OTHER_UID: u32 = 65534;
 
 /// Decided once, from the CPUs the process may use at its start: `main` then pins itself to the
 /// callers' CPUs, after which `available_parallelism` would only see those.
@@ -96,8 +112,13 @@ fn cpu_plan() -> CpuPlan {
         let d = settings()
             .daemon_cpus
             .unwrap_or(n / 2)
-            .clamp(1, n.saturating_sub(2).max(1));
-        (n >= 8).then(|| ((0..d).collect(), (d..n - 1).collect(), n - 1))
+            .clamp(1, n.saturating_sub(3).max(1));
+        (n >= 8).then(|| Cpus {
+            daemon: (0..d).collect(),
+            callers: (d..n - 2).collect(),
+            probe: n - 1,
+            other_probe: n - 2,
+        })
     })
     .clone()
 }
@@ -116,10 +137,10 @@ fn pin_thread(cpus: &[usize]) {
 /// runtime to those CPUs as it would under a service's `CPUAffinity=`.
 fn start_daemon(config: &str) -> Option<TestDaemon> {
     match cpu_plan() {
-        Some((daemon_cpus, callers, _)) => {
-            pin_thread(&daemon_cpus);
+        Some(cpus) => {
+            pin_thread(&cpus.daemon);
             let d = TestDaemon::start_with(config);
-            pin_thread(&callers);
+            pin_thread(&cpus.callers);
             d
         }
         None => TestDaemon::start_with(config),
@@ -206,8 +227,8 @@ fn main() -> ExitCode {
     }
     SETTINGS.get_or_init(|| set);
     // The callers' CPUs for this process's runtime (the daemons are moved off them).
-    if let Some((_, callers, _)) = cpu_plan() {
-        pin_thread(&callers);
+    if let Some(cpus) = cpu_plan() {
+        pin_thread(&cpus.callers);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -320,10 +341,16 @@ async fn run(json_path: PathBuf) -> Res<ExitCode> {
     // 3. Overload: 10x the callers against a daemon that admits 16 calls at once.
     let callers = CLIENTS * OVERLOAD_FACTOR;
     println!(
-        "[3/3] overload: {callers} callers for {} s, calls_in_flight = {quota}",
-        overload.as_secs()
+        "[3/3] overload: {callers} callers for {} s, calls_in_flight_per_uid = {quota}, calls_in_flight = {}",
+        overload.as_secs(),
+        quota + 1
     );
-    let Some(daemon) = start_daemon(&format!("[quotas]\ncalls_in_flight = {quota}\n")) else {
+    // The callers' uid may have `quota` calls in flight, everybody together one more: the
+    // other uid's probe always finds room, however hard the callers' uid floods.
+    let Some(daemon) = start_daemon(&format!(
+        "socket_mode = 0o666\n[quotas]\ncalls_in_flight = {}\ncalls_in_flight_per_uid = {quota}\n",
+        quota + 1
+    )) else {
         return Ok(ExitCode::from(3));
     };
     let dir = daemon.runtime_dir().to_owned();
@@ -334,8 +361,26 @@ async fn run(json_path: PathBuf) -> Res<ExitCode> {
     // runs under the overload, then, once the callers have stopped, measures its unloaded
     // latency again: its baseline pools both, so that a drift of the machine's noise during the
     // run weighs on both sides of the ratio.
-    let mut probe = ProbeChild::spawn(&dir, cpu_plan().map(|(_, _, cpu)| cpu))?;
-    tokio::task::block_in_place(|| probe.expect("ready"))?;
+    let exe = std::env::current_exe()?;
+    let mut probe = ProbeChild::spawn(&exe, &dir, cpu_plan().map(|c| c.probe), None)?;
+    // As root, a second probe runs as another uid: what a well-behaved client of another
+    // tenant sees while one uid floods the daemon (`calls_in_flight_per_uid`). It runs a copy
+    // of this binary that the other uid can reach.
+    let mut other_probe = if rustix::process::getuid().is_root() {
+        let exe = gpushare_tests::bin_copy_in("gpushare-load", daemon.scratch());
+        Some(ProbeChild::spawn(
+            &exe,
+            &dir,
+            cpu_plan().map(|c| c.other_probe),
+            Some(OTHER_UID),
+        )?)
+    } else {
+        None
+    };
+    tokio::task::block_in_place(|| {
+        probe.expect("ready")?;
+        other_probe.as_mut().map_or(Ok(()), |p| p.expect("ready"))
+    })?;
     // The callers' connections and sessions, made before the overload starts.
     let streams = settings().streams.clamp(1, callers);
     let mut kits = Vec::new();
@@ -343,7 +388,9 @@ async fn run(json_path: PathBuf) -> Res<ExitCode> {
         kits.push(Kit::new(&dir, &format!("overload {i}")).await?);
     }
     let deadline = Instant::now() + overload;
-    probe.send(&format!("go {}", overload.as_micros()))?;
+    for p in std::iter::once(&mut probe).chain(other_probe.as_mut()) {
+        p.send(&format!("go {}", overload.as_micros()))?;
+    }
     let (cpu0, cpu_t0) = (
         gpushare_tests::process_cpu_ticks(daemon.pid())?,
         Instant::now(),
@@ -405,14 +452,16 @@ async fn run(json_path: PathBuf) -> Res<ExitCode> {
         }
         rss_peak = rss_peak.max(daemon.rss_kib());
     }
-    // The callers have stopped: the probe measures its unloaded latency again.
-    probe.send("done")?;
+    // The callers have stopped: the probes measure their unloaded latency again.
+    for p in std::iter::once(&mut probe).chain(other_probe.as_mut()) {
+        p.send("done")?;
+    }
     let overload_cpu = (gpushare_tests::process_cpu_ticks(daemon.pid())? - cpu0) as f64
         / gpushare_tests::clock_ticks_per_second()
         / cpu_t0.elapsed().as_secs_f64();
     let daemon_cpus = cpu_plan().map_or(
         std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |(d, _, _)| d.len(),
+        |cpus| cpus.daemon.len(),
     );
     let ProbeRun {
         before,
@@ -420,6 +469,10 @@ async fn run(json_path: PathBuf) -> Res<ExitCode> {
         overload: (probe_ok, probe_shed, probe_other, probe_first),
         by_kind,
     } = tokio::task::block_in_place(|| probe.finish())?;
+    let other_run = match other_probe {
+        Some(p) => Some(tokio::task::block_in_place(|| p.finish())?),
+        None => None,
+    };
     // The probe's p50 / p99 per kind of call, unloaded and admitted under the overload.
     let kind_figures: Vec<(&str, [(f64, f64); 2])> = KINDS
         .iter()
@@ -449,7 +502,7 @@ async fn run(json_path: PathBuf) -> Res<ExitCode> {
     let secs = overload.as_secs_f64();
     let admitted_rate = (admitted.len() + probe_ok.len()) as f64 / secs;
     let offered = (admitted.len() + shed.len() + probe_ok.len() + probe_shed.len()) as f64 / secs;
-    let other = other + probe_other;
+    let mut other = other + probe_other;
     if first_other.is_none() {
         first_other = probe_first;
     }
@@ -458,7 +511,7 @@ async fn run(json_path: PathBuf) -> Res<ExitCode> {
     rows.push(Row::new(
         &format!("overload: {callers} callers, calls offered per second"),
         format!("{offered:.0}/s"),
-        format!("{admitted_rate:.0}/s admitted (capacity at calls_in_flight = {quota})"),
+        format!("{admitted_rate:.0}/s admitted (capacity at calls_in_flight_per_uid = {quota})"),
         Some(offered / admitted_rate),
         format!(">= {OFFERED_MIN:.0}x"),
         Some(offered >= OFFERED_MIN * admitted_rate),
@@ -518,6 +571,52 @@ async fn run(json_path: PathBuf) -> Res<ExitCode> {
         format!("<= {ADMITTED_P99_MAX:.0}x"),
         Some(probe_shed.is_empty() || s99 <= ADMITTED_P99_MAX * b99),
     ));
+    // The other uid's probe: never refused (its uid has room whatever the callers' uid does),
+    // and its admitted calls' p99 within the same bound of its own unloaded p99.
+    let other_json = match &other_run {
+        Some(run) => {
+            let base = sorted([&run.before[..], &run.after[..]].concat());
+            let (ok, refused) = (sorted(run.overload.0.clone()), run.overload.1.len());
+            let (o99, ob99) = (pct(&ok, 99.0), pct(&base, 99.0));
+            other += run.overload.2;
+            if first_other.is_none() {
+                first_other = run.overload.3.clone();
+            }
+            rows.push(Row::new(
+                &format!("  probe of another uid ({OTHER_UID}): refused"),
+                format!("{refused} of {}", refused + ok.len()),
+                "-".into(),
+                None,
+                "0".into(),
+                Some(refused == 0),
+            ));
+            rows.push(Row::new(
+                "  probe of another uid: admitted calls p99",
+                format!(
+                    "{} ({} calls, p50 {})",
+                    us(o99),
+                    ok.len(),
+                    us(pct(&ok, 50.0))
+                ),
+                format!("{} its unloaded p99", us(ob99)),
+                Some(o99 / ob99),
+                format!("<= {ADMITTED_P99_MAX:.0}x"),
+                Some(o99 <= ADMITTED_P99_MAX * ob99),
+            ));
+            json!({"uid": OTHER_UID, "unloaded_p50_us": pct(&base, 50.0), "unloaded_p99_us": ob99,
+                   "admitted": ok.len(), "refused": refused,
+                   "admitted_p50_us": pct(&ok, 50.0), "admitted_p99_us": o99})
+        }
+        None => {
+            rows.push(Row::info(
+                "  probe of another uid",
+                "SKIP: not root (it runs as another uid)".into(),
+                "-".into(),
+                None,
+            ));
+            serde_json::Value::Null
+        }
+    };
     rows.push(Row::new(
         "  callers: refused with RESOURCE_EXHAUSTED",
         format!(
@@ -582,12 +681,13 @@ async fn run(json_path: PathBuf) -> Res<ExitCode> {
         "settings": {
             "clients": CLIENTS, "calls_per_client": calls, "unloaded_calls": UNLOADED_CALLS,
             "overload_callers": callers, "overload_seconds": overload.as_secs_f64(),
-            "calls_in_flight_quota": quota,
+            "calls_in_flight_per_uid": quota, "calls_in_flight": quota + 1,
             "callers_per_connection": settings().streams,
             "callers_call": settings().callers_kind.map_or("mix", |k| KINDS[k]),
             "probe": "own process",
             "probe_every_us": PROBE_EVERY.as_micros() as u64,
-            "cpus": cpu_plan().map(|(d, c, p)| json!({"daemon": d, "callers": c, "probe": p})),
+            "cpus": cpu_plan().map(|c| json!({"daemon": c.daemon, "callers": c.callers,
+                                             "probe": c.probe, "other_uid_probe": c.other_probe})),
             "mix": "GetValue 30%, Signal 10% (not in the overload), Write 4 KiB 20%, Read 4 KiB 20%, Describe 10%, export on fd.sock 10%",
         },
         "measurements": {
@@ -611,6 +711,7 @@ async fn run(json_path: PathBuf) -> Res<ExitCode> {
                                     "admitted": probe_ok.len(), "refused": probe_shed.len(),
                                     "admitted_p50_us": pct(&probe_ok, 50.0), "admitted_p99_us": p99,
                                     "refused_p50_us": pct(&probe_shed, 50.0), "refused_p99_us": s99},
+                          "probe_other_uid": other_json,
                           "daemon_cpus_busy": overload_cpu, "daemon_cpus": daemon_cpus,
                           "rss_kib": {"before": rss_overload_before, "peak": rss_peak, "after": rss_after}},
         },

@@ -67,15 +67,26 @@ pub struct ProbeChild {
 }
 
 impl ProbeChild {
-    /// Runs this binary as the probe (`--probe-child DIR CPU`) against the daemon at `dir`.
-    pub fn spawn(dir: &std::path::Path, cpu: Option<usize>) -> Res<ProbeChild> {
-        let mut child = std::process::Command::new(std::env::current_exe()?)
+    /// Runs `exe` (this binary) as the probe (`--probe-child DIR CPU`) against the daemon at
+    /// `dir`, as `uid` (and the same gid) when given.
+    pub fn spawn(
+        exe: &std::path::Path,
+        dir: &std::path::Path,
+        cpu: Option<usize>,
+        uid: Option<u32>,
+    ) -> Res<ProbeChild> {
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new(exe);
+        command
             .arg("--probe-child")
             .arg(dir)
             .arg(cpu.map_or("-".to_owned(), |c| c.to_string()))
             .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
+            .stdout(std::process::Stdio::piped());
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
+        let mut child = command.spawn()?;
         let stdin = child.stdin.take().ok_or("no probe stdin")?;
         let stdout = std::io::BufReader::new(child.stdout.take().ok_or("no probe stdout")?);
         Ok(ProbeChild {
