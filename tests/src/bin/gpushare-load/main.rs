@@ -26,9 +26,9 @@
 //!    probe on the last. As root, a second probe runs as uid 65534 on the CPU before: another
 //!    tenant, whose calls the callers' uid cannot get refused (the total has room for one
 //!    more than the callers' uid may take). Its targets: no refusal, and its admitted p99
-//!    within 3 × its own unloaded p99. The probe makes 2,000 calls at its pace against the idle daemon before the
-//!    callers start and 2,000 more after they stopped: together, its unloaded p99, the
-//!    baseline of the targets (phase 1's figure is shown beside it; pooling both sides keeps
+//!    within 3 × its own unloaded p99. The probe makes 2,000 calls at its pace against the
+//!    idle daemon before the callers start and 2,000 more after they stopped: together, its
+//!    unloaded p99, the baseline of the targets (phase 1's figure is shown beside it; pooling both sides keeps
 //!    a drift of the machine's noise during the run out of the ratio). Targets: offered ≥ 10 ×
 //!    admitted; the probe's admitted calls' p99 within 3 × its unloaded p99; refusals
 //!    RESOURCE_EXHAUSTED and fast (the probe's refused calls' p99 within 3 × the same); no
@@ -69,7 +69,7 @@ const PROBE_EVERY: Duration = Duration::from_micros(500);
 struct Settings {
     /// Mixed calls per client in the capacity run.
     calls: usize,
-    /// The overload daemon's `quotas.calls_in_flight`.
+    /// The overload daemon's `quotas.calls_in_flight_per_uid` (its `calls_in_flight` is one more).
     quota: usize,
     /// How long the overload lasts.
     overload: Duration,
@@ -163,9 +163,37 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// A probe's unloaded baseline: its calls before and after the overload, pooled and sorted.
+fn run_unloaded(before: &[f64], after: &[f64]) -> Vec<f64> {
+    sorted([before, after].concat())
+}
+
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v.sort_by(f64::total_cmp);
     v
+}
+
+/// A target row: the p99 of `sorted` (µs) within [`ADMITTED_P99_MAX`] × `base_p99`. With no
+/// sample it passes only when `none_ok`.
+fn p99_row(metric: &str, sorted: &[f64], base_p99: f64, base: &str, none_ok: bool) -> Row {
+    let p99 = pct(sorted, 99.0);
+    Row::new(
+        metric,
+        format!(
+            "{} ({} calls, p50 {})",
+            us(p99),
+            sorted.len(),
+            us(pct(sorted, 50.0))
+        ),
+        format!("{} {base}", us(base_p99)),
+        Some(p99 / base_p99),
+        format!("<= {ADMITTED_P99_MAX:.0}x"),
+        Some(if sorted.is_empty() {
+            none_ok
+        } else {
+            p99 <= ADMITTED_P99_MAX * base_p99
+        }),
+    )
 }
 
 fn us(x: f64) -> String {
@@ -338,7 +366,7 @@ async fn run(json_path: PathBuf) -> Res<ExitCode> {
     ));
     drop(daemon);
 
-    // 3. Overload: 10x the callers against a daemon that admits 16 calls at once.
+    // 3. Overload: 10x the callers against a daemon that admits `quota` calls of their uid.
     let callers = CLIENTS * OVERLOAD_FACTOR;
     println!(
         "[3/3] overload: {callers} callers for {} s, calls_in_flight_per_uid = {quota}, calls_in_flight = {}",
@@ -492,7 +520,7 @@ async fn run(json_path: PathBuf) -> Res<ExitCode> {
         })
         .collect();
     let (before, after) = (sorted(before), sorted(after));
-    let probe_base = sorted([&before[..], &after[..]].concat());
+    let probe_base = run_unloaded(&before, &after);
     let (b50, b99) = (pct(&probe_base, 50.0), pct(&probe_base, 99.0));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_after = daemon.rss_kib();
@@ -545,37 +573,25 @@ async fn run(json_path: PathBuf) -> Res<ExitCode> {
         "us".into(),
         None,
     ));
-    rows.push(Row::new(
+    rows.push(p99_row(
         "  probe's admitted calls: p99",
-        format!(
-            "{} ({} calls, p50 {})",
-            us(p99),
-            probe_ok.len(),
-            us(pct(&probe_ok, 50.0))
-        ),
-        format!("{} probe unloaded p99", us(b99)),
-        Some(p99 / b99),
-        format!("<= {ADMITTED_P99_MAX:.0}x"),
-        Some(p99 <= ADMITTED_P99_MAX * b99),
+        &probe_ok,
+        b99,
+        "probe unloaded p99",
+        false,
     ));
-    rows.push(Row::new(
+    rows.push(p99_row(
         "  probe's refused calls (RESOURCE_EXHAUSTED): p99",
-        format!(
-            "{} ({} calls, p50 {})",
-            us(s99),
-            probe_shed.len(),
-            us(pct(&probe_shed, 50.0))
-        ),
-        format!("{} probe unloaded p99", us(b99)),
-        Some(s99 / b99),
-        format!("<= {ADMITTED_P99_MAX:.0}x"),
-        Some(probe_shed.is_empty() || s99 <= ADMITTED_P99_MAX * b99),
+        &probe_shed,
+        b99,
+        "probe unloaded p99",
+        true,
     ));
     // The other uid's probe: never refused (its uid has room whatever the callers' uid does),
     // and its admitted calls' p99 within the same bound of its own unloaded p99.
     let other_json = match &other_run {
         Some(run) => {
-            let base = sorted([&run.before[..], &run.after[..]].concat());
+            let base = run_unloaded(&run.before, &run.after);
             let (ok, refused) = (sorted(run.overload.0.clone()), run.overload.1.len());
             let (o99, ob99) = (pct(&ok, 99.0), pct(&base, 99.0));
             other += run.overload.2;
@@ -590,18 +606,12 @@ async fn run(json_path: PathBuf) -> Res<ExitCode> {
                 "0".into(),
                 Some(refused == 0),
             ));
-            rows.push(Row::new(
+            rows.push(p99_row(
                 "  probe of another uid: admitted calls p99",
-                format!(
-                    "{} ({} calls, p50 {})",
-                    us(o99),
-                    ok.len(),
-                    us(pct(&ok, 50.0))
-                ),
-                format!("{} its unloaded p99", us(ob99)),
-                Some(o99 / ob99),
-                format!("<= {ADMITTED_P99_MAX:.0}x"),
-                Some(o99 <= ADMITTED_P99_MAX * ob99),
+                &ok,
+                ob99,
+                "its unloaded p99",
+                false,
             ));
             json!({"uid": OTHER_UID, "unloaded_p50_us": pct(&base, 50.0), "unloaded_p99_us": ob99,
                    "admitted": ok.len(), "refused": refused,
