@@ -251,7 +251,7 @@ impl Metrics {
             &mut out,
             "gpushare_grpc_calls_parked",
             "gRPC calls in flight that are parked in a host wait (not counted against \
-             quotas.calls_in_flight).",
+             quotas.calls_in_flight or calls_in_flight_per_uid).",
             parked as f64,
         );
         labeled(
