@@ -85,6 +85,8 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
                 },
             },
         };
+        // An export or redeem counts as a call in flight until its reply is sent.
+        let mut admitted = None;
         let (reply, fd) = match received {
             Err(FdPassError::Closed) => return,
             Err(FdPassError::Io { call, source }) => {
@@ -109,14 +111,20 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
                     Waited::Reply(reply) => (reply, None),
                     Waited::Gone => return,
                 },
-                Ok(req) => match exported(&d, uid, gid, &calls, req).await {
-                    Ok((exported, fd)) => (
-                        v1::FdReply {
-                            reply: Some(v1::fd_reply::Reply::Exported(exported)),
-                        },
-                        Some(fd),
-                    ),
-                    Err(e) => (error_reply(&e), None),
+                Ok(req) => match d.in_flight.admit(Some(&calls)) {
+                    Err(refused) => (error_reply(&refused), None),
+                    Ok(guard) => {
+                        admitted = Some(guard);
+                        match handle(&d, uid, gid, req).await {
+                            Ok((exported, fd)) => (
+                                v1::FdReply {
+                                    reply: Some(v1::fd_reply::Reply::Exported(exported)),
+                                },
+                                Some(fd),
+                            ),
+                            Err(e) => (error_reply(&e), None),
+                        }
+                    }
                 },
                 Err(e) => (error_reply(&e), None),
             },
@@ -127,6 +135,7 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
             tracing::debug!(uid, error = %chain(&e), "fd.sock: reply not delivered");
             return;
         }
+        drop(admitted);
         if !fds.is_empty() {
             d.descriptors_sent
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -259,20 +268,6 @@ pub fn parse_request(bytes: &[u8]) -> Result<FdRequest> {
         }
         None => Err(Error::BadFdRequest("no request set")),
     }
-}
-
-/// Serves one export or redeem request as a call in flight of `uid` (`quotas.calls_in_flight`
-/// and `calls_in_flight_per_uid`: past them the request is refused at once with
-/// RESOURCE_EXHAUSTED, as gRPC calls are).
-async fn exported(
-    d: &Daemon,
-    uid: u32,
-    gid: u32,
-    calls: &Arc<crate::inflight::UidCalls>,
-    req: FdRequest,
-) -> Result<(v1::ExportedFd, OwnedFd)> {
-    let _admitted = d.in_flight.admit(Some(calls))?;
-    handle(d, uid, gid, req).await
 }
 
 /// A descriptor for `r`: a spare one or a host buffer's `dup` at once; otherwise the driver

@@ -501,7 +501,11 @@ async fn activated_daemon_notifies_readiness_serves_metrics_and_stops_cleanly() 
     let deadline = Instant::now() + Duration::from_secs(5);
     let after = loop {
         let m = scrape(&metrics_sock).await;
-        if metric(&m, "gpushare_pending_waits") >= 1.0 || Instant::now() > deadline {
+        // The daemon counts a descriptor once its reply is sent: the client may have it first.
+        if (metric(&m, "gpushare_pending_waits") >= 1.0
+            && metric(&m, "gpushare_descriptors_sent_total") >= 2.0)
+            || Instant::now() > deadline
+        {
             break m;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
