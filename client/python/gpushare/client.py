@@ -79,6 +79,9 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_FDS_PER_MESSAGE = 4
 # Largest FdReply accepted; a longer one arrives with MSG_TRUNC and is rejected.
 MAX_FD_REPLY_BYTES = 16384
+# Idle fd.sock connections a Client keeps for fd_wait (each counts against the daemon's
+# connection quotas while kept); concurrent waits beyond this many connect afresh.
+FD_WAIT_CONNECTIONS_KEPT = 2
 
 
 def _grant_request(resource, uid, gid) -> "gpushare_pb2.GrantRequest":
@@ -165,6 +168,9 @@ class Client:
         self._session_thread: Optional[threading.Thread] = None
         self._session_error: Optional[GpushareError] = None
         self._closed = False
+        # Idle fd.sock connections for fd_wait, each with its exchanges complete (in step).
+        self._wait_conns: List[socket.socket] = []
+        self._wait_lock = threading.Lock()
         self._channel = grpc.insecure_channel(
             "unix:" + self.control_path,
             options=[
@@ -239,6 +245,10 @@ class Client:
             self._session_call.cancel()
         if self._session_thread is not None:
             self._session_thread.join(timeout=5.0)
+        with self._wait_lock:
+            conns, self._wait_conns = self._wait_conns, []
+        for conn in conns:
+            conn.close()
         self._channel.close()
 
     def __enter__(self) -> "Client":
@@ -443,7 +453,14 @@ class Client:
         ``spin_us``: for that long the daemon reads the counter continuously (capped by its
         ``limits.max_spin_us``; one daemon thread busy meanwhile). Raises GpushareError with the
         daemon's code: DEADLINE_EXCEEDED at the timeout, ABORTED for an abandoned or freed
-        semaphore, NOT_FOUND, RESOURCE_EXHAUSTED."""
+        semaphore, NOT_FOUND, RESOURCE_EXHAUSTED.
+
+        The connection is kept for the next wait (up to ``FD_WAIT_CONNECTIONS_KEPT`` idle ones
+        per Client; concurrent waits from several threads each use their own). One that the
+        daemon closed meanwhile (its ``fd_idle_timeout_ms``) is replaced once, transparently:
+        the request was never read, and a wait has no effect to repeat."""
+        if self._closed:
+            raise ValueError("gpushare Client is closed")
         request = gpushare_pb2.FdRequest(
             wait=gpushare_pb2.FdWait(
                 id=_rid(semaphore), value=value, timeout_ms=timeout_ms, spin_us=spin_us
@@ -451,7 +468,35 @@ class Client:
         ).SerializeToString()
         # The daemon answers at the timeout; the socket's own timeout only catches a daemon
         # that does not answer at all.
-        reply = self._fd_exchange(request, timeout_ms / 1000.0 + 10.0)
+        timeout = timeout_ms / 1000.0 + 10.0
+        with self._wait_lock:
+            kept = self._wait_conns.pop() if self._wait_conns else None
+        sock, reply = None, None
+        if kept is not None:
+            try:
+                reply = _exchange(kept, request, timeout, self.fd_path)
+                sock = kept
+            except BaseException as e:
+                kept.close()
+                if not isinstance(e, _Stale):
+                    raise
+        if sock is None:
+            sock = self._fd_connect(timeout)
+            try:
+                reply = _exchange(sock, request, timeout, self.fd_path)
+            except BaseException as e:
+                sock.close()
+                if isinstance(e, _Stale):
+                    raise _no_reply(self.fd_path) from None
+                raise
+        # The exchange completed: the connection is in step and may serve the next wait, even
+        # when the reply is the daemon's error (a deadline, say).
+        with self._wait_lock:
+            if not self._closed and len(self._wait_conns) < FD_WAIT_CONNECTIONS_KEPT:
+                self._wait_conns.append(sock)
+                sock = None
+        if sock is not None:
+            sock.close()
         return _decode_fd_reply(*reply, want="waited")
 
     def value(self, semaphore: ResourceId) -> int:
@@ -616,25 +661,58 @@ class Client:
 
     def _fd_exchange(self, request: bytes, timeout: Optional[float]):
         """One request/reply on a fresh fd.sock connection: recvmsg's data, ancdata, flags."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
-            sock.settimeout(timeout)
+        with self._fd_connect(timeout) as sock:
             try:
-                sock.connect(self.fd_path)
-                sock.sendall(request)
-                data, ancdata, flags, _ = sock.recvmsg(
-                    MAX_FD_REPLY_BYTES,
-                    socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * array.array("i").itemsize),
-                    socket.MSG_CMSG_CLOEXEC,
-                )
-            except socket.timeout:
-                raise GpushareError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply on {self.fd_path}"
-                ) from None
-            except OSError as e:
+                return _exchange(sock, request, timeout, self.fd_path)
+            except _Stale:
+                raise _no_reply(self.fd_path) from None
+
+    def _fd_connect(self, timeout: Optional[float]) -> socket.socket:
+        """A new fd.sock connection, with ``timeout`` on each of its socket operations."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(self.fd_path)
+        except BaseException as e:
+            sock.close()
+            if isinstance(e, OSError):
                 raise GpushareError(
                     grpc.StatusCode.UNAVAILABLE, f"fd.sock {self.fd_path}: {e}"
                 ) from None
-        return data, ancdata, flags
+            raise
+        return sock
+
+
+def _no_reply(path: str) -> GpushareError:
+    return GpushareError(grpc.StatusCode.UNAVAILABLE, f"fd.sock {path} closed without a reply")
+
+
+class _Stale(Exception):
+    """The daemon closed an fd.sock connection before it answered: the request went unread."""
+
+
+def _exchange(sock: socket.socket, request: bytes, timeout: Optional[float], path: str):
+    """Sends one request on ``sock`` and receives its reply: recvmsg's data, ancdata, flags.
+    Raises _Stale when the daemon had closed the connection (the send fails with a broken pipe
+    or a reset, or the receive sees the hang-up), GpushareError for a timeout or another socket
+    error."""
+    sock.settimeout(timeout)
+    try:
+        sock.sendall(request)
+        data, ancdata, flags, _ = sock.recvmsg(
+            MAX_FD_REPLY_BYTES,
+            socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * array.array("i").itemsize),
+            socket.MSG_CMSG_CLOEXEC,
+        )
+    except socket.timeout:
+        raise GpushareError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply on {path}") from None
+    except (BrokenPipeError, ConnectionResetError):
+        raise _Stale() from None
+    except OSError as e:
+        raise GpushareError(grpc.StatusCode.UNAVAILABLE, f"fd.sock {path}: {e}") from None
+    if not data and not ancdata:
+        raise _Stale()
+    return data, ancdata, flags
 
 
 def _decode_fd_reply(data: bytes, ancdata, flags: int, want: str = "exported"):
@@ -653,7 +731,7 @@ def _decode_fd_reply(data: bytes, ancdata, flags: int, want: str = "exported"):
         if flags & socket.MSG_TRUNC:
             raise ProtocolError("reply truncated (MSG_TRUNC)")
         if not data and not fds:
-            raise GpushareError(grpc.StatusCode.UNAVAILABLE, "fd.sock closed without a reply")
+            raise ProtocolError("empty FdReply")
         try:
             reply = gpushare_pb2.FdReply.FromString(data)
         except Exception as e:  # google.protobuf.message.DecodeError

@@ -41,10 +41,13 @@ NO_DEVICE_MARKERS = (
 # Small limits so that the host-buffer tests cross the message limit with a few MiB.
 MAX_TRANSFER_SIZE = 1 << 20
 MAX_HOST_BUFFER_SIZE = 8 << 20
+# A short fd.sock idle timeout, so that a kept fd_wait connection goes stale within a test.
+FD_IDLE_TIMEOUT_MS = 500
 DAEMON_CONFIG = f"""\
 [limits]
 max_transfer_size = {MAX_TRANSFER_SIZE}
 max_host_buffer_size = {MAX_HOST_BUFFER_SIZE}
+fd_idle_timeout_ms = {FD_IDLE_TIMEOUT_MS}
 """
 
 
@@ -309,6 +312,59 @@ def test_fd_wait(client):
     with pytest.raises(gpushare.GpushareError) as e:
         client.fd_wait("sem-00000000000000000000000000000000", 1, timeout_ms=10)
     assert_code(e, grpc.StatusCode.NOT_FOUND)
+
+
+def _pending_waits(c, sem) -> int:
+    listed = c._call("ListSemaphores", pb.ListSemaphoresRequest()).semaphores
+    return sum(len(s.waits) for s in listed if s.id == sem.id)
+
+
+def test_fd_wait_keeps_its_connection_and_replaces_a_stale_one(daemon):
+    with daemon.client() as c:
+        sem = c.create_semaphore(3)
+        assert c.fd_wait(sem, 1) == 3
+        assert len(c._wait_conns) == 1
+        kept = c._wait_conns[0]
+        # The next wait reuses it, also after a wait that the daemon answered with an error.
+        with pytest.raises(gpushare.GpushareError) as e:
+            c.fd_wait(sem, 9, timeout_ms=10)
+        assert_code(e, grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert c._wait_conns == [kept]
+        assert c.fd_wait(sem, 2) == 3
+        assert c._wait_conns == [kept]
+        # The daemon closes it once idle; the next wait goes out on a new connection, unseen.
+        time.sleep(FD_IDLE_TIMEOUT_MS / 1000.0 + 0.3)
+        assert c.fd_wait(sem, 3) == 3
+        assert len(c._wait_conns) == 1 and c._wait_conns[0] is not kept
+        assert kept.fileno() == -1, "the stale connection was not closed"
+        # Concurrent waits each take a connection; at most FD_WAIT_CONNECTIONS_KEPT stay.
+        n = gpushare.client.FD_WAIT_CONNECTIONS_KEPT + 2
+        results, errors = [], []
+        start = threading.Barrier(n + 1)
+
+        def waiter():
+            try:
+                start.wait()
+                results.append(c.fd_wait(sem, 4, timeout_ms=5000))
+            except Exception as ex:  # noqa: BLE001 - reported by the assertion below
+                errors.append(ex)
+
+        threads = [threading.Thread(target=waiter) for _ in range(n)]
+        for t in threads:
+            t.start()
+        start.wait()
+        deadline = time.monotonic() + 10
+        while _pending_waits(c, sem) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _pending_waits(c, sem) == n
+        c.signal(sem, 4)
+        for t in threads:
+            t.join(10)
+        assert not errors, errors
+        assert results == [4] * n
+        assert len(c._wait_conns) == gpushare.client.FD_WAIT_CONNECTIONS_KEPT
+        kept_now = list(c._wait_conns)
+    assert c._wait_conns == [] and all(k.fileno() == -1 for k in kept_now)
 
 
 # ---- fd.sock tickets ----
