@@ -316,7 +316,7 @@ impl Client {
         self.fd.redeem(ticket).await
     }
 
-    /// Owner only: lets `who` (a uid, or a primary gid) use the resource `id`.
+    /// Owner only: lets `who` (a uid, or a group's members) use the resource `id`.
     pub async fn grant(&self, id: &str, who: Grantee) -> Result<v1::Resource> {
         let request = grant_request(id, who);
         Ok(self.grpc().grant(self.request(request)).await?.into_inner())
@@ -376,7 +376,7 @@ impl Client {
 pub enum Grantee {
     /// A uid.
     Uid(u32),
-    /// A primary gid (matched against the connecting process's gid).
+    /// A gid: the processes in that group (primary or supplementary) when they connect.
     Gid(u32),
 }
 

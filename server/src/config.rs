@@ -150,8 +150,9 @@ pub struct Config {
     pub limits: Limits,
     /// Quotas per uid, per session and overall.
     pub quotas: Quotas,
-    /// The admin group: processes whose primary gid is this may list, describe and release
-    /// every resource, and see every session and semaphore in introspection. Unset: nobody.
+    /// The admin group: processes in it (primary gid or supplementary group) may list, describe
+    /// and release every resource, and see every session and semaphore in introspection. Unset:
+    /// nobody.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_gid: Option<u32>,
     /// The Prometheus metrics endpoint.

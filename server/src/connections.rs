@@ -4,6 +4,7 @@
 //! (`gpushare_quota_refusals_total`).
 
 use std::io;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -12,16 +13,18 @@ use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::server::{Connected, UdsConnectInfo};
+use tonic::transport::server::Connected;
 
 use crate::daemon::Daemon;
 use crate::inflight::UidCalls;
+use crate::peer::Peer;
 use crate::quota::{Counted, Held};
 
 /// An accepted control.sock connection, its quota slot and its uid's calls in flight.
 #[derive(Debug)]
 pub struct Admitted {
     io: UnixStream,
+    peer: Peer,
     calls: Arc<UidCalls>,
     _held: Held,
 }
@@ -30,8 +33,8 @@ pub struct Admitted {
 /// credentials, and the uid's calls in flight (`quotas.calls_in_flight_per_uid`).
 #[derive(Debug, Clone)]
 pub struct ControlInfo {
-    /// The peer's credentials.
-    pub uds: UdsConnectInfo,
+    /// The peer's credentials, read once when it connected.
+    pub peer: Peer,
     /// The uid's calls in flight.
     pub calls: Arc<UidCalls>,
 }
@@ -48,16 +51,18 @@ pub fn admitted(
                 Ok(io) => io,
                 Err(e) => return Some(Err(e)),
             };
-            let uid = match io.peer_cred() {
-                Ok(c) => c.uid(),
+            let peer = match Peer::of(io.as_fd()) {
+                Ok(peer) => peer,
                 Err(e) => {
                     tracing::warn!(error = %e, "control.sock: no peer credentials; connection closed");
                     return None;
                 }
             };
+            let uid = peer.uid;
             match d.hold(uid, Counted::ControlConnections) {
                 Ok(held) => Some(Ok(Admitted {
                     io,
+                    peer,
                     calls: d.in_flight.uid(uid),
                     _held: held,
                 })),
@@ -77,7 +82,7 @@ impl Connected for Admitted {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         ControlInfo {
-            uds: self.io.connect_info(),
+            peer: self.peer.clone(),
             calls: self.calls.clone(),
         }
     }

@@ -15,6 +15,7 @@ use crate::host_buffer::HostBuffer;
 use crate::ids;
 use crate::image::{SharedImage, IMAGE_PREFIX};
 use crate::inflight::InFlight;
+use crate::peer::Peer;
 use crate::quota::{Counted, Counters, Held};
 use crate::registry::{EndedSession, Object, Registry, Resource, Snapshot};
 use crate::tickets::Tickets;
@@ -137,13 +138,12 @@ pub struct Daemon {
 pub struct Caller {
     /// uid.
     pub uid: u32,
-    /// gid.
-    pub gid: u32,
-    /// pid (0 when the kernel did not report one).
-    pub pid: i32,
+    /// The connection's peer: its uid, groups and pid.
+    pub peer: Peer,
     /// The session named by the call, checked live and the caller's.
     pub session: Option<String>,
-    /// Whether the caller is in the admin group (`admin_gid`, matched on the primary gid).
+    /// Whether the caller is in the admin group (`admin_gid`, matched on the primary gid and
+    /// the supplementary groups).
     pub admin: bool,
 }
 
@@ -152,11 +152,20 @@ impl Caller {
     pub fn of_uid(uid: u32) -> Self {
         Self {
             uid,
-            gid: u32::MAX,
-            pid: 0,
+            peer: Peer {
+                uid,
+                gid: u32::MAX,
+                pid: 0,
+                groups: Arc::from([]),
+            },
             session: None,
             admin: false,
         }
+    }
+
+    /// Whether the caller is a member of `gid` (primary or supplementary).
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.peer.in_group(gid)
     }
 }
 
@@ -223,16 +232,15 @@ impl Daemon {
     }
 
     /// Checks a session id from a call's header.
-    pub fn caller(&self, uid: u32, gid: u32, pid: i32, session: Option<&str>) -> Result<Caller> {
+    pub fn caller(&self, peer: &Peer, session: Option<&str>) -> Result<Caller> {
         if let Some(s) = session {
-            self.registry.check_session(s, uid)?;
+            self.registry.check_session(s, peer.uid)?;
         }
         Ok(Caller {
-            uid,
-            gid,
-            pid,
+            uid: peer.uid,
+            peer: peer.clone(),
             session: session.map(str::to_owned),
-            admin: self.config.admin_gid == Some(gid),
+            admin: self.config.admin_gid.is_some_and(|g| peer.in_group(g)),
         })
     }
 

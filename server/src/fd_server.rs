@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::daemon::Daemon;
 use crate::error::{chain, Error, Result};
+use crate::peer::Peer;
 use crate::registry::Object;
 
 /// Accepts connections until shutdown; each is served on its own task, tracked by `tasks`.
@@ -46,15 +47,14 @@ pub async fn serve(d: Arc<Daemon>, listener: SeqPacketListener, tasks: TaskTrack
 }
 
 async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
-    let cred = match conn.peer_credentials() {
-        Ok(c) => c,
+    let peer = match Peer::of(conn.as_fd()) {
+        Ok(p) => p,
         Err(e) => {
-            tracing::warn!(error = %chain(&e), "fd.sock: no peer credentials");
+            tracing::warn!(error = %e, "fd.sock: no peer credentials");
             return;
         }
     };
-    let uid = cred.uid.as_raw();
-    let gid = cred.gid.as_raw();
+    let uid = peer.uid;
     // Over the connection quota: one FdError (RESOURCE_EXHAUSTED, naming the quota) as the
     // answer to whatever the client sends first, then the connection closes.
     let _held = match d.hold(uid, crate::quota::Counted::FdConnections) {
@@ -106,7 +106,7 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
                 (error_reply(&Error::FdsRefused(n)), None)
             }
             Ok(msg) => match parse_request(&msg.bytes) {
-                Ok(FdRequest::Wait(w)) => match wait(&d, uid, gid, &conn, w, &mut early).await {
+                Ok(FdRequest::Wait(w)) => match wait(&d, &peer, &conn, w, &mut early).await {
                     Waited::Answered => continue,
                     Waited::Reply(reply) => (reply, None),
                     Waited::Gone => return,
@@ -115,7 +115,7 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
                     Err(refused) => (error_reply(&refused), None),
                     Ok(guard) => {
                         admitted = Some(guard);
-                        match handle(&d, uid, gid, req).await {
+                        match handle(&d, &peer, req).await {
                             Ok((exported, fd)) => (
                                 v1::FdReply {
                                     reply: Some(v1::fd_reply::Reply::Exported(exported)),
@@ -166,14 +166,13 @@ fn waited_reply(value: u64) -> v1::FdReply {
 /// that arrives early is kept in `early` and answered after the wait's reply.
 async fn wait(
     d: &Daemon,
-    uid: u32,
-    gid: u32,
+    peer: &Peer,
     conn: &SeqPacket,
     w: v1::FdWait,
     early: &mut Option<std::result::Result<Received, FdPassError>>,
 ) -> Waited {
     let err = |e: Error| Waited::Reply(error_reply(&e));
-    let caller = match d.caller(uid, gid, 0, None) {
+    let caller = match d.caller(peer, None) {
         Ok(c) => c,
         Err(e) => return err(e),
     };
@@ -181,7 +180,7 @@ async fn wait(
         Ok(found) => found,
         Err(e) => return err(e),
     };
-    let _pending = match d.hold(uid, crate::quota::Counted::PendingWaits) {
+    let _pending = match d.hold(peer.uid, crate::quota::Counted::PendingWaits) {
         Ok(held) => held,
         Err(e) => return err(e),
     };
@@ -292,12 +291,8 @@ async fn take_fd(r: &Arc<crate::registry::Resource>) -> Result<OwnedFd> {
 }
 
 /// Redeems one export or ticket: the import metadata and a fresh descriptor.
-async fn handle(
-    d: &Daemon,
-    uid: u32,
-    gid: u32,
-    req: FdRequest,
-) -> Result<(v1::ExportedFd, OwnedFd)> {
+async fn handle(d: &Daemon, peer: &Peer, req: FdRequest) -> Result<(v1::ExportedFd, OwnedFd)> {
+    let uid = peer.uid;
     let snap = match req {
         FdRequest::Redeem(ticket) => {
             let id = d.tickets.redeem(&ticket, uid)?;
@@ -305,7 +300,7 @@ async fn handle(
             d.registry.get_unchecked(&id)?
         }
         FdRequest::Export(id) => {
-            let caller = d.caller(uid, gid, 0, None)?;
+            let caller = d.caller(peer, None)?;
             let snap = d.resource(&id, &caller)?;
             if let Object::Semaphore(s) = &snap.resource.object {
                 if !s.exportable() {

@@ -25,6 +25,7 @@ pub mod inflight;
 pub mod introspect;
 pub mod metrics;
 pub mod ops;
+pub mod peer;
 pub mod quota;
 pub mod registry;
 pub mod runtime_dir;

@@ -6,8 +6,8 @@
 //! under a running transfer. Processes that imported the resource's fd keep their import: the
 //! driver holds its own reference.
 //!
-//! Access: a resource is reached (used) by its owner uid, by the uids and primary gids it was
-//! granted to, and by the sessions that hold a reference to it (a capability token redeemed with
+//! Access: a resource is reached (used) by its owner uid, by the uids and groups (primary or
+//! supplementary: [`crate::peer::Peer::in_group`]) it was granted to, and by the sessions that hold a reference to it (a capability token redeemed with
 //! Open puts one there). The admin group sees (lists, describes) and releases every resource but
 //! uses none that is not its own. Anybody else's lookup reads exactly like an unknown id
 //! (NOT_FOUND); a caller that reaches it but asks for an owner's operation gets
@@ -324,7 +324,7 @@ impl Entry {
     fn reaches(&self, c: &Caller) -> bool {
         self.resource.owner_uid == c.uid
             || self.granted_uids.contains(&c.uid)
-            || self.granted_gids.contains(&c.gid)
+            || self.granted_gids.iter().any(|g| c.in_group(*g))
             || c.session
                 .as_ref()
                 .is_some_and(|s| self.sessions.contains(s))
@@ -344,7 +344,7 @@ impl Entry {
 pub enum Grantee {
     /// A uid.
     Uid(u32),
-    /// A primary gid.
+    /// A gid: its members, by primary gid or supplementary group.
     Gid(u32),
 }
 

@@ -39,11 +39,11 @@ impl Service {
 
     /// The caller of `req`: peer credentials of its connection and its session header.
     pub(crate) fn caller<T>(&self, req: &Request<T>) -> Result<Caller> {
-        let cred = req
+        let peer = &req
             .extensions()
             .get::<crate::connections::ControlInfo>()
-            .and_then(|i| i.uds.peer_cred)
-            .ok_or(Error::NoPeerCredentials)?;
+            .ok_or(Error::NoPeerCredentials)?
+            .peer;
         let session = match req.metadata().get(SESSION_HEADER) {
             Some(v) => Some(
                 v.to_str()
@@ -51,8 +51,7 @@ impl Service {
             ),
             None => None,
         };
-        self.d
-            .caller(cred.uid(), cred.gid(), cred.pid().unwrap_or(0), session)
+        self.d.caller(peer, session)
     }
 
     /// The time a wait may take: the call's `timeout_ms`, capped by the daemon's limit and by
@@ -297,8 +296,8 @@ impl GpuShare for Service {
         let id = self
             .d
             .registry
-            .open_session(caller.uid, caller.pid, &name)?;
-        tracing::debug!(session = %id, uid = caller.uid, pid = caller.pid, client = %name, "session started");
+            .open_session(caller.uid, caller.peer.pid, &name)?;
+        tracing::debug!(session = %id, uid = caller.uid, pid = caller.peer.pid, client = %name, "session started");
         let guard = SessionGuard {
             d: self.d.clone(),
             id: id.clone(),

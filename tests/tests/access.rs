@@ -1,7 +1,7 @@
 //! Access control: deny by default, grants to a uid or a gid, capability tokens, names unique per
 //! owner, owner-only operations, and the admin group. The cross-uid cases need root (CI runs as
 //! root): the other process is `gpushare-peer` started as uid/gid 65534 (or 65533 for the admin
-//! group); without root they print `SKIP:`.
+//! group), with supplementary groups where a case needs them; without root they print `SKIP:`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::process::CommandExt;
@@ -14,6 +14,8 @@ use tonic::Code;
 
 const OTHER: u32 = 65534;
 const ADMIN: u32 = 65533;
+/// A group that OTHER is a supplementary member of, in the cases that say so.
+const TEAM: u32 = 65532;
 
 fn named(name: &str) -> CreateOptions {
     CreateOptions {
@@ -22,16 +24,42 @@ fn named(name: &str) -> CreateOptions {
     }
 }
 
-/// Runs the peer as `uid`/`gid`: `(success, stdout, stderr)`.
+/// Runs the peer as `uid`/`gid`, in no supplementary group: `(success, stdout, stderr)`.
 fn peer_as(d: &TestDaemon, uid: u32, gid: u32, args: &[&str]) -> (bool, String, String) {
+    peer_in_groups(d, uid, gid, &[], args)
+}
+
+/// Runs the peer as `uid` with primary gid `gid` and the supplementary `groups`.
+fn peer_in_groups(
+    d: &TestDaemon,
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+    args: &[&str],
+) -> (bool, String, String) {
     // The peer binary may sit in a directory the other uid cannot enter: copy it out.
     let exe = gpushare_tests::bin_copy_in("gpushare-peer", d.scratch());
     let mut all = vec![d.runtime_dir().to_str().unwrap()];
     all.extend_from_slice(args);
-    let (status, out, err) = run(
-        Command::new(&exe).args(&all).uid(uid).gid(gid),
-        Duration::from_secs(60),
-    );
+    let mut cmd = Command::new(&exe);
+    cmd.args(&all);
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    // SAFETY: the closure runs in the forked child before exec. It makes only the setgroups,
+    // setgid and setuid system calls (async-signal-safe), on memory moved into it, and allocates
+    // nothing. Std's `uid`/`gid` cannot be used: they run before the closure, and setgroups
+    // needs the root they give up.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (status, out, err) = run(&mut cmd, Duration::from_secs(60));
     (status.success(), out, err)
 }
 
@@ -228,6 +256,28 @@ async fn other_uids_reach_only_what_they_are_granted() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), want);
     c.revoke(buf.id(), Grantee::Gid(OTHER)).await.unwrap();
+    // A gid grant reaches the group's supplementary members too (SO_PEERGROUPS), and only them.
+    c.grant(buf.id(), Grantee::Gid(TEAM)).await.unwrap();
+    let (ok, out, err) = peer_in_groups(
+        &d,
+        OTHER,
+        OTHER,
+        &[TEAM],
+        &["open-read", &id_target, "0", "8"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), want);
+    let (ok, _, err) = read(&id_target);
+    assert!(!ok && err.contains("error Some(NotFound)"), "{err}");
+    c.revoke(buf.id(), Grantee::Gid(TEAM)).await.unwrap();
+    let (ok, _, err) = peer_in_groups(
+        &d,
+        OTHER,
+        OTHER,
+        &[TEAM],
+        &["open-read", &id_target, "0", "8"],
+    );
+    assert!(!ok && err.contains("error Some(NotFound)"), "{err}");
     // A capability token works for whoever holds it, until revoked.
     let token = hex::encode(c.create_token(buf.id()).await.unwrap());
     let (ok, out, err) = read(&format!("token:{token}"));
@@ -258,7 +308,16 @@ async fn other_uids_reach_only_what_they_are_granted() {
         .unwrap();
     let (ok, _, err) = peer_as(&d, OTHER, OTHER, &["admin-release", other_buf.id()]);
     assert!(!ok && err.contains("error Some(NotFound)"), "{err}");
-    assert!(out.contains("listed"), "{out}");
+    // A supplementary member of the admin group is an admin too.
+    let (ok, out, err) = peer_in_groups(
+        &d,
+        OTHER,
+        OTHER,
+        &[ADMIN],
+        &["admin-release", other_buf.id()],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("freed true"), "{out}");
 }
 
 /// `gpusharectl grant`, `revoke` and `token` against the real daemon.

@@ -383,8 +383,8 @@ class Client:
     def grant(
         self, resource: ResourceId, uid: Optional[int] = None, gid: Optional[int] = None
     ) -> "gpushare_pb2.Resource":
-        """Owner only: lets ``uid`` (or every process whose primary gid is ``gid``) use the
-        resource. PERMISSION_DENIED for a grantee, NOT_FOUND for anybody else."""
+        """Owner only: lets ``uid`` (or every process in group ``gid``, primary or supplementary)
+        use the resource. PERMISSION_DENIED for a grantee, NOT_FOUND for anybody else."""
         return self._call("Grant", _grant_request(resource, uid, gid))
 
     def revoke(

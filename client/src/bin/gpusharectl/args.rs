@@ -64,14 +64,14 @@ pub(crate) enum Command {
         /// Resource id.
         id: String,
     },
-    /// Let another uid, or every process of a primary gid, use one of your resources.
+    /// Let another uid, or every process in a group, use one of your resources.
     Grant {
         /// Resource id.
         id: String,
         /// The uid to grant.
         #[arg(long, conflicts_with = "gid", required_unless_present = "gid")]
         uid: Option<u32>,
-        /// The primary gid to grant.
+        /// The gid to grant (its members, primary or supplementary).
         #[arg(long)]
         gid: Option<u32>,
     },
@@ -82,7 +82,7 @@ pub(crate) enum Command {
         /// The uid to revoke.
         #[arg(long, conflicts_with = "gid", required_unless_present = "gid")]
         uid: Option<u32>,
-        /// The primary gid to revoke.
+        /// The gid to revoke.
         #[arg(long)]
         gid: Option<u32>,
     },

@@ -1,0 +1,119 @@
+//! Who is at the other end of a Unix socket: the uid, gid, pid and supplementary groups that the
+//! kernel recorded when the peer connected (`SO_PEERCRED`, `SO_PEERGROUPS`). Both are read from
+//! the socket, not from `/proc`, so a peer that exits and whose pid is reused cannot lend its
+//! credentials to another process; and a process that changes its ids after connecting keeps the
+//! ones it connected with.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::Arc;
+
+use rustix::net::sockopt::socket_peercred;
+
+/// A connected peer's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// uid.
+    pub uid: u32,
+    /// Primary gid.
+    pub gid: u32,
+    /// pid (0 when the kernel did not report one: a peer in another pid namespace).
+    pub pid: i32,
+    /// Supplementary groups (empty where the kernel cannot report them: before Linux 4.13).
+    pub groups: Arc<[u32]>,
+}
+
+impl Peer {
+    /// The credentials of the peer of the connected Unix socket `socket`.
+    pub fn of(socket: BorrowedFd<'_>) -> io::Result<Peer> {
+        let cred = socket_peercred(socket)?;
+        let groups = match peer_groups(socket) {
+            Ok(groups) => groups.into(),
+            // Older kernels: fewer groups is the safe side (gid grants and the admin group then
+            // match the primary gid only).
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => Arc::from([]),
+            Err(e) => return Err(e),
+        };
+        Ok(Peer {
+            uid: cred.uid.as_raw(),
+            gid: cred.gid.as_raw(),
+            pid: cred.pid.as_raw_pid(),
+            groups,
+        })
+    }
+
+    /// Whether the peer is a member of `gid`: its primary gid or one of its supplementary
+    /// groups.
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// The peer's supplementary groups (`SO_PEERGROUPS`).
+fn peer_groups(socket: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    const GID: usize = std::mem::size_of::<libc::gid_t>();
+    // Most users are in a handful of groups; the kernel says how many more room it needs.
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = libc::socklen_t::try_from(groups.len() * GID)
+            .map_err(|_| io::Error::from_raw_os_error(libc::ERANGE))?;
+        // SAFETY: `groups` is a live, writable buffer of `len` bytes for the call's duration,
+        // `len` is a valid socklen_t the kernel may update, and `socket` is a borrowed open fd.
+        let r = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if r == 0 {
+            groups.truncate(len / GID);
+            return Ok(groups);
+        }
+        let e = io::Error::last_os_error();
+        // ERANGE: the buffer was short, and `len` is what the list needs (bounded by the
+        // kernel's NGROUPS_MAX, 65536 groups).
+        if e.raw_os_error() == Some(libc::ERANGE) && len / GID > groups.len() {
+            groups.resize(len / GID, 0);
+            continue;
+        }
+        return Err(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_socketpair_peer_is_this_process() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let p = Peer::of(a.as_fd()).unwrap();
+        assert_eq!(p.uid, rustix::process::getuid().as_raw());
+        assert_eq!(p.gid, rustix::process::getgid().as_raw());
+        assert_eq!(p.pid, std::process::id() as i32);
+        // SO_PEERGROUPS reports this process's supplementary groups.
+        let mut ours: Vec<u32> = rustix::process::getgroups()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_raw())
+            .collect();
+        ours.sort_unstable();
+        let mut theirs = p.groups.to_vec();
+        theirs.sort_unstable();
+        assert_eq!(theirs, ours);
+        assert!(p.in_group(p.gid));
+        assert!(ours.iter().all(|g| p.in_group(*g)));
+    }
+
+    #[test]
+    fn a_socket_that_is_not_unix_has_no_peer() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(Peer::of(file.as_fd()).is_err());
+    }
+}
