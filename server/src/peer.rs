@@ -6,7 +6,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 use rustix::net::sockopt::socket_peercred;
 
@@ -29,10 +29,20 @@ impl Peer {
         let cred = socket_peercred(socket)?;
         let groups = match peer_groups(socket) {
             Ok(groups) => groups.into(),
-            // Older kernels: fewer groups is the safe side (gid grants and the admin group then
-            // match the primary gid only).
-            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => Arc::from([]),
-            Err(e) => return Err(e),
+            // A kernel without SO_PEERGROUPS (before 4.13; some sandboxes): no supplementary
+            // groups is the safe side, as gid grants and the admin group then match the primary
+            // gid only. Said once, not per connection.
+            Err(e) => {
+                static SAID: Once = Once::new();
+                SAID.call_once(|| {
+                    tracing::warn!(
+                        error = %e,
+                        "getsockopt(SO_PEERGROUPS) failed: gid grants and admin_gid match \
+                         the primary gid only"
+                    );
+                });
+                Arc::from([])
+            }
         };
         Ok(Peer {
             uid: cred.uid.as_raw(),
