@@ -257,26 +257,23 @@ async fn other_uids_reach_only_what_they_are_granted() {
     assert_eq!(out.trim(), want);
     c.revoke(buf.id(), Grantee::Gid(OTHER)).await.unwrap();
     // A gid grant reaches the group's supplementary members too (SO_PEERGROUPS), and only them.
+    let read_in_team = || {
+        peer_in_groups(
+            &d,
+            OTHER,
+            OTHER,
+            &[TEAM],
+            &["open-read", &id_target, "0", "8"],
+        )
+    };
     c.grant(buf.id(), Grantee::Gid(TEAM)).await.unwrap();
-    let (ok, out, err) = peer_in_groups(
-        &d,
-        OTHER,
-        OTHER,
-        &[TEAM],
-        &["open-read", &id_target, "0", "8"],
-    );
+    let (ok, out, err) = read_in_team();
     assert!(ok, "{err}");
     assert_eq!(out.trim(), want);
     let (ok, _, err) = read(&id_target);
     assert!(!ok && err.contains("error Some(NotFound)"), "{err}");
     c.revoke(buf.id(), Grantee::Gid(TEAM)).await.unwrap();
-    let (ok, _, err) = peer_in_groups(
-        &d,
-        OTHER,
-        OTHER,
-        &[TEAM],
-        &["open-read", &id_target, "0", "8"],
-    );
+    let (ok, _, err) = read_in_team();
     assert!(!ok && err.contains("error Some(NotFound)"), "{err}");
     // A capability token works for whoever holds it, until revoked.
     let token = hex::encode(c.create_token(buf.id()).await.unwrap());

@@ -588,3 +588,86 @@ async fn ten_thousand_connections_at_once() {
     let c = Client::connect(d.runtime_dir()).await.unwrap();
     c.info().await.unwrap();
 }
+
+/// GPU out-of-memory is RESOURCE_EXHAUSTED and leaves the daemon healthy: it keeps serving,
+/// makes the same allocation again once memory is freed, and keeps nothing of the failed one.
+/// The memory really runs out in the driver. On a GPU the test fills the largest device-local
+/// heap (the GPU suite runs one test at a time). On a CPU Vulkan driver (lavapipe), device
+/// memory is mapped into the daemon itself and is as large as the host's, so the test caps the
+/// running daemon's address space (RLIMIT_AS) 1 GiB above what it uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_device_memory_is_resource_exhausted_and_the_daemon_recovers() {
+    let d = gpushare_tests::daemon_or_skip!();
+    let c = Client::connect_with_session(d.runtime_dir(), "oom")
+        .await
+        .unwrap();
+    let dev = c.info().await.unwrap().devices.remove(0);
+    let heap = dev
+        .memory_heaps
+        .iter()
+        .filter(|h| h.device_local)
+        .map(|h| h.size)
+        .max()
+        .unwrap();
+    let cpu = dev.device_type == v1::DeviceType::Cpu as i32;
+    let size = if cpu {
+        let vm_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        let cap = (vm_kib << 10) + (1 << 30);
+        let pid = rustix::process::Pid::from_raw(d.pid() as i32).unwrap();
+        let limit = rustix::process::Rlimit {
+            current: Some(cap),
+            maximum: None,
+        };
+        rustix::process::prlimit(Some(pid), rustix::process::Resource::As, limit).unwrap();
+        256 << 20
+    } else {
+        heap / 16
+    };
+    let base_fds = d.settled_fd_count();
+    let opts = CreateOptions::default();
+    let mut held = Vec::new();
+    // Sixteen fill the heap on a GPU, four the 1 GiB of room on a CPU driver; the rest is slack.
+    let refused = loop {
+        assert!(
+            held.len() < 24,
+            "{} buffers of {size} bytes, and memory has not run out (heap {heap})",
+            held.len()
+        );
+        match c.create_buffer(size, &opts).await {
+            Ok(b) => held.push(b),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(refused.code(), Some(Code::ResourceExhausted), "{refused}");
+    assert!(
+        refused.to_string().contains("out of device memory")
+            || refused.to_string().contains("out of host memory")
+            || refused.to_string().contains("out of memory"),
+        "the error must say that memory ran out: {refused}"
+    );
+    assert!(!held.is_empty(), "the first buffer failed: {refused}");
+    println!(
+        "{} buffers of {} MiB, then: {refused}",
+        held.len(),
+        size >> 20
+    );
+    // Still serving, and the freed memory serves the same request again.
+    c.info().await.unwrap();
+    c.create_semaphore(0, &opts).await.unwrap();
+    assert!(held.pop().unwrap().release().await.unwrap());
+    held.push(c.create_buffer(size, &opts).await.unwrap());
+    // Nothing of the failed allocations stays: once all are released, neither resources nor
+    // descriptors remain beyond the semaphore.
+    for b in held.drain(..) {
+        assert!(b.release().await.unwrap());
+    }
+    let stats = c.info().await.unwrap().stats.unwrap();
+    assert_eq!(stats.live_resources, 1, "{stats:?}");
+    let fds = d.settled_fd_count();
+    assert!(fds <= base_fds, "daemon descriptors {base_fds} -> {fds}");
+}
