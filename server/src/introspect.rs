@@ -6,8 +6,8 @@
 //! signalers), the semaphores' counters (read after the registry's lock is released), and the
 //! [`WaitService`](crate::waiter::WaitService) (pending waits, copied out under the poller's lock).
 //!
-//! Visibility: a caller sees its own uid's sessions and semaphores (an admin group that sees
-//! every uid's comes with access control, issue 4).
+//! Visibility: a caller sees its own uid's sessions and the semaphores it reaches (its own,
+//! granted, or opened by its sessions); the admin group (`admin_gid`) sees every one of both.
 //!
 //! A pending wait is flagged `unsatisfiable` when its semaphore has no live signaler session:
 //! it was created without a session (a pinned, session-less create), so no session-bound
