@@ -8,8 +8,6 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::{Arc, Once};
 
-use rustix::net::sockopt::socket_peercred;
-
 /// A connected peer's credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -26,7 +24,7 @@ pub struct Peer {
 impl Peer {
     /// The credentials of the peer of the connected Unix socket `socket`.
     pub fn of(socket: BorrowedFd<'_>) -> io::Result<Peer> {
-        let cred = socket_peercred(socket)?;
+        let cred = peer_cred(socket)?;
         let groups = match peer_groups(socket) {
             Ok(groups) => groups.into(),
             // A kernel without SO_PEERGROUPS (before 4.13; some sandboxes): no supplementary
@@ -45,9 +43,9 @@ impl Peer {
             }
         };
         Ok(Peer {
-            uid: cred.uid.as_raw(),
-            gid: cred.gid.as_raw(),
-            pid: cred.pid.as_raw_pid(),
+            uid: cred.uid,
+            gid: cred.gid,
+            pid: cred.pid,
             groups,
         })
     }
@@ -57,6 +55,40 @@ impl Peer {
     pub fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
     }
+}
+
+/// The peer's uid, gid and pid (`SO_PEERCRED`). Read with libc, not rustix, whose `UCred`
+/// holds the pid as a non-zero type: the kernel reports 0 for a peer whose pid is not visible
+/// in the daemon's pid namespace (a daemon in a container, a client on the host).
+fn peer_cred(socket: BorrowedFd<'_>) -> io::Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `cred` is a live, writable `ucred` of `len` bytes for the call's duration, `len`
+    // is a valid socklen_t the kernel may update, and `socket` is a borrowed open fd.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::from_mut(&mut cred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if usize::try_from(len).ok() != Some(std::mem::size_of::<libc::ucred>()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("getsockopt(SO_PEERCRED) returned {len} bytes"),
+        ));
+    }
+    Ok(cred)
 }
 
 /// The peer's supplementary groups (`SO_PEERGROUPS`).
