@@ -25,6 +25,7 @@ re-exports them.
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import socket
 import threading
@@ -168,9 +169,11 @@ class Client:
         self._session_thread: Optional[threading.Thread] = None
         self._session_error: Optional[GpushareError] = None
         self._closed = False
-        # Idle fd.sock connections for fd_wait, each with its exchanges complete (in step).
+        # Idle fd.sock connections for fd_wait, each with its exchanges complete (in step), and
+        # the process they belong to (a forked child must not share them: see _wait_pool).
         self._wait_conns: List[socket.socket] = []
         self._wait_lock = threading.Lock()
+        self._wait_pid = os.getpid()
         self._channel = grpc.insecure_channel(
             "unix:" + self.control_path,
             options=[
@@ -245,8 +248,9 @@ class Client:
             self._session_call.cancel()
         if self._session_thread is not None:
             self._session_thread.join(timeout=5.0)
-        with self._wait_lock:
-            conns, self._wait_conns = self._wait_conns, []
+        with self._wait_pool() as pool:
+            conns = list(pool)
+            pool.clear()
         for conn in conns:
             conn.close()
         self._channel.close()
@@ -458,7 +462,8 @@ class Client:
         The connection is kept for the next wait (up to ``FD_WAIT_CONNECTIONS_KEPT`` idle ones
         per Client; concurrent waits from several threads each use their own). One that the
         daemon closed meanwhile (its ``fd_idle_timeout_ms``) is replaced once, transparently:
-        the request was never read, and a wait has no effect to repeat."""
+        the request was never read, and a wait has no effect to repeat. A process forked from
+        this one does not share them: its waits connect afresh."""
         if self._closed:
             raise ValueError("gpushare Client is closed")
         request = gpushare_pb2.FdRequest(
@@ -469,8 +474,8 @@ class Client:
         # The daemon answers at the timeout; the socket's own timeout only catches a daemon
         # that does not answer at all.
         timeout = timeout_ms / 1000.0 + 10.0
-        with self._wait_lock:
-            kept = self._wait_conns.pop() if self._wait_conns else None
+        with self._wait_pool() as pool:
+            kept = pool.pop() if pool else None
         sock, reply = None, None
         if kept is not None:
             try:
@@ -491,9 +496,9 @@ class Client:
                 raise
         # The exchange completed: the connection is in step and may serve the next wait, even
         # when the reply is the daemon's error (a deadline, say).
-        with self._wait_lock:
-            if not self._closed and len(self._wait_conns) < FD_WAIT_CONNECTIONS_KEPT:
-                self._wait_conns.append(sock)
+        with self._wait_pool() as pool:
+            if not self._closed and len(pool) < FD_WAIT_CONNECTIONS_KEPT:
+                pool.append(sock)
                 sock = None
         if sock is not None:
             sock.close()
@@ -654,6 +659,21 @@ class Client:
         """Redeems an Export ticket on fd.sock. Raises GpushareError with the daemon's code."""
         request = gpushare_pb2.FdRequest(redeem=bytes(ticket)).SerializeToString()
         return self._fd_request(request, timeout)
+
+    @contextlib.contextmanager
+    def _wait_pool(self):
+        """The kept fd_wait connections, locked. In a child forked since they were kept, they
+        are the parent's too: a reply could reach the wrong process. The child closes its copies
+        (the parent's stay open) and starts with none, under a new lock (the old one may have
+        been held by a parent thread at the fork)."""
+        if self._wait_pid != os.getpid():
+            inherited, self._wait_conns = self._wait_conns, []
+            self._wait_lock = threading.Lock()
+            self._wait_pid = os.getpid()
+            for conn in inherited:
+                conn.close()
+        with self._wait_lock:
+            yield self._wait_conns
 
     def _fd_request(self, request: bytes, timeout: Optional[float]) -> Exported:
         """One export or redeem on a fresh fd.sock connection."""

@@ -367,6 +367,35 @@ def test_fd_wait_keeps_its_connection_and_replaces_a_stale_one(daemon):
     assert c._wait_conns == [] and all(k.fileno() == -1 for k in kept_now)
 
 
+def test_fd_wait_in_a_forked_child_uses_its_own_connection(daemon):
+    with daemon.client() as c:
+        sem = c.create_semaphore(5)
+        assert c.fd_wait(sem, 1) == 5
+        (kept,) = c._wait_conns
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: no gRPC here, only fd.sock
+            code = 1
+            try:
+                os.close(r)
+                ok = c.fd_wait(sem, 2) == 5
+                mine = c._wait_conns
+                ok = ok and len(mine) == 1 and mine[0] is not kept and kept.fileno() == -1
+                code = 0 if ok else 2
+            finally:
+                os.write(w, bytes([code]))
+                os._exit(code)
+        os.close(w)
+        with os.fdopen(r, "rb") as child:
+            report = child.read()
+        _, status = os.waitpid(pid, 0)
+        assert report == b"\x00" and os.WEXITSTATUS(status) == 0, (report, status)
+        # The parent's kept connection was not closed by the child, and still serves.
+        assert c._wait_conns == [kept] and kept.fileno() != -1
+        assert c.fd_wait(sem, 3) == 5
+        assert c._wait_conns == [kept]
+
+
 # ---- fd.sock tickets ----
 
 
