@@ -79,13 +79,21 @@ pub struct Quotas {
     pub resources_per_session: u64,
     /// Live sessions per uid (default 4096).
     pub sessions_per_uid: u64,
-    /// Host waits pending per uid: Wait calls, Write/Read/Fill/Copy waiting for their wait
-    /// points (default 1024).
+    /// Host waits pending per uid: Wait calls, fd.sock waits, Write/Read/Fill/Copy waiting for
+    /// their wait points (default 1024).
     pub pending_waits_per_uid: u64,
+    /// The same, per client session (default 256): the calls that name a session (fd.sock
+    /// waits name none), so that one session of a uid cannot take all of the uid's.
+    pub pending_waits_per_session: u64,
     /// Open Watch streams per uid (default 256).
     pub watches_per_uid: u64,
+    /// The same, per client session (default 64).
+    pub watches_per_session: u64,
     /// Outstanding export tickets per uid (default 1024).
     pub tickets_per_uid: u64,
+    /// The same, per client session: tickets issued by Export calls that named it (default
+    /// 256).
+    pub tickets_per_session: u64,
     /// gRPC calls and fd.sock exports and redeems being handled at once, all uids together;
     /// past it calls are refused at once (load shedding) instead of queueing (default 1024).
     /// Streams count only while they start; calls parked in a host wait (Wait, wait points)
@@ -112,8 +120,11 @@ impl Default for Quotas {
             resources_per_session: 4096,
             sessions_per_uid: 4096,
             pending_waits_per_uid: 1024,
+            pending_waits_per_session: 256,
             watches_per_uid: 256,
+            watches_per_session: 64,
             tickets_per_uid: 1024,
+            tickets_per_session: 256,
             calls_in_flight: 1024,
             calls_in_flight_per_uid: 256,
             connections_per_uid: 4096,
@@ -365,8 +376,14 @@ impl Config {
             ("quotas.resources_per_session", q.resources_per_session),
             ("quotas.sessions_per_uid", q.sessions_per_uid),
             ("quotas.pending_waits_per_uid", q.pending_waits_per_uid),
+            (
+                "quotas.pending_waits_per_session",
+                q.pending_waits_per_session,
+            ),
             ("quotas.watches_per_uid", q.watches_per_uid),
+            ("quotas.watches_per_session", q.watches_per_session),
             ("quotas.tickets_per_uid", q.tickets_per_uid),
+            ("quotas.tickets_per_session", q.tickets_per_session),
             ("quotas.calls_in_flight", q.calls_in_flight),
             ("quotas.calls_in_flight_per_uid", q.calls_in_flight_per_uid),
             ("quotas.connections_per_uid", q.connections_per_uid),

@@ -59,7 +59,7 @@ pub fn admitted(
                 }
             };
             let uid = peer.uid;
-            match d.hold(uid, Counted::ControlConnections) {
+            match d.hold(uid, None, Counted::ControlConnections) {
                 Ok(held) => Some(Ok(Admitted {
                     io,
                     peer,

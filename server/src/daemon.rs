@@ -210,17 +210,19 @@ impl Daemon {
         }
     }
 
-    /// Takes a slot of `kind` for `uid` under its quota (`[quotas]`), held until dropped.
-    pub fn hold(&self, uid: u32, kind: Counted) -> Result<Held> {
+    /// Takes a slot of `kind` for `uid`, and for `session` when the call names one, under their
+    /// quotas (`[quotas]`), held until dropped.
+    pub fn hold(&self, uid: u32, session: Option<&str>, kind: Counted) -> Result<Held> {
         let q = &self.config.quotas;
-        let (per_uid, total) = match kind {
-            Counted::PendingWaits => (q.pending_waits_per_uid, 0),
-            Counted::Watches => (q.watches_per_uid, 0),
+        let (per_uid, per_session, total) = match kind {
+            Counted::PendingWaits => (q.pending_waits_per_uid, q.pending_waits_per_session, 0),
+            Counted::Watches => (q.watches_per_uid, q.watches_per_session, 0),
             Counted::ControlConnections | Counted::FdConnections => {
-                (q.connections_per_uid, q.connections)
+                (q.connections_per_uid, u64::MAX, q.connections)
             }
         };
-        self.held.acquire(uid, kind, per_uid, total)
+        let session = session.map(|s| (s, per_session));
+        self.held.acquire(uid, session, kind, per_uid, total)
     }
 
     /// The device with daemon index `index`.

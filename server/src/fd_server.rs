@@ -57,7 +57,7 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
     let uid = peer.uid;
     // Over the connection quota: one FdError (RESOURCE_EXHAUSTED, naming the quota) as the
     // answer to whatever the client sends first, then the connection closes.
-    let _held = match d.hold(uid, crate::quota::Counted::FdConnections) {
+    let _held = match d.hold(uid, None, crate::quota::Counted::FdConnections) {
         Ok(held) => held,
         Err(e) => {
             // Read the request first (at most 1 s): closing with it unread would reset the
@@ -180,7 +180,7 @@ async fn wait(
         Ok(found) => found,
         Err(e) => return err(e),
     };
-    let _pending = match d.hold(peer.uid, crate::quota::Counted::PendingWaits) {
+    let _pending = match d.hold(peer.uid, None, crate::quota::Counted::PendingWaits) {
         Ok(held) => held,
         Err(e) => return err(e),
     };

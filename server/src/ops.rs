@@ -32,8 +32,9 @@ struct Point {
 
 /// The resolved wait and signal points of one call.
 struct Sequenced {
-    /// The caller's uid (the pending-waits quota).
+    /// The caller's uid and session (the pending-waits quotas).
     uid: u32,
+    session: Option<String>,
     wait: Vec<Point>,
     signal: Vec<Point>,
     timeout: Duration,
@@ -96,6 +97,7 @@ fn resolve(
     };
     Ok(Sequenced {
         uid: caller.uid,
+        session: caller.session.clone(),
         wait,
         signal,
         timeout: asked,
@@ -157,7 +159,9 @@ where
 {
     let deadline = Instant::now() + seq.timeout;
     if !seq.wait.is_empty() {
-        let _pending = svc.d.hold(seq.uid, Counted::PendingWaits)?;
+        let _pending = svc
+            .d
+            .hold(seq.uid, seq.session.as_deref(), Counted::PendingWaits)?;
         let _parked = svc.d.in_flight.park(seq.uid);
         for p in &seq.wait {
             let left = deadline.saturating_duration_since(Instant::now());

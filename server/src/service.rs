@@ -595,6 +595,7 @@ impl GpuShare for Service {
             caller.uid,
             caller.session.as_deref(),
             self.d.config.quotas.tickets_per_uid,
+            self.d.config.quotas.tickets_per_session,
         )?;
         Ok(Response::new(v1::ExportResponse {
             ticket: ticket.to_vec(),
@@ -621,7 +622,9 @@ impl GpuShare for Service {
         let timeout = self.wait_timeout(&req, req.get_ref().timeout_ms);
         let r = req.into_inner();
         let (_, sem) = self.d.semaphore(&r.id, &caller)?;
-        let _pending = self.d.hold(caller.uid, Counted::PendingWaits)?;
+        let _pending = self
+            .d
+            .hold(caller.uid, caller.session.as_deref(), Counted::PendingWaits)?;
         let _parked = self.d.in_flight.park(caller.uid);
         let value = self.d.waits.wait(&r.id, &sem, r.value, timeout).await?;
         Ok(Response::new(v1::SemaphoreValue { value }))
@@ -648,7 +651,9 @@ impl GpuShare for Service {
         let caller = self.caller(&req)?;
         let id = req.into_inner().id;
         let (_, sem) = self.d.semaphore(&id, &caller)?;
-        let held = self.d.hold(caller.uid, Counted::Watches)?;
+        let held = self
+            .d
+            .hold(caller.uid, caller.session.as_deref(), Counted::Watches)?;
         let rx = self.d.waits.watch(&id, &sem)?;
         // State: the receiver, the last value sent, and whether the stream has ended. The
         // quota slot lives as long as the stream.

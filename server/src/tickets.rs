@@ -42,14 +42,16 @@ impl Tickets {
     }
 
     /// Issues a ticket for `resource_id`, redeemable by `uid`, unless `uid` already holds
-    /// `per_uid` unexpired tickets (`quotas.tickets_per_uid`). A ticket issued in a session is
-    /// revoked when that session ends ([`Tickets::revoke_session`]).
+    /// `per_uid` unexpired tickets (`quotas.tickets_per_uid`), or `session` holds `per_session`
+    /// (`quotas.tickets_per_session`). A ticket issued in a session is revoked when that session
+    /// ends ([`Tickets::revoke_session`]).
     pub fn issue(
         &self,
         resource_id: &str,
         uid: u32,
         session: Option<&str>,
         per_uid: u64,
+        per_session: u64,
     ) -> Result<[u8; ids::ID_BYTES]> {
         let ticket = ids::random16();
         let now = Instant::now();
@@ -61,6 +63,20 @@ impl Tickets {
                 per_uid,
                 format!(", uid {uid}"),
             ));
+        }
+        if let Some(sid) = session {
+            if map
+                .values()
+                .filter(|t| t.session.as_deref() == Some(sid))
+                .count() as u64
+                >= per_session
+            {
+                return Err(crate::quota::refused(
+                    "outstanding export tickets per session",
+                    per_session,
+                    format!(", uid {uid}"),
+                ));
+            }
         }
         map.insert(
             ticket,
@@ -118,7 +134,7 @@ mod tests {
     #[test]
     fn one_time_and_uid_bound() {
         let t = Tickets::new(Duration::from_secs(10));
-        let ticket = t.issue("buf-x", 1000, None, 8).unwrap();
+        let ticket = t.issue("buf-x", 1000, None, 8, 8).unwrap();
         assert!(matches!(t.redeem(&ticket, 1001), Err(Error::UnknownTicket)));
         assert_eq!(t.redeem(&ticket, 1000).unwrap(), "buf-x");
         assert!(matches!(t.redeem(&ticket, 1000), Err(Error::UnknownTicket)));
@@ -135,36 +151,53 @@ mod tests {
     #[test]
     fn expired_tickets_are_refused_and_swept() {
         let t = Tickets::new(Duration::from_millis(1));
-        let ticket = t.issue("buf-x", 0, None, 8).unwrap();
+        let ticket = t.issue("buf-x", 0, None, 8, 8).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert!(matches!(t.redeem(&ticket, 0), Err(Error::TicketExpired)));
-        let _old = t.issue("buf-y", 0, None, 8).unwrap();
+        let _old = t.issue("buf-y", 0, None, 8, 8).unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        let _new = t.issue("buf-z", 0, None, 8).unwrap();
+        let _new = t.issue("buf-z", 0, None, 8, 8).unwrap();
         assert_eq!(t.len(), 1, "the expired ticket was swept");
     }
 
     #[test]
     fn tickets_per_uid_are_capped_until_redeemed() {
         let t = Tickets::new(Duration::from_secs(10));
-        let a = t.issue("buf-x", 7, None, 2).unwrap();
-        let _b = t.issue("buf-x", 7, None, 2).unwrap();
+        let a = t.issue("buf-x", 7, None, 2, 2).unwrap();
+        let _b = t.issue("buf-x", 7, None, 2, 2).unwrap();
         assert!(matches!(
-            t.issue("buf-x", 7, None, 2),
+            t.issue("buf-x", 7, None, 2, 2),
             Err(Error::Quota { limit: 2, .. })
         ));
         // Another uid has its own quota; a redeemed ticket frees a slot.
-        t.issue("buf-y", 8, None, 2).unwrap();
+        t.issue("buf-y", 8, None, 2, 2).unwrap();
         t.redeem(&a, 7).unwrap();
-        t.issue("buf-x", 7, None, 2).unwrap();
+        t.issue("buf-x", 7, None, 2, 2).unwrap();
+    }
+
+    #[test]
+    fn tickets_per_session_are_capped_within_the_uids() {
+        let t = Tickets::new(Duration::from_secs(10));
+        let a = t.issue("buf-x", 7, Some("ses-a"), 3, 1).unwrap();
+        let e = t.issue("buf-x", 7, Some("ses-a"), 3, 1).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("outstanding export tickets per session (limit 1"),
+            "{e}"
+        );
+        // Another session of the uid, and calls without a session, still get theirs.
+        t.issue("buf-x", 7, Some("ses-b"), 3, 1).unwrap();
+        t.issue("buf-x", 7, None, 3, 1).unwrap();
+        t.redeem(&a, 7).unwrap();
+        t.issue("buf-x", 7, Some("ses-a"), 3, 1).unwrap();
     }
 
     #[test]
     fn a_sessions_tickets_go_with_it() {
         let t = Tickets::new(Duration::from_secs(10));
-        let mine = t.issue("buf-x", 7, Some("ses-a"), 8).unwrap();
-        let other = t.issue("buf-x", 7, Some("ses-b"), 8).unwrap();
-        let sessionless = t.issue("buf-x", 7, None, 8).unwrap();
+        let mine = t.issue("buf-x", 7, Some("ses-a"), 8, 8).unwrap();
+        let other = t.issue("buf-x", 7, Some("ses-b"), 8, 8).unwrap();
+        let sessionless = t.issue("buf-x", 7, None, 8, 8).unwrap();
         assert_eq!(t.revoke_session("ses-a"), 1);
         assert!(matches!(t.redeem(&mine, 7), Err(Error::UnknownTicket)));
         assert_eq!(t.redeem(&other, 7).unwrap(), "buf-x");

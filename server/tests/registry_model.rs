@@ -271,7 +271,7 @@ fn run(ops: Vec<Op>) {
                 if !reachable {
                     continue;
                 }
-                let t = tickets.issue(&id, by, None, 1024).unwrap();
+                let t = tickets.issue(&id, by, None, 1024, 1024).unwrap();
                 // Another uid cannot redeem it; the uid it was issued to can, once.
                 assert!(tickets.redeem(&t, by + 100).is_err());
                 assert_eq!(tickets.redeem(&t, by).unwrap(), id);

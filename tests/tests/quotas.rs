@@ -206,6 +206,67 @@ async fn pending_waits_and_watches_per_uid_are_bounded() {
         .unwrap();
 }
 
+/// A session cannot take all of its uid's waits, streams or tickets: each has its own quota,
+/// and another session of the same uid is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_waits_watches_and_tickets_per_session_are_bounded() {
+    let d = gpushare_tests::daemon_or_skip!(
+        "[quotas]\npending_waits_per_session = 1\nwatches_per_session = 1\n\
+         tickets_per_session = 1\n"
+    );
+    let a = Client::connect_with_session(d.runtime_dir(), "session a")
+        .await
+        .unwrap();
+    let b = Client::connect_with_session(d.runtime_dir(), "session b")
+        .await
+        .unwrap();
+    let opts = CreateOptions::default();
+    let sem = a.create_semaphore(0, &opts).await.unwrap();
+    let sem_b = b.semaphore(sem.id());
+    let buf = a.create_buffer(4096, &opts).await.unwrap();
+
+    // Waits: session a's one slot is taken; its next Wait and wait point are refused, while
+    // session b's Wait becomes pending (and times out: a deadline, not a refusal).
+    let waits = pending_waits(&a, &sem, 1, Duration::from_secs(20)).await;
+    exhausted(
+        sem.wait(1, Duration::from_secs(20)).await,
+        "pending waits per session (limit 1",
+    );
+    exhausted(
+        buf.fill(0, 4096, 0, &Sync::none().wait(sem.id(), 1)).await,
+        "pending waits per session (limit 1",
+    );
+    let e = sem_b.wait(1, Duration::from_millis(50)).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::DeadlineExceeded), "{e}");
+
+    // Watches.
+    let mut w1 = sem.watch();
+    assert_eq!(w1.next().await.unwrap().unwrap(), 0);
+    exhausted(
+        sem.watch().next().await.unwrap(),
+        "Watch streams per session (limit 1",
+    );
+    let mut wb = sem_b.watch();
+    assert_eq!(wb.next().await.unwrap().unwrap(), 0);
+
+    // Tickets.
+    a.export_ticket(buf.id()).await.unwrap();
+    exhausted(
+        a.export_ticket(buf.id()).await,
+        "outstanding export tickets per session (limit 1",
+    );
+    b.export_ticket(buf.id()).await.unwrap();
+
+    // The waits' slots come back when they end.
+    assert_eq!(sem.signal(1).await.unwrap(), 1);
+    for w in waits {
+        assert_eq!(w.await.unwrap().unwrap(), 1);
+    }
+    buf.fill(0, 4096, 0, &Sync::none().wait(sem.id(), 1))
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_past_the_in_flight_quota_are_shed_at_once() {
     let d = gpushare_tests::daemon_or_skip!("[quotas]\ncalls_in_flight = 2\n");
