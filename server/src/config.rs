@@ -77,6 +77,9 @@ pub struct Quotas {
     pub host_buffer_bytes_per_uid: u64,
     /// Resources one session holds references to (default 4096).
     pub resources_per_session: u64,
+    /// Bytes of the buffers and images one session holds references to (created or opened);
+    /// 0: no limit beyond the uid's (default 0).
+    pub buffer_bytes_per_session: u64,
     /// Live sessions per uid (default 4096).
     pub sessions_per_uid: u64,
     /// Host waits pending per uid: Wait calls, fd.sock waits, Write/Read/Fill/Copy waiting for
@@ -118,6 +121,7 @@ impl Default for Quotas {
             host_buffers_per_uid: 256,
             host_buffer_bytes_per_uid: 4 << 30,
             resources_per_session: 4096,
+            buffer_bytes_per_session: 0,
             sessions_per_uid: 4096,
             pending_waits_per_uid: 1024,
             pending_waits_per_session: 256,

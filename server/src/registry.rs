@@ -452,12 +452,36 @@ impl Inner {
         if let Some(e) = checks.into_iter().flatten().next() {
             return Err(e);
         }
-        if let Some(s) = session.and_then(|sid| self.sessions.get(sid)) {
-            if s.resources.len() as u64 >= q.resources_per_session {
+        match session.and_then(|sid| self.sessions.get(sid)) {
+            Some(s) => self.check_session(q, s, add),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses one more reference of session `s`, to a resource that counts for `add`, past
+    /// `resources_per_session` or `buffer_bytes_per_session`.
+    fn check_session(&self, q: &Quotas, s: &Session, add: &Usage) -> Result<()> {
+        if s.resources.len() as u64 >= q.resources_per_session {
+            return Err(crate::quota::refused(
+                "resources per session",
+                q.resources_per_session,
+                format!(", uid {}", s.uid),
+            ));
+        }
+        // Summed only where the quota is set (default: none): a session holds at most
+        // resources_per_session references.
+        if q.buffer_bytes_per_session > 0 && add.buffer_bytes > 0 {
+            let held: u64 = s
+                .resources
+                .iter()
+                .filter_map(|id| self.resources.get(id))
+                .map(|e| Usage::of(&e.resource.object).buffer_bytes)
+                .sum();
+            if held.saturating_add(add.buffer_bytes) > q.buffer_bytes_per_session {
                 return Err(crate::quota::refused(
-                    "resources per session",
-                    q.resources_per_session,
-                    String::new(),
+                    "buffer bytes per session",
+                    q.buffer_bytes_per_session,
+                    format!(", uid {}", s.uid),
                 ));
             }
         }
@@ -757,13 +781,13 @@ impl Registry {
             .sessions
             .get(sid)
             .ok_or_else(|| Error::UnknownSession(ids::shown(sid)))?;
-        let held = session.resources.contains(&id);
-        if !held && session.resources.len() as u64 >= self.quotas.resources_per_session {
-            return Err(crate::quota::refused(
-                "resources per session",
-                self.quotas.resources_per_session,
-                String::new(),
-            ));
+        if !session.resources.contains(&id) {
+            let add = inner
+                .resources
+                .get(&id)
+                .map(|e| Usage::of(&e.resource.object))
+                .ok_or_else(|| not_found(&id))?;
+            inner.check_session(&self.quotas, session, &add)?;
         }
         let e = inner.resources.get_mut(&id).ok_or_else(|| not_found(&id))?;
         let semaphore = matches!(e.resource.object, Object::Semaphore(_));

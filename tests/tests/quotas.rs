@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use gpushare_client::{v1, Buffer, Client, CreateOptions, Sync};
+use gpushare_client::{v1, Buffer, Client, CreateOptions, OpenTarget, Sync};
 use gpushare_proto::fdpass::SeqPacket;
 use prost::Message;
 use tonic::Code;
@@ -212,7 +212,7 @@ async fn pending_waits_and_watches_per_uid_are_bounded() {
 async fn pending_waits_watches_and_tickets_per_session_are_bounded() {
     let d = gpushare_tests::daemon_or_skip!(
         "[quotas]\npending_waits_per_session = 1\nwatches_per_session = 1\n\
-         tickets_per_session = 1\n"
+         tickets_per_session = 1\nbuffer_bytes_per_session = 1048576\n"
     );
     let a = Client::connect_with_session(d.runtime_dir(), "session a")
         .await
@@ -263,6 +263,23 @@ async fn pending_waits_watches_and_tickets_per_session_are_bounded() {
         assert_eq!(w.await.unwrap().unwrap(), 1);
     }
     buf.fill(0, 4096, 0, &Sync::none().wait(sem.id(), 1))
+        .await
+        .unwrap();
+
+    // Bytes: session a holds 4 KiB + 768 KiB of its 1 MiB; 512 KiB more is refused, in b too
+    // once b opens a's 768 KiB beside its own 512 KiB, until b releases its own.
+    let big = a.create_buffer(768 << 10, &opts).await.unwrap();
+    exhausted(
+        a.create_buffer(512 << 10, &opts).await,
+        "buffer bytes per session (limit 1048576",
+    );
+    let own = b.create_buffer(512 << 10, &opts).await.unwrap();
+    exhausted(
+        b.open(OpenTarget::Id(big.id().to_owned()), false).await,
+        "buffer bytes per session (limit 1048576",
+    );
+    assert!(own.release().await.unwrap());
+    b.open(OpenTarget::Id(big.id().to_owned()), false)
         .await
         .unwrap();
 }
