@@ -66,23 +66,9 @@ fn peer_cred(socket: BorrowedFd<'_>) -> io::Result<libc::ucred> {
         uid: 0,
         gid: 0,
     };
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `cred` is a live, writable `ucred` of `len` bytes for the call's duration, `len`
-    // is a valid socklen_t the kernel may update, and `socket` is a borrowed open fd.
-    let r = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            std::ptr::from_mut(&mut cred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if usize::try_from(len).ok() != Some(std::mem::size_of::<libc::ucred>()) {
+    let (r, len) = socket_option(socket, libc::SO_PEERCRED, std::slice::from_mut(&mut cred));
+    r?;
+    if len != std::mem::size_of::<libc::ucred>() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("getsockopt(SO_PEERCRED) returned {len} bytes"),
@@ -97,33 +83,55 @@ fn peer_groups(socket: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
     // Most users are in a handful of groups; the kernel says how many more room it needs.
     let mut groups: Vec<libc::gid_t> = vec![0; 32];
     loop {
-        let mut len = libc::socklen_t::try_from(groups.len() * GID)
-            .map_err(|_| io::Error::from_raw_os_error(libc::ERANGE))?;
-        // SAFETY: `groups` is a live, writable buffer of `len` bytes for the call's duration,
-        // `len` is a valid socklen_t the kernel may update, and `socket` is a borrowed open fd.
-        let r = unsafe {
-            libc::getsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERGROUPS,
-                groups.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        let len = usize::try_from(len).unwrap_or(usize::MAX);
-        if r == 0 {
-            groups.truncate(len / GID);
-            return Ok(groups);
+        let (r, len) = socket_option(socket, libc::SO_PEERGROUPS, &mut groups);
+        match r {
+            Ok(()) => {
+                groups.truncate(len / GID);
+                return Ok(groups);
+            }
+            // ERANGE: the buffer was short, and `len` is what the list needs (bounded by the
+            // kernel's NGROUPS_MAX, 65536 groups).
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && len / GID > groups.len() => {
+                groups.resize(len / GID, 0);
+            }
+            Err(e) => return Err(e),
         }
-        let e = io::Error::last_os_error();
-        // ERANGE: the buffer was short, and `len` is what the list needs (bounded by the
-        // kernel's NGROUPS_MAX, 65536 groups).
-        if e.raw_os_error() == Some(libc::ERANGE) && len / GID > groups.len() {
-            groups.resize(len / GID, 0);
-            continue;
-        }
-        return Err(e);
     }
+}
+
+/// What the kernel may fill with any bytes: integers, and structs of integers.
+trait Plain: Copy {}
+impl Plain for libc::ucred {}
+impl Plain for libc::gid_t {}
+
+/// `getsockopt(SOL_SOCKET, option)` into `out`, and the length the kernel reported in bytes:
+/// what it wrote, or with ERANGE what it needs.
+fn socket_option<T: Plain>(
+    socket: BorrowedFd<'_>,
+    option: libc::c_int,
+    out: &mut [T],
+) -> (io::Result<()>, usize) {
+    let Ok(mut len) = libc::socklen_t::try_from(std::mem::size_of_val(out)) else {
+        return (Err(io::Error::from_raw_os_error(libc::ERANGE)), 0);
+    };
+    // SAFETY: `out` is a live, writable buffer of `len` bytes for the call's duration, and `T`
+    // is `Plain` (a `ucred` or `gid_t`: any bytes the kernel writes make a valid value); `len`
+    // is a valid socklen_t the kernel may update, and `socket` is a borrowed open fd.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            out.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let result = if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    };
+    (result, usize::try_from(len).unwrap_or(usize::MAX))
 }
 
 #[cfg(test)]
