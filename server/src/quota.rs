@@ -154,7 +154,8 @@ impl Counters {
     }
 
     /// Slots of `kind` held by session `sid` now.
-    pub fn held_by_session(&self, sid: &str, kind: Counted) -> u64 {
+    #[cfg(test)]
+    fn held_by_session(&self, sid: &str, kind: Counted) -> u64 {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&(Scope::Session(sid.to_owned()), kind))
             .copied()
