@@ -214,14 +214,19 @@ impl Daemon {
     /// quotas (`[quotas]`), held until dropped.
     pub fn hold(&self, uid: u32, session: Option<&str>, kind: Counted) -> Result<Held> {
         let q = &self.config.quotas;
+        // Connections are counted per uid only.
         let (per_uid, per_session, total) = match kind {
-            Counted::PendingWaits => (q.pending_waits_per_uid, q.pending_waits_per_session, 0),
-            Counted::Watches => (q.watches_per_uid, q.watches_per_session, 0),
+            Counted::PendingWaits => (
+                q.pending_waits_per_uid,
+                Some(q.pending_waits_per_session),
+                0,
+            ),
+            Counted::Watches => (q.watches_per_uid, Some(q.watches_per_session), 0),
             Counted::ControlConnections | Counted::FdConnections => {
-                (q.connections_per_uid, u64::MAX, q.connections)
+                (q.connections_per_uid, None, q.connections)
             }
         };
-        let session = session.map(|s| (s, per_session));
+        let session = session.zip(per_session);
         self.held.acquire(uid, session, kind, per_uid, total)
     }
 
