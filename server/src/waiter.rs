@@ -2,19 +2,33 @@
 //! all wait here, on a fixed set of threads (one poller, plus one driver-wait thread per device),
 //! never a thread per wait.
 //!
-//! Two mechanisms, each a backstop for the other:
-//! - **Driver waits.** One thread per device blocks in `vkWaitSemaphores` with
-//!   `VK_SEMAPHORE_WAIT_ANY_BIT` over every semaphore of that device that has waiters (or
-//!   watches), plus an internal *kick* semaphore that the service signals from the host whenever
-//!   the set changes. On the H100 this wakes within microseconds of a signal from another
-//!   process, CUDA included, and costs no CPU while nothing happens (`bench/README.md`).
-//! - **Polling.** One poller thread reads the counters of the semaphores that have waiters. It
-//!   exists because a driver may wake late: `../shared/GPU.md` recorded `vkWaitSemaphores`
-//!   waking ~10 ms late on NVIDIA for a semaphore another process signals, and on the H100 the
-//!   daemon's own driver waits did not wake before the poller (`bench/README.md`), while
-//!   reading a counter costs well under a microsecond. The poller relaxes its cadence
-//!   ([`poll_interval`]) only while the driver waits prove faster: while they, not the poller,
-//!   have been completing the waits ([`TRUSTED`]). If the driver call fails, the thread stops.
+//! What can change a semaphore decides how it is watched:
+//! - **Semaphores that never leave the daemon** (not exportable: lavapipe cannot export
+//!   semaphores) change only through the daemon itself: host signals, its operations' signal
+//!   points, the poison value. Each of those wakes the poller ([`WaitService::notify`]), so
+//!   these are read on those wake-ups only, plus a slow backstop ([`UNEXPORTED_BACKSTOP`]): a
+//!   pending wait on one costs no CPU.
+//! - **Exportable semaphores** may be signaled by any process that imported them, on its GPU
+//!   or its host, without the daemon hearing of it. Two mechanisms watch them, each a backstop
+//!   for the other:
+//!   - **Driver waits.** One thread per device blocks in `vkWaitSemaphores` with
+//!     `VK_SEMAPHORE_WAIT_ANY_BIT` over every exportable semaphore of that device that has
+//!     waiters (or watches), plus an internal *kick* semaphore that the service signals from the
+//!     host whenever the set changes. On the H100 this wakes within microseconds of a signal
+//!     from another process, CUDA included, and costs no CPU while nothing happens
+//!     (`bench/README.md`). A driver whose wait-any busy-loops instead of blocking (Mesa's
+//!     common code does, for emulated timelines over several semaphores) is caught by the
+//!     thread's own CPU clock ([`BUSY_WAIT_SHARE`]): its driver waits stop and the device's
+//!     waits are polled.
+//!   - **Polling.** One poller thread reads the counters of the semaphores that have waiters.
+//!     It exists because a driver may wake late: `../shared/GPU.md` recorded `vkWaitSemaphores`
+//!     waking ~10 ms late on NVIDIA for a semaphore another process signals, and on the H100
+//!     the daemon's own driver waits did not wake before the poller (`bench/README.md`), while
+//!     reading a counter costs well under a microsecond. Its cadence ([`poll_interval`]) is
+//!     tight while a wait is young (a pipeline's next frame) and backs off as the wait ages, so
+//!     that a wait pending all day costs a fraction of a percent of a core: further while
+//!     driver waits run, further still while they prove faster than the poller
+//!     ([`TRUSTED`]). If the driver call fails, its thread stops.
 //!
 //! Signals that come through the daemon itself wake the poller at once ([`WaitService::notify`]).
 //! Which mechanism completed each wait is counted ([`WaitService::wakeups`], the
@@ -86,6 +100,9 @@ struct Direct {
 
 struct Watched {
     sem: Arc<TimelineSemaphore>,
+    /// Whether the value can change without the daemon: the semaphore is exportable, so other
+    /// processes may signal it. Only these are polled on a timer and waited on by the driver.
+    external: bool,
     last: u64,
     /// When `last` last changed (or the entry was made): a watched semaphore that moved
     /// recently is polled as tightly as a young wait.
@@ -116,6 +133,10 @@ struct Shared {
     /// relaxes its cadence only while this stays above [`TRUSTED`]: a driver that wakes late
     /// lets the poller complete waits, which brings it back to the tight cadence at once.
     driver_trust: AtomicU32,
+    /// Tests signal semaphores behind the service's back, as another process would; lavapipe
+    /// cannot export semaphores, so there they mark every semaphore external.
+    #[cfg(test)]
+    all_external: AtomicBool,
 }
 
 /// [`Shared::driver_trust`] above which the poller only backstops the driver waits (about 18
@@ -138,10 +159,15 @@ impl Shared {
             });
     }
 
-    /// Whether the poller may relax: driver waits run and have been noticing values first.
-    fn relaxed(&self) -> bool {
-        self.driver_waits.load(Ordering::Acquire)
-            && self.driver_trust.load(Ordering::Relaxed) > TRUSTED
+    /// How the poller stands behind the driver waits now.
+    fn backing(&self) -> Backing {
+        if !self.driver_waits.load(Ordering::Acquire) {
+            Backing::Alone
+        } else if self.driver_trust.load(Ordering::Relaxed) > TRUSTED {
+            Backing::Trusted
+        } else {
+            Backing::Driver
+        }
     }
 }
 
@@ -217,6 +243,27 @@ impl Shared {
         // mutation is a single insert/remove), so keep serving.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Whether `sem`'s value can change without the daemon (see the module docs).
+    fn external(&self, sem: &TimelineSemaphore) -> bool {
+        #[cfg(test)]
+        if self.all_external.load(Ordering::Relaxed) {
+            return true;
+        }
+        sem.exportable()
+    }
+
+    /// A new entry for `sem`, last seen at `value`.
+    fn watched(&self, sem: &Arc<TimelineSemaphore>, value: u64) -> Watched {
+        Watched {
+            sem: sem.clone(),
+            external: self.external(sem),
+            last: value,
+            changed: Instant::now(),
+            waiters: Vec::new(),
+            watch: None,
+        }
+    }
 }
 
 /// The wait service. Dropping it (or [`WaitService::shutdown`]) ends every wait with
@@ -237,29 +284,50 @@ impl std::fmt::Debug for WaitService {
     }
 }
 
-/// How long the poller sleeps, given the age of its youngest pending wait or watched value
-/// (`None`: nothing pending) and whether driver waits have proven faster than polling
-/// ([`TRUSTED`]).
+/// How the poller stands behind the driver waits ([`poll_interval`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// No driver waits: the poller alone notices values.
+    Alone,
+    /// Driver-wait threads run: the poller backstops them.
+    Driver,
+    /// Driver waits run and have been noticing values before the poller ([`TRUSTED`]).
+    Trusted,
+}
+
+/// How long the poller sleeps, given the age of its youngest pending wait or watched value on
+/// an external semaphore, and how it stands behind the driver waits.
 ///
 /// Reading a counter costs well under a microsecond; what polling costs is the poller's
-/// wake-ups. On its own, the poller gives young waits (a pipeline's next frame) a 20 µs cadence
-/// and a wait that has gone on for seconds one wake-up per millisecond. Behind driver waits it
-/// only bounds the damage of a driver that wakes late, at a tenth of the wake-ups.
-pub fn poll_interval(youngest_wait: Option<Duration>, driver_waits: bool) -> Duration {
-    let alone = match youngest_wait {
-        None => Duration::from_millis(1),
-        Some(age) if age < Duration::from_millis(2) => Duration::from_micros(20),
-        Some(age) if age < Duration::from_millis(20) => Duration::from_micros(50),
-        Some(age) if age < Duration::from_millis(200) => Duration::from_micros(100),
-        Some(age) if age < Duration::from_secs(2) => Duration::from_micros(250),
-        Some(_) => Duration::from_millis(1),
+/// wake-ups (about 10 µs of CPU each on the H100 machine). Young waits, a pipeline's next
+/// frames, get a 20-100 µs cadence; a wait that has gone on for a second is not one whose
+/// microseconds matter, and is read every millisecond, then every 2 ms (about 0.2% of a core
+/// on its own). Behind running driver waits, which wake within microseconds where they work,
+/// the poller only bounds the damage of a driver that wakes late: 5 ms from one second on.
+/// Behind driver waits that have been noticing values first, a tenth of the wake-ups at any
+/// age.
+pub fn poll_interval(youngest: Duration, backing: Backing) -> Duration {
+    let ms = Duration::from_millis;
+    let alone = match youngest {
+        age if age < ms(2) => Duration::from_micros(20),
+        age if age < ms(20) => Duration::from_micros(50),
+        age if age < ms(200) => Duration::from_micros(100),
+        age if age < ms(1000) => Duration::from_micros(500),
+        age if age < ms(10_000) => ms(1),
+        _ => ms(2),
     };
-    if driver_waits {
-        alone * 10
-    } else {
-        alone
+    match backing {
+        Backing::Alone => alone,
+        Backing::Driver if youngest >= ms(1000) => ms(5),
+        Backing::Driver => alone,
+        Backing::Trusted => alone * 10,
     }
 }
+
+/// How long the poller sleeps when only semaphores that never leave the daemon are pending:
+/// every change of theirs wakes it ([`WaitService::notify`]), so this only bounds what a missed
+/// wake-up could cost.
+pub const UNEXPORTED_BACKSTOP: Duration = Duration::from_secs(1);
 
 impl WaitService {
     /// Starts the poller thread. With `driver_waits`, a driver-wait thread starts for each
@@ -271,6 +339,8 @@ impl WaitService {
             wakeups: Default::default(),
             driver_waits: AtomicBool::new(false),
             driver_trust: AtomicU32::new(0),
+            #[cfg(test)]
+            all_external: AtomicBool::new(false),
         });
         let thread = std::thread::Builder::new()
             .name("gpushare-waits".into())
@@ -299,12 +369,13 @@ impl WaitService {
     /// Whether the poller runs at the relaxed cadence now, because the driver waits have been
     /// noticing values before it ([`TRUSTED`]).
     pub fn poller_relaxed(&self) -> bool {
-        self.shared.relaxed()
+        self.shared.backing() == Backing::Trusted
     }
 
     /// Kicks the driver-wait thread of `sem`'s device, starting it on the device's first wait.
+    /// Semaphores that never leave the daemon need none (see the module docs).
     fn kick_device(&self, sem: &TimelineSemaphore) {
-        if !self.use_driver_waits {
+        if !self.use_driver_waits || !self.shared.external(sem) {
             return;
         }
         let device = sem.device();
@@ -406,13 +477,7 @@ impl WaitService {
             }
             st.sems
                 .entry(id.to_owned())
-                .or_insert_with(|| Watched {
-                    sem: sem.clone(),
-                    last: value,
-                    changed: Instant::now(),
-                    waiters: Vec::new(),
-                    watch: None,
-                })
+                .or_insert_with(|| self.shared.watched(sem, value))
                 .waiters
                 .push(Waiter {
                     target,
@@ -455,13 +520,10 @@ impl WaitService {
             if st.shutdown {
                 return Err(Error::ShuttingDown);
             }
-            let w = st.sems.entry(id.to_owned()).or_insert_with(|| Watched {
-                sem: sem.clone(),
-                last: value,
-                changed: Instant::now(),
-                waiters: Vec::new(),
-                watch: None,
-            });
+            let w = st
+                .sems
+                .entry(id.to_owned())
+                .or_insert_with(|| self.shared.watched(sem, value));
             match &w.watch {
                 Some(tx) => tx.subscribe(),
                 None => {
@@ -604,7 +666,8 @@ fn end_all(w: Watched, end: End) {
 
 /// What a [`scan`] found still pending.
 struct Scanned {
-    /// The age of the youngest pending wait or recently moved watch.
+    /// The age of the youngest pending wait or recently moved watch on an external semaphore
+    /// (`None`: nothing needs a timer).
     youngest: Option<Duration>,
     /// Whether a pending wait asked to spin and is still young enough.
     spin: bool,
@@ -637,7 +700,7 @@ fn scan(shared: &Shared, st: &mut State, by: Wakeup, direct: &mut Vec<(Waiter, u
                 tx.send_modify(|s| s.value = value);
             }
         }
-        if w.watch.is_some() {
+        if w.watch.is_some() && w.external {
             let age = now.saturating_duration_since(w.changed);
             youngest = Some(youngest.map_or(age, |y| y.min(age)));
         }
@@ -661,8 +724,10 @@ fn scan(shared: &Shared, st: &mut State, by: Wakeup, direct: &mut Vec<(Waiter, u
                 }
             } else {
                 let x = &w.waiters[i];
-                let age = now.saturating_duration_since(x.since);
-                youngest = Some(youngest.map_or(age, |y| y.min(age)));
+                if w.external {
+                    let age = now.saturating_duration_since(x.since);
+                    youngest = Some(youngest.map_or(age, |y| y.min(age)));
+                }
                 spin |= x.spin_until.is_some_and(|until| until > now);
                 i += 1;
             }
@@ -729,7 +794,10 @@ fn poll_loop(shared: &Shared) {
         if st.kick {
             continue;
         }
-        let interval = poll_interval(scanned.youngest, shared.relaxed());
+        let interval = match scanned.youngest {
+            Some(age) => poll_interval(age, shared.backing()),
+            None => UNEXPORTED_BACKSTOP,
+        };
         st = shared
             .wake
             .wait_timeout_while(st, interval, |s| !s.kick && !s.shutdown)
@@ -744,6 +812,56 @@ const MAX_DRIVER_WAIT: usize = 255;
 
 /// How long one driver wait lasts at most before the thread re-reads the wait set anyway.
 const DRIVER_WAIT_SLICE: Duration = Duration::from_secs(1);
+
+/// The share of a driver wait's time that the thread may spend on a CPU before its driver
+/// counts as busy-waiting: a wait that blocks costs next to nothing (tens of microseconds a
+/// wake-up), while Mesa's common wait-any over several emulated timelines (lavapipe) loops
+/// over zero-timeout waits and keeps a core at 100% ([`BusyCheck`]). Low enough to catch such
+/// a loop on a host whose CPUs are oversubscribed four times over.
+pub const BUSY_WAIT_SHARE: f64 = 0.25;
+
+/// Driver waits shorter than this are not judged: a wait that returns at once (its value was
+/// there, or a kick came) costs its own CPU time, whatever the driver.
+const BUSY_MIN_WAIT: Duration = Duration::from_millis(5);
+
+/// How much judged driver-wait time [`BusyCheck`] adds up before it decides.
+const BUSY_WINDOW: Duration = Duration::from_millis(200);
+
+/// Tells a driver whose host waits busy-loop from one whose waits block, by the driver-wait
+/// thread's own CPU clock: over [`BUSY_WINDOW`] of waits that each lasted at least
+/// [`BUSY_MIN_WAIT`], the thread may have run for at most [`BUSY_WAIT_SHARE`] of the time.
+#[derive(Debug, Default)]
+struct BusyCheck {
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl BusyCheck {
+    /// Adds one driver wait that took `wall` and cost the thread `cpu`; returns true once the
+    /// judged waits show a busy loop.
+    fn add(&mut self, wall: Duration, cpu: Duration) -> bool {
+        if wall < BUSY_MIN_WAIT {
+            return false;
+        }
+        self.wall += wall;
+        self.cpu += cpu;
+        if self.wall < BUSY_WINDOW {
+            return false;
+        }
+        let busy = self.cpu.as_secs_f64() > BUSY_WAIT_SHARE * self.wall.as_secs_f64();
+        *self = BusyCheck::default();
+        busy
+    }
+}
+
+/// CPU time the calling thread has used so far.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
 
 fn start_blocker(
     shared: &Arc<Shared>,
@@ -772,6 +890,7 @@ fn start_blocker(
 /// the kick semaphore is signaled, then scans.
 fn driver_wait_loop(shared: &Shared, blocker: &Blocker, device: &Arc<Device>) {
     let key = device_key(device);
+    let mut busy = BusyCheck::default();
     loop {
         // Read the kick value before the wait set: a kick after this read wakes the wait below.
         let kicked = match blocker.kick.value() {
@@ -785,7 +904,7 @@ fn driver_wait_loop(shared: &Shared, blocker: &Blocker, device: &Arc<Device>) {
             }
             st.sems
                 .values()
-                .filter(|w| device_key(w.sem.device()) == key)
+                .filter(|w| w.external && device_key(w.sem.device()) == key)
                 .filter_map(|w| {
                     let target = w.waiters.iter().map(|x| x.target).min();
                     let target = match (target, &w.watch) {
@@ -801,9 +920,18 @@ fn driver_wait_loop(shared: &Shared, blocker: &Blocker, device: &Arc<Device>) {
         let mut list: Vec<(&TimelineSemaphore, u64)> =
             points.iter().map(|(s, v)| (&**s, *v)).collect();
         list.push((&blocker.kick, kicked + 1));
-        match TimelineSemaphore::wait_any(&list, DRIVER_WAIT_SLICE) {
-            Ok(_) => {}
-            Err(e) => return stop_blocker(shared, blocker, &e),
+        let (started, cpu) = (Instant::now(), thread_cpu_time());
+        if let Err(e) = TimelineSemaphore::wait_any(&list, DRIVER_WAIT_SLICE) {
+            return stop_blocker(shared, blocker, &e);
+        }
+        if busy.add(started.elapsed(), thread_cpu_time().saturating_sub(cpu)) {
+            let name = &device.info().name;
+            let why = format!(
+                "vkWaitSemaphores busy-waits on {name} (its thread ran for more than {:.0}% of \
+                 its waits)",
+                BUSY_WAIT_SHARE * 100.0
+            );
+            return stop_blocker(shared, blocker, &why);
         }
         drop(list);
         if points.is_empty() {
@@ -834,22 +962,46 @@ mod tests {
 
     #[test]
     fn interval_backs_off_with_age() {
-        for driver in [false, true] {
-            let young = poll_interval(Some(Duration::from_micros(100)), driver);
-            let old = poll_interval(Some(Duration::from_secs(5)), driver);
-            assert!(young < old);
-            assert!(old <= Duration::from_millis(10));
+        let ms = Duration::from_millis;
+        for backing in [Backing::Alone, Backing::Driver, Backing::Trusted] {
+            let young = poll_interval(Duration::from_micros(100), backing);
+            let old = poll_interval(Duration::from_secs(60), backing);
+            assert!(young < old, "{backing:?}");
+            assert!(old <= ms(20), "{backing:?}");
             let mut last = Duration::ZERO;
-            for ms in [0, 2, 20, 200, 2000] {
-                let i = poll_interval(Some(Duration::from_millis(ms)), driver);
-                assert!(i >= last, "interval shrank at {ms} ms");
+            for age in [0, 2, 20, 200, 1000, 2000, 10_000, 100_000] {
+                let i = poll_interval(ms(age), backing);
+                assert!(i >= last, "{backing:?}: interval shrank at {age} ms");
                 last = i;
             }
         }
-        assert!(poll_interval(Some(Duration::ZERO), false) <= Duration::from_micros(50));
-        assert!(
-            poll_interval(Some(Duration::ZERO), true) > poll_interval(Some(Duration::ZERO), false)
-        );
+        // Young waits keep their cadence unless the driver waits proved faster.
+        for backing in [Backing::Alone, Backing::Driver] {
+            assert_eq!(poll_interval(ms(1), backing), Duration::from_micros(20));
+            assert_eq!(poll_interval(ms(100), backing), Duration::from_micros(100));
+        }
+        assert!(poll_interval(ms(1), Backing::Trusted) > poll_interval(ms(1), Backing::Alone));
+        // A wait pending for minutes costs at most 500 wake-ups a second, 200 behind driver
+        // waits.
+        assert!(poll_interval(ms(60_000), Backing::Alone) >= ms(2));
+        assert!(poll_interval(ms(60_000), Backing::Driver) >= ms(5));
+    }
+
+    #[test]
+    fn busy_check_judges_long_waits_only() {
+        let ms = Duration::from_millis;
+        let mut c = BusyCheck::default();
+        // Waits that return at once spend their time on the CPU, whatever the driver.
+        for _ in 0..10_000 {
+            assert!(!c.add(Duration::from_micros(50), Duration::from_micros(50)));
+        }
+        // Blocking waits: a few microseconds of CPU each.
+        for _ in 0..100 {
+            assert!(!c.add(ms(10), Duration::from_micros(30)));
+        }
+        // A busy loop, even at a third of a core, is caught within the window.
+        let caught = (0..100).any(|_| c.add(ms(10), ms(3)));
+        assert!(caught);
     }
 
     /// A device on the machine's Vulkan driver (lavapipe in CI), or `None` after a SKIP line.
@@ -885,6 +1037,7 @@ mod tests {
             .unwrap();
         for driver in [true, false] {
             let svc = WaitService::start(driver).unwrap();
+            svc.shared.all_external.store(true, Ordering::Relaxed);
             let sem = Arc::new(device.create_timeline_semaphore(0, false).unwrap());
             const ROUNDS: u64 = 20;
             for round in 1..=ROUNDS {
@@ -929,5 +1082,124 @@ mod tests {
             svc.shutdown();
             assert_eq!(svc.pending_waits(), 0);
         }
+    }
+
+    /// A semaphore that never leaves the daemon is read when the daemon says it changed, not on
+    /// a timer: a change behind the service's back (which cannot happen to it) is seen only by
+    /// the slow backstop, and a notified one at once, by the notify path.
+    #[test]
+    fn unexported_semaphores_are_read_on_notify_not_on_a_timer() {
+        let Some(device) = device() else { return };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let svc = WaitService::start(true).unwrap();
+        let sem = Arc::new(device.create_timeline_semaphore(0, false).unwrap());
+        assert!(!sem.exportable());
+        // Notified: completes at once, counted as the daemon's own signal.
+        let notifier = std::thread::spawn({
+            let (sem, svc) = (sem.clone(), svc.clone());
+            move || {
+                while svc.pending_waits() == 0 {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                sem.signal(1).unwrap();
+                svc.notify();
+            }
+        });
+        let t = Instant::now();
+        rt.block_on(svc.wait("sem-n", &sem, 1, Duration::from_secs(10)))
+            .unwrap();
+        notifier.join().unwrap();
+        assert!(t.elapsed() < UNEXPORTED_BACKSTOP / 2, "{:?}", t.elapsed());
+        let notify = svc.wakeups()[Wakeup::Notify as usize].1;
+        assert_eq!(notify, 1, "{:?}", svc.wakeups());
+        // Behind the service's back: nothing reads it for the next 300 ms...
+        let sneak = std::thread::spawn({
+            let (sem, svc) = (sem.clone(), svc.clone());
+            move || {
+                while svc.pending_waits() == 0 {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                // After the scan that registering the wait asked for.
+                std::thread::sleep(Duration::from_millis(50));
+                sem.signal(2).unwrap();
+            }
+        });
+        let early = rt.block_on(svc.wait("sem-n", &sem, 2, Duration::from_millis(300)));
+        sneak.join().unwrap();
+        assert!(matches!(early, Err(Error::WaitTimeout { .. })), "{early:?}");
+        // ...and no driver-wait thread was started for it.
+        assert!(svc.blockers.lock().unwrap().is_empty());
+        svc.shutdown();
+    }
+
+    /// A driver whose wait-any busy-loops is caught by the driver-wait thread's CPU clock, and
+    /// its waits are polled from then on; a driver whose waits block keeps its driver waits.
+    /// Lavapipe loops (Mesa's common wait-any over emulated timelines: the wait set is the
+    /// semaphore plus the kick semaphore); GPU drivers block.
+    #[test]
+    fn a_busy_waiting_driver_is_caught_and_its_waits_polled() {
+        let Some(device) = device() else { return };
+        let loops = device
+            .info()
+            .driver_name
+            .to_lowercase()
+            .contains("llvmpipe")
+            || device.info().name.to_lowercase().contains("llvmpipe");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let svc = WaitService::start(true).unwrap();
+        svc.shared.all_external.store(true, Ordering::Relaxed);
+        let sem = Arc::new(device.create_timeline_semaphore(0, false).unwrap());
+        let signaler = std::thread::spawn({
+            let (sem, svc) = (sem.clone(), svc.clone());
+            move || {
+                while svc.pending_waits() == 0 {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                // The driver-wait thread starts with the wait; give it 3 s to be caught.
+                std::thread::sleep(Duration::from_millis(50));
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_secs(3) && svc.driver_waits_active() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                sem.signal(1).unwrap();
+            }
+        });
+        let got = rt.block_on(svc.wait("sem-b", &sem, 1, Duration::from_secs(10)));
+        signaler.join().unwrap();
+        assert_eq!(got.unwrap(), 1);
+        assert_eq!(
+            svc.driver_waits_active(),
+            !loops,
+            "driver {:?}: driver waits active {}",
+            device.info().driver_name,
+            svc.driver_waits_active()
+        );
+        if loops {
+            // Polled from now on: the next wait is noticed by the poller.
+            let signaler = std::thread::spawn({
+                let (sem, svc) = (sem.clone(), svc.clone());
+                move || {
+                    while svc.pending_waits() == 0 {
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                    sem.signal(2).unwrap();
+                }
+            });
+            rt.block_on(svc.wait("sem-b", &sem, 2, Duration::from_secs(10)))
+                .unwrap();
+            signaler.join().unwrap();
+            assert!(
+                svc.wakeups()[Wakeup::Poll as usize].1 >= 1,
+                "{:?}",
+                svc.wakeups()
+            );
+        }
+        svc.shutdown();
     }
 }

@@ -41,6 +41,27 @@ pub fn process_cpu_ticks(pid: u32) -> std::io::Result<u64> {
     Ok(field(11)? + field(12)?)
 }
 
+/// CPU time the live threads of process `pid` have run so far, in nanoseconds: the sum of
+/// `/proc/<pid>/task/*/schedstat`'s first field. Finer than [`process_cpu_ticks`] (10 ms), for
+/// short windows; a thread that exits takes its time with it, so a difference over a window in
+/// which threads may end can read low.
+pub fn process_cpu_ns(pid: u32) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        // A thread that ended since the listing has no file any more: it counts for nothing.
+        let Ok(stat) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
 /// Clock ticks per second (`_SC_CLK_TCK`; 100 if unknown).
 pub fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.

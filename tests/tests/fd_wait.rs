@@ -1,5 +1,6 @@
 //! Host waits on fd.sock (`FdRequest.wait`, [`HostWaiter`]) against the real daemon: values,
-//! timeouts, errors, abandonment, quotas, hang-ups and the one-reply-per-request rule.
+//! timeouts, errors, abandonment, quotas, hang-ups and the one-reply-per-request rule; and what
+//! pending waits of every kind cost the daemon in CPU.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::fd::AsFd;
@@ -286,4 +287,79 @@ async fn the_cli_waits_on_fd_sock() {
     .join()
     .unwrap();
     assert_eq!(status.code(), Some(3), "{err}");
+}
+
+/// The daemon's CPU use over `span`, in percent of one core.
+fn daemon_cpu_pct(d: &gpushare_tests::TestDaemon, span: Duration) -> f64 {
+    let before = gpushare_tests::process_cpu_ticks(d.pid()).unwrap();
+    std::thread::sleep(span);
+    let after = gpushare_tests::process_cpu_ticks(d.pid()).unwrap();
+    (after - before) as f64 / gpushare_tests::clock_ticks_per_second() / span.as_secs_f64() * 100.0
+}
+
+/// Most CPU a daemon with waits pending (none spinning) may use in these tests, in percent of
+/// one core: generous (the bench's target is 2%, `pending_wait_cpu_pct`), and far below the
+/// 100% that one pending wait used to cost on lavapipe (a driver wait that busy-looped).
+const PENDING_WAIT_CPU_BOUND: f64 = 20.0;
+
+/// Pending waits that do not spin cost the daemon (almost) no CPU: one gRPC Wait for 5 s; then
+/// an fd.sock wait, a Watch and a Write waiting for its wait point together for 3 s. Each then
+/// completes on one signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_waits_cost_the_daemon_no_cpu() {
+    let d = gpushare_tests::daemon_or_skip!();
+    let c = Client::connect(d.runtime_dir()).await.unwrap();
+    let sem = c.create_semaphore(0, &pinned()).await.unwrap();
+    let buf = c.create_buffer(4096, &pinned()).await.unwrap();
+    let idle = tokio::task::block_in_place(|| daemon_cpu_pct(&d, Duration::from_secs(1)));
+
+    let wait = tokio::spawn({
+        let sem = sem.clone();
+        async move { sem.wait(1, Duration::from_secs(60)).await }
+    });
+    until_pending(&c, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let one = tokio::task::block_in_place(|| daemon_cpu_pct(&d, Duration::from_secs(5)));
+    assert!(
+        one <= PENDING_WAIT_CPU_BOUND,
+        "one pending gRPC Wait: the daemon used {one:.1}% of a core over 5 s (idle: {idle:.1}%)"
+    );
+
+    let waiter = Arc::new(HostWaiter::connect(d.runtime_dir()).unwrap());
+    let fd_wait = wait_on_thread(&waiter, sem.id(), 2, 60_000, 0);
+    let mut watch = sem.watch();
+    assert_eq!(
+        tokio_stream::StreamExt::next(&mut watch)
+            .await
+            .unwrap()
+            .unwrap(),
+        0
+    );
+    let write = tokio::spawn({
+        let buf = buf.clone();
+        let id = sem.id().to_owned();
+        async move {
+            buf.write(0, &[7; 16], &gpushare_client::Sync::none().wait(id, 2))
+                .await
+        }
+    });
+    until_pending(&c, 3).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let many = tokio::task::block_in_place(|| daemon_cpu_pct(&d, Duration::from_secs(3)));
+    assert!(
+        many <= PENDING_WAIT_CPU_BOUND,
+        "a gRPC Wait, an fd.sock wait, a Watch and a wait point pending: the daemon used \
+         {many:.1}% of a core over 3 s (idle: {idle:.1}%)"
+    );
+
+    sem.signal(2).await.unwrap();
+    assert!(wait.await.unwrap().unwrap() >= 1);
+    assert!(fd_wait.join().unwrap().0.unwrap() >= 2);
+    write.await.unwrap().unwrap();
+    let seen = tokio_stream::StreamExt::next(&mut watch)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(seen >= 2);
+    println!("daemon CPU: idle {idle:.1}%, one Wait {one:.1}%, four waits {many:.1}%");
 }

@@ -14,6 +14,8 @@
 //! 3. GetValue throughput with 8 concurrent connections vs. the health `Check` with 8.
 //! 4. Daemon resident memory: idle, with 1,000 sessions holding a semaphore each, after they end.
 //! 5. Host wake latency: Signal-call return to Wait-call return on another connection.
+//! 6. The daemon's CPU while one wait is pending (no spin) for 10 s vs. the same daemon idle,
+//!    with driver waits on (the default) and off; the first 100 ms of the wait beside it.
 //!
 //! The exit status is 0 whether targets pass or fail (it is a measurement); 3 when no Vulkan
 //! device exists, 1 on an error that stopped the run.
@@ -25,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use gpushare_client::{Client, CreateOptions};
+use gpushare_client::{Client, CreateOptions, HostWaiter};
 use gpushare_tests::report::{machine_info, print_table, Row};
 use gpushare_tests::{TempDir, TestDaemon};
 use serde_json::{json, Value};
@@ -49,12 +51,17 @@ const DRIVER_N: usize = 5_000;
 const WAKE_WARMUP: usize = 20;
 const WAKE_ROUNDS: usize = 500;
 const WAKE_PENDING: Duration = Duration::from_millis(2);
+const PENDING_SPAN: Duration = Duration::from_secs(10);
+const PENDING_SHORT_SPAN: Duration = Duration::from_secs(5);
+const PENDING_FIRST: Duration = Duration::from_millis(100);
+const IDLE_SPAN: Duration = Duration::from_secs(3);
 
 /// Targets.
 const GET_VALUE_MAX_RATIO: f64 = 1.5;
 const EXPORT_MAX_RATIO: f64 = 4.0;
 const THROUGHPUT_MIN: f64 = 20_000.0;
 const SESSION_MAX_KIB: f64 = 64.0;
+const PENDING_WAIT_MAX_CPU_PCT: f64 = 2.0;
 
 fn main() -> ExitCode {
     let mut json_path = PathBuf::from("bench/results/latest.json");
@@ -158,6 +165,9 @@ async fn run(json_path: PathBuf, nofile: Option<u64>) -> ExitCode {
             "sessions": SESSIONS,
             "wake_rounds": WAKE_ROUNDS,
             "wake_pending_ms": WAKE_PENDING.as_secs_f64() * 1e3,
+            "pending_wait_seconds": PENDING_SPAN.as_secs_f64(),
+            "pending_wait_first_ms": PENDING_FIRST.as_secs_f64() * 1e3,
+            "idle_seconds": IDLE_SPAN.as_secs_f64(),
             "client_runtime": "tokio multi_thread, default workers",
         },
         "measurements": details,
@@ -202,7 +212,7 @@ async fn measure(daemon: &TestDaemon, machine: &mut Value) -> BenchResult<(Vec<R
     let sem_id = sem.id().to_owned();
 
     // ---- 1. round trips ----
-    println!("[1/5] round trips: raw UDS echo, health Check, GetValue ({RTT_N} each)");
+    println!("[1/6] round trips: raw UDS echo, health Check, GetValue ({RTT_N} each)");
     let (cpu_a, cpu_b) = two_cpus();
     // Baseline B on two CPUs (one where only one exists); for reference, on one CPU.
     let mut echo = Echo::start((cpu_a, cpu_b.or(cpu_a)));
@@ -243,7 +253,7 @@ async fn measure(daemon: &TestDaemon, machine: &mut Value) -> BenchResult<(Vec<R
     }
 
     // ---- 2. export ----
-    println!("[2/5] export round trips on a 1 MiB buffer ({EXPORT_N} full, {EXPORT_N} split)");
+    println!("[2/6] export round trips on a 1 MiB buffer ({EXPORT_N} full, {EXPORT_N} split)");
     let buffer = session.create_buffer(EXPORT_BUFFER, &opts).await?;
     let buffer_id = buffer.id().to_owned();
     for _ in 0..EXPORT_WARMUP {
@@ -396,7 +406,7 @@ async fn measure(daemon: &TestDaemon, machine: &mut Value) -> BenchResult<(Vec<R
 
     // ---- 3. throughput ----
     println!(
-        "[3/5] throughput: {THROUGHPUT_CLIENTS} connections for {} s, GetValue then health Check",
+        "[3/6] throughput: {THROUGHPUT_CLIENTS} connections for {} s, GetValue then health Check",
         THROUGHPUT_TIME.as_secs()
     );
     let mut clients = Vec::new();
@@ -438,7 +448,7 @@ async fn measure(daemon: &TestDaemon, machine: &mut Value) -> BenchResult<(Vec<R
 
     // ---- 5. wake latency (before 4, which uses its own daemon) ----
     println!(
-        "[4/5] host wake latency: {WAKE_ROUNDS} rounds, signal {} ms after the wait",
+        "[4/6] host wake latency: {WAKE_ROUNDS} rounds, signal {} ms after the wait",
         WAKE_PENDING.as_millis()
     );
     let waiter = Client::connect(&dir).await?.semaphore(&sem_id);
@@ -544,14 +554,162 @@ async fn measure(daemon: &TestDaemon, machine: &mut Value) -> BenchResult<(Vec<R
 
     // ---- 4. memory, on a fresh daemon ----
     println!(
-        "[5/5] daemon memory: idle, {SESSIONS} sessions with a semaphore each, after they end"
+        "[5/6] daemon memory: idle, {SESSIONS} sessions with a semaphore each, after they end"
     );
     let (mem_rows, mem) = memory().await?;
     rows.extend(mem_rows);
     rows.extend(wake_rows);
     details.insert("memory".into(), mem);
 
+    // ---- 6. CPU of pending waits ----
+    println!(
+        "[6/6] daemon CPU with one wait pending (no spin) for {} s, driver waits on and off",
+        PENDING_SPAN.as_secs()
+    );
+    let (cpu_rows, cpu) = pending_wait_cpu(daemon).await?;
+    rows.extend(cpu_rows);
+    details.insert(
+        "pending_wait_cpu_pct".into(),
+        cpu["pending_wait_cpu_pct"].clone(),
+    );
+    details.insert("pending_wait_cpu".into(), cpu);
+
     Ok((rows, Value::Object(details)))
+}
+
+/// Percent of one core used between two [`gpushare_tests::process_cpu_ticks`] readings `span`
+/// apart.
+fn cpu_pct(before: u64, after: u64, span: Duration) -> f64 {
+    (after.saturating_sub(before)) as f64
+        / gpushare_tests::clock_ticks_per_second()
+        / span.as_secs_f64()
+        * 100.0
+}
+
+/// The daemon's CPU over `span` in percent of one core, from its clock ticks (threads that
+/// end meanwhile included).
+async fn daemon_cpu(pid: u32, span: Duration) -> BenchResult<f64> {
+    let before = gpushare_tests::process_cpu_ticks(pid)?;
+    tokio::time::sleep(span).await;
+    let after = gpushare_tests::process_cpu_ticks(pid)?;
+    Ok(cpu_pct(before, after, span))
+}
+
+/// What one pending host wait costs the daemon, on `daemon` (default settings) and on a daemon
+/// with `driver_waits = false`: its CPU while the semaphore is idle (the baseline), over the
+/// first [`PENDING_FIRST`] of a gRPC Wait (the call's handling included: the tight polling of a
+/// young wait), over [`PENDING_SPAN`] of it (the target), and, on the default daemon, over
+/// [`PENDING_SHORT_SPAN`] of an fd.sock wait without spin and of a Watch stream.
+async fn pending_wait_cpu(daemon: &TestDaemon) -> BenchResult<(Vec<Row>, Value)> {
+    let second = TestDaemon::start_with("driver_waits = false")
+        .ok_or("the daemon with driver_waits = false did not start")?;
+    let mut figures = serde_json::Map::new();
+    let mut rows = Vec::new();
+    for (label, d) in [("driver_waits_on", daemon), ("driver_waits_off", &second)] {
+        let pid = d.pid();
+        let c = Client::connect(d.runtime_dir()).await?;
+        let pinned = CreateOptions {
+            pin: true,
+            ..CreateOptions::default()
+        };
+        let sem = c.create_semaphore(0, &pinned).await?;
+        let exportable = match sem.describe().await?.details {
+            Some(gpushare_client::v1::resource::Details::Semaphore(s)) => s.exportable,
+            _ => false,
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let idle = daemon_cpu(pid, IDLE_SPAN).await?;
+
+        let first_ns = gpushare_tests::process_cpu_ns(pid)?;
+        let first_ticks = gpushare_tests::process_cpu_ticks(pid)?;
+        let wait = tokio::spawn({
+            let sem = sem.clone();
+            async move { sem.wait(1, Duration::from_secs(120)).await }
+        });
+        tokio::time::sleep(PENDING_FIRST).await;
+        let first = (gpushare_tests::process_cpu_ns(pid)?.saturating_sub(first_ns)) as f64
+            / PENDING_FIRST.as_nanos() as f64
+            * 100.0;
+        tokio::time::sleep(PENDING_SPAN - PENDING_FIRST).await;
+        let pending = cpu_pct(
+            first_ticks,
+            gpushare_tests::process_cpu_ticks(pid)?,
+            PENDING_SPAN,
+        );
+        sem.signal(1).await?;
+        if wait.await?? < 1 {
+            return Err("the pending wait returned below its value".into());
+        }
+        let mut entry = json!({
+            "semaphore_exportable": exportable,
+            "idle_cpu_pct": idle,
+            "first_100ms_cpu_pct": first,
+            "pending_wait_cpu_pct": pending,
+        });
+        if label == "driver_waits_on" {
+            let waiter = HostWaiter::connect(d.runtime_dir())?;
+            let fd_wait = tokio::task::spawn_blocking({
+                let id = sem.id().to_owned();
+                move || waiter.wait(&id, 2, Duration::from_secs(120), Duration::ZERO)
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let fd = daemon_cpu(pid, PENDING_SHORT_SPAN).await?;
+            sem.signal(2).await?;
+            fd_wait.await??;
+            let mut watch = sem.watch();
+            tokio_stream::StreamExt::next(&mut watch)
+                .await
+                .ok_or("no first value")??;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let watched = daemon_cpu(pid, PENDING_SHORT_SPAN).await?;
+            drop(watch);
+            entry["fd_wait_cpu_pct"] = json!(fd);
+            entry["watch_cpu_pct"] = json!(watched);
+            rows.push(Row::new(
+                "pending wait: daemon CPU, 10 s (Wait, no spin)",
+                format!("{pending:.2}%"),
+                format!("{idle:.2}% (idle)"),
+                None,
+                format!("<= {PENDING_WAIT_MAX_CPU_PCT}%"),
+                Some(pending <= PENDING_WAIT_MAX_CPU_PCT),
+            ));
+            rows.push(Row::info(
+                "  its first 100 ms",
+                format!("{first:.1}%"),
+                format!("{idle:.2}% (idle)"),
+                None,
+            ));
+            rows.push(Row::info(
+                "  fd.sock wait (spin 0), 5 s",
+                format!("{fd:.2}%"),
+                format!("{idle:.2}% (idle)"),
+                None,
+            ));
+            rows.push(Row::info(
+                "  Watch stream, 5 s",
+                format!("{watched:.2}%"),
+                format!("{idle:.2}% (idle)"),
+                None,
+            ));
+            figures.insert("pending_wait_cpu_pct".into(), json!(pending));
+            figures.insert("pass".into(), json!(pending <= PENDING_WAIT_MAX_CPU_PCT));
+        } else {
+            rows.push(Row::info(
+                "  with driver_waits = false, 10 s",
+                format!("{pending:.2}% (first 100 ms {first:.1}%)"),
+                format!("{idle:.2}% (idle)"),
+                None,
+            ));
+        }
+        figures.insert(label.into(), entry);
+        c.release(sem.id()).await?;
+    }
+    figures.insert(
+        "what".into(),
+        json!("percent of one core used by the daemon (all threads): idle, then while one gRPC Wait (no spin) is pending on a semaphore nothing signals; the first 100 ms include the call's handling"),
+    );
+    figures.insert("target_max_pct".into(), json!(PENDING_WAIT_MAX_CPU_PCT));
+    Ok((rows, Value::Object(figures)))
 }
 
 /// What the driver calls behind GetValue and a redeem cost by themselves, in this process.
