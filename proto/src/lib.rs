@@ -4,12 +4,14 @@
 //!
 //! This crate holds no policy: no tickets, no GPU code, no sessions.
 
+pub mod codec;
 pub mod fdpass;
 
 /// Generated protobuf messages and tonic client/server for `gpushare.v1`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("gpushare.v1");
+    include!(concat!(env!("OUT_DIR"), "/decode_failure.rs"));
 }
 
 /// The encoded `FileDescriptorSet` of `gpushare.v1`, for gRPC reflection.

@@ -756,3 +756,120 @@ fn fd_links(pid: u32) -> Vec<String> {
     out.sort();
     out
 }
+
+/// Raw bytes as a gRPC message: sends them as they are, and reads replies as bytes.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+/// gRPC requests whose bytes do not decode (truncated, a wrong wire type, invalid UTF-8 in a
+/// string), unary and server-streaming, get INVALID_ARGUMENT naming the request type, as
+/// fd.sock answers for bad bytes; never INTERNAL. The daemon keeps serving.
+#[tokio::test]
+async fn undecodable_grpc_requests_are_invalid_arguments() {
+    let d = gpushare_tests::daemon_or_skip!();
+    let path = d.runtime_dir().join(gpushare_proto::CONTROL_SOCKET);
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let path = |m: &str| -> http::uri::PathAndQuery {
+        format!("/gpushare.v1.GpuShare/{m}").parse().unwrap()
+    };
+    let cases: [(&str, &str, Vec<u8>, &str); 4] = [
+        (
+            "CreateBuffer",
+            "truncated varint",
+            vec![0x08],
+            "CreateBufferRequest",
+        ),
+        (
+            "CreateBuffer",
+            "size as bytes",
+            vec![0x0a, 0x01, 0x00],
+            "CreateBufferRequest",
+        ),
+        (
+            "CreateBuffer",
+            "name not UTF-8",
+            vec![0x1a, 0x02, 0xff, 0xfe],
+            "CreateBufferRequest",
+        ),
+        (
+            "Signal",
+            "truncated length",
+            vec![0x0a, 0x05, b's'],
+            "SignalRequest",
+        ),
+    ];
+    for (method, what, bytes, name) in cases {
+        grpc.ready().await.unwrap();
+        let e = grpc
+            .unary::<_, Vec<u8>, _>(tonic::Request::new(bytes), path(method), RawCodec)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{method}, {what}: {e}");
+        assert!(e.message().contains(name), "{method}, {what}: {e}");
+    }
+    // A server-streaming call: Watch with an id that is not UTF-8.
+    grpc.ready().await.unwrap();
+    let e = grpc
+        .server_streaming::<_, Vec<u8>, _>(
+            tonic::Request::new(vec![0x0a, 0x01, 0xff]),
+            path("Watch"),
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "Watch: {e}");
+    // Still serving.
+    let c = Client::connect(d.runtime_dir()).await.unwrap();
+    c.info().await.unwrap();
+}
