@@ -255,6 +255,21 @@ impl TestDaemon {
             .unwrap_or(0)
     }
 
+    /// What each of the daemon's descriptors refers to (`readlink /proc/<pid>/fd/*`), sorted:
+    /// to name the ones a test finds left over.
+    pub fn fd_targets(&self) -> Vec<String> {
+        let mut out: Vec<String> = fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| fs::read_link(e.path()).ok())
+                    .map(|t| t.display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
     /// The daemon's descriptor count once it has not changed for 200 ms (at most 5 s): a
     /// baseline that background work (a spare export being made) cannot move afterwards.
     pub fn settled_fd_count(&self) -> usize {
