@@ -15,6 +15,7 @@ use crate::host_buffer::HostBuffer;
 use crate::ids;
 use crate::image::{SharedImage, IMAGE_PREFIX};
 use crate::inflight::InFlight;
+use crate::log_budget::LogBudget;
 use crate::peer::Peer;
 use crate::quota::{Counted, Counters, Held};
 use crate::registry::{EndedSession, Object, Registry, Resource, Snapshot};
@@ -93,6 +94,9 @@ impl Drop for GpuSignals {
         self.waits.notify();
     }
 }
+
+/// INFO lines for abandoned semaphores: a few a second (`left_out` counts the rest).
+static ABANDONED_LOG: LogBudget = LogBudget::new(10);
 
 /// The id prefix of host buffers (`host-…`).
 pub const HOST_BUFFER_PREFIX: &str = "host";
@@ -431,7 +435,11 @@ impl Daemon {
             if let Object::Semaphore(sem) = &r.object {
                 self.waits.abandon(&r.id);
                 if let Some(value) = self.poison(&r, sem) {
-                    tracing::info!(id = %r.id, value, "semaphore abandoned: its creating session ended");
+                    if let Some(left_out) = ABANDONED_LOG.admit() {
+                        tracing::info!(id = %r.id, value, left_out, "semaphore abandoned: its last signaler session ended");
+                    } else {
+                        tracing::debug!(id = %r.id, value, "semaphore abandoned: its last signaler session ended");
+                    }
                 }
             }
         }

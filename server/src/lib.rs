@@ -23,6 +23,7 @@ pub mod ids;
 pub mod image;
 pub mod inflight;
 pub mod introspect;
+mod log_budget;
 pub mod metrics;
 pub mod ops;
 pub mod peer;

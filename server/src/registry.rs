@@ -32,6 +32,7 @@ use crate::daemon::Caller;
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::introspect::SessionView;
+use crate::log_budget::LogBudget;
 
 /// The GPU object behind a resource.
 #[derive(Debug, Clone)]
@@ -194,6 +195,10 @@ impl Resource {
         }
     }
 }
+
+/// INFO lines for resources the admin group releases: a few a second (`left_out` counts the
+/// rest).
+static ADMIN_RELEASE_LOG: LogBudget = LogBudget::new(10);
 
 /// Most uid grants, gid grants, or tokens, each, per resource.
 pub const MAX_GRANTS: usize = 64;
@@ -830,12 +835,21 @@ impl Registry {
                     }
                 }
                 entry.pinned = false;
-                tracing::info!(
-                    id,
-                    admin_uid = caller.uid,
-                    owner_uid = entry.resource.owner_uid,
-                    "resource released by the admin group"
-                );
+                match ADMIN_RELEASE_LOG.admit() {
+                    Some(left_out) => tracing::info!(
+                        id,
+                        admin_uid = caller.uid,
+                        owner_uid = entry.resource.owner_uid,
+                        left_out,
+                        "resource released by the admin group"
+                    ),
+                    None => tracing::debug!(
+                        id,
+                        admin_uid = caller.uid,
+                        owner_uid = entry.resource.owner_uid,
+                        "resource released by the admin group"
+                    ),
+                }
             }
             None => return Err(Error::NoReference(ids::shown(id))),
         }

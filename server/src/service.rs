@@ -838,7 +838,7 @@ impl Service {
             None => return Err(Error::BadGrant),
         };
         let snap = self.d.registry.set_grant(&r.id, caller, who, grant)?;
-        tracing::info!(id = %r.id, owner_uid = caller.uid, ?who, grant, "access changed");
+        tracing::debug!(id = %r.id, owner_uid = caller.uid, ?who, grant, "access changed");
         Ok(resource_msg(&snap))
     }
 

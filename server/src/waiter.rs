@@ -44,6 +44,7 @@ use gpushare_interop::vulkan::{Device, TimelineSemaphore};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Result};
+use crate::log_budget::LogBudget;
 
 /// Why a wait or a watch ended without its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -664,6 +665,9 @@ fn end_all(w: Watched, end: End) {
     }
 }
 
+/// Warnings for failed counter reads: a few a second (`left_out` counts the rest).
+static READ_FAILED_LOG: LogBudget = LogBudget::new(5);
+
 /// What a [`scan`] found still pending.
 struct Scanned {
     /// The age of the youngest pending wait or recently moved watch on an external semaphore
@@ -689,7 +693,11 @@ fn scan(shared: &Shared, st: &mut State, by: Wakeup, direct: &mut Vec<(Waiter, u
         let value = match w.sem.value() {
             Ok(v) => v,
             Err(e) => {
-                tracing::warn!(semaphore = %id, error = %e, "cannot read semaphore value");
+                // Read at the poller's cadence: a driver that fails every read must not flood
+                // the log.
+                if let Some(left_out) = READ_FAILED_LOG.admit() {
+                    tracing::warn!(semaphore = %id, error = %e, left_out, "cannot read semaphore value");
+                }
                 continue;
             }
         };

@@ -873,3 +873,60 @@ async fn undecodable_grpc_requests_are_invalid_arguments() {
     let c = Client::connect(d.runtime_dir()).await.unwrap();
     c.info().await.unwrap();
 }
+
+/// Events a client causes at will do not flood the log at the default level: Grant and Revoke
+/// log at DEBUG, and semaphores abandoned in a loop get at most a few INFO lines a second, the
+/// next one counting those left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_client_events_does_not_flood_the_log() {
+    let d = gpushare_tests::daemon_or_skip!();
+    let c = Client::connect(d.runtime_dir()).await.unwrap();
+    let pinned = CreateOptions {
+        pin: true,
+        ..CreateOptions::default()
+    };
+    let buf = c.create_buffer(4096, &pinned).await.unwrap();
+    let before = d.log().lines().count();
+    for uid in 0..200 {
+        c.grant(buf.id(), gpushare_client::Grantee::Uid(5000 + uid))
+            .await
+            .unwrap();
+        c.revoke(buf.id(), gpushare_client::Grantee::Uid(5000 + uid))
+            .await
+            .unwrap();
+    }
+    // 40 sessions, each the signaler of a pinned semaphore, ended: 40 abandonments.
+    for i in 0..40 {
+        let s = Client::connect_with_session(d.runtime_dir(), &format!("flood-{i}"))
+            .await
+            .unwrap();
+        s.create_semaphore(0, &pinned).await.unwrap();
+    }
+    let abandoned = within(Duration::from_secs(10), async || {
+        c.semaphores()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|s| s.abandoned)
+            .count()
+            == 40
+    })
+    .await;
+    assert!(
+        abandoned.is_some(),
+        "the 40 semaphores were not all abandoned"
+    );
+    let log = d.log();
+    let new: Vec<&str> = log.lines().skip(before).collect();
+    assert!(
+        !new.iter().any(|l| l.contains("access changed")),
+        "Grant/Revoke logged at INFO:\n{}",
+        new.join("\n")
+    );
+    let lines = new.iter().filter(|l| l.contains("abandoned")).count();
+    assert!(
+        (1..=20).contains(&lines),
+        "{lines} INFO lines for 40 abandonments within seconds:\n{}",
+        new.join("\n")
+    );
+}
