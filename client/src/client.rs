@@ -76,10 +76,7 @@ impl Client {
         let control = dir.join(CONTROL_SOCKET);
         let channel = unix_channel(&control)
             .await
-            .map_err(|source| Error::Connect {
-                path: control,
-                source,
-            })?;
+            .map_err(|source| Error::connect(control, source))?;
         let grpc = GpuShareClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);

@@ -17,6 +17,16 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The socket (or its directory) refuses this user: it is not in the group the daemon's
+    /// sockets belong to (`socket_mode` allows the owner and the group by default).
+    #[error("permission denied on {}: ask to be added to {group}", path.display())]
+    NoAccess {
+        /// The socket's path.
+        path: PathBuf,
+        /// The group to ask for: `group <name>`, or `the group with gid <n>`, or `the socket's
+        /// group` when even that cannot be read.
+        group: String,
+    },
     /// The descriptor socket could not be reached.
     #[error("cannot connect to {}", path.display())]
     FdConnect {
@@ -177,8 +187,29 @@ impl Error {
         match self {
             Error::Status(status) => Some(status.code()),
             Error::Redeem { code, .. } | Error::FdRefused { code, .. } => Some(*code),
+            Error::NoAccess { .. } => Some(tonic::Code::PermissionDenied),
             _ => None,
         }
+    }
+
+    /// A failed connection to the control socket at `path`: [`Error::NoAccess`] when the
+    /// socket refused this user, else [`Error::Connect`].
+    pub(crate) fn connect(path: PathBuf, source: tonic::transport::Error) -> Error {
+        if permission_denied(&source) {
+            let group = socket_group(&path);
+            return Error::NoAccess { path, group };
+        }
+        Error::Connect { path, source }
+    }
+
+    /// A failed connection to the descriptor socket at `path`: [`Error::NoAccess`] when the
+    /// socket refused this user, else [`Error::FdConnect`].
+    pub(crate) fn fd_connect(path: PathBuf, source: FdPassError) -> Error {
+        if permission_denied(&source) {
+            let group = socket_group(&path);
+            return Error::NoAccess { path, group };
+        }
+        Error::FdConnect { path, source }
     }
 
     /// Whether the daemon could not be reached at all (no socket, nobody listening, refused).
@@ -187,9 +218,82 @@ impl Error {
     }
 }
 
+/// Whether `e` or one of its sources is an I/O error of kind `PermissionDenied` (EACCES,
+/// EPERM).
+fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// The group that owns the socket at `path` (or, when the socket cannot be read, its
+/// directory), as [`Error::NoAccess`] names it.
+fn socket_group(path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(path).or_else(|_| std::fs::metadata(path.parent().unwrap_or(path)));
+    match meta {
+        Ok(m) => match group_name(m.gid()) {
+            Some(name) => format!("group {name}"),
+            None => format!("the group with gid {}", m.gid()),
+        },
+        Err(_) => "the socket's group".to_owned(),
+    }
+}
+
+/// The name of group `gid` in `/etc/group` (groups known only to other NSS sources are shown
+/// by number).
+fn group_name(gid: u32) -> Option<String> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == gid && !name.is_empty()).then(|| name.to_owned())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permission_denied_is_found_in_the_chain_and_names_the_group() {
+        let denied = FdPassError::Io {
+            call: "connect",
+            source: std::io::Error::from_raw_os_error(libc_eacces()),
+        };
+        let e = Error::fd_connect("/nonexistent-dir/fd.sock".into(), denied);
+        assert_eq!(e.code(), Some(tonic::Code::PermissionDenied));
+        assert!(!e.is_unreachable());
+        assert_eq!(
+            e.to_string(),
+            "permission denied on /nonexistent-dir/fd.sock: ask to be added to the socket's group"
+        );
+        let refused = FdPassError::Io {
+            call: "connect",
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert!(Error::fd_connect("/x/fd.sock".into(), refused).is_unreachable());
+        // /etc exists and belongs to root almost everywhere.
+        assert_eq!(group_name(0).as_deref(), Some("root"));
+        assert_eq!(
+            socket_group(std::path::Path::new("/etc/nonexistent-socket")),
+            "group root"
+        );
+    }
+
+    /// EACCES on Linux.
+    fn libc_eacces() -> i32 {
+        13
+    }
 
     #[test]
     fn status_shows_message_or_code() {

@@ -103,10 +103,7 @@ impl FdChannel {
             Some(s) => s,
             None => SeqPacket::connect(&self.path)
                 .await
-                .map_err(|source| Error::FdConnect {
-                    path: self.path.clone(),
-                    source,
-                })?,
+                .map_err(|source| Error::fd_connect(self.path.clone(), source))?,
         };
         socket.send(request, &[]).await?;
         let received = socket.recv().await?;

@@ -90,10 +90,7 @@ impl HostWaiter {
 }
 
 fn connect(path: &Path) -> Result<OwnedFd> {
-    fdpass::connect(path).map_err(|source| Error::FdConnect {
-        path: path.to_owned(),
-        source,
-    })
+    fdpass::connect(path).map_err(|source| Error::fd_connect(path.to_owned(), source))
 }
 
 fn is_stale(e: &FdPassError) -> bool {

@@ -367,3 +367,42 @@ async fn gpusharectl_grants_revokes_and_mints_tokens() {
     let (status, _, _) = ctl(&["grant", buf.id()]);
     assert!(!status.success());
 }
+
+/// A user the sockets do not admit (not the owner, not in the group; `socket_mode` 0660 by
+/// default) is told so, with the group to ask for, and gets exit code 6 (PERMISSION_DENIED), not
+/// "daemon not reachable" (8). Needs root to run the CLI as another uid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_the_sockets_refuse_is_told_which_group_to_join() {
+    if !rustix::process::getuid().is_root() {
+        println!("SKIP: running the CLI as another uid needs root");
+        return;
+    }
+    let d = gpushare_tests::daemon_or_skip!();
+    let exe = gpushare_tests::bin_copy_in("gpusharectl", d.scratch());
+    for args in [
+        &["info"][..],
+        &["export", "buf-0123456789abcdef0123456789abcdef"][..],
+    ] {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--runtime-dir").arg(d.runtime_dir()).args(args);
+        // SAFETY: the closure runs in the forked child before exec and makes only the
+        // setgroups, setgid and setuid system calls (async-signal-safe), allocating nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(OTHER) != 0
+                    || libc::setuid(OTHER) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let (status, _, err) = run(&mut cmd, Duration::from_secs(30));
+        assert_eq!(status.code(), Some(6), "{args:?}: {err}");
+        assert!(
+            err.contains("permission denied on") && err.contains("ask to be added to group root"),
+            "{args:?}: {err}"
+        );
+    }
+}

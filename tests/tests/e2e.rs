@@ -254,6 +254,21 @@ async fn host_signal_and_wait_across_processes() {
     );
     assert_eq!(status.code(), Some(5), "{err}");
     assert_eq!(a.semaphore(sem.id()).value().await.unwrap(), 5);
+
+    // A name taken by a live resource of the owner: ALREADY_EXISTS (exit code 10).
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["--runtime-dir", dir.as_str()];
+        all.extend_from_slice(args);
+        run(
+            Command::new(bin("gpusharectl")).args(&all),
+            Duration::from_secs(30),
+        )
+    };
+    let (status, _, err) = ctl(&["sem", "create", "--name", "exit-codes"]);
+    assert!(status.success(), "{err}");
+    let (status, _, err) = ctl(&["buffer", "create", "--size", "4K", "--name", "exit-codes"]);
+    assert_eq!(status.code(), Some(10), "{err}");
+    assert!(err.contains("exit-codes"), "{err}");
 }
 
 #[tokio::test]

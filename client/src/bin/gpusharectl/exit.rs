@@ -14,10 +14,12 @@ Exit codes:
   3  NOT_FOUND: no such resource (or another user's), unknown or used ticket
   4  DEADLINE_EXCEEDED: a wait timed out (or an export ticket expired)
   5  FAILED_PRECONDITION: valid call in the wrong state (e.g. non-increasing signal)
-  6  PERMISSION_DENIED
+  6  PERMISSION_DENIED: an owner's operation, or no access to the daemon's sockets
   7  RESOURCE_EXHAUSTED: a quota, limit or GPU memory ran out
   8  UNAVAILABLE: the daemon is not reachable or is shutting down
-  9  INVALID_ARGUMENT: the daemon rejected an argument (size, range, id)";
+  9  INVALID_ARGUMENT: the daemon rejected an argument (size, range, id)
+ 10  ALREADY_EXISTS: the name is taken by another live resource of the owner
+ 11  ABORTED: the semaphore waited on was abandoned (its signaler ended) or freed";
 
 /// Success.
 pub const OK: u8 = 0;
@@ -37,6 +39,8 @@ pub fn for_code(code: Code) -> u8 {
         Code::ResourceExhausted => 7,
         Code::Unavailable => 8,
         Code::InvalidArgument => 9,
+        Code::AlreadyExists => 10,
+        Code::Aborted => 11,
         _ => OTHER,
     }
 }
@@ -67,8 +71,9 @@ mod tests {
         assert_eq!(for_code(Code::ResourceExhausted), 7);
         assert_eq!(for_code(Code::Unavailable), 8);
         assert_eq!(for_code(Code::InvalidArgument), 9);
+        assert_eq!(for_code(Code::AlreadyExists), 10);
+        assert_eq!(for_code(Code::Aborted), 11);
         assert_eq!(for_code(Code::Internal), 1);
-        assert_eq!(for_code(Code::Aborted), 1);
     }
 
     #[test]
@@ -86,13 +91,18 @@ mod tests {
             source: gpushare_proto::fdpass::FdPassError::Closed,
         };
         assert_eq!(for_error(&e), 8);
+        let e = Error::NoAccess {
+            path: "/run/gpushare/control.sock".into(),
+            group: "group gpushare".into(),
+        };
+        assert_eq!(for_error(&e), 6);
     }
 
     #[test]
     fn help_lists_every_code() {
-        for code in 0..=9 {
+        for code in 0..=11 {
             assert!(
-                EXIT_CODES_HELP.contains(&format!("\n  {code}  ")),
+                EXIT_CODES_HELP.contains(&format!("\n{code:>3}  ")),
                 "exit code {code} undocumented"
             );
         }

@@ -21,10 +21,12 @@
 //! | 3 | `NOT_FOUND`: no such resource (or another user's), unknown or used ticket |
 //! | 4 | `DEADLINE_EXCEEDED`: a wait timed out (or an export ticket expired) |
 //! | 5 | `FAILED_PRECONDITION`: valid call in the wrong state (e.g. non-increasing signal) |
-//! | 6 | `PERMISSION_DENIED` |
+//! | 6 | `PERMISSION_DENIED`: an owner's operation, or no access to the daemon's sockets |
 //! | 7 | `RESOURCE_EXHAUSTED`: a quota, limit or GPU memory ran out |
 //! | 8 | `UNAVAILABLE`: the daemon is not reachable or is shutting down |
 //! | 9 | `INVALID_ARGUMENT`: the daemon rejected an argument (size, range, id) |
+//! | 10 | `ALREADY_EXISTS`: the name is taken by another live resource of the owner |
+//! | 11 | `ABORTED`: the semaphore waited on was abandoned (its signaler ended) or freed |
 
 mod args;
 mod exit;
