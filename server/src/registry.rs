@@ -851,6 +851,10 @@ impl Registry {
                     ),
                 }
             }
+            // Dropping the pin is the owner's: a grantee that holds no reference may not.
+            None if entry.pinned && entry.reaches(caller) => {
+                return Err(Error::NotOwner(ids::shown(id)))
+            }
             None => return Err(Error::NoReference(ids::shown(id))),
         }
         if entry.sessions.is_empty() && !entry.pinned {

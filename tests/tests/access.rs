@@ -247,6 +247,24 @@ async fn other_uids_reach_only_what_they_are_granted() {
     // A grantee may not do what only the owner may.
     let (ok, _, err) = peer_as(&d, OTHER, OTHER, &["try-grant", buf.id(), "4242"]);
     assert!(!ok && err.contains("error Some(PermissionDenied)"), "{err}");
+    // Dropping the owner's pin is the owner's too.
+    let pinned = c
+        .create_buffer(
+            4096,
+            &CreateOptions {
+                pin: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    c.grant(pinned.id(), Grantee::Uid(OTHER)).await.unwrap();
+    let (ok, _, err) = peer_as(&d, OTHER, OTHER, &["admin-release", pinned.id()]);
+    assert!(!ok && err.contains("error Some(PermissionDenied)"), "{err}");
+    assert!(c.describe(pinned.id()).await.unwrap().pinned);
+    // The owner's session reference, then its pin.
+    assert!(!pinned.release().await.unwrap());
+    assert!(pinned.release().await.unwrap());
     c.revoke(buf.id(), Grantee::Uid(OTHER)).await.unwrap();
     let (ok, _, err) = read(&id_target);
     assert!(!ok && err.contains("error Some(NotFound)"), "{err}");
