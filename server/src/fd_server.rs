@@ -150,7 +150,7 @@ enum Waited {
     Answered,
     /// The connection task sends this reply.
     Reply(v1::FdReply),
-    /// The client hung up or the daemon is shutting down: close the connection.
+    /// The client hung up: close the connection.
     Gone,
 }
 
@@ -206,8 +206,13 @@ async fn wait(
     tokio::pin!(waiting);
     let done = loop {
         tokio::select! {
+            biased;
             done = &mut waiting => break done,
-            _ = d.shutdown.cancelled() => return Waited::Gone,
+            // Shutting down: the wait service ends every wait (UNAVAILABLE) before the token
+            // is cancelled, so the wait resolves at once; its reply goes out before the
+            // connection closes. Dropping it instead would close the connection under a
+            // request, and could race a direct reply already claimed.
+            _ = d.shutdown.cancelled() => break waiting.await,
             r = conn.recv(), if early.is_none() => match r {
                 Err(FdPassError::Closed) | Err(FdPassError::Io { .. }) => return Waited::Gone,
                 other => *early = Some(other),

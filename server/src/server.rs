@@ -131,6 +131,10 @@ pub async fn run_with_metrics(
             tokio::time::sleep(FLUSH_GRACE).await;
         } => Ok(()),
     };
+    // However serving ended: waits end (UNAVAILABLE) before the token, so that fd.sock waits
+    // answer before their connections close.
+    let waits = d.waits.clone();
+    let _ = tokio::task::spawn_blocking(move || waits.shutdown()).await;
     token.cancel();
     d.sessions_end.cancel();
     let _ = fd_server.await;
@@ -141,8 +145,6 @@ pub async fn run_with_metrics(
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, fd_tasks.wait()).await;
     let freed = d.registry.clear();
     d.freed(freed);
-    let waits = d.waits.clone();
-    let _ = tokio::task::spawn_blocking(move || waits.shutdown()).await;
     tracing::info!("stopped");
     served.map_err(ServeError::from)
 }

@@ -363,3 +363,33 @@ async fn pending_waits_cost_the_daemon_no_cpu() {
     assert!(seen >= 2);
     println!("daemon CPU: idle {idle:.1}%, one Wait {one:.1}%, four waits {many:.1}%");
 }
+
+/// At SIGTERM every pending fd.sock wait gets its reply, FdError(UNAVAILABLE), before its
+/// connection closes: never a bare close. Three shutdowns of 24 waits each, on their own
+/// connections (the reply and the close raced in the connection task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_every_pending_fd_wait_with_unavailable() {
+    for round in 0..3 {
+        let d = gpushare_tests::daemon_or_skip!();
+        let c = Client::connect(d.runtime_dir()).await.unwrap();
+        let sem = c.create_semaphore(0, &pinned()).await.unwrap();
+        const WAITS: u64 = 24;
+        let waits: Vec<_> = (0..WAITS)
+            .map(|_| {
+                let w = Arc::new(HostWaiter::connect(d.runtime_dir()).unwrap());
+                wait_on_thread(&w, sem.id(), 1, 30_000, 0)
+            })
+            .collect();
+        until_pending(&c, WAITS).await;
+        let status = tokio::task::spawn_blocking(move || d.stop()).await.unwrap();
+        assert_eq!(status.code(), Some(0));
+        for w in waits {
+            let e = w.join().unwrap().0.unwrap_err();
+            assert_eq!(
+                e.code(),
+                Some(Code::Unavailable),
+                "round {round}: a pending fd.sock wait got {e:?} at shutdown"
+            );
+        }
+    }
+}
