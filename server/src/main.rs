@@ -17,12 +17,12 @@ use gpushare_server::systemd::{self, ActivatedSockets, JournalFormat, Notifier};
 use gpushare_server::waiter::WaitService;
 use gpushare_server::{devices, server};
 
-/// gpushare daemon: shares GPU buffers and timeline semaphores between processes.
+/// gpushare daemon: shares GPU buffers, images and timeline semaphores between processes.
 ///
 /// Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 1 on failure, 2 for an invalid
 /// configuration, 3 when no usable Vulkan device exists.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "gpushared", version, about)]
 struct Args {
     /// TOML configuration file (see deploy/config.example.toml).
     #[arg(long, env = "GPUSHARE_CONFIG")]
@@ -31,8 +31,11 @@ struct Args {
     /// [default: $XDG_RUNTIME_DIR/gpushare, else /run/gpushare].
     #[arg(long, env = "GPUSHARE_RUNTIME_DIR")]
     runtime_dir: Option<PathBuf>,
-    /// Device to serve: auto, an index, or a UUID [default: auto].
-    #[arg(long, env = "GPUSHARE_DEVICE")]
+    /// Devices to serve: auto (every GPU; the CPU Vulkan device when there is none), all
+    /// (every Vulkan device, CPU drivers included), or a comma-separated list of Vulkan device
+    /// indexes and device UUIDs, served in that order as daemon devices 0, 1, ...
+    /// [default: auto].
+    #[arg(long, env = "GPUSHARE_DEVICE", value_name = "DEVICES")]
     device: Option<String>,
     /// Log filter: error, warn, info, debug, trace, or per module [default: info].
     #[arg(long, env = "GPUSHARE_LOG")]

@@ -691,3 +691,50 @@ async fn host_buffers_carry_bulk_transfers_beyond_the_message_limit() {
         "the daemon leaked descriptors"
     );
 }
+
+/// What the two binaries say about themselves: their names and versions, every `--device`
+/// form, images in the description; `ls` and `image ls` on nothing say so; an error's usage
+/// line does not show `--runtime-dir` as required when GPUSHARE_RUNTIME_DIR gives it.
+#[test]
+fn help_version_and_empty_listings_say_what_they_mean() {
+    let d = gpushare_tests::daemon_or_skip!();
+    let version = env!("CARGO_PKG_VERSION");
+    let (status, out, _) = run(
+        Command::new(bin("gpushared")).arg("--version"),
+        Duration::from_secs(30),
+    );
+    assert!(status.success());
+    assert_eq!(out.trim(), format!("gpushared {version}"));
+    let (_, help, _) = run(
+        Command::new(bin("gpushared")).arg("--help"),
+        Duration::from_secs(30),
+    );
+    for word in ["images", "all (every Vulkan device", "comma-separated list"] {
+        assert!(
+            help.contains(word),
+            "gpushared --help lacks {word:?}:\n{help}"
+        );
+    }
+    let ctl = |args: &[&str]| {
+        run(
+            Command::new(bin("gpusharectl"))
+                .env("GPUSHARE_RUNTIME_DIR", d.runtime_dir())
+                .args(args),
+            Duration::from_secs(30),
+        )
+    };
+    let (_, out, _) = ctl(&["--version"]);
+    assert_eq!(out.trim(), format!("gpusharectl {version}"));
+    let (status, out, err) = ctl(&["ls"]);
+    assert!(status.success(), "{err}");
+    assert_eq!(out.trim(), "no resources");
+    let (status, out, err) = ctl(&["image", "ls"]);
+    assert!(status.success(), "{err}");
+    assert_eq!(out.trim(), "no images");
+    let (_, out, _) = ctl(&["ls", "--json"]);
+    assert_eq!(out.trim(), "[]");
+    let (status, _, err) = ctl(&["export"]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    let usage = err.lines().find(|l| l.starts_with("Usage:")).unwrap_or("");
+    assert_eq!(usage, "Usage: gpusharectl export <ID>", "{err}");
+}

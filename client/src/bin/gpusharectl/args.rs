@@ -17,8 +17,11 @@ use crate::parse::{
 #[command(name = "gpusharectl", version, after_long_help = exit::EXIT_CODES_HELP)]
 pub(crate) struct Cli {
     /// The daemon's runtime directory (holds control.sock and fd.sock). Default:
-    /// $XDG_RUNTIME_DIR/gpushare if XDG_RUNTIME_DIR is set, else /run/gpushare.
-    #[arg(long, global = true, env = "GPUSHARE_RUNTIME_DIR", value_name = "DIR")]
+    /// $GPUSHARE_RUNTIME_DIR if set, else $XDG_RUNTIME_DIR/gpushare if XDG_RUNTIME_DIR is set,
+    /// else /run/gpushare.
+    // Not clap's `env`: clap shows an argument taken from the environment as required in the
+    // usage line of every error. `gpushare_client::default_runtime_dir` reads the variable.
+    #[arg(long, global = true, value_name = "DIR")]
     pub(crate) runtime_dir: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]

@@ -88,7 +88,7 @@ pub(crate) async fn run(client: &Client, out: &Out, command: ImageCommand) -> Re
                 .collect();
             let value = Value::Array(images.iter().map(output::resource_json).collect());
             let text = if images.is_empty() {
-                String::new()
+                "no images".to_owned()
             } else {
                 output::images_table(&images).render()
             };

@@ -98,7 +98,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .context(|| "list resources".to_owned())?;
             let value = Value::Array(resources.iter().map(output::resource_json).collect());
             let text = if resources.is_empty() {
-                String::new()
+                "no resources".to_owned()
             } else {
                 output::resources_table(&resources).render()
             };
