@@ -18,7 +18,8 @@ pub struct ImageSpec {
     /// The shape.
     pub desc: ImageDesc,
     /// `VkImageUsageFlags` from SAMPLED, STORAGE and COLOR_ATTACHMENT; 0 for the daemon's
-    /// default (SAMPLED | STORAGE). Transfer usage is always added.
+    /// default (SAMPLED | STORAGE; SAMPLED alone for sRGB formats). Transfer usage is always
+    /// added.
     pub usage: u32,
 }
 

@@ -5,7 +5,9 @@
 use std::sync::{Arc, OnceLock};
 
 use gpushare_interop::cuda::{CudaDevice, ExternalMemory, MipmappedArray};
-use gpushare_interop::image::{f32_to_f16, ImageDesc, ImageFormat, ImageKind, ImageRegion};
+use gpushare_interop::image::{
+    f32_to_f16, linear_to_srgb, ImageDesc, ImageFormat, ImageKind, ImageRegion,
+};
 use gpushare_interop::vulkan::{vk, ClearColor, ExportableImage};
 use gpushare_proto::v1;
 
@@ -213,7 +215,9 @@ pub fn clear_color(desc: &ImageDesc, floats: &[f32], uints: &[u32]) -> Result<Cl
     }
 }
 
-/// The packed bytes of one texel of `color` in `format` (for executors that clear by copying).
+/// The packed bytes of one texel of `color` in `format` (for executors that clear by copying),
+/// as Vulkan's clear stores them: an sRGB format's color channels are encoded from the linear
+/// values given, its alpha is not.
 pub fn texel_bytes(format: ImageFormat, color: ClearColor) -> Vec<u8> {
     use gpushare_interop::image::ChannelKind;
     let info = format.info();
@@ -224,6 +228,9 @@ pub fn texel_bytes(format: ImageFormat, color: ClearColor) -> Vec<u8> {
             (ClearColor::Uint(v), _, 8) => out.push(v[c].min(255) as u8),
             (ClearColor::Uint(v), _, 16) => out.extend((v[c].min(65535) as u16).to_le_bytes()),
             (ClearColor::Uint(v), _, _) => out.extend(v[c].to_le_bytes()),
+            (ClearColor::Float(v), ChannelKind::UnsignedNormalized, _) if info.srgb && c < 3 => {
+                out.push(linear_to_srgb(v[c]))
+            }
             (ClearColor::Float(v), ChannelKind::UnsignedNormalized, _) => {
                 out.push((v[c].clamp(0.0, 1.0) * 255.0).round() as u8)
             }
@@ -378,6 +385,14 @@ mod tests {
         assert_eq!(
             texel_bytes(ImageFormat::R32Float, red),
             1.0f32.to_le_bytes()
+        );
+        assert_eq!(
+            texel_bytes(
+                ImageFormat::Rgba8Srgb,
+                ClearColor::Float([1.0, 0.5, 0.0, 0.5])
+            ),
+            [255, 188, 0, 128],
+            "sRGB encodes the color channels, not alpha"
         );
         let n = ClearColor::Uint([300, 2, 3, 4]);
         assert_eq!(texel_bytes(ImageFormat::Rgba8Uint, n), [255, 2, 3, 4]);

@@ -402,7 +402,7 @@ impl GpuShare for Service {
         let r = req.into_inner();
         let desc = crate::image::requested_desc(&r)?;
         let usage = match r.usage {
-            0 => crate::devices::DEFAULT_IMAGE_USAGE,
+            0 => crate::devices::default_image_usage(desc.format),
             u => vk::ImageUsageFlags::from_raw(u),
         };
         // The tightly packed size bounds the allocation's from below: refuse the absurd before

@@ -45,7 +45,8 @@ class ImageFormatInfo(
 ):
     """One image format: its CLI/doc ``name`` (``"rgba8unorm"``), its wire ``value``
     (``pb.IMAGE_FORMAT_*``), ``channels`` per texel (1, 2 or 4), ``channel_size`` in bytes, and
-    ``kind``: ``"unorm"`` (read normalized to [0, 1]), ``"uint"`` or ``"float"``."""
+    ``kind``: ``"unorm"`` (read normalized to [0, 1]; ``rgba8srgb`` holds sRGB-encoded color,
+    which the GPU decodes to linear light where it filters), ``"uint"`` or ``"float"``."""
 
     __slots__ = ()
 
@@ -79,6 +80,7 @@ def _format_table():
         ("r32uint", "R32_UINT", 1, 4, "uint"),
         ("rg32uint", "RG32_UINT", 2, 4, "uint"),
         ("rgba32uint", "RGBA32_UINT", 4, 4, "uint"),
+        ("rgba8srgb", "RGBA8_SRGB", 4, 1, "unorm"),
     ]
     return {
         name: ImageFormatInfo(name, gpushare_pb2.ImageFormat.Value("IMAGE_FORMAT_" + wire), ch, size, kind)

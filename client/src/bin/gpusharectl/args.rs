@@ -190,7 +190,7 @@ pub(crate) enum ImageCommand {
     Create {
         /// Texel format: r8unorm, rg8unorm, rgba8unorm, r8uint, rg8uint, rgba8uint, r16float,
         /// rg16float, rgba16float, r32float, rg32float, rgba32float, r32uint, rg32uint,
-        /// rgba32uint (`info` lists what each device supports).
+        /// rgba32uint, rgba8srgb (`info` lists what each device supports).
         #[arg(long, value_parser = parse_format)]
         format: ImageFormat,
         /// Level 0's width in texels.
