@@ -313,9 +313,10 @@ pub fn open(selector: &str, executor: &str, strict: bool) -> Result<Opened, Devi
     let mut slots = Vec::new();
     for ((index, device), cuda) in (0u32..).zip(devices).zip(cudas) {
         let executor: Arc<dyn Executor> = match &cuda {
-            Some(slot) => {
-                Arc::new(CudaExecutor::start(slot.device.clone()).map_err(DevicesError::Thread)?)
-            }
+            Some(slot) => Arc::new(
+                CudaExecutor::start(slot.device.clone(), device.clone())
+                    .map_err(DevicesError::Thread)?,
+            ),
             None => Arc::new(VulkanExecutor::start(&device)?),
         };
         let info = device.info();

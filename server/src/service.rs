@@ -740,6 +740,16 @@ impl GpuShare for Service {
         Ok(Response::new(v1::OpResponse {}))
     }
 
+    async fn generate_mips(
+        &self,
+        req: Request<v1::GenerateMipsRequest>,
+    ) -> std::result::Result<Response<v1::OpResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let cap = self.wait_timeout(&req, u32::MAX);
+        crate::ops::generate_mips(self, &caller, cap, req.into_inner()).await?;
+        Ok(Response::new(v1::OpResponse {}))
+    }
+
     async fn fill(
         &self,
         req: Request<v1::FillRequest>,
