@@ -9,6 +9,7 @@ use std::time::Duration;
 use gpushare_client::v1;
 use gpushare_client::{Client, CreateOptions, ImageFormat, ImageSpec, Sync};
 use gpushare_interop::image::{f16_to_f32, f32_to_f16, linear_to_srgb, srgb_to_linear};
+use gpushare_tests::mips::{assert_unorm_near, box_down, unorm};
 use tonic::Code;
 
 fn pinned() -> CreateOptions {
@@ -22,57 +23,6 @@ fn pattern(len: u64, seed: u32) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u32).wrapping_mul(29).wrapping_add(seed) as u8)
         .collect()
-}
-
-/// The box average of a level of extents `(w, h, d)` (each even, or 1) with `layers` layers of
-/// `channels` values per texel: each texel of the level below (half the size; 1 stays 1) is the
-/// mean of its 2x2 (3D: 2x2x2) block, fewer along a dimension of 1. What a linear blit gives.
-fn box_down(
-    src: &[f32],
-    (w, h, d): (usize, usize, usize),
-    layers: usize,
-    channels: usize,
-) -> Vec<f32> {
-    let taps = |n: usize| if n > 1 { 2 } else { 1 };
-    let (tx, ty, tz) = (taps(w), taps(h), taps(d));
-    let mut out = Vec::new();
-    for l in 0..layers {
-        for z in 0..(d / 2).max(1) {
-            for y in 0..(h / 2).max(1) {
-                for x in 0..(w / 2).max(1) {
-                    for c in 0..channels {
-                        let mut sum = 0.0;
-                        for dz in 0..tz {
-                            for dy in 0..ty {
-                                for dx in 0..tx {
-                                    let (sx, sy, sz) = (tx * x + dx, ty * y + dy, tz * z + dz);
-                                    sum += src[(((l * d + sz) * h + sy) * w + sx) * channels + c];
-                                }
-                            }
-                        }
-                        out.push(sum / (tx * ty * tz) as f32);
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-fn unorm(bytes: &[u8]) -> Vec<f32> {
-    bytes.iter().map(|&b| f32::from(b) / 255.0).collect()
-}
-
-/// `got` (8-bit unorm) is `want` (in [0, 1]) to within one step.
-fn assert_unorm_near(got: &[u8], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (f32::from(g) - w * 255.0).abs() <= 1.0,
-            "{what}: byte {i} is {g}, the box average is {}",
-            w * 255.0
-        );
-    }
 }
 
 /// A 2D rgba8unorm image with a full chain: every level is the box average of the one before,
