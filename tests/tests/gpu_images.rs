@@ -325,8 +325,9 @@ async fn vulkan_writes_every_level_and_cuda_textures_sample_them() {
                         channel_value(spec.desc.format, &bytes[t * texel..(t + 1) * texel], ch);
                     let err = (got - want).abs();
                     worst = worst.max(err);
-                    // The texture unit's sRGB decode is exact to about one 16-bit step.
-                    let tolerance = if info.srgb && ch < 3 { 1e-4 } else { 1e-6 };
+                    // The texture unit decodes sRGB in hardware: within a quarter of an 8-bit
+                    // step (no decode at all would be off by up to 0.2).
+                    let tolerance = if info.srgb && ch < 3 { 1e-3 } else { 1e-6 };
                     assert!(
                         err <= tolerance,
                         "{} level {level} texel {t} channel {ch}: sampled {got}, wrote {want}",
