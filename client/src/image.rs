@@ -1,6 +1,6 @@
 //! Images: [`Client::create_image`], the [`Image`] handle and its daemon-executed operations
-//! (upload and download of a level or a region, clear), and reading an image's shape from the
-//! wire ([`Exported::image_import_desc`]).
+//! (upload and download of a level or a region, clear, mip generation), and reading an image's
+//! shape from the wire ([`Exported::image_import_desc`]).
 //!
 //! Imports are in [`import`](crate::import) (Vulkan) and [`cuda`](crate::cuda) (a mipmapped
 //! array, surface and texture objects).
@@ -18,7 +18,8 @@ pub struct ImageSpec {
     /// The shape.
     pub desc: ImageDesc,
     /// `VkImageUsageFlags` from SAMPLED, STORAGE and COLOR_ATTACHMENT; 0 for the daemon's
-    /// default (SAMPLED | STORAGE). Transfer usage is always added.
+    /// default (SAMPLED | STORAGE; SAMPLED alone for sRGB formats). Transfer usage is always
+    /// added.
     pub usage: u32,
 }
 
@@ -374,6 +375,38 @@ impl Image {
         self.client
             .grpc()
             .clear_image(self.client.request(request))
+            .await?;
+        Ok(())
+    }
+
+    /// Generates every level after level 0, in every layer, each filtered from the one before
+    /// (see `GenerateMips` in the proto: linear, sRGB in linear light, nearest for uint
+    /// formats). INVALID_ARGUMENT for a single-level image.
+    pub async fn generate_mips(&self, sync: &Sync) -> Result<()> {
+        self.generate_mips_range(0, 0, 0, 0, sync).await
+    }
+
+    /// Generates levels `base_level + 1 ..= base_level + levels` (0: to the last level) from
+    /// `base_level`, in layers `base_layer..base_layer + layers` (0: to the last layer).
+    pub async fn generate_mips_range(
+        &self,
+        base_level: u32,
+        levels: u32,
+        base_layer: u32,
+        layers: u32,
+        sync: &Sync,
+    ) -> Result<()> {
+        let request = v1::GenerateMipsRequest {
+            image_id: self.id.clone(),
+            base_level,
+            levels,
+            base_layer,
+            layers,
+            sync: Some(sync.to_proto()),
+        };
+        self.client
+            .grpc()
+            .generate_mips(self.client.request(request))
             .await?;
         Ok(())
     }

@@ -37,7 +37,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         5 => {
-            // An image request: its shape, then a region and a clear color against it.
+            // An image request: its shape, then a region, a clear color and a mip range
+            // against it.
             let (head, tail) = rest.split_at(rest.len().min(64));
             if let Ok(c) = v1::CreateImageRequest::decode(head) {
                 if let Ok(desc) = image::requested_desc(&c) {
@@ -52,6 +53,9 @@ fuzz_target!(|data: &[u8]| {
                         if let Ok(color) = image::clear_color(&desc, &k.float_color, &k.uint_color) {
                             let _ = image::texel_bytes(desc.format, color);
                         }
+                    }
+                    if let Ok(m) = v1::GenerateMipsRequest::decode(tail) {
+                        let _ = image::mip_range(&desc, &m);
                     }
                 }
             }

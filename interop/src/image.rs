@@ -40,6 +40,9 @@ pub struct FormatInfo {
     pub kind: ChannelKind,
     /// The CUDA array format of one channel (`CUDA_ARRAY3D_DESCRIPTOR::Format`).
     pub cuda: CUarray_format,
+    /// Whether the color channels are sRGB-encoded (alpha never is): samplers, blits and clears
+    /// convert them to and from linear values; the stored bytes are the encoded values.
+    pub srgb: bool,
 }
 
 impl FormatInfo {
@@ -61,7 +64,7 @@ impl FormatInfo {
 
 macro_rules! formats {
     ($( $variant:ident = $code:literal, $name:literal, $vk:ident, $ch:literal x $bits:literal,
-        $kind:ident, $cuda:ident; )*) => {
+        $kind:ident, $cuda:ident, $srgb:literal; )*) => {
         /// The image formats gpushare creates and shares. The discriminants are the wire values
         /// (`gpushare.v1.ImageFormat`).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -83,27 +86,29 @@ macro_rules! formats {
                 bits: $bits,
                 kind: ChannelKind::$kind,
                 cuda: CUarray_format::$cuda,
+                srgb: $srgb,
             },)*
         ];
     };
 }
 
 formats! {
-    R8Unorm = 1, "r8unorm", R8_UNORM, 1 x 8, UnsignedNormalized, CU_AD_FORMAT_UNSIGNED_INT8;
-    Rg8Unorm = 2, "rg8unorm", R8G8_UNORM, 2 x 8, UnsignedNormalized, CU_AD_FORMAT_UNSIGNED_INT8;
-    Rgba8Unorm = 3, "rgba8unorm", R8G8B8A8_UNORM, 4 x 8, UnsignedNormalized, CU_AD_FORMAT_UNSIGNED_INT8;
-    R8Uint = 4, "r8uint", R8_UINT, 1 x 8, Unsigned, CU_AD_FORMAT_UNSIGNED_INT8;
-    Rg8Uint = 5, "rg8uint", R8G8_UINT, 2 x 8, Unsigned, CU_AD_FORMAT_UNSIGNED_INT8;
-    Rgba8Uint = 6, "rgba8uint", R8G8B8A8_UINT, 4 x 8, Unsigned, CU_AD_FORMAT_UNSIGNED_INT8;
-    R16Float = 7, "r16float", R16_SFLOAT, 1 x 16, Float, CU_AD_FORMAT_HALF;
-    Rg16Float = 8, "rg16float", R16G16_SFLOAT, 2 x 16, Float, CU_AD_FORMAT_HALF;
-    Rgba16Float = 9, "rgba16float", R16G16B16A16_SFLOAT, 4 x 16, Float, CU_AD_FORMAT_HALF;
-    R32Float = 10, "r32float", R32_SFLOAT, 1 x 32, Float, CU_AD_FORMAT_FLOAT;
-    Rg32Float = 11, "rg32float", R32G32_SFLOAT, 2 x 32, Float, CU_AD_FORMAT_FLOAT;
-    Rgba32Float = 12, "rgba32float", R32G32B32A32_SFLOAT, 4 x 32, Float, CU_AD_FORMAT_FLOAT;
-    R32Uint = 13, "r32uint", R32_UINT, 1 x 32, Unsigned, CU_AD_FORMAT_UNSIGNED_INT32;
-    Rg32Uint = 14, "rg32uint", R32G32_UINT, 2 x 32, Unsigned, CU_AD_FORMAT_UNSIGNED_INT32;
-    Rgba32Uint = 15, "rgba32uint", R32G32B32A32_UINT, 4 x 32, Unsigned, CU_AD_FORMAT_UNSIGNED_INT32;
+    R8Unorm = 1, "r8unorm", R8_UNORM, 1 x 8, UnsignedNormalized, CU_AD_FORMAT_UNSIGNED_INT8, false;
+    Rg8Unorm = 2, "rg8unorm", R8G8_UNORM, 2 x 8, UnsignedNormalized, CU_AD_FORMAT_UNSIGNED_INT8, false;
+    Rgba8Unorm = 3, "rgba8unorm", R8G8B8A8_UNORM, 4 x 8, UnsignedNormalized, CU_AD_FORMAT_UNSIGNED_INT8, false;
+    R8Uint = 4, "r8uint", R8_UINT, 1 x 8, Unsigned, CU_AD_FORMAT_UNSIGNED_INT8, false;
+    Rg8Uint = 5, "rg8uint", R8G8_UINT, 2 x 8, Unsigned, CU_AD_FORMAT_UNSIGNED_INT8, false;
+    Rgba8Uint = 6, "rgba8uint", R8G8B8A8_UINT, 4 x 8, Unsigned, CU_AD_FORMAT_UNSIGNED_INT8, false;
+    R16Float = 7, "r16float", R16_SFLOAT, 1 x 16, Float, CU_AD_FORMAT_HALF, false;
+    Rg16Float = 8, "rg16float", R16G16_SFLOAT, 2 x 16, Float, CU_AD_FORMAT_HALF, false;
+    Rgba16Float = 9, "rgba16float", R16G16B16A16_SFLOAT, 4 x 16, Float, CU_AD_FORMAT_HALF, false;
+    R32Float = 10, "r32float", R32_SFLOAT, 1 x 32, Float, CU_AD_FORMAT_FLOAT, false;
+    Rg32Float = 11, "rg32float", R32G32_SFLOAT, 2 x 32, Float, CU_AD_FORMAT_FLOAT, false;
+    Rgba32Float = 12, "rgba32float", R32G32B32A32_SFLOAT, 4 x 32, Float, CU_AD_FORMAT_FLOAT, false;
+    R32Uint = 13, "r32uint", R32_UINT, 1 x 32, Unsigned, CU_AD_FORMAT_UNSIGNED_INT32, false;
+    Rg32Uint = 14, "rg32uint", R32G32_UINT, 2 x 32, Unsigned, CU_AD_FORMAT_UNSIGNED_INT32, false;
+    Rgba32Uint = 15, "rgba32uint", R32G32B32A32_UINT, 4 x 32, Unsigned, CU_AD_FORMAT_UNSIGNED_INT32, false;
+    Rgba8Srgb = 16, "rgba8srgb", R8G8B8A8_SRGB, 4 x 8, UnsignedNormalized, CU_AD_FORMAT_UNSIGNED_INT8, true;
 }
 
 impl ImageFormat {
@@ -392,6 +397,33 @@ impl ImageRegion {
     }
 }
 
+/// The linear value of an sRGB-encoded 8-bit channel (the sRGB EOTF, as Vulkan decodes
+/// `*_SRGB` formats).
+pub fn srgb_to_linear(encoded: u8) -> f32 {
+    let c = f32::from(encoded) / 255.0;
+    if c <= 0.04045 {
+        c / 12.92
+    } else {
+        ((c + 0.055) / 1.055).powf(2.4)
+    }
+}
+
+/// The sRGB-encoded 8-bit channel of a linear value in [0, 1] (clamped; NaN as 0), rounded to
+/// nearest: how Vulkan encodes `*_SRGB` formats.
+pub fn linear_to_srgb(linear: f32) -> u8 {
+    let l = if linear.is_nan() {
+        0.0
+    } else {
+        linear.clamp(0.0, 1.0)
+    };
+    let c = if l <= 0.003_130_8 {
+        l * 12.92
+    } else {
+        1.055 * l.powf(1.0 / 2.4) - 0.055
+    };
+    (c * 255.0).round() as u8
+}
+
 /// Half-precision floats (the 16-bit float formats), converted exactly one way and rounded to
 /// nearest, ties to even, the other.
 /// IEEE 754 half precision from single precision, rounding to nearest, ties to even:
@@ -473,7 +505,7 @@ mod tests {
             assert!(matches!(f.channels, 1 | 2 | 4), "{}", f.name);
         }
         assert_eq!(ImageFormat::from_code(0), None);
-        assert_eq!(ImageFormat::from_code(16), None);
+        assert_eq!(ImageFormat::from_code(17), None);
         assert_eq!(ImageFormat::from_name("rgb8unorm"), None);
     }
 
@@ -602,6 +634,14 @@ mod tests {
                 ChannelKind::Unsigned,
                 CU_AD_FORMAT_UNSIGNED_INT32,
             ),
+            (
+                ImageFormat::Rgba8Srgb,
+                vk::Format::R8G8B8A8_SRGB,
+                4,
+                [8, 8, 8, 8],
+                ChannelKind::UnsignedNormalized,
+                CU_AD_FORMAT_UNSIGNED_INT8,
+            ),
         ];
         assert_eq!(expected.len(), FORMATS.len(), "every format is checked");
         for (format, vkf, texel, bits, kind, cuda) in expected {
@@ -611,6 +651,7 @@ mod tests {
             assert_eq!(info.channel_bits(), bits, "{format}");
             assert_eq!(info.kind, kind, "{format}");
             assert_eq!(info.cuda, cuda, "{format}");
+            assert_eq!(info.srgb, format == ImageFormat::Rgba8Srgb, "{format}");
         }
     }
 
@@ -711,6 +752,21 @@ mod tests {
         let mut r = whole;
         r.height = 0;
         assert!(r.validate(&d).is_err());
+    }
+
+    #[test]
+    fn srgb_encoding_round_trips_and_averages_high() {
+        for v in 0..=255u8 {
+            assert_eq!(linear_to_srgb(srgb_to_linear(v)), v, "{v}");
+        }
+        assert_eq!(srgb_to_linear(0), 0.0);
+        assert_eq!(srgb_to_linear(255), 1.0);
+        // Black and white averaged in linear light: 188, not the 128 of averaging the bytes.
+        let mid = (srgb_to_linear(0) + srgb_to_linear(255)) / 2.0;
+        assert_eq!(linear_to_srgb(mid), 188);
+        assert_eq!(linear_to_srgb(-1.0), 0);
+        assert_eq!(linear_to_srgb(2.0), 255);
+        assert_eq!(linear_to_srgb(f32::NAN), 0);
     }
 
     #[test]

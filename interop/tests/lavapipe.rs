@@ -657,6 +657,265 @@ mod images {
         ));
     }
 
+    /// The box average (2x2, or 2x2x2 in 3D) of level `src` (even extents `(w, h, d)`,
+    /// `layers` layers, `channels` channels, as values): what a linear blit to half the size
+    /// gives.
+    fn box_down(
+        src: &[f32],
+        (w, h, d): (usize, usize, usize),
+        layers: usize,
+        channels: usize,
+    ) -> Vec<f32> {
+        let (dw, dh, dd) = (w / 2, h / 2, (d / 2).max(1));
+        let depth_taps = if d > 1 { 2 } else { 1 };
+        let mut out = Vec::new();
+        for l in 0..layers {
+            for z in 0..dd {
+                for y in 0..dh {
+                    for x in 0..dw {
+                        for c in 0..channels {
+                            let mut sum = 0.0;
+                            for dz in 0..depth_taps {
+                                for dy in 0..2 {
+                                    for dx in 0..2 {
+                                        let (sx, sy, sz) = (2 * x + dx, 2 * y + dy, 2 * z + dz);
+                                        let i = (((l * d + sz) * h + sy) * w + sx) * channels + c;
+                                        sum += src[i];
+                                    }
+                                }
+                            }
+                            out.push(sum / (4 * depth_taps) as f32);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn unorm(bytes: &[u8]) -> Vec<f32> {
+        bytes.iter().map(|&b| f32::from(b) / 255.0).collect()
+    }
+
+    /// `got` (8-bit unorm) is `want` (in [0, 1]) to within one step.
+    fn assert_unorm_near(got: &[u8], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (f32::from(g) - w * 255.0).abs() <= 1.0,
+                "{what}: byte {i} is {g}, the box average is {}",
+                w * 255.0
+            );
+        }
+    }
+
+    /// Mip generation over lavapipe's (or the GPU's) blits: each level the box average of the
+    /// one before (linear light for sRGB), the nearest texel for integer formats, 3D levels
+    /// shrinking in depth too, only the named levels and layers written, bad ranges refused.
+    #[test]
+    fn mips_are_filtered_from_the_level_before() {
+        use gpushare_interop::image::{linear_to_srgb, srgb_to_linear};
+        use gpushare_interop::vulkan::{MipFilter, MipRange};
+        let Some(env) = env() else { return };
+        let mut t = Transfer::new(&env.device).unwrap();
+        for format in ImageFormat::all() {
+            match env.device.mip_filter(format) {
+                Ok(filter) => println!("{format}: {filter:?}"),
+                Err(e) => println!("{format}: {e}"),
+            }
+        }
+        for format in [
+            ImageFormat::Rgba8Unorm,
+            ImageFormat::Rgba8Srgb,
+            ImageFormat::R32Float,
+        ] {
+            assert_eq!(env.device.mip_filter(format).unwrap(), MipFilter::Linear);
+        }
+        assert_eq!(
+            env.device.mip_filter(ImageFormat::Rgba8Uint).unwrap(),
+            MipFilter::Nearest
+        );
+
+        // rgba8unorm, 3 layers: levels 1 and 2 of layers 1 and 2 only.
+        let d = desc(ImageFormat::Rgba8Unorm, ImageKind::D2, (16, 8, 1), 4, 3);
+        let image = create(&env, &d).unwrap();
+        t.prepare_image(&image).unwrap();
+        let level0 = pattern(d.level_size(0), 5);
+        t.upload_image(&image, &ImageRegion::level(&d, 0), &level0, &sync())
+            .unwrap();
+        let range = MipRange {
+            base_level: 0,
+            levels: 2,
+            base_layer: 1,
+            layers: 2,
+        };
+        t.generate_mips(&image, &range, &sync()).unwrap();
+        let read = |t: &mut Transfer, level| {
+            t.download_image(&image, &ImageRegion::level(&d, level), &sync())
+                .unwrap()
+        };
+        let (level1, level2, level3) = (read(&mut t, 1), read(&mut t, 2), read(&mut t, 3));
+        let layer0 = 16 * 8 * 4;
+        let want1 = box_down(&unorm(&level0[layer0..]), (16, 8, 1), 2, 4);
+        assert_unorm_near(&level1[8 * 4 * 4..], &want1, "level 1, layers 1-2");
+        assert!(
+            level1[..8 * 4 * 4].iter().all(|&b| b == 0),
+            "layer 0 untouched"
+        );
+        // Level 2 comes from level 1 as the GPU wrote it.
+        let want2 = box_down(&unorm(&level1[8 * 4 * 4..]), (8, 4, 1), 2, 4);
+        assert_unorm_near(&level2[4 * 2 * 4..], &want2, "level 2, layers 1-2");
+        assert!(level3.iter().all(|&b| b == 0), "level 3 untouched");
+        assert_eq!(read(&mut t, 0), level0, "level 0 untouched");
+
+        // sRGB: a black and white checkerboard averages to 188 in linear light (unorm: 128).
+        for (format, grey) in [
+            (ImageFormat::Rgba8Srgb, 188u8),
+            (ImageFormat::Rgba8Unorm, 128),
+        ] {
+            let d = desc(format, ImageKind::D2, (4, 4, 1), 3, 1);
+            let image = create(&env, &d).unwrap();
+            t.prepare_image(&image).unwrap();
+            let checker: Vec<u8> = (0..16)
+                .flat_map(|i| {
+                    let v = if (i % 4 + i / 4) % 2 == 0 { 0 } else { 255 };
+                    [v, v, v, 255]
+                })
+                .collect();
+            t.upload_image(&image, &ImageRegion::level(&d, 0), &checker, &sync())
+                .unwrap();
+            let all = MipRange {
+                base_level: 0,
+                levels: 2,
+                base_layer: 0,
+                layers: 1,
+            };
+            t.generate_mips(&image, &all, &sync()).unwrap();
+            for level in 1..3 {
+                let got = t
+                    .download_image(&image, &ImageRegion::level(&d, level), &sync())
+                    .unwrap();
+                for px in got.chunks(4) {
+                    for &c in &px[..3] {
+                        assert!(
+                            c.abs_diff(grey) <= 1,
+                            "{format} level {level}: {px:?}, expected {grey}"
+                        );
+                    }
+                    assert_eq!(px[3], 255, "{format}: alpha is not sRGB-encoded");
+                }
+            }
+        }
+        let mid = (srgb_to_linear(0) + srgb_to_linear(255)) / 2.0;
+        assert_eq!(linear_to_srgb(mid), 188);
+
+        // rgba8uint: the nearest filter, each texel one of its 2x2 block, never a mix.
+        let d = desc(ImageFormat::Rgba8Uint, ImageKind::D2, (8, 8, 1), 2, 1);
+        let image = create(&env, &d).unwrap();
+        t.prepare_image(&image).unwrap();
+        // Texel (x, y) holds x + 8y in every channel: a block's mean is none of its texels.
+        let ints: Vec<u8> = (0..64u8).flat_map(|i| [i, i, i, 200]).collect();
+        t.upload_image(&image, &ImageRegion::level(&d, 0), &ints, &sync())
+            .unwrap();
+        t.generate_mips(
+            &image,
+            &MipRange {
+                base_level: 0,
+                levels: 1,
+                base_layer: 0,
+                layers: 1,
+            },
+            &sync(),
+        )
+        .unwrap();
+        let got = t
+            .download_image(&image, &ImageRegion::level(&d, 1), &sync())
+            .unwrap();
+        for (i, px) in got.chunks(4).enumerate() {
+            let (x, y) = (i % 4, i / 4);
+            let block: Vec<u8> = [(0, 0), (1, 0), (0, 1), (1, 1)]
+                .iter()
+                .map(|(dx, dy)| (2 * x + dx + 8 * (2 * y + dy)) as u8)
+                .collect();
+            assert!(
+                block.contains(&px[0]),
+                "texel ({x}, {y}) = {px:?}, block {block:?}"
+            );
+            assert!(
+                px[..3].iter().all(|&c| c == px[0]) && px[3] == 200,
+                "{px:?}"
+            );
+        }
+
+        // 3D r32float: level 1 is the 2x2x2 box average, level 2 from level 1.
+        let d = desc(ImageFormat::R32Float, ImageKind::D3, (4, 4, 4), 3, 1);
+        let image = create(&env, &d).unwrap();
+        t.prepare_image(&image).unwrap();
+        let values: Vec<f32> = (0..64).map(|i| (i * 37 % 64) as f32 / 8.0).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        t.upload_image(&image, &ImageRegion::level(&d, 0), &bytes, &sync())
+            .unwrap();
+        t.generate_mips(
+            &image,
+            &MipRange {
+                base_level: 0,
+                levels: 2,
+                base_layer: 0,
+                layers: 1,
+            },
+            &sync(),
+        )
+        .unwrap();
+        let floats = |b: Vec<u8>| -> Vec<f32> {
+            b.chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let level1 = floats(
+            t.download_image(&image, &ImageRegion::level(&d, 1), &sync())
+                .unwrap(),
+        );
+        let want1 = box_down(&values, (4, 4, 4), 1, 1);
+        assert_eq!(level1.len(), 8, "2x2x2");
+        for (g, w) in level1.iter().zip(&want1) {
+            assert!((g - w).abs() < 1e-4, "3D level 1: {level1:?} vs {want1:?}");
+        }
+        let level2 = floats(
+            t.download_image(&image, &ImageRegion::level(&d, 2), &sync())
+                .unwrap(),
+        );
+        let mean = want1.iter().sum::<f32>() / 8.0;
+        assert!(
+            (level2[0] - mean).abs() < 1e-4,
+            "3D level 2: {level2:?} vs {mean}"
+        );
+
+        // Ranges outside the image, and single-level images, are refused before the driver.
+        let one = desc(ImageFormat::Rgba8Unorm, ImageKind::D2, (8, 8, 1), 1, 2);
+        let single = create(&env, &one).unwrap();
+        t.prepare_image(&single).unwrap();
+        let r = |base_level, levels, base_layer, layers| MipRange {
+            base_level,
+            levels,
+            base_layer,
+            layers,
+        };
+        assert!(oob(t.generate_mips(&single, &r(0, 1, 0, 1), &sync())));
+        let two = desc(ImageFormat::Rgba8Unorm, ImageKind::D2, (8, 8, 1), 3, 2);
+        let image = create(&env, &two).unwrap();
+        t.prepare_image(&image).unwrap();
+        for bad in [
+            r(0, 0, 0, 1),
+            r(0, 3, 0, 1),
+            r(2, 1, 0, 1),
+            r(0, 1, 1, 2),
+            r(0, 1, 0, 0),
+        ] {
+            assert!(oob(t.generate_mips(&image, &bad, &sync())), "{bad:?}");
+        }
+        t.generate_mips(&image, &r(1, 1, 1, 1), &sync()).unwrap();
+    }
+
     #[test]
     fn impossible_images_are_refused_naming_why() {
         let Some(env) = env() else { return };

@@ -7,7 +7,8 @@ use std::sync::{Arc, OnceLock};
 use gpushare_interop::cuda::{self, CudaDevice, ExternalMemory};
 use gpushare_interop::vulkan::ExportableBuffer;
 
-/// Why the CUDA view of a buffer could not be made.
+/// Why the CUDA view of a buffer or image could not be made, or the CUDA executor's work
+/// failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CudaViewError {
     /// Exporting the Vulkan memory failed.
@@ -16,6 +17,9 @@ pub enum CudaViewError {
     /// Importing or mapping it in CUDA failed.
     #[error(transparent)]
     Cuda(#[from] cuda::Error),
+    /// Vulkan work that the CUDA executor runs itself (GenerateMips' blit chain) failed.
+    #[error("the Vulkan part of the operation failed")]
+    Vulkan(#[source] gpushare_interop::vulkan::Error),
 }
 
 /// The daemon's buffer.

@@ -45,6 +45,17 @@ pub const DEFAULT_IMAGE_USAGE: vk::ImageUsageFlags = vk::ImageUsageFlags::from_r
     vk::ImageUsageFlags::SAMPLED.as_raw() | vk::ImageUsageFlags::STORAGE.as_raw(),
 );
 
+/// The usage an image of `format` gets when its request names none: [`DEFAULT_IMAGE_USAGE`],
+/// but sampled alone for sRGB formats, which no driver offers as storage images (writes through
+/// a storage image would skip the sRGB encoding).
+pub fn default_image_usage(format: ImageFormat) -> vk::ImageUsageFlags {
+    if format.info().srgb {
+        vk::ImageUsageFlags::SAMPLED
+    } else {
+        DEFAULT_IMAGE_USAGE
+    }
+}
+
 impl DeviceSlot {
     /// What the driver reports about it.
     pub fn info(&self) -> &PhysicalDeviceInfo {
@@ -62,7 +73,8 @@ impl DeviceSlot {
     }
 }
 
-/// The formats `device` creates and exports as 2D images with [`DEFAULT_IMAGE_USAGE`].
+/// The formats `device` creates and exports as 2D images with their default usage
+/// ([`default_image_usage`]).
 fn image_formats(device: &Device) -> Vec<ImageFormat> {
     ImageFormat::all()
         .filter(|&format| {
@@ -76,7 +88,10 @@ fn image_formats(device: &Device) -> Vec<ImageFormat> {
                 array_layers: 1,
             };
             device
-                .image_support(&desc, DEFAULT_IMAGE_USAGE | vulkan::IMAGE_BASE_USAGE)
+                .image_support(
+                    &desc,
+                    default_image_usage(format) | vulkan::IMAGE_BASE_USAGE,
+                )
                 .is_ok_and(|s| s.exportable)
         })
         .collect()
@@ -298,9 +313,10 @@ pub fn open(selector: &str, executor: &str, strict: bool) -> Result<Opened, Devi
     let mut slots = Vec::new();
     for ((index, device), cuda) in (0u32..).zip(devices).zip(cudas) {
         let executor: Arc<dyn Executor> = match &cuda {
-            Some(slot) => {
-                Arc::new(CudaExecutor::start(slot.device.clone()).map_err(DevicesError::Thread)?)
-            }
+            Some(slot) => Arc::new(
+                CudaExecutor::start(slot.device.clone(), device.clone())
+                    .map_err(DevicesError::Thread)?,
+            ),
             None => Arc::new(VulkanExecutor::start(&device)?),
         };
         let info = device.info();
@@ -362,6 +378,18 @@ fn enable_peer_access(cudas: &[Option<CudaSlot>]) {
 mod tests {
     use super::*;
     use gpushare_interop::vulkan::{Capabilities, MemoryHeap};
+
+    #[test]
+    fn srgb_images_default_to_sampled_only() {
+        assert_eq!(
+            default_image_usage(ImageFormat::Rgba8Unorm),
+            DEFAULT_IMAGE_USAGE
+        );
+        assert_eq!(
+            default_image_usage(ImageFormat::Rgba8Srgb),
+            vk::ImageUsageFlags::SAMPLED
+        );
+    }
 
     #[test]
     fn selections_parse() {

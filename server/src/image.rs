@@ -1,12 +1,14 @@
 //! An image as the daemon holds it: the exportable Vulkan image, and its CUDA import (a
 //! mipmapped array) when the CUDA executor has used it. Also the wire ↔ interop conversions of
-//! image requests: shapes, regions, clear colors.
+//! image requests: shapes, regions, clear colors, mip ranges.
 
 use std::sync::{Arc, OnceLock};
 
 use gpushare_interop::cuda::{CudaDevice, ExternalMemory, MipmappedArray};
-use gpushare_interop::image::{f32_to_f16, ImageDesc, ImageFormat, ImageKind, ImageRegion};
-use gpushare_interop::vulkan::{vk, ClearColor, ExportableImage};
+use gpushare_interop::image::{
+    f32_to_f16, linear_to_srgb, ImageDesc, ImageFormat, ImageKind, ImageRegion,
+};
+use gpushare_interop::vulkan::{vk, ClearColor, ExportableImage, MipRange};
 use gpushare_proto::v1;
 
 use crate::buffer::CudaViewError;
@@ -179,6 +181,55 @@ pub fn region(desc: &ImageDesc, r: Option<&v1::ImageRegion>) -> Result<ImageRegi
     Ok(region)
 }
 
+/// The levels and layers a GenerateMips asks for, with its zero fields filled in (see
+/// `GenerateMipsRequest` in the proto), checked against the image: at least one level to
+/// generate after `base_level`, none past the last, layers within the image.
+pub fn mip_range(desc: &ImageDesc, r: &v1::GenerateMipsRequest) -> Result<MipRange> {
+    let total = desc.mip_levels;
+    if r.base_level >= total.saturating_sub(1) {
+        return Err(Error::BadImage(if total == 1 {
+            "the image has one mip level: there is no level to generate (create it with more)"
+                .to_owned()
+        } else {
+            format!(
+                "base level {} leaves no level to generate: the image has levels 0..={}",
+                r.base_level,
+                total - 1
+            )
+        }));
+    }
+    let levels = match r.levels {
+        0 => total - 1 - r.base_level,
+        n => n,
+    };
+    if u64::from(r.base_level) + u64::from(levels) >= u64::from(total) {
+        return Err(Error::BadImage(format!(
+            "levels {}..={} are past the image's last level {}",
+            u64::from(r.base_level) + 1,
+            u64::from(r.base_level) + u64::from(levels),
+            total - 1
+        )));
+    }
+    let layers = match r.layers {
+        0 => desc.array_layers.saturating_sub(r.base_layer),
+        n => n,
+    };
+    if layers == 0 || u64::from(r.base_layer) + u64::from(layers) > u64::from(desc.array_layers) {
+        return Err(Error::BadImage(format!(
+            "layers {}..{} are outside the image's {}",
+            r.base_layer,
+            u64::from(r.base_layer) + u64::from(layers),
+            desc.array_layers
+        )));
+    }
+    Ok(MipRange {
+        base_level: r.base_level,
+        levels,
+        base_layer: r.base_layer,
+        layers,
+    })
+}
+
 /// The clear color a ClearImage asks for, of the kind the format needs.
 pub fn clear_color(desc: &ImageDesc, floats: &[f32], uints: &[u32]) -> Result<ClearColor> {
     use gpushare_interop::image::ChannelKind;
@@ -213,7 +264,9 @@ pub fn clear_color(desc: &ImageDesc, floats: &[f32], uints: &[u32]) -> Result<Cl
     }
 }
 
-/// The packed bytes of one texel of `color` in `format` (for executors that clear by copying).
+/// The packed bytes of one texel of `color` in `format` (for executors that clear by copying),
+/// as Vulkan's clear stores them: an sRGB format's color channels are encoded from the linear
+/// values given, its alpha is not.
 pub fn texel_bytes(format: ImageFormat, color: ClearColor) -> Vec<u8> {
     use gpushare_interop::image::ChannelKind;
     let info = format.info();
@@ -224,6 +277,9 @@ pub fn texel_bytes(format: ImageFormat, color: ClearColor) -> Vec<u8> {
             (ClearColor::Uint(v), _, 8) => out.push(v[c].min(255) as u8),
             (ClearColor::Uint(v), _, 16) => out.extend((v[c].min(65535) as u16).to_le_bytes()),
             (ClearColor::Uint(v), _, _) => out.extend(v[c].to_le_bytes()),
+            (ClearColor::Float(v), ChannelKind::UnsignedNormalized, _) if info.srgb && c < 3 => {
+                out.push(linear_to_srgb(v[c]))
+            }
             (ClearColor::Float(v), ChannelKind::UnsignedNormalized, _) => {
                 out.push((v[c].clamp(0.0, 1.0) * 255.0).round() as u8)
             }
@@ -336,6 +392,51 @@ mod tests {
     }
 
     #[test]
+    fn mip_ranges_fill_in_their_zero_fields_and_refuse() {
+        let d = desc(); // 3 levels, 4 layers
+        let req = |base_level, levels, base_layer, layers| v1::GenerateMipsRequest {
+            base_level,
+            levels,
+            base_layer,
+            layers,
+            ..Default::default()
+        };
+        let r = mip_range(&d, &req(0, 0, 0, 0)).unwrap();
+        assert_eq!(
+            (r.base_level, r.levels, r.base_layer, r.layers),
+            (0, 2, 0, 4),
+            "every level after 0, every layer"
+        );
+        let r = mip_range(&d, &req(1, 0, 2, 0)).unwrap();
+        assert_eq!(
+            (r.base_level, r.levels, r.base_layer, r.layers),
+            (1, 1, 2, 2)
+        );
+        let r = mip_range(&d, &req(0, 1, 3, 1)).unwrap();
+        assert_eq!((r.levels, r.layers), (1, 1));
+        for (bad, needle) in [
+            (req(2, 0, 0, 0), "no level to generate"),
+            (req(7, 0, 0, 0), "no level to generate"),
+            (req(0, 3, 0, 0), "past the image's last level 2"),
+            (req(1, 2, 0, 0), "past the image's last level 2"),
+            (req(0, u32::MAX, 0, 0), "past"),
+            (req(0, 0, 4, 0), "layers 4..4"),
+            (req(0, 0, 1, 4), "layers 1..5"),
+            (req(0, 0, u32::MAX, u32::MAX), "outside"),
+        ] {
+            match mip_range(&d, &bad) {
+                Err(Error::BadImage(m)) => assert!(m.contains(needle), "{bad:?}: {m}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let single = ImageDesc { mip_levels: 1, ..d };
+        match mip_range(&single, &req(0, 0, 0, 0)) {
+            Err(Error::BadImage(m)) => assert!(m.contains("one mip level"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn clear_colors_match_their_format() {
         let d = desc();
         assert_eq!(
@@ -378,6 +479,14 @@ mod tests {
         assert_eq!(
             texel_bytes(ImageFormat::R32Float, red),
             1.0f32.to_le_bytes()
+        );
+        assert_eq!(
+            texel_bytes(
+                ImageFormat::Rgba8Srgb,
+                ClearColor::Float([1.0, 0.5, 0.0, 0.5])
+            ),
+            [255, 188, 0, 128],
+            "sRGB encodes the color channels, not alpha"
         );
         let n = ClearColor::Uint([300, 2, 3, 4]);
         assert_eq!(texel_bytes(ImageFormat::Rgba8Uint, n), [255, 2, 3, 4]);

@@ -1,5 +1,5 @@
-//! Daemon-executed operations (Write, Read, Fill, Copy, WriteImage, ReadImage, ClearImage):
-//! validation, then wait points, then the executor, then signal points.
+//! Daemon-executed operations (Write, Read, Fill, Copy, WriteImage, ReadImage, ClearImage,
+//! GenerateMips): validation, then wait points, then the executor, then signal points.
 //!
 //! Wait points are awaited on the host through the wait service, not on the GPU queue, so a
 //! wait point that is never reached holds only its own call (bounded by its timeout), never the
@@ -443,6 +443,27 @@ pub async fn clear_image(
     )
     .await
     .map(drop)
+}
+
+/// GenerateMips. What the device cannot do for the format is refused before the wait points
+/// are awaited.
+pub async fn generate_mips(
+    svc: &Service,
+    caller: &Caller,
+    cap: Duration,
+    r: v1::GenerateMipsRequest,
+) -> Result<()> {
+    let (res, image) = svc.d.image(&r.image_id, caller)?;
+    let range = image::mip_range(image.desc(), &r)?;
+    svc.d
+        .device(res.device)?
+        .device
+        .mip_filter(image.desc().format)
+        .map_err(Error::gpu("generating mips"))?;
+    let seq = resolve(svc, caller, cap, r.sync)?;
+    sequenced(svc, seq, res.device, Op::GenerateMips { image, range })
+        .await
+        .map(drop)
 }
 
 /// Fill.

@@ -402,7 +402,7 @@ impl GpuShare for Service {
         let r = req.into_inner();
         let desc = crate::image::requested_desc(&r)?;
         let usage = match r.usage {
-            0 => crate::devices::DEFAULT_IMAGE_USAGE,
+            0 => crate::devices::default_image_usage(desc.format),
             u => vk::ImageUsageFlags::from_raw(u),
         };
         // The tightly packed size bounds the allocation's from below: refuse the absurd before
@@ -737,6 +737,16 @@ impl GpuShare for Service {
         let caller = self.caller(&req)?;
         let cap = self.wait_timeout(&req, u32::MAX);
         crate::ops::clear_image(self, &caller, cap, req.into_inner()).await?;
+        Ok(Response::new(v1::OpResponse {}))
+    }
+
+    async fn generate_mips(
+        &self,
+        req: Request<v1::GenerateMipsRequest>,
+    ) -> std::result::Result<Response<v1::OpResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let cap = self.wait_timeout(&req, u32::MAX);
+        crate::ops::generate_mips(self, &caller, cap, req.into_inner()).await?;
         Ok(Response::new(v1::OpResponse {}))
     }
 

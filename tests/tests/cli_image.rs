@@ -18,6 +18,7 @@ const CONFIG: &str = "[limits]\nmax_transfer_size = 1024\n";
 /// Usage errors (arguments that make no sense for the image, and clap's own).
 const EXIT_USAGE: i32 = 2;
 const EXIT_NOT_FOUND: i32 = 3;
+const EXIT_INVALID_ARGUMENT: i32 = 9;
 
 fn ctl(d: &TestDaemon, args: &[&str]) -> (ExitStatus, String, String) {
     let mut cmd = Command::new(bin("gpusharectl"));
@@ -289,6 +290,134 @@ fn float_image_round_trips_a_png_within_one_step() {
         assert!((f - f32::from(p) / 255.0).abs() < 1e-6, "{f} for {p}");
     }
     assert_eq!(kinds(&d), ["image"]);
+}
+
+/// `image upload --mips` fills the chain below the uploaded level: `image download --level 1`
+/// gives a half-size PNG, each byte the 2x2 average; `image mips` regenerates levels alone;
+/// signal points follow the mips; an image without a level to generate is a usage error.
+#[test]
+fn upload_with_mips_gives_a_half_size_level() {
+    let d = gpushare_tests::daemon_or_skip!(CONFIG);
+    let dir = d.scratch();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let id = create(
+        &d,
+        &[
+            "--format",
+            "rgba8unorm",
+            "--width",
+            "64",
+            "--height",
+            "32",
+            "--full-mip-chain",
+        ],
+    );
+    let sem = ok(&d, &["sem", "create"]).trim().to_owned();
+    let photo = random(7, 64 * 32 * 4);
+    write_png(
+        Path::new(&path("photo.png")),
+        64,
+        32,
+        png::ColorType::Rgba,
+        &photo,
+    );
+    let signal = format!("{sem}=1");
+    let v = json(
+        &d,
+        &[
+            "image",
+            "upload",
+            &id,
+            &path("photo.png"),
+            "--mips",
+            "--signal",
+            &signal,
+        ],
+    );
+    assert_eq!(v["mip_levels_generated"], 6);
+    ok(&d, &["sem", "wait", &sem, "1", "--timeout", "0"]);
+    ok(
+        &d,
+        &["image", "download", &id, &path("half.png"), "--level", "1"],
+    );
+    let (w, h, color, half) = read_png(Path::new(&path("half.png")));
+    assert_eq!((w, h, color), (32, 16, png::ColorType::Rgba));
+    assert!(half.iter().any(|&b| b != 0), "level 1 is not black");
+    let average = |src: &[u8], width: usize, x: usize, y: usize, c: usize| {
+        let at = |xx: usize, yy: usize| f32::from(src[(yy * width + xx) * 4 + c]);
+        (at(2 * x, 2 * y) + at(2 * x + 1, 2 * y) + at(2 * x, 2 * y + 1) + at(2 * x + 1, 2 * y + 1))
+            / 4.0
+    };
+    for y in 0..16 {
+        for x in 0..32 {
+            for c in 0..4 {
+                let got = f32::from(half[(y * 32 + x) * 4 + c]);
+                let want = average(&photo, 64, x, y, c);
+                assert!(
+                    (got - want).abs() <= 1.0,
+                    "texel ({x}, {y}) channel {c}: {got}, the 2x2 average is {want}"
+                );
+            }
+        }
+    }
+    let quarter = |name: &str| {
+        ok(&d, &["image", "download", &id, &path(name), "--level", "2"]);
+        read_png(Path::new(&path(name))).3
+    };
+    let before = quarter("quarter.png");
+
+    // `image mips`: a new level 0, then level 1 only; level 2 keeps what it had.
+    let other = random(8, 64 * 32 * 4);
+    write_png(
+        Path::new(&path("other.png")),
+        64,
+        32,
+        png::ColorType::Rgba,
+        &other,
+    );
+    ok(&d, &["image", "upload", &id, &path("other.png")]);
+    let v = json(&d, &["image", "mips", &id, "--levels", "1"]);
+    assert_eq!(
+        (v["base_level"].as_u64(), v["levels"].as_u64()),
+        (Some(0), Some(1))
+    );
+    ok(
+        &d,
+        &["image", "download", &id, &path("half2.png"), "--level", "1"],
+    );
+    let half2 = read_png(Path::new(&path("half2.png"))).3;
+    assert!(
+        (0..32 * 16 * 4).all(|i| {
+            let (t, c) = (i / 4, i % 4);
+            (f32::from(half2[i]) - average(&other, 64, t % 32, t / 32, c)).abs() <= 1.0
+        }),
+        "level 1 is the average of the new level 0"
+    );
+    assert_eq!(quarter("quarter2.png"), before, "level 2 untouched");
+
+    // Nothing to generate: refused before anything is sent.
+    let single = create(
+        &d,
+        &["--format", "rgba8unorm", "--width", "64", "--height", "32"],
+    );
+    fails(
+        &d,
+        &["image", "upload", &single, &path("photo.png"), "--mips"],
+        EXIT_USAGE,
+        &["no level after level 0", "--full-mip-chain"],
+    );
+    fails(
+        &d,
+        &["image", "mips", &id, "--base-level", "6"],
+        EXIT_USAGE,
+        &["no level after level 6"],
+    );
+    fails(
+        &d,
+        &["image", "mips", &id, "--levels", "9"],
+        EXIT_INVALID_ARGUMENT,
+        &["past the image's last level 6"],
+    );
 }
 
 #[test]

@@ -15,7 +15,7 @@ memory (a sealed memfd) mapped both here and in the daemon; :meth:`Client.write_
 :meth:`Client.read_into_host` name ranges of it instead of carrying the bytes in gRPC messages.
 
 Images (:meth:`Client.create_image`) are handles (:class:`Image`) with their shape and their
-daemon-executed operations: write, read (as bytes or a numpy array), clear, export.
+daemon-executed operations: write, read (as bytes or a numpy array), clear, generate_mips, export.
 
 :class:`HostBuffer` lives in :mod:`gpushare.host_buffer`, :class:`Image` and the image formats in
 :mod:`gpushare.image`, the errors and :class:`Exported` in ``gpushare._common``; this module

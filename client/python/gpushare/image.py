@@ -1,6 +1,7 @@
 """Images: the formats gpushare shares (:data:`IMAGE_FORMATS`, :func:`image_format`), the usage
 flags, and :class:`Image`, the handle that :meth:`Client.create_image` and :meth:`Client.image`
-return, with its shape and its daemon-executed operations (write, read, clear, export)."""
+return, with its shape and its daemon-executed operations (write, read, clear, generate_mips,
+export)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ class ImageFormatInfo(
 ):
     """One image format: its CLI/doc ``name`` (``"rgba8unorm"``), its wire ``value``
     (``pb.IMAGE_FORMAT_*``), ``channels`` per texel (1, 2 or 4), ``channel_size`` in bytes, and
-    ``kind``: ``"unorm"`` (read normalized to [0, 1]), ``"uint"`` or ``"float"``."""
+    ``kind``: ``"unorm"`` (read normalized to [0, 1]; ``rgba8srgb`` holds sRGB-encoded color,
+    which the GPU decodes to linear light where it filters), ``"uint"`` or ``"float"``."""
 
     __slots__ = ()
 
@@ -79,6 +81,7 @@ def _format_table():
         ("r32uint", "R32_UINT", 1, 4, "uint"),
         ("rg32uint", "RG32_UINT", 2, 4, "uint"),
         ("rgba32uint", "RGBA32_UINT", 4, 4, "uint"),
+        ("rgba8srgb", "RGBA8_SRGB", 4, 1, "unorm"),
     ]
     return {
         name: ImageFormatInfo(name, gpushare_pb2.ImageFormat.Value("IMAGE_FORMAT_" + wire), ch, size, kind)
@@ -443,6 +446,33 @@ class Image:
                 image_id=self.id, base_level=base_level, levels=levels,
                 base_layer=base_layer, layers=layers,
                 float_color=list(float_color or ()), uint_color=list(uint_color or ()),
+                sync=_image_sync(sync, wait, signal, timeout_ms),
+            ),
+        )
+
+    def generate_mips(
+        self,
+        base_level: int = 0,
+        levels: int = 0,
+        base_layer: int = 0,
+        layers: int = 0,
+        sync: Optional["gpushare_pb2.Sync"] = None,
+        *,
+        wait: Sequence[Point] = (),
+        signal: Sequence[Point] = (),
+        timeout_ms: int = 0,
+    ) -> None:
+        """Generates levels ``base_level + 1 .. base_level + levels`` (``levels`` 0: to the last)
+        on the GPU, each filtered from the one before, in layers ``base_layer .. base_layer +
+        layers`` (0: through the last). The filter is linear (a 2x2, in 3D 2x2x2, box average;
+        ``rgba8srgb`` averaged in linear light), and nearest for uint formats (each texel one of
+        its block's). INVALID_ARGUMENT for a single-level image or a range outside the image;
+        FAILED_PRECONDITION where the device cannot blit or filter the format."""
+        self._client._call(
+            "GenerateMips",
+            gpushare_pb2.GenerateMipsRequest(
+                image_id=self.id, base_level=base_level, levels=levels,
+                base_layer=base_layer, layers=layers,
                 sync=_image_sync(sync, wait, signal, timeout_ms),
             ),
         )

@@ -1021,6 +1021,61 @@ def test_image_clear(client):
     assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
 
 
+def test_image_generate_mips(client):
+    img = client.create_image("rgba8unorm", 8, 4, mip_levels=3, array_layers=2)
+    level0 = bytes(range(0, 256, 4)) * 4  # 8 * 4 texels * 4 bytes * 2 layers
+    img.write(level0)
+    sem = client.create_semaphore(0)
+    errors = []
+
+    def generate():
+        try:
+            img.generate_mips(base_layer=1, wait=[(sem, 1)], signal=[(sem, 2)], timeout_ms=5000)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=generate)
+    t.start()
+    time.sleep(0.05)
+    assert client.value(sem) == 0  # still waiting for value 1
+    assert img.read(level=1) == bytes(2 * 4 * 2 * 4)
+    client.signal(sem, 1)
+    assert client.wait(sem, 2, timeout_ms=5000) == 2
+    t.join(5)
+    assert not errors, errors
+    assert img.read(level=1, layer=0) == bytes(4 * 2 * 4), "layer 0 untouched"
+    layer1 = level0[8 * 4 * 4 :]
+    got = img.read(level=1, layer=1)
+    for y in range(2):
+        for x in range(4):
+            for c in range(4):
+                block = [layer1[((2 * y + dy) * 8 + 2 * x + dx) * 4 + c] for dy in (0, 1) for dx in (0, 1)]
+                assert abs(got[(y * 4 + x) * 4 + c] - sum(block) / 4) <= 1, (x, y, c)
+    assert img.read(level=2, layer=1) != bytes(2 * 1 * 4)
+
+    # sRGB: black and white average to 188 in linear light.
+    srgb = client.create_image("rgba8srgb", 2, 2, mip_levels=2)
+    srgb.write(bytes([0, 0, 0, 255, 255, 255, 255, 255] * 2))
+    srgb.generate_mips()
+    r, g, b, a = srgb.read(level=1)
+    assert all(abs(v - 188) <= 1 for v in (r, g, b)) and a == 255, (r, g, b, a)
+
+    for bad in (
+        dict(base_level=2),  # nothing after the last level
+        dict(levels=3),
+        dict(base_layer=2),
+        dict(base_layer=1, layers=2),
+    ):
+        with pytest.raises(gpushare.GpushareError) as e:
+            img.generate_mips(**bad)
+        assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+    single = client.create_image("rgba8unorm", 4, 4)
+    with pytest.raises(gpushare.GpushareError) as e:
+        single.generate_mips()
+    assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+    assert "one mip level" in str(e.value)
+
+
 def test_image_refusals(client):
     img = client.create_image("rgba8unorm", 8, 8, mip_levels=2, array_layers=2)
     bad_regions = [

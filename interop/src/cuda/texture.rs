@@ -240,7 +240,8 @@ impl TextureOptions {
 
 /// The texture description for `format` over `levels` levels: address mode, filter, mipmap
 /// filter and level clamp from `opts`; `CU_TRSF_NORMALIZED_COORDINATES` when asked,
-/// `CU_TRSF_READ_AS_INTEGER` for the integer formats (unorm formats read as normalized floats).
+/// `CU_TRSF_READ_AS_INTEGER` for the integer formats (unorm formats read as normalized floats),
+/// `CU_TRSF_SRGB` for sRGB formats (reads decode to linear values, as Vulkan samplers do).
 fn texture_descriptor(
     format: ImageFormat,
     levels: u32,
@@ -262,6 +263,9 @@ fn texture_descriptor(
     }
     if format.info().kind == ChannelKind::Unsigned {
         flags |= sys::CU_TRSF_READ_AS_INTEGER;
+    }
+    if format.info().srgb {
+        flags |= sys::CU_TRSF_SRGB;
     }
     sys::CUDA_TEXTURE_DESC {
         addressMode: [address; 3],
@@ -415,6 +419,8 @@ mod tests {
             t.addressMode,
             [sys::CUaddress_mode::CU_TR_ADDRESS_MODE_WRAP; 3]
         );
+        let t = texture_descriptor(ImageFormat::Rgba8Srgb, 1, &TextureOptions::default());
+        assert_eq!(t.flags, sys::CU_TRSF_SRGB, "sRGB reads decode to linear");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub struct Device {
     raw: ash::Device,
     physical: PhysicalDevice,
     queue_family: u32,
+    queue_flags: vk::QueueFlags,
     queue: Mutex<vk::Queue>,
     memory_fd: Option<ash::khr::external_memory_fd::Device>,
     semaphore_fd: Option<ash::khr::external_semaphore_fd::Device>,
@@ -81,6 +82,9 @@ impl Device {
         };
         let queue_family = pick_queue_family(&families)
             .ok_or_else(|| Error::Unsupported(format!("a transfer queue on {name}")))?;
+        let queue_flags = families
+            .get(queue_family as usize)
+            .map_or(vk::QueueFlags::empty(), |f| f.queue_flags);
         if physical.info.device_type == DeviceType::Cpu {
             tracing::warn!(device = %name, "opening a CPU Vulkan driver: no GPU acceleration");
         }
@@ -126,6 +130,7 @@ impl Device {
             raw,
             physical,
             queue_family,
+            queue_flags,
             queue: Mutex::new(queue),
             memory_fd,
             semaphore_fd,
@@ -146,6 +151,12 @@ impl Device {
     /// The queue family index of the device's one queue.
     pub fn queue_family_index(&self) -> u32 {
         self.queue_family
+    }
+
+    /// What the device's one queue can do (`VkQueueFamilyProperties::queueFlags`): blits need
+    /// `GRAPHICS`.
+    pub fn queue_flags(&self) -> vk::QueueFlags {
+        self.queue_flags
     }
 
     pub(crate) fn raw(&self) -> &ash::Device {

@@ -71,7 +71,7 @@ fn handover(
 
 /// Records `commands` between an acquire of `image` and its release, with `access` the
 /// commands' transfer access.
-fn record_around(
+pub(super) fn record_around(
     dev: &ash::Device,
     cmd: vk::CommandBuffer,
     image: &dyn DeviceImage,
@@ -136,7 +136,7 @@ fn copy_region(region: &ImageRegion) -> vk::BufferImageCopy {
 
 impl Transfer {
     /// An image argument must live on this engine's device and have `usage`.
-    fn check_image(
+    pub(super) fn check_image(
         &self,
         what: &'static str,
         image: &dyn DeviceImage,

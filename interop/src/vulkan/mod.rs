@@ -1,5 +1,5 @@
 //! Vulkan: instance and device selection, exportable buffers, images and timeline semaphores,
-//! imports, and transfer submissions.
+//! imports, and transfer submissions (mip generation included).
 //!
 //! Requires Vulkan 1.2 (timeline semaphores). Works with GPUs (device-local, non-host-visible
 //! memory) and CPU drivers (lavapipe) alike; capabilities are probed, never assumed.
@@ -13,6 +13,7 @@ mod image_transfer;
 mod import;
 mod instance;
 mod memory;
+mod mips;
 mod physical;
 mod range;
 mod semaphore;
@@ -30,6 +31,7 @@ pub use image::{
 pub use image_transfer::ClearColor;
 pub use import::{BufferImportDesc, ImportedBuffer};
 pub use instance::Instance;
+pub use mips::{MipFilter, MipRange};
 pub use physical::{DeviceSelector, DeviceType, MemoryHeap, PhysicalDeviceInfo};
 pub use semaphore::TimelineSemaphore;
 pub use transfer::{SyncPoints, Transfer};

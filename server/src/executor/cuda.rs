@@ -9,10 +9,21 @@
 //! operation's wait points, already reached on the host, are waited for on the stream before
 //! its work, and its signal points (reserved by the daemon, see `Daemon::reserve_signals`) are
 //! signaled on the stream after it, with the semaphores imported into this context once.
+//!
+//! GenerateMips is the one operation that is not CUDA work: it runs the Vulkan executor's blit
+//! chain (`Transfer::generate_mips`, on a transfer engine of the device's Vulkan side that this
+//! thread owns), so both executors produce the same levels from one implementation, filter and
+//! sRGB handling included, where a CUDA kernel would be a second implementation to keep in
+//! agreement. It keeps stream order: after the stream's waits are enqueued, the thread
+//! synchronizes the stream (those waits and all earlier work on it are complete), submits the
+//! blits and waits for their fence, and only then enqueues the signal points on the stream.
+//! The thread is blocked meanwhile, as it is in every operation's synchronize.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use gpushare_interop::cuda::{self, CudaDevice, ExternalSemaphore, PinnedBuffer};
+use gpushare_interop::vulkan::{self, SyncPoints, Transfer};
 
 use gpushare_interop::image::ImageRegion;
 
@@ -46,17 +57,43 @@ impl Staging {
     }
 }
 
+/// Longest the blits of one GenerateMips may run before the operation is reported as failed
+/// (the Vulkan executor's limit).
+const BLIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The Vulkan side of the device, for the work that is Vulkan's (GenerateMips): a transfer
+/// engine made on first use, owned by the executor thread.
+struct Blits {
+    device: Arc<vulkan::Device>,
+    engine: Option<Transfer>,
+}
+
+impl Blits {
+    fn engine(&mut self) -> std::result::Result<&mut Transfer, vulkan::Error> {
+        match &mut self.engine {
+            Some(t) => Ok(t),
+            slot @ None => Ok(slot.insert(Transfer::new(&self.device)?)),
+        }
+    }
+}
+
 impl CudaExecutor {
-    /// Starts the executor thread for `device`.
-    pub fn start(device: Arc<CudaDevice>) -> std::io::Result<Self> {
+    /// Starts the executor thread for `device`, whose Vulkan side is `vulkan`.
+    pub fn start(device: Arc<CudaDevice>, vulkan: Arc<vulkan::Device>) -> std::io::Result<Self> {
         let mut staging = Staging {
             device: device.clone(),
             buffer: None,
         };
+        let mut blits = Blits {
+            device: vulkan,
+            engine: None,
+        };
         let worker = Worker::start("gpushare-cuda-exec", move |op, sync| {
             let label = op.label();
-            execute(&device, &mut staging, op, sync).map_err(|e| match e {
-                CudaViewError::Export(source) => Error::Gpu { op: label, source },
+            execute(&device, &mut staging, &mut blits, op, sync).map_err(|e| match e {
+                CudaViewError::Export(source) | CudaViewError::Vulkan(source) => {
+                    Error::Gpu { op: label, source }
+                }
                 CudaViewError::Cuda(source) => Error::Cuda { op: label, source },
             })
         })?;
@@ -96,13 +133,14 @@ enum After {
 fn execute(
     device: &Arc<CudaDevice>,
     staging: &mut Staging,
+    blits: &mut Blits,
     op: Op,
     sync: &DeviceSync,
 ) -> std::result::Result<Vec<u8>, CudaViewError> {
     // What the stream uses stays alive until it is done, even if the resource is freed
     // meanwhile (the op's own references go when `enqueue` returns).
     let keep = op.retain();
-    let enqueued = enqueue_ordered(device, staging, op, sync);
+    let enqueued = enqueue_ordered(device, staging, blits, op, sync);
     let synced = device.synchronize_stream();
     drop(keep);
     let after = enqueued?;
@@ -120,6 +158,7 @@ fn execute(
 fn enqueue_ordered(
     device: &Arc<CudaDevice>,
     staging: &mut Staging,
+    blits: &mut Blits,
     op: Op,
     sync: &DeviceSync,
 ) -> std::result::Result<After, CudaViewError> {
@@ -127,7 +166,7 @@ fn enqueue_ordered(
     for (res, value) in &sync.wait {
         cuda_semaphore(res, device)?.wait(*value, stream)?;
     }
-    let after = enqueue(device, staging, op)?;
+    let after = enqueue(device, staging, blits, op)?;
     if let Some(signals) = &sync.signal {
         for (res, value) in signals.points() {
             cuda_semaphore(res, device)?.signal(value, stream)?;
@@ -159,10 +198,12 @@ fn cuda_semaphore(
 
 /// Enqueues `op`'s work on the stream, without synchronizing: [`execute`] synchronizes, and
 /// keeps everything the work uses alive until then (`Op::retain`); "lives past the synchronize"
-/// below means that.
+/// below means that. GenerateMips, Vulkan work, is the exception: it synchronizes the stream
+/// first and returns once its blits completed (see the module docs).
 fn enqueue(
     device: &Arc<CudaDevice>,
     staging: &mut Staging,
+    blits: &mut Blits,
     op: Op,
 ) -> std::result::Result<After, CudaViewError> {
     let stream = device.stream();
@@ -356,6 +397,21 @@ fn enqueue(
         }
         Op::Register { host } => {
             host.register(device)?;
+            Ok(After::Nothing)
+        }
+        Op::GenerateMips { image, range } => {
+            // Vulkan work, in stream order (see the module docs): the waits enqueued before
+            // this and everything before them complete first; the signals that follow are
+            // enqueued only once the blits' fence signaled.
+            device.synchronize_stream()?;
+            let done = SyncPoints {
+                timeout: Some(BLIT_TIMEOUT),
+                ..Default::default()
+            };
+            blits
+                .engine()
+                .and_then(|t| t.generate_mips(image.vk(), &range, &done))
+                .map_err(CudaViewError::Vulkan)?;
             Ok(After::Nothing)
         }
         Op::Read {

@@ -1,7 +1,8 @@
-//! Daemon-executed GPU operations (Write, Read, Fill, Copy, and their image forms) behind one
-//! trait, with two implementations: [`CudaExecutor`] (the daemon's CUDA stream over its
-//! imported memory) and [`VulkanExecutor`] (Vulkan transfer submissions). Configuration
-//! chooses (`executor`).
+//! Daemon-executed GPU operations (Write, Read, Fill, Copy, their image forms, and mip
+//! generation) behind one trait, with two implementations: [`CudaExecutor`] (the daemon's CUDA
+//! stream over its imported memory) and [`VulkanExecutor`] (Vulkan transfer submissions).
+//! Configuration chooses (`executor`). Mip generation is a Vulkan blit chain on both: the CUDA
+//! executor runs it on its own thread, in order with its stream (see `cuda.rs`).
 //!
 //! Sequencing starts in the caller (`ops.rs`): wait points are awaited on the host through the
 //! wait service *before* an operation is handed to an executor, so a client that never signals
@@ -25,7 +26,7 @@ use crate::host_buffer::HostBuffer;
 use crate::image::SharedImage;
 use crate::registry::Resource;
 use gpushare_interop::image::ImageRegion;
-use gpushare_interop::vulkan::ClearColor;
+use gpushare_interop::vulkan::{ClearColor, MipRange};
 
 mod cuda;
 mod vulkan;
@@ -235,6 +236,13 @@ pub enum Op {
         /// The color, of the format's kind.
         color: ClearColor,
     },
+    /// Generate mip levels, each filtered from the one before (a Vulkan blit chain).
+    GenerateMips {
+        /// The image.
+        image: Arc<SharedImage>,
+        /// Which levels and layers (checked against the image).
+        range: MipRange,
+    },
     /// Copy between buffers of one device.
     Copy {
         /// Source.
@@ -292,6 +300,7 @@ impl Op {
                 .flatten()
                 .collect(),
             Op::ClearImage { dst, .. } => vec![dst.clone()],
+            Op::GenerateMips { image, .. } => vec![image.clone()],
             Op::Fill { dst, .. } => vec![dst.clone()],
             Op::Copy { src, dst, .. } => vec![src.clone(), dst.clone()],
         }
@@ -309,6 +318,7 @@ impl Op {
             Op::WriteImage { .. } => "image write",
             Op::ReadImage { .. } => "image read",
             Op::ClearImage { .. } => "image clear",
+            Op::GenerateMips { .. } => "mip generation",
         }
     }
 }

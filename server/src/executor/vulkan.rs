@@ -1,5 +1,5 @@
-//! The Vulkan executor: operations as Vulkan transfer submissions on one thread that owns the
-//! device's transfer engine. Image transfers through host buffers go in pieces of at most
+//! The Vulkan executor: operations as Vulkan transfer submissions (mip generation as a blit
+//! chain) on one thread that owns the device's transfer engine. Image transfers through host buffers go in pieces of at most
 //! `HOST_CHUNK` bytes (whole layers, slices or rows), like buffer transfers. Used where the host
 //! has no CUDA, or by configuration.
 
@@ -148,6 +148,9 @@ fn execute(t: &mut Transfer, op: Op) -> std::result::Result<Vec<u8>, vulkan::Err
                 color,
                 &sync,
             )
+            .map(|()| Vec::new()),
+        Op::GenerateMips { image, range } => t
+            .generate_mips(image.vk(), &range, &sync)
             .map(|()| Vec::new()),
         Op::CopyPeer { .. } => Err(vulkan::Error::Unsupported(
             "a CUDA peer copy on the Vulkan executor".into(),

@@ -193,7 +193,7 @@ pub(crate) enum ImageCommand {
     Create {
         /// Texel format: r8unorm, rg8unorm, rgba8unorm, r8uint, rg8uint, rgba8uint, r16float,
         /// rg16float, rgba16float, r32float, rg32float, rgba32float, r32uint, rg32uint,
-        /// rgba32uint (`info` lists what each device supports).
+        /// rgba32uint, rgba8srgb (`info` lists what each device supports).
         #[arg(long, value_parser = parse_format)]
         format: ImageFormat,
         /// Level 0's width in texels.
@@ -246,6 +246,27 @@ pub(crate) enum ImageCommand {
         /// Upload the file's bytes as they are: exactly the level's (or the layer's) size.
         #[arg(long)]
         raw: bool,
+        /// Then generate every level after the uploaded one from it, in the layers uploaded (as
+        /// `image mips` does). Wait points hold the upload, signal points follow the mips.
+        #[arg(long)]
+        mips: bool,
+        #[command(flatten)]
+        sync: SyncArgs,
+    },
+    /// Generate mip levels on the GPU, each filtered from the one before: linear (sRGB formats
+    /// in linear light), nearest for uint formats.
+    Mips {
+        /// Image id.
+        id: String,
+        /// The level the others are made from.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        base_level: u32,
+        /// How many levels to generate after it [default: every level to the last].
+        #[arg(long, value_name = "N")]
+        levels: Option<u32>,
+        /// One array layer [default: every layer].
+        #[arg(long, value_name = "N")]
+        layer: Option<u32>,
         #[command(flatten)]
         sync: SyncArgs,
     },
@@ -504,6 +525,52 @@ mod tests {
         let cli = Cli::try_parse_from([
             "gpusharectl",
             "image",
+            "upload",
+            "img-1",
+            "in.png",
+            "--mips",
+            "--wait",
+            "s=1",
+        ])
+        .expect("valid command line");
+        assert!(matches!(
+            cli.command,
+            Command::Image(ImageCommand::Upload {
+                mips: true,
+                level: 0,
+                ..
+            })
+        ));
+        let cli = Cli::try_parse_from([
+            "gpusharectl",
+            "image",
+            "mips",
+            "img-1",
+            "--base-level",
+            "1",
+            "--levels",
+            "2",
+            "--layer",
+            "3",
+        ])
+        .expect("valid command line");
+        let Command::Image(ImageCommand::Mips {
+            id,
+            base_level,
+            levels,
+            layer,
+            ..
+        }) = cli.command
+        else {
+            panic!("wrong command: {:?}", cli.command);
+        };
+        assert_eq!(
+            (id.as_str(), base_level, levels, layer),
+            ("img-1", 1, Some(2), Some(3))
+        );
+        let cli = Cli::try_parse_from([
+            "gpusharectl",
+            "image",
             "create",
             "--format",
             "r8uint",
@@ -591,6 +658,8 @@ mod tests {
                 "1d",
             ],
             &["gpusharectl", "image", "upload", "img-1"],
+            &["gpusharectl", "image", "mips"],
+            &["gpusharectl", "image", "mips", "img-1", "--levels", "-1"],
         ] {
             let err = Cli::try_parse_from(args).expect_err("usage error");
             assert_eq!(err.exit_code(), 2, "{args:?}");

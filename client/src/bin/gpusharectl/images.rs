@@ -1,5 +1,6 @@
-//! `image create`, `ls`, `upload`, `download` and `rm`: images through the daemon, with PNG
-//! files converted to and from the image's format (`pixels`), or raw texels.
+//! `image create`, `ls`, `upload`, `mips`, `download` and `rm`: images through the daemon, with
+//! PNG files converted to and from the image's format (`pixels`), or raw texels; mip levels
+//! generated on the GPU (`GenerateMips`).
 //!
 //! Transfers go in one message when they fit the daemon's `Limits.max_transfer_size`, and
 //! through a host buffer (pinned, the CLI having no session, and released once done)
@@ -100,10 +101,14 @@ pub(crate) async fn run(client: &Client, out: &Out, command: ImageCommand) -> Re
             level,
             layer,
             raw,
+            mips,
             sync,
         } => {
             let image = open(client, &id).await?;
             let region = region(image.desc(), &id, level, layer)?;
+            if mips {
+                check_mips_after(image.desc(), &id, level)?;
+            }
             let data = std::fs::read(&file).context(|| format!("read {}", file.display()))?;
             let (texels, kind) = if raw {
                 check_raw_size(&file, data.len(), image.desc(), &region, &id)?;
@@ -118,12 +123,74 @@ pub(crate) async fn run(client: &Client, out: &Out, command: ImageCommand) -> Re
                     describe_size(image.desc(), &region)
                 )));
             };
-            write(client, &image, &region, &texels, &sync.to_sync())
+            // With --mips, the wait points hold the upload and the signal points follow the mips.
+            let sync = sync.to_sync();
+            let (upload_sync, mips_sync) = if mips {
+                let signal = Sync {
+                    signal: sync.signal.clone(),
+                    timeout: sync.timeout,
+                    ..Sync::none()
+                };
+                (
+                    Sync {
+                        signal: Vec::new(),
+                        ..sync
+                    },
+                    signal,
+                )
+            } else {
+                (sync, Sync::none())
+            };
+            write(client, &image, &region, &texels, &upload_sync)
                 .await
                 .context(|| format!("upload {} to {id}", file.display()))?;
+            let generated = if mips {
+                image
+                    .generate_mips_range(level, 0, region.base_layer, region.layers, &mips_sync)
+                    .await
+                    .context(|| format!("generate the mip levels of {id} after level {level}"))?;
+                image.desc().mip_levels - 1 - level
+            } else {
+                0
+            };
             let value = json!({
                 "id": id, "level": level, "layer": layer,
                 "file": file.display().to_string(), "format": kind, "bytes": texels.len(),
+                "mip_levels_generated": generated,
+            });
+            out.either(value, "")
+        }
+        ImageCommand::Mips {
+            id,
+            base_level,
+            levels,
+            layer,
+            sync,
+        } => {
+            let image = open(client, &id).await?;
+            check_mips_after(image.desc(), &id, base_level)?;
+            let (base_layer, layers) = match layer {
+                Some(l) if l >= image.desc().array_layers => {
+                    return Err(Failure::Usage(format!(
+                        "{id} has {} layer(s): there is no layer {l}",
+                        image.desc().array_layers
+                    )))
+                }
+                Some(l) => (l, 1),
+                None => (0, 0),
+            };
+            let levels = levels.unwrap_or(0);
+            image
+                .generate_mips_range(base_level, levels, base_layer, layers, &sync.to_sync())
+                .await
+                .context(|| format!("generate the mip levels of {id}"))?;
+            let generated = if levels == 0 {
+                image.desc().mip_levels - 1 - base_level
+            } else {
+                levels
+            };
+            let value = json!({
+                "id": id, "base_level": base_level, "levels": generated, "layer": layer,
             });
             out.either(value, "")
         }
@@ -210,6 +277,19 @@ fn region(
         region.layers = 1;
     }
     Ok(region)
+}
+
+/// Mips made from `level` need a level after it: a usage error otherwise, before anything is
+/// sent.
+fn check_mips_after(desc: &ImageDesc, id: &str, level: u32) -> Result<(), Failure> {
+    if level < desc.mip_levels.saturating_sub(1) {
+        return Ok(());
+    }
+    Err(Failure::Usage(format!(
+        "{id} has {} mip level(s): there is no level after level {level} to generate (create \
+         the image with --mip-levels or --full-mip-chain)",
+        desc.mip_levels
+    )))
 }
 
 /// `9324 bytes (level 1, 37x21, 3 layers, 4 bytes per texel)`.
@@ -403,6 +483,21 @@ mod tests {
         assert_eq!(err, "i has 3 mip level(s): there is no level 3");
         let err = region(&d, "i", 0, Some(3)).unwrap_err().to_string();
         assert_eq!(err, "i has 3 layer(s): there is no layer 3");
+    }
+
+    #[test]
+    fn mips_need_a_level_after_their_base() {
+        let d = desc(ImageKind::D2, 1, 1); // 3 levels
+        assert!(check_mips_after(&d, "i", 0).is_ok());
+        assert!(check_mips_after(&d, "i", 1).is_ok());
+        let err = check_mips_after(&d, "i", 2).unwrap_err().to_string();
+        assert!(
+            err.starts_with("i has 3 mip level(s): there is no level after level 2"),
+            "{err}"
+        );
+        let one = ImageDesc { mip_levels: 1, ..d };
+        assert!(check_mips_after(&one, "i", 0).is_err());
+        assert!(check_mips_after(&d, "i", u32::MAX).is_err());
     }
 
     #[test]

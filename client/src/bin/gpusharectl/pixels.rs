@@ -12,7 +12,10 @@
 //! have no PNG conversion (their values are not intensities): they move as raw bytes.
 //!
 //! Texels are little-endian, like every host gpushare runs on (and the daemon's own packing).
-//! Sample values are taken as they are: no gamma or sRGB conversion is applied.
+//! Sample values are taken as they are: no gamma or sRGB conversion is applied. PNG files hold
+//! sRGB-encoded samples, so `rgba8srgb` takes and gives them with their meaning kept (the GPU
+//! decodes them to linear light where it filters); a unorm format holds the same bytes, read as
+//! linear values.
 
 use gpushare_client::ImageFormat;
 use gpushare_interop::image::{f16_to_f32, f32_to_f16, ChannelKind};
@@ -332,7 +335,9 @@ mod tests {
             let expected = match format {
                 ImageFormat::R8Unorm => vec![10, 255],
                 ImageFormat::Rg8Unorm => vec![10, 20, 255, 0],
-                ImageFormat::Rgba8Unorm => vec![10, 20, 30, 40, 255, 0, 128, 255],
+                ImageFormat::Rgba8Unorm | ImageFormat::Rgba8Srgb => {
+                    vec![10, 20, 30, 40, 255, 0, 128, 255]
+                }
                 ImageFormat::R16Float => f16_bytes(&pick(1)),
                 ImageFormat::Rg16Float => f16_bytes(&pick(2)),
                 ImageFormat::Rgba16Float => f16_bytes(&pick(4)),
@@ -438,9 +443,10 @@ mod tests {
                     (Layout::Rgb, vec![0; 6])
                 }
                 ImageFormat::R16Float | ImageFormat::R32Float => (Layout::Gray, vec![0; 2]),
-                ImageFormat::Rgba8Unorm | ImageFormat::Rgba16Float | ImageFormat::Rgba32Float => {
-                    (Layout::Rgba, vec![0; 8])
-                }
+                ImageFormat::Rgba8Unorm
+                | ImageFormat::Rgba8Srgb
+                | ImageFormat::Rgba16Float
+                | ImageFormat::Rgba32Float => (Layout::Rgba, vec![0; 8]),
                 ImageFormat::R8Uint
                 | ImageFormat::Rg8Uint
                 | ImageFormat::Rgba8Uint
