@@ -88,7 +88,7 @@ impl Semaphore {
 
     /// The value now, then every change the daemon sees (several changes between two polls
     /// arrive once, with the latest value). The call is made when the stream is first polled;
-    /// the stream ends after its first error: `NOT_FOUND` when the semaphore is freed,
+    /// the stream ends after its first error: `ABORTED` when the semaphore is freed or abandoned,
     /// `UNAVAILABLE` when the daemon shuts down. Dropping the stream cancels the call.
     pub fn watch(&self) -> Watch {
         let mut grpc = self.client.grpc();

@@ -1,10 +1,9 @@
 //! The daemon's shared state: configuration, devices, registry, tickets and the wait service,
 //! with the checks every handler shares (caller identity, session, lookups by kind).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
-use gpushare_interop::vulkan::TimelineSemaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::SharedBuffer;
@@ -19,8 +18,9 @@ use crate::log_budget::LogBudget;
 use crate::peer::Peer;
 use crate::quota::{Counted, Counters, Held};
 use crate::registry::{EndedSession, Object, Registry, Resource, Snapshot};
+use crate::semaphore::{Ended, Semaphore};
 use crate::tickets::Tickets;
-use crate::waiter::WaitService;
+use crate::waits::WaitService;
 
 /// MALFORMED_ID (INVALID_ARGUMENT) unless `id` has the shape of a resource id.
 pub(crate) fn check_resource_id(id: &str) -> Result<()> {
@@ -34,65 +34,6 @@ pub(crate) fn check_resource_id(id: &str) -> Result<()> {
         what: "resource",
         id: ids::shown(id),
     })
-}
-
-/// Signal points reserved for a daemon operation's device-ordered signals
-/// ([`Daemon::reserve_signals`]); dropping it ends the reservation. The executor holds it until
-/// its stream has passed the signals (or it gave up before enqueuing them), whatever became of
-/// the call.
-///
-/// It holds the signal lock and the wait service, not the daemon: the executor thread that
-/// drops it must never be the one to drop the daemon (and with it, its own thread).
-pub struct GpuSignals {
-    lock: Arc<Mutex<()>>,
-    waits: Arc<WaitService>,
-    points: Vec<(Arc<Resource>, Arc<TimelineSemaphore>, u64)>,
-}
-
-impl std::fmt::Debug for GpuSignals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.points.iter().map(|(r, _, v)| (&r.id, v)))
-            .finish()
-    }
-}
-
-impl GpuSignals {
-    /// The semaphores and the values to signal them to.
-    pub fn points(&self) -> impl Iterator<Item = (&Arc<Resource>, u64)> {
-        self.points.iter().map(|(r, _, v)| (r, *v))
-    }
-
-    /// Whether there is none.
-    pub fn is_empty(&self) -> bool {
-        self.points.is_empty()
-    }
-}
-
-impl Drop for GpuSignals {
-    /// The reservation ended: the pending counts go down, a semaphore abandoned meanwhile is
-    /// poisoned now, and waiters are woken.
-    fn drop(&mut self) {
-        if self.points.is_empty() {
-            return;
-        }
-        {
-            let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-            for (res, sem, _) in &self.points {
-                let pending = &res.gpu_signals;
-                if pending.count.fetch_sub(1, Ordering::AcqRel) > 1 {
-                    continue;
-                }
-                pending.max.store(0, Ordering::Release);
-                if pending.poison_deferred.swap(false, Ordering::AcqRel) {
-                    if let Err(e) = sem.signal_max() {
-                        tracing::warn!(id = %res.id, error = %e, "cannot signal a semaphore's poison value");
-                    }
-                }
-            }
-        }
-        self.waits.notify();
-    }
 }
 
 /// INFO lines for abandoned semaphores: a few a second (`left_out` counts the rest).
@@ -126,8 +67,6 @@ pub struct Daemon {
     pub sessions_end: CancellationToken,
     /// Effective largest buffer size.
     pub max_buffer_size: u64,
-    /// Serializes host signals, so that the value check and the signal are one step.
-    pub signal_lock: Arc<Mutex<()>>,
     /// Descriptors sent on fd.sock (redeemed tickets and direct exports).
     pub descriptors_sent: AtomicU64,
     /// Per-uid counts of pending waits, watches and connections (`[quotas]`).
@@ -207,7 +146,6 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             sessions_end: CancellationToken::new(),
             max_buffer_size,
-            signal_lock: Arc::new(Mutex::new(())),
             descriptors_sent: AtomicU64::new(0),
             held: Arc::new(Counters::default()),
             in_flight,
@@ -323,94 +261,14 @@ impl Daemon {
     }
 
     /// Looks up a semaphore of the caller's.
-    pub fn semaphore(
+    pub(crate) fn semaphore(
         &self,
         id: &str,
         caller: &Caller,
-    ) -> Result<(Arc<Resource>, Arc<TimelineSemaphore>)> {
+    ) -> Result<(Arc<Resource>, Arc<Semaphore>)> {
         self.typed(id, caller, "sem", "semaphore", |o| match o {
             Object::Semaphore(s) => Some(s.clone()),
             _ => None,
-        })
-    }
-
-    /// Host-signals semaphore `res` (`sem`) to `value`, refusing non-increasing values and
-    /// abandoned semaphores, and wakes its waiters.
-    pub fn signal(&self, res: &Resource, sem: &TimelineSemaphore, value: u64) -> Result<u64> {
-        let id = &res.id;
-        {
-            let _serial = self.signal_lock.lock().unwrap_or_else(|p| p.into_inner());
-            if res.abandoned.load(Ordering::Acquire) {
-                return Err(Error::Abandoned(id.clone()));
-            }
-            let pending = &res.gpu_signals;
-            if pending.count.load(Ordering::Acquire) > 0 {
-                return Err(Error::SignalPending {
-                    id: ids::shown(id),
-                    value: pending.max.load(Ordering::Acquire),
-                });
-            }
-            let current = sem
-                .value()
-                .map_err(Error::gpu("reading a semaphore value"))?;
-            if value <= current {
-                return Err(Error::NotIncreasing {
-                    id: ids::shown(id),
-                    current,
-                    requested: value,
-                });
-            }
-            sem.signal(value)
-                .map_err(Error::gpu("signaling a semaphore"))?;
-        }
-        self.waits.notify();
-        Ok(value)
-    }
-
-    /// Reserves signal points that a daemon operation will signal on its device's stream, after
-    /// its work and in stream order: under the signal lock, each semaphore must not be
-    /// abandoned and its value must exceed both its current value and every signal already
-    /// pending on the GPU (operations on one device's stream run in order, so pending values
-    /// only increase). Until the returned [`GpuSignals`] is dropped (by the executor, once the
-    /// stream has passed the signals), host signals of those semaphores are refused and
-    /// poisoning them is deferred: the GPU's signal would otherwise move a value backwards.
-    pub fn reserve_signals(
-        &self,
-        points: Vec<(Arc<Resource>, Arc<TimelineSemaphore>, u64)>,
-    ) -> Result<GpuSignals> {
-        let _serial = self.signal_lock.lock().unwrap_or_else(|p| p.into_inner());
-        for (i, (res, sem, value)) in points.iter().enumerate() {
-            if res.abandoned.load(Ordering::Acquire) {
-                return Err(Error::Abandoned(res.id.clone()));
-            }
-            let current = sem
-                .value()
-                .map_err(Error::gpu("reading a semaphore value"))?;
-            let earlier = points[..i]
-                .iter()
-                .filter(|(r, _, _)| r.id == res.id)
-                .map(|&(_, _, v)| v);
-            let floor = earlier
-                .chain([current, res.gpu_signals.max.load(Ordering::Acquire)])
-                .max()
-                .unwrap_or(current);
-            if *value <= floor {
-                return Err(Error::NotIncreasing {
-                    id: ids::shown(&res.id),
-                    current: floor,
-                    requested: *value,
-                });
-            }
-        }
-        for (res, _, value) in &points {
-            let pending = &res.gpu_signals;
-            pending.count.fetch_add(1, Ordering::AcqRel);
-            pending.max.fetch_max(*value, Ordering::AcqRel);
-        }
-        Ok(GpuSignals {
-            lock: self.signal_lock.clone(),
-            waits: self.waits.clone(),
-            points,
         })
     }
 
@@ -421,8 +279,7 @@ impl Daemon {
         for r in freed {
             tracing::debug!(id = %r.id, "resource freed");
             if let Object::Semaphore(sem) = &r.object {
-                self.waits.forget(&r.id);
-                self.poison(&r, sem);
+                sem.end(Ended::Freed);
             }
         }
     }
@@ -433,8 +290,7 @@ impl Daemon {
     pub fn session_ended(&self, ended: EndedSession) {
         for r in ended.orphaned {
             if let Object::Semaphore(sem) = &r.object {
-                self.waits.abandon(&r.id);
-                if let Some(value) = self.poison(&r, sem) {
+                if let Some(value) = sem.end(Ended::Abandoned) {
                     if let Some(left_out) = ABANDONED_LOG.admit() {
                         tracing::info!(id = %r.id, value, left_out, "semaphore abandoned: its last signaler session ended");
                     } else {
@@ -446,32 +302,6 @@ impl Daemon {
         self.freed(ended.freed);
     }
 
-    /// Marks `res` abandoned and signals its poison value (as far as the device allows), under
-    /// the signal lock. Returns the value, or `None` when it was poisoned before or the driver
-    /// refused (logged).
-    fn poison(&self, res: &Resource, sem: &TimelineSemaphore) -> Option<u64> {
-        let _serial = self.signal_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if res.abandoned.swap(true, Ordering::AcqRel) {
-            return None;
-        }
-        if res.gpu_signals.count.load(Ordering::Acquire) > 0 {
-            // A signal is pending on the GPU: poisoning now would let it move the value back.
-            // The last one to complete poisons (`GpuSignals`'s drop).
-            res.gpu_signals
-                .poison_deferred
-                .store(true, Ordering::Release);
-            tracing::debug!(id = %res.id, "poison deferred until the GPU signals pending on it complete");
-            return None;
-        }
-        match sem.signal_max() {
-            Ok(value) => Some(value),
-            Err(e) => {
-                tracing::warn!(id = %res.id, error = %e, "cannot signal a semaphore's poison value");
-                None
-            }
-        }
-    }
-
     /// Checks a client-chosen name.
     pub fn check_name(what: &'static str, name: &str) -> Result<()> {
         if name.len() > MAX_NAME {
@@ -481,123 +311,5 @@ impl Daemon {
             });
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A daemon on the default Vulkan device with one semaphore at 5, or `None` (SKIP) without
-    /// a device, unless GPUSHARE_REQUIRE_VULKAN=1.
-    fn daemon_with_semaphore() -> Option<(Arc<Daemon>, Arc<Resource>, Arc<TimelineSemaphore>)> {
-        let opened = match crate::devices::open("auto", "vulkan", false) {
-            Ok(o) => o,
-            Err(e) if std::env::var("GPUSHARE_REQUIRE_VULKAN").as_deref() != Ok("1") => {
-                println!("SKIP: no Vulkan device: {e}");
-                return None;
-            }
-            Err(e) => panic!("GPUSHARE_REQUIRE_VULKAN=1 but {e}"),
-        };
-        let waits = WaitService::start(false).unwrap();
-        let d = Arc::new(Daemon::new(Config::default(), opened, waits));
-        let sem = Arc::new(
-            d.devices[0]
-                .device
-                .create_timeline_semaphore(5, false)
-                .unwrap(),
-        );
-        let res = Arc::new(Resource::new(
-            ids::new_id("sem"),
-            String::new(),
-            0,
-            1000,
-            Object::Semaphore(sem.clone()),
-        ));
-        Some((d, res, sem))
-    }
-
-    /// Reserved device-ordered signals keep host signals out and values increasing; poisoning
-    /// waits for the last of them.
-    #[test]
-    fn reserved_gpu_signals_fence_host_signals_and_defer_poison() {
-        let Some((d, res, sem)) = daemon_with_semaphore() else {
-            return;
-        };
-        let point = |v| vec![(res.clone(), sem.clone(), v)];
-        assert!(matches!(
-            d.reserve_signals(point(5)),
-            Err(Error::NotIncreasing { current: 5, .. })
-        ));
-        let first = d.reserve_signals(point(7)).unwrap();
-        // A second operation queued behind the first must signal above it.
-        assert!(matches!(
-            d.reserve_signals(point(7)),
-            Err(Error::NotIncreasing { current: 7, .. })
-        ));
-        let second = d.reserve_signals(point(9)).unwrap();
-        assert!(matches!(
-            d.signal(&res, &sem, 100),
-            Err(Error::SignalPending { value: 9, .. })
-        ));
-        // The GPU signals 7 (here, the host stands in for the stream), then the first ends.
-        sem.signal(7).unwrap();
-        drop(first);
-        assert!(matches!(
-            d.signal(&res, &sem, 100),
-            Err(Error::SignalPending { .. })
-        ));
-        // Abandoned meanwhile: the poison waits for the pending signal.
-        assert_eq!(d.poison(&res, &sem), None);
-        assert_eq!(
-            sem.value().unwrap(),
-            7,
-            "not poisoned under a pending signal"
-        );
-        sem.signal(9).unwrap();
-        drop(second);
-        assert!(
-            sem.value().unwrap() > 1_000_000,
-            "poisoned once the last signal completed"
-        );
-        assert_eq!(res.gpu_signals.count.load(Ordering::Acquire), 0);
-        assert!(matches!(
-            d.reserve_signals(point(u64::MAX)),
-            Err(Error::Abandoned(_))
-        ));
-    }
-
-    /// Without anything pending, host signals behave as before; a reservation of several
-    /// points on one semaphore must increase within itself.
-    #[test]
-    fn host_signals_and_multi_point_reservations() {
-        let Some((d, res, sem)) = daemon_with_semaphore() else {
-            return;
-        };
-        assert_eq!(d.signal(&res, &sem, 6).unwrap(), 6);
-        assert!(matches!(
-            d.signal(&res, &sem, 6),
-            Err(Error::NotIncreasing { .. })
-        ));
-        let twice = vec![(res.clone(), sem.clone(), 8), (res.clone(), sem.clone(), 8)];
-        assert!(matches!(
-            d.reserve_signals(twice),
-            Err(Error::NotIncreasing { current: 8, .. })
-        ));
-        assert_eq!(
-            res.gpu_signals.count.load(Ordering::Acquire),
-            0,
-            "a refused reservation holds nothing"
-        );
-        let ok = d
-            .reserve_signals(vec![
-                (res.clone(), sem.clone(), 8),
-                (res.clone(), sem.clone(), 10),
-            ])
-            .unwrap();
-        assert_eq!(res.gpu_signals.count.load(Ordering::Acquire), 2);
-        drop(ok);
-        assert_eq!(res.gpu_signals.count.load(Ordering::Acquire), 0);
-        assert_eq!(d.signal(&res, &sem, 11).unwrap(), 11);
     }
 }

@@ -188,7 +188,7 @@ async fn wait(
     let timeout = Duration::from_millis(w.timeout_ms.min(limits.max_wait_timeout_ms).into());
     let spin = Duration::from_micros(w.spin_us.min(limits.max_spin_us).into());
     // The reply goes out on a duplicate of the socket, from the thread that saw the value.
-    let reply: crate::waiter::DirectReply = match conn.as_fd().try_clone_to_owned() {
+    let reply: crate::waits::DirectReply = match conn.as_fd().try_clone_to_owned() {
         Ok(socket) => Box::new(move |value| {
             let bytes = waited_reply(value).encode_to_vec();
             fdpass::send(socket.as_fd(), &bytes, &[]).is_ok()
@@ -202,7 +202,7 @@ async fn wait(
     };
     let waiting = d
         .waits
-        .wait_direct(&w.id, &sem, w.value, timeout, spin, Some(reply));
+        .wait_direct(&sem, w.value, timeout, spin, Some(reply));
     tokio::pin!(waiting);
     let done = loop {
         tokio::select! {
@@ -347,7 +347,7 @@ async fn handle(d: &Daemon, peer: &Peer, req: FdRequest) -> Result<(v1::Exported
         }
         Object::Semaphore(s) => {
             let fd = take_fd(r).await?;
-            let value = s.value().map_err(Error::gpu("reading a semaphore value"))?;
+            let value = s.value()?;
             (
                 v1::ResourceKind::Semaphore,
                 v1::exported_fd::Details::Semaphore(v1::SemaphoreImport {

@@ -95,7 +95,7 @@ pub fn list_semaphores(d: &Daemon, caller: &Caller) -> v1::ListSemaphoresRespons
                 // A failed read shows 0, as in resource listings.
                 value: sem.value().unwrap_or(0),
                 signaler_session: signaler.unwrap_or_default(),
-                abandoned: r.abandoned.load(std::sync::atomic::Ordering::Acquire),
+                abandoned: sem.ended().is_some(),
                 references: snap.references,
                 pinned: snap.pinned,
                 waits,

@@ -11,6 +11,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod buffer;
+pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod daemon;
@@ -30,8 +31,9 @@ pub mod peer;
 pub mod quota;
 pub mod registry;
 pub mod runtime_dir;
+mod semaphore;
 pub mod server;
 pub mod service;
 pub mod systemd;
 pub mod tickets;
-pub mod waiter;
+mod waits;

@@ -4,12 +4,11 @@
 //! Wait points are awaited on the host through the wait service, not on the GPU queue, so a
 //! wait point that is never reached holds only its own call (bounded by its timeout), never the
 //! queue that serves every client. Signal values are checked before any work starts, and again
-//! at signal time under the signal lock.
+//! when signaled (`Semaphore::signal`, `Semaphore::reserve`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gpushare_interop::vulkan::TimelineSemaphore;
 use gpushare_proto::v1;
 
 use crate::buffer::SharedBuffer;
@@ -17,16 +16,16 @@ use crate::daemon::Caller;
 use crate::error::{Error, Result};
 use crate::executor::{chunks, DeviceSync, Op, Source};
 use crate::host_buffer::HostBuffer;
-use crate::ids;
 use crate::image;
 use crate::quota::Counted;
 use crate::registry::Resource;
+use crate::semaphore::Semaphore;
 use crate::service::Service;
 
 struct Point {
-    id: String,
-    res: Arc<Resource>,
-    sem: Arc<TimelineSemaphore>,
+    /// The daemon device the semaphore lives on.
+    device: u32,
+    sem: Arc<Semaphore>,
     value: u64,
 }
 
@@ -65,8 +64,7 @@ fn resolve(
             .map(|p| {
                 let (res, sem) = svc.d.semaphore(&p.semaphore_id, caller)?;
                 Ok(Point {
-                    id: p.semaphore_id,
-                    res,
+                    device: res.device,
                     sem,
                     value: p.value,
                 })
@@ -76,20 +74,7 @@ fn resolve(
     let wait = points(sync.wait)?;
     let signal = points(sync.signal)?;
     for p in &signal {
-        if p.res.abandoned.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(Error::Abandoned(p.id.clone()));
-        }
-        let current = p
-            .sem
-            .value()
-            .map_err(Error::gpu("reading a semaphore value"))?;
-        if p.value <= current {
-            return Err(Error::NotIncreasing {
-                id: ids::shown(&p.id),
-                current,
-                requested: p.value,
-            });
-        }
+        p.sem.check_signal(p.value)?;
     }
     let asked = match sync.timeout_ms {
         0 => cap,
@@ -110,7 +95,7 @@ fn resolve(
 /// same device that it can import (exportable ones) go to it: after the host saw the wait
 /// points reached, it waits for them again on its stream (ordering the work after the
 /// producer's GPU work) and signals the signal points on its stream after the work, reserved
-/// here first (`Daemon::reserve_signals`). Other points are waited for and signaled from the
+/// here first (`Semaphore::reserve`). Other points are waited for and signaled from the
 /// host, as with the Vulkan executor.
 async fn sequenced(svc: &Service, seq: Sequenced, device: u32, op: Op) -> Result<Vec<u8>> {
     let slot = svc.d.device(device)?;
@@ -119,7 +104,7 @@ async fn sequenced(svc: &Service, seq: Sequenced, device: u32, op: Op) -> Result
         if !executor.orders_on_device() {
             return Ok(executor.run(op));
         }
-        let on_device = |p: &Point| p.res.device == device && p.sem.exportable();
+        let on_device = |p: &Point| p.device == device && p.sem.exportable();
         let (ordered, host): (Vec<Point>, Vec<Point>) =
             seq.signal.drain(..).partition(|p| on_device(p));
         seq.signal = host;
@@ -127,14 +112,9 @@ async fn sequenced(svc: &Service, seq: Sequenced, device: u32, op: Op) -> Result
             .wait
             .iter()
             .filter(|p| on_device(p))
-            .map(|p| (p.res.clone(), p.value))
+            .map(|p| (p.sem.clone(), p.value))
             .collect();
-        let signal = svc.d.reserve_signals(
-            ordered
-                .into_iter()
-                .map(|p| (p.res, p.sem, p.value))
-                .collect(),
-        )?;
+        let signal = Semaphore::reserve(ordered.into_iter().map(|p| (p.sem, p.value)).collect())?;
         Ok(executor.run_ordered(
             op,
             DeviceSync {
@@ -165,12 +145,12 @@ where
         let _parked = svc.d.in_flight.park(seq.uid);
         for p in &seq.wait {
             let left = deadline.saturating_duration_since(Instant::now());
-            svc.d.waits.wait(&p.id, &p.sem, p.value, left).await?;
+            svc.d.waits.wait(&p.sem, p.value, left).await?;
         }
     }
     let out = work(&mut seq)?.await?;
     for p in &seq.signal {
-        svc.d.signal(&p.res, &p.sem, p.value)?;
+        p.sem.signal(p.value)?;
     }
     Ok(out)
 }

@@ -14,18 +14,16 @@
 //! PERMISSION_DENIED.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use std::os::fd::OwnedFd;
 
-use gpushare_interop::cuda::ExternalSemaphore;
-use gpushare_interop::vulkan::TimelineSemaphore;
-
 use crate::buffer::SharedBuffer;
 use crate::host_buffer::HostBuffer;
 use crate::image::SharedImage;
+use crate::semaphore::Semaphore;
 
 use crate::config::Quotas;
 use crate::daemon::Caller;
@@ -40,7 +38,7 @@ pub enum Object {
     /// An exportable buffer.
     Buffer(Arc<SharedBuffer>),
     /// A timeline semaphore.
-    Semaphore(Arc<TimelineSemaphore>),
+    Semaphore(Arc<Semaphore>),
     /// Shared host memory for bulk transfers.
     HostBuffer(Arc<HostBuffer>),
     /// An exportable image.
@@ -66,29 +64,6 @@ pub struct Resource {
     spare_fds: Mutex<Vec<OwnedFd>>,
     /// Whether a task is exporting spare descriptors now (one at a time).
     refilling: AtomicBool,
-    /// Set once a semaphore was abandoned (its creating session ended while it lived on) or
-    /// poisoned on its way out: it was signaled as far as allowed and takes no more signals.
-    pub abandoned: AtomicBool,
-    /// A semaphore's signals enqueued on its device's CUDA stream by daemon operations and not
-    /// yet complete (see `Daemon::reserve_signals`): how many, and the highest value. Changed
-    /// only under the daemon's signal lock.
-    pub gpu_signals: PendingSignals,
-    /// The semaphore imported into its device's CUDA context, made by the CUDA executor on first
-    /// use (stream-ordered waits and signals); dropped with the resource.
-    pub cuda_semaphore: OnceLock<Arc<ExternalSemaphore>>,
-}
-
-/// Signals of a semaphore that a daemon operation enqueued on the GPU and that have not
-/// completed. While any is pending the semaphore takes no host signal (the GPU's later signal
-/// would otherwise move its value backwards), and poisoning it waits for the last one.
-#[derive(Debug, Default)]
-pub struct PendingSignals {
-    /// Enqueued and not complete.
-    pub count: AtomicU32,
-    /// The highest value among them.
-    pub max: AtomicU64,
-    /// The semaphore was abandoned while signals were pending: poison it after the last one.
-    pub poison_deferred: AtomicBool,
 }
 
 impl Object {
@@ -97,7 +72,7 @@ impl Object {
     pub fn export_fd(&self) -> Result<OwnedFd> {
         match self {
             Object::Buffer(b) => b.export_fd().map_err(Error::gpu("exporting buffer memory")),
-            Object::Semaphore(s) => s.export_fd().map_err(Error::gpu("exporting a semaphore")),
+            Object::Semaphore(s) => s.export_fd(),
             Object::HostBuffer(h) => h
                 .mem()
                 .dup_fd()
@@ -132,9 +107,6 @@ impl Resource {
             object,
             spare_fds: Mutex::new(Vec::new()),
             refilling: AtomicBool::new(false),
-            abandoned: AtomicBool::new(false),
-            gpu_signals: PendingSignals::default(),
-            cuda_semaphore: OnceLock::new(),
         }
     }
 

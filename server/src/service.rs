@@ -23,7 +23,8 @@ use crate::ids;
 use crate::image::SharedImage;
 use crate::quota::Counted;
 use crate::registry::{Object, Resource, Snapshot, Usage};
-use crate::waiter::End;
+use crate::semaphore::{Semaphore, SEMAPHORE_PREFIX};
+use crate::waits::End;
 
 /// The gRPC service over the daemon's state.
 #[derive(Debug, Clone)]
@@ -349,7 +350,10 @@ impl GpuShare for Service {
                     .device
                     .create_exportable_buffer(r.size)
                     .map_err(Error::gpu("allocating a buffer"))?;
-                Ok(("buf", Object::Buffer(Arc::new(SharedBuffer::new(b)))))
+                Ok((
+                    ids::new_id("buf"),
+                    Object::Buffer(Arc::new(SharedBuffer::new(b))),
+                ))
             },
         )?))
     }
@@ -380,7 +384,9 @@ impl GpuShare for Service {
                     .device
                     .create_timeline_semaphore(r.initial_value, exportable)
                     .map_err(Error::gpu("creating a timeline semaphore"))?;
-                Ok(("sem", Object::Semaphore(Arc::new(s))))
+                let id = ids::new_id(SEMAPHORE_PREFIX);
+                let sem = Semaphore::new(id.clone(), s, self.d.waits.clone());
+                Ok((id, Object::Semaphore(Arc::new(sem))))
             },
         )?))
     }
@@ -442,7 +448,7 @@ impl GpuShare for Service {
                 blocking(|| slot.prepare_image(&image))
                     .map_err(Error::gpu("preparing a new image"))?;
                 Ok((
-                    crate::image::IMAGE_PREFIX,
+                    ids::new_id(crate::image::IMAGE_PREFIX),
                     Object::Image(Arc::new(SharedImage::new(image))),
                 ))
             },
@@ -609,8 +615,8 @@ impl GpuShare for Service {
     ) -> std::result::Result<Response<v1::SemaphoreValue>, Status> {
         let caller = self.caller(&req)?;
         let r = req.get_ref();
-        let (res, sem) = self.d.semaphore(&r.id, &caller)?;
-        let value = self.d.signal(&res, &sem, r.value)?;
+        let (_, sem) = self.d.semaphore(&r.id, &caller)?;
+        let value = sem.signal(r.value)?;
         Ok(Response::new(v1::SemaphoreValue { value }))
     }
 
@@ -626,7 +632,7 @@ impl GpuShare for Service {
             .d
             .hold(caller.uid, caller.session.as_deref(), Counted::PendingWaits)?;
         let _parked = self.d.in_flight.park(caller.uid);
-        let value = self.d.waits.wait(&r.id, &sem, r.value, timeout).await?;
+        let value = self.d.waits.wait(&sem, r.value, timeout).await?;
         Ok(Response::new(v1::SemaphoreValue { value }))
     }
 
@@ -636,9 +642,7 @@ impl GpuShare for Service {
     ) -> std::result::Result<Response<v1::SemaphoreValue>, Status> {
         let caller = self.caller(&req)?;
         let (_, sem) = self.d.semaphore(&req.get_ref().id, &caller)?;
-        let value = sem
-            .value()
-            .map_err(Error::gpu("reading a semaphore value"))?;
+        let value = sem.value()?;
         Ok(Response::new(v1::SemaphoreValue { value }))
     }
 
@@ -654,11 +658,11 @@ impl GpuShare for Service {
         let held = self
             .d
             .hold(caller.uid, caller.session.as_deref(), Counted::Watches)?;
-        let rx = self.d.waits.watch(&id, &sem)?;
+        let rx = self.d.waits.watch(&sem)?;
         // State: the receiver, the last value sent, and whether the stream has ended. The
         // quota slot lives as long as the stream.
         let stream = futures_util::stream::unfold(Some((rx, None::<u64>)), move |state| {
-            let id = id.clone();
+            let sem = sem.clone();
             let _held = &held;
             async move {
                 let (mut rx, last) = state?;
@@ -666,12 +670,8 @@ impl GpuShare for Service {
                     let s = *rx.borrow_and_update();
                     if let Some(end) = s.end {
                         let err = match end {
-                            End::Freed => Error::NotFound {
-                                what: "semaphore",
-                                id,
-                            },
+                            End::Ended(why) => sem.ended_error(why),
                             End::ShuttingDown => Error::ShuttingDown,
-                            End::Abandoned => Error::Abandoned(id),
                         };
                         return Some((Err(Status::from(err)), None));
                     }
@@ -859,7 +859,7 @@ impl Service {
         name: String,
         pin: bool,
         estimate: &Usage,
-        make: impl FnOnce(&crate::devices::DeviceSlot) -> Result<(&'static str, Object)>,
+        make: impl FnOnce(&crate::devices::DeviceSlot) -> Result<(String, Object)>,
     ) -> Result<v1::Resource> {
         if caller.session.is_none() && !pin {
             return Err(Error::NoSession {
@@ -872,8 +872,8 @@ impl Service {
             .registry
             .admit(caller.uid, caller.session.as_deref(), estimate)?;
         let started = Instant::now();
-        let (prefix, object) = make(slot)?;
-        let resource = Resource::new(ids::new_id(prefix), name, device, caller.uid, object);
+        let (id, object) = make(slot)?;
+        let resource = Resource::new(id, name, device, caller.uid, object);
         tracing::debug!(id = %resource.id, uid = caller.uid, us = started.elapsed().as_micros() as u64, "resource created");
         let snap = self
             .d

@@ -294,13 +294,16 @@ async fn watch_streams_each_new_value() {
             .unwrap();
         assert_eq!(got, v);
     }
-    // The semaphore is freed (its only session ends): the stream ends with NOT_FOUND.
+    // The semaphore is freed (its only session ends): the stream ends with ABORTED, as a Wait
+    // and an fd.sock wait on it do.
     drop(sem);
     drop(a);
     let end = tokio::time::timeout(Duration::from_secs(5), watch.next())
         .await
         .unwrap();
-    assert_eq!(end.unwrap().unwrap_err().code(), Some(Code::NotFound));
+    let e = end.unwrap().unwrap_err();
+    assert_eq!(e.code(), Some(Code::Aborted), "{e}");
+    assert!(e.to_string().contains("freed"), "{e}");
 }
 
 /// Write/Read/Fill/Copy run between their wait points and signal points.

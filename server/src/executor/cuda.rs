@@ -7,7 +7,7 @@
 //!
 //! Semaphore points are in stream order (Falcor's `waitForCuda` / `waitForFalcor`): each
 //! operation's wait points, already reached on the host, are waited for on the stream before
-//! its work, and its signal points (reserved by the daemon, see `Daemon::reserve_signals`) are
+//! its work, and its signal points (reserved by the daemon, see `Semaphore::reserve`) are
 //! signaled on the stream after it, with the semaphores imported into this context once.
 //!
 //! GenerateMips is the one operation that is not CUDA work: it runs the Vulkan executor's blit
@@ -22,7 +22,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gpushare_interop::cuda::{self, CudaDevice, ExternalSemaphore, PinnedBuffer};
+use gpushare_interop::cuda::{self, CudaDevice, PinnedBuffer};
 use gpushare_interop::vulkan::{self, SyncPoints, Transfer};
 
 use gpushare_interop::image::ImageRegion;
@@ -30,7 +30,6 @@ use gpushare_interop::image::ImageRegion;
 use super::{image_pieces, DeviceSync, Executor, Op, OpFuture, Source, Worker};
 use crate::buffer::CudaViewError;
 use crate::error::Error;
-use crate::registry::{Object, Resource};
 
 /// Executes operations on a CUDA device's stream, on one thread.
 #[derive(Debug)]
@@ -163,37 +162,16 @@ fn enqueue_ordered(
     sync: &DeviceSync,
 ) -> std::result::Result<After, CudaViewError> {
     let stream = device.stream();
-    for (res, value) in &sync.wait {
-        cuda_semaphore(res, device)?.wait(*value, stream)?;
+    for (sem, value) in &sync.wait {
+        sem.cuda(device)?.wait(*value, stream)?;
     }
     let after = enqueue(device, staging, blits, op)?;
     if let Some(signals) = &sync.signal {
-        for (res, value) in signals.points() {
-            cuda_semaphore(res, device)?.signal(value, stream)?;
+        for (sem, value) in signals.points() {
+            sem.cuda(device)?.signal(value, stream)?;
         }
     }
     Ok(after)
-}
-
-/// Semaphore `res` imported into `device`'s context: on first use its Vulkan semaphore is
-/// exported and imported, then kept with the resource.
-fn cuda_semaphore(
-    res: &Resource,
-    device: &Arc<CudaDevice>,
-) -> std::result::Result<Arc<ExternalSemaphore>, CudaViewError> {
-    if let Some(s) = res.cuda_semaphore.get() {
-        return Ok(s.clone());
-    }
-    let Object::Semaphore(sem) = &res.object else {
-        return Err(CudaViewError::Cuda(cuda::Error::InvalidValue {
-            what: "sync point",
-            value: 0,
-            reason: "not a semaphore",
-        }));
-    };
-    let fd = sem.export_fd().map_err(CudaViewError::Export)?;
-    let imported = Arc::new(ExternalSemaphore::import_timeline_fd(device, fd)?);
-    Ok(res.cuda_semaphore.get_or_init(|| imported).clone())
 }
 
 /// Enqueues `op`'s work on the stream, without synchronizing: [`execute`] synchronizes, and

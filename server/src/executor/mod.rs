@@ -20,11 +20,10 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 use crate::buffer::SharedBuffer;
-use crate::daemon::GpuSignals;
 use crate::error::{Error, Result};
 use crate::host_buffer::HostBuffer;
 use crate::image::SharedImage;
-use crate::registry::Resource;
+use crate::semaphore::{GpuSignals, Semaphore};
 use gpushare_interop::image::ImageRegion;
 use gpushare_interop::vulkan::{ClearColor, MipRange};
 
@@ -330,11 +329,11 @@ pub type OpFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>;
 /// its work (Falcor's `waitForCuda` / `waitForFalcor`). The wait points were already reached on
 /// the host (`ops.rs` gates them there, so an unsignaled point never stalls the stream that
 /// every client shares): waiting for them again on the stream orders the operation after the
-/// producer's GPU work. The signals were reserved under the daemon's signal lock.
+/// producer's GPU work. The signals were reserved (`Semaphore::reserve`).
 #[derive(Debug, Default)]
 pub struct DeviceSync {
     /// Semaphores of the operation's device, and the values already reached.
-    pub wait: Vec<(Arc<Resource>, u64)>,
+    pub wait: Vec<(Arc<Semaphore>, u64)>,
     /// Reserved signal points; dropped once the stream has passed them.
     pub signal: Option<GpuSignals>,
 }
