@@ -10,7 +10,7 @@ use gpushare_interop::vulkan::ExportableBuffer;
 /// Why the CUDA view of a buffer or image could not be made, or the CUDA executor's work
 /// failed.
 #[derive(Debug, thiserror::Error)]
-pub enum CudaViewError {
+pub(crate) enum CudaViewError {
     /// Exporting the Vulkan memory failed.
     #[error("exporting the buffer's memory for CUDA failed")]
     Export(#[source] gpushare_interop::vulkan::Error),
@@ -22,9 +22,12 @@ pub enum CudaViewError {
     Vulkan(#[source] gpushare_interop::vulkan::Error),
 }
 
+/// The id prefix of buffers (`buf-…`).
+pub(crate) const BUFFER_PREFIX: &str = "buf";
+
 /// The daemon's buffer.
 #[derive(Debug)]
-pub struct SharedBuffer {
+pub(crate) struct SharedBuffer {
     // Declared first: dropped before the Vulkan memory it imports.
     cuda: OnceLock<Arc<ExternalMemory>>,
     vk: ExportableBuffer,
@@ -32,7 +35,7 @@ pub struct SharedBuffer {
 
 impl SharedBuffer {
     /// Wraps a freshly allocated buffer.
-    pub fn new(vk: ExportableBuffer) -> Self {
+    pub(crate) fn new(vk: ExportableBuffer) -> Self {
         Self {
             cuda: OnceLock::new(),
             vk,
@@ -40,7 +43,7 @@ impl SharedBuffer {
     }
 
     /// The Vulkan buffer.
-    pub fn vk(&self) -> &ExportableBuffer {
+    pub(crate) fn vk(&self) -> &ExportableBuffer {
         &self.vk
     }
 
@@ -49,7 +52,7 @@ impl SharedBuffer {
     /// then kept until the buffer is freed. Called by CUDA executor threads only, always with
     /// the buffer's own device (a copy between devices imports the source into its own device
     /// from the destination's executor thread).
-    pub fn cuda_ptr(&self, device: &Arc<CudaDevice>) -> Result<u64, CudaViewError> {
+    pub(crate) fn cuda_ptr(&self, device: &Arc<CudaDevice>) -> Result<u64, CudaViewError> {
         if let Some(mem) = self.cuda.get() {
             return Ok(mem.device_ptr()?);
         }

@@ -292,7 +292,7 @@ async fn serve(
         }
         stopping.stopping("stopping: draining calls in flight");
     };
-    let result = server::run_with_metrics(daemon, control, fd, metrics, shutdown).await;
+    let result = server::run(daemon, control, fd, metrics, shutdown).await;
     background.cancel();
     if !activated_sockets {
         drop(std::mem::ManuallyDrop::into_inner(dir));

@@ -22,24 +22,24 @@ use serde::{Deserialize, Serialize};
 /// Resource limits. Every field has a safe default.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest buffer, in bytes. 0 means the size of the device's largest memory heap.
-    pub max_buffer_size: u64,
+    pub(crate) max_buffer_size: u64,
     /// Largest Write payload or Read length, in bytes (default 32 MiB).
-    pub max_transfer_size: u64,
+    pub(crate) max_transfer_size: u64,
     /// How long an export ticket stays redeemable, in milliseconds (default 10 s).
-    pub ticket_ttl_ms: u32,
+    pub(crate) ticket_ttl_ms: u32,
     /// Longest Wait or wait-point timeout a call may ask for, in milliseconds (default 1 h).
-    pub max_wait_timeout_ms: u32,
+    pub(crate) max_wait_timeout_ms: u32,
     /// A connection on fd.sock that sends nothing for this long is closed (default 30 s).
-    pub fd_idle_timeout_ms: u32,
+    pub(crate) fd_idle_timeout_ms: u32,
     /// Longest spin an fd.sock wait may ask for (`FdWait.spin_us`), in microseconds (default
     /// 5000): while such a wait is that young, the wait service reads counters continuously,
     /// one thread busy. 0 turns spinning off.
-    pub max_spin_us: u32,
+    pub(crate) max_spin_us: u32,
     /// Largest host buffer (CreateHostBuffer), in bytes (default 1 GiB). Host buffers are
     /// page-locked while they live when the executor is CUDA.
-    pub max_host_buffer_size: u64,
+    pub(crate) max_host_buffer_size: u64,
 }
 
 impl Default for Limits {
@@ -63,53 +63,53 @@ impl Default for Limits {
 /// daemon's memory, descriptors or threads for the others.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
-pub struct Quotas {
+pub(crate) struct Quotas {
     /// Live buffers and images per uid (default 4096).
-    pub buffers_per_uid: u64,
+    pub(crate) buffers_per_uid: u64,
     /// Bytes of buffer memory (allocation sizes) per uid; 0: bounded by GPU memory only
     /// (default 0).
-    pub buffer_bytes_per_uid: u64,
+    pub(crate) buffer_bytes_per_uid: u64,
     /// Live semaphores per uid (default 4096).
-    pub semaphores_per_uid: u64,
+    pub(crate) semaphores_per_uid: u64,
     /// Live host buffers per uid (default 256).
-    pub host_buffers_per_uid: u64,
+    pub(crate) host_buffers_per_uid: u64,
     /// Bytes of host buffers per uid (default 4 GiB): page-locked memory under CUDA.
-    pub host_buffer_bytes_per_uid: u64,
+    pub(crate) host_buffer_bytes_per_uid: u64,
     /// Resources one session holds references to (default 4096).
-    pub resources_per_session: u64,
+    pub(crate) resources_per_session: u64,
     /// Bytes of the buffers and images one session holds references to (created or opened);
     /// 0: no limit beyond the uid's (default 0).
-    pub buffer_bytes_per_session: u64,
+    pub(crate) buffer_bytes_per_session: u64,
     /// Live sessions per uid (default 4096).
-    pub sessions_per_uid: u64,
+    pub(crate) sessions_per_uid: u64,
     /// Host waits pending per uid: Wait calls, fd.sock waits, Write/Read/Fill/Copy waiting for
     /// their wait points (default 1024).
-    pub pending_waits_per_uid: u64,
+    pub(crate) pending_waits_per_uid: u64,
     /// The same, per client session (default 256): the calls that name a session (fd.sock
     /// waits name none), so that one session of a uid cannot take all of the uid's.
-    pub pending_waits_per_session: u64,
+    pub(crate) pending_waits_per_session: u64,
     /// Open Watch streams per uid (default 256).
-    pub watches_per_uid: u64,
+    pub(crate) watches_per_uid: u64,
     /// The same, per client session (default 64).
-    pub watches_per_session: u64,
+    pub(crate) watches_per_session: u64,
     /// Outstanding export tickets per uid (default 1024).
-    pub tickets_per_uid: u64,
+    pub(crate) tickets_per_uid: u64,
     /// The same, per client session: tickets issued by Export calls that named it (default
     /// 256).
-    pub tickets_per_session: u64,
+    pub(crate) tickets_per_session: u64,
     /// gRPC calls and fd.sock exports and redeems being handled at once, all uids together;
     /// past it calls are refused at once (load shedding) instead of queueing (default 1024).
     /// Streams count only while they start; calls parked in a host wait (Wait, wait points)
     /// do not count while they wait.
-    pub calls_in_flight: u64,
+    pub(crate) calls_in_flight: u64,
     /// The same, per uid (default 256): one uid flooding the daemon is refused before it takes
     /// every slot of `calls_in_flight` from the others.
-    pub calls_in_flight_per_uid: u64,
+    pub(crate) calls_in_flight_per_uid: u64,
     /// Open connections per uid, on control.sock and fd.sock each (default 4096: a service
     /// account may run thousands of clients); past it a new connection is closed at once.
-    pub connections_per_uid: u64,
+    pub(crate) connections_per_uid: u64,
     /// Open connections, all uids together, on each socket (default 16384).
-    pub connections: u64,
+    pub(crate) connections: u64,
 }
 
 impl Default for Quotas {
@@ -140,53 +140,53 @@ impl Default for Quotas {
 /// The daemon's configuration after every source was applied.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// Directory holding control.sock, fd.sock and the lock file.
-    pub runtime_dir: PathBuf,
+    pub(crate) runtime_dir: PathBuf,
     /// Which devices to serve: `auto` (every GPU, or the first usable device when there is no
     /// GPU), `all` (every device, CPU drivers included), or a comma-separated list of device
     /// indexes (`0`) and UUIDs (32 hex digits, dashes allowed), served in that order.
-    pub device: String,
+    pub(crate) device: String,
     /// A `tracing` filter (`info`, `gpushare_server=debug`, ...).
-    pub log: String,
+    pub(crate) log: String,
     /// Permission bits of both sockets.
-    pub socket_mode: u32,
+    pub(crate) socket_mode: u32,
     /// Which executor runs Write/Read/Fill/Copy: `auto` (CUDA where the host has it and the
     /// device has a CUDA match, else Vulkan), `cuda` (fail to start without), or `vulkan`.
-    pub executor: String,
+    pub(crate) executor: String,
     /// Forbid the device-matching fallbacks (by name, then first CUDA device of compute
     /// capability >= 7): only a UUID match pairs a Vulkan device with a CUDA device.
-    pub strict_device_match: bool,
+    pub(crate) strict_device_match: bool,
     /// Let one thread per device block in `vkWaitSemaphores` for the semaphores that have host
     /// waiters, besides polling their counters; the poller relaxes while that thread notices
     /// values first. Off: polling alone.
-    pub driver_waits: bool,
+    pub(crate) driver_waits: bool,
     /// Resource limits.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// Quotas per uid, per session and overall.
-    pub quotas: Quotas,
+    pub(crate) quotas: Quotas,
     /// The admin group: processes in it (primary gid or supplementary group) may list, describe
     /// and release every resource, and see every session and semaphore in introspection. Unset:
     /// nobody.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub admin_gid: Option<u32>,
+    pub(crate) admin_gid: Option<u32>,
     /// The Prometheus metrics endpoint.
-    pub metrics: MetricsConfig,
+    pub(crate) metrics: MetricsConfig,
 }
 
 /// The Prometheus metrics endpoint (`GET /metrics`, text format 0.0.4). Off by default.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
-pub struct MetricsConfig {
+pub(crate) struct MetricsConfig {
     /// Empty (off), `unix:/absolute/path`, or a loopback `IP:port` (`127.0.0.1:9464`,
     /// `[::1]:9464`). Other addresses are refused: the figures name uids and are not meant for
     /// the network.
-    pub listen: String,
+    pub(crate) listen: String,
 }
 
 /// Where the metrics endpoint listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MetricsAddr {
+pub(crate) enum MetricsAddr {
     /// A Unix stream socket at this absolute path.
     Unix(PathBuf),
     /// A loopback TCP address.
@@ -204,7 +204,7 @@ impl std::fmt::Display for MetricsAddr {
 
 impl MetricsConfig {
     /// The parsed address; `None` when the endpoint is off.
-    pub fn addr(&self) -> Result<Option<MetricsAddr>, ConfigError> {
+    pub(crate) fn addr(&self) -> Result<Option<MetricsAddr>, ConfigError> {
         let invalid = |reason| ConfigError::Invalid {
             key: "metrics.listen",
             reason,
@@ -251,7 +251,7 @@ impl Default for Config {
 }
 
 /// `$XDG_RUNTIME_DIR/gpushare` when set, else `/run/gpushare` (the service's directory).
-pub fn default_runtime_dir() -> PathBuf {
+pub(crate) fn default_runtime_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("gpushare"),
         _ => PathBuf::from("/run/gpushare"),
@@ -260,7 +260,7 @@ pub fn default_runtime_dir() -> PathBuf {
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}")]
     Read {
@@ -291,18 +291,18 @@ pub enum ConfigError {
 
 /// Overrides from the command line and the environment (clap reads both).
 #[derive(Debug, Default, Clone)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     /// `--runtime-dir` / `GPUSHARE_RUNTIME_DIR`.
-    pub runtime_dir: Option<PathBuf>,
+    pub(crate) runtime_dir: Option<PathBuf>,
     /// `--device` / `GPUSHARE_DEVICE`.
-    pub device: Option<String>,
+    pub(crate) device: Option<String>,
     /// `--log` / `GPUSHARE_LOG`.
-    pub log: Option<String>,
+    pub(crate) log: Option<String>,
 }
 
 impl Config {
     /// Parses a TOML document.
-    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
@@ -310,7 +310,7 @@ impl Config {
     }
 
     /// Loads `path` if given (defaults otherwise), applies the overrides and validates.
-    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+    pub(crate) fn load(path: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
         let mut config = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -335,7 +335,7 @@ impl Config {
     }
 
     /// Checks values that the types alone do not.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason| Err(ConfigError::Invalid { key, reason });
         if self.socket_mode & !0o777 != 0 {
             return invalid(
@@ -397,7 +397,7 @@ impl Config {
                 return invalid(key, "must not be zero");
             }
         }
-        if crate::devices::parse_selection(&self.device).is_err() {
+        if crate::selection::parse_selection(&self.device).is_err() {
             return invalid(
                 "device",
                 "expected \"auto\", \"all\", or a comma-separated list of device indexes and UUIDs",
@@ -408,7 +408,7 @@ impl Config {
     }
 
     /// The configuration as TOML, every setting included (`gpushared --check-config`).
-    pub fn to_toml(&self) -> String {
+    pub(crate) fn to_toml(&self) -> String {
         let text =
             toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
         // TOML has octal integers; permission bits read better that way.

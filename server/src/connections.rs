@@ -1,7 +1,9 @@
 //! control.sock connections under the connection quotas (`quotas.connections_per_uid`,
 //! `quotas.connections`): each accepted connection holds a slot for its uid until it closes; one
 //! past a quota is closed at once (the client sees the connection end), logged and counted
-//! (`gpushare_quota_refusals_total`).
+//! (`gpushare_quota_refusals_total`). And the calls on them: each counts in flight
+//! ([`InFlightLayer`], `quotas.calls_in_flight`, `calls_in_flight_per_uid`) until its handler
+//! answered, and is refused at once with RESOURCE_EXHAUSTED past those quotas.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -9,6 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
@@ -16,13 +19,13 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::Connected;
 
 use crate::daemon::Daemon;
-use crate::inflight::UidCalls;
+use crate::inflight::{InFlight, UidCalls};
 use crate::peer::Peer;
 use crate::quota::{Counted, Held};
 
 /// An accepted control.sock connection, its quota slot and its uid's calls in flight.
 #[derive(Debug)]
-pub struct Admitted {
+pub(crate) struct Admitted {
     io: UnixStream,
     peer: Peer,
     calls: Arc<UidCalls>,
@@ -32,15 +35,15 @@ pub struct Admitted {
 /// What a request on a control.sock connection knows of it (request extensions): the peer's
 /// credentials, and the uid's calls in flight (`quotas.calls_in_flight_per_uid`).
 #[derive(Debug, Clone)]
-pub struct ControlInfo {
+pub(crate) struct ControlInfo {
     /// The peer's credentials, read once when it connected.
-    pub peer: Peer,
+    pub(crate) peer: Peer,
     /// The uid's calls in flight.
-    pub calls: Arc<UidCalls>,
+    pub(crate) calls: Arc<UidCalls>,
 }
 
 /// The accepted connections that fit the quotas.
-pub fn admitted(
+pub(crate) fn admitted(
     d: Arc<Daemon>,
     listener: UnixListener,
 ) -> impl Stream<Item = io::Result<Admitted>> {
@@ -125,5 +128,65 @@ impl AsyncWrite for Admitted {
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+/// Tower layer that counts calls in an [`InFlight`].
+#[derive(Debug, Clone)]
+pub(crate) struct InFlightLayer(pub Arc<InFlight>);
+
+impl<S> tower::Layer<S> for InFlightLayer {
+    type Service = InFlightService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        InFlightService {
+            inner,
+            counter: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`InFlightLayer`] wraps around the router.
+#[derive(Debug, Clone)]
+pub(crate) struct InFlightService<S> {
+    inner: S,
+    counter: Arc<InFlight>,
+}
+
+impl<S, ReqB, B> tower::Service<tonic::codegen::http::Request<ReqB>> for InFlightService<S>
+where
+    S: tower::Service<
+        tonic::codegen::http::Request<ReqB>,
+        Response = tonic::codegen::http::Response<B>,
+    >,
+    S::Future: Send + 'static,
+    B: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<ReqB>) -> Self::Future {
+        // The connection's uid count ([`ControlInfo`]).
+        let uid = req
+            .extensions()
+            .get::<ControlInfo>()
+            .map(|info| info.calls.clone());
+        let guard = match self.counter.admit(uid.as_ref()) {
+            Ok(guard) => guard,
+            Err(refused) => {
+                let response = tonic::Status::from(refused).into_http::<B>();
+                return Box::pin(async move { Ok(response) });
+            }
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let out = fut.await;
+            drop(guard);
+            out
+        })
     }
 }

@@ -12,43 +12,44 @@ use gpushare_interop::vulkan::{
 };
 
 use crate::executor::{CudaExecutor, Executor, VulkanExecutor};
+use crate::selection::{parse_selection, BadSelector, Selection};
 
 /// The CUDA device paired with a served Vulkan device.
 #[derive(Debug)]
-pub struct CudaSlot {
+pub(crate) struct CudaSlot {
     /// The device (primary context and the executor's stream).
-    pub device: Arc<CudaDevice>,
+    pub(crate) device: Arc<CudaDevice>,
     /// How it was matched.
-    pub method: MatchMethod,
+    pub(crate) method: MatchMethod,
 }
 
 /// One served device.
 #[derive(Debug)]
-pub struct DeviceSlot {
+pub(crate) struct DeviceSlot {
     /// The daemon's index for it (resources name it).
-    pub index: u32,
+    pub(crate) index: u32,
     /// The Vulkan logical device.
-    pub device: Arc<Device>,
+    pub(crate) device: Arc<Device>,
     /// Its CUDA device, when the daemon uses CUDA for it.
-    pub cuda: Option<CudaSlot>,
+    pub(crate) cuda: Option<CudaSlot>,
     /// Runs Write/Read/Fill/Copy on it.
-    pub executor: Arc<dyn Executor>,
+    pub(crate) executor: Arc<dyn Executor>,
     /// The image formats it creates and exports as 2D images with the default usage.
-    pub image_formats: Vec<ImageFormat>,
+    pub(crate) image_formats: Vec<ImageFormat>,
     /// The transfer engine that prepares new images (their first layout transition and
     /// zeroing: Vulkan work, whichever the executor), made on first use.
     prepare: Mutex<Option<Transfer>>,
 }
 
 /// The usage of images created without one: sampled and storage (CUDA surfaces need storage).
-pub const DEFAULT_IMAGE_USAGE: vk::ImageUsageFlags = vk::ImageUsageFlags::from_raw(
+pub(crate) const DEFAULT_IMAGE_USAGE: vk::ImageUsageFlags = vk::ImageUsageFlags::from_raw(
     vk::ImageUsageFlags::SAMPLED.as_raw() | vk::ImageUsageFlags::STORAGE.as_raw(),
 );
 
 /// The usage an image of `format` gets when its request names none: [`DEFAULT_IMAGE_USAGE`],
 /// but sampled alone for sRGB formats, which no driver offers as storage images (writes through
 /// a storage image would skip the sRGB encoding).
-pub fn default_image_usage(format: ImageFormat) -> vk::ImageUsageFlags {
+pub(crate) fn default_image_usage(format: ImageFormat) -> vk::ImageUsageFlags {
     if format.info().srgb {
         vk::ImageUsageFlags::SAMPLED
     } else {
@@ -58,12 +59,12 @@ pub fn default_image_usage(format: ImageFormat) -> vk::ImageUsageFlags {
 
 impl DeviceSlot {
     /// What the driver reports about it.
-    pub fn info(&self) -> &PhysicalDeviceInfo {
+    pub(crate) fn info(&self) -> &PhysicalDeviceInfo {
         self.device.info()
     }
 
     /// Moves a new image to its resting layout and zeroes it (blocking; one short submission).
-    pub fn prepare_image(&self, image: &dyn DeviceImage) -> Result<(), vulkan::Error> {
+    pub(crate) fn prepare_image(&self, image: &dyn DeviceImage) -> Result<(), vulkan::Error> {
         let mut engine = self.prepare.lock().unwrap_or_else(|p| p.into_inner());
         let engine = match &mut *engine {
             Some(t) => t,
@@ -97,57 +98,9 @@ fn image_formats(device: &Device) -> Vec<ImageFormat> {
         .collect()
 }
 
-/// Why a device selector string is invalid.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "invalid device selector {0:?}: expected \"auto\", \"all\", or a comma-separated list of \
-     indexes and 32-hex-digit UUIDs"
-)]
-pub struct BadSelector(pub String);
-
-/// Which devices the daemon serves (the `device` setting).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selection {
-    /// Every GPU (every device with timeline semaphores that is not a CPU driver); when there
-    /// is none, the first usable device (lavapipe on a machine without a GPU).
-    Auto,
-    /// Every device with timeline semaphores, CPU drivers included.
-    All,
-    /// These devices, in this order (daemon index 0, 1, ...).
-    List(Vec<DeviceSelector>),
-}
-
-/// Parses one selector: an index, or a UUID (dashes allowed).
-fn parse_one(s: &str) -> Option<DeviceSelector> {
-    let s = s.trim();
-    if let Ok(index) = s.parse::<u32>() {
-        return Some(DeviceSelector::Index(index));
-    }
-    let hex: String = s.chars().filter(|c| *c != '-').collect();
-    let mut uuid = [0u8; 16];
-    hex::decode_to_slice(&hex, &mut uuid).ok()?;
-    Some(DeviceSelector::Uuid(uuid))
-}
-
-/// Parses the `device` setting: `auto`, `all`, or a comma-separated list of indexes and UUIDs.
-pub fn parse_selection(s: &str) -> Result<Selection, BadSelector> {
-    let t = s.trim();
-    if t.eq_ignore_ascii_case("auto") {
-        return Ok(Selection::Auto);
-    }
-    if t.eq_ignore_ascii_case("all") {
-        return Ok(Selection::All);
-    }
-    let list: Option<Vec<DeviceSelector>> = t.split(',').map(parse_one).collect();
-    match list {
-        Some(list) if !list.is_empty() => Ok(Selection::List(list)),
-        _ => Err(BadSelector(s.to_owned())),
-    }
-}
-
 /// The physical devices `selection` names, as positions into `infos`, in serving order.
 /// Refuses a device named twice, and names that match nothing.
-pub fn resolve(
+pub(crate) fn resolve(
     selection: &Selection,
     infos: &[PhysicalDeviceInfo],
 ) -> Result<Vec<usize>, DevicesError> {
@@ -188,7 +141,7 @@ pub fn resolve(
 
 /// Why the devices could not be opened.
 #[derive(Debug, thiserror::Error)]
-pub enum DevicesError {
+pub(crate) enum DevicesError {
     /// The selector is malformed.
     #[error(transparent)]
     Selector(#[from] BadSelector),
@@ -244,16 +197,16 @@ fn open_cuda(
 
 /// What [`open`] found: the served devices and the CUDA driver's version, if any.
 #[derive(Debug)]
-pub struct Opened {
+pub(crate) struct Opened {
     /// The served devices.
-    pub slots: Vec<DeviceSlot>,
+    pub(crate) slots: Vec<DeviceSlot>,
     /// `(major, minor)` of the CUDA driver, when the host has one.
-    pub cuda_version: Option<(u32, u32)>,
+    pub(crate) cuda_version: Option<(u32, u32)>,
 }
 
 /// Opens the Vulkan instance, the devices the `device` setting selects, their CUDA matches
 /// (per `executor`: "auto", "cuda" or "vulkan") and an executor for each.
-pub fn open(selector: &str, executor: &str, strict: bool) -> Result<Opened, DevicesError> {
+pub(crate) fn open(selector: &str, executor: &str, strict: bool) -> Result<Opened, DevicesError> {
     let selection = parse_selection(selector)?;
     let instance = Instance::new("gpushared")?;
     let infos = instance.devices()?;

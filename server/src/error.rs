@@ -8,7 +8,7 @@ use tonic::Code;
 
 /// What went wrong serving a request.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// The connection carried no peer credentials (not a Unix socket).
     #[error("caller has no peer credentials")]
     NoPeerCredentials,
@@ -228,17 +228,19 @@ pub enum Error {
 
 impl Error {
     /// Wraps a driver error with what the daemon was doing.
-    pub fn gpu(op: &'static str) -> impl FnOnce(vulkan::Error) -> Error {
+    pub(crate) fn gpu(op: &'static str) -> impl FnOnce(vulkan::Error) -> Error {
         move |source| Error::Gpu { op, source }
     }
 
     /// Wraps a host-memory error with what the daemon was doing.
-    pub fn host(op: &'static str) -> impl FnOnce(gpushare_interop::host::HostError) -> Error {
+    pub(crate) fn host(
+        op: &'static str,
+    ) -> impl FnOnce(gpushare_interop::host::HostError) -> Error {
         move |source| Error::Host { op, source }
     }
 
     /// The gRPC status code for this error.
-    pub fn code(&self) -> Code {
+    pub(crate) fn code(&self) -> Code {
         use Error::*;
         match self {
             NoPeerCredentials => Code::Unauthenticated,
@@ -313,7 +315,7 @@ fn gpu_code(e: &vulkan::Error) -> Code {
 }
 
 /// The full message: this error and each of its sources.
-pub fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -335,4 +337,4 @@ impl From<Error> for tonic::Status {
 }
 
 /// Result of a request handler.
-pub type Result<T> = std::result::Result<T, Error>;
+pub(crate) type Result<T> = std::result::Result<T, Error>;

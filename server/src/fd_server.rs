@@ -1,6 +1,6 @@
-//! fd.sock: redeems export tickets (and direct exports of the caller's own resources) and sends
-//! each resource's descriptor with its import metadata as `SCM_RIGHTS`; and serves host waits
-//! whose reply the wait service's thread writes to the socket itself, the daemon's
+//! fd.sock: redeems export tickets (and direct exports of resources the caller may use) and
+//! sends each resource's descriptor with its import metadata as `SCM_RIGHTS`; and serves host
+//! waits whose reply the wait service's thread writes to the socket itself, the daemon's
 //! lowest-latency reply path (no async runtime hop, no HTTP/2).
 //!
 //! One request message in, one reply out, any number of times per connection. Malformed,
@@ -9,9 +9,10 @@
 //! connection that sends nothing for `fd_idle_timeout_ms` is closed, and so is one past the
 //! connection quotas (after an `FdError` with RESOURCE_EXHAUSTED). Exports and redeems are
 //! calls in flight (`quotas.calls_in_flight` and `calls_in_flight_per_uid`, shared with gRPC
-//! calls): past them they get RESOURCE_EXHAUSTED at once.
+//! calls): past them they get RESOURCE_EXHAUSTED at once. Every request read gets its reply
+//! before the connection closes, at shutdown too.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,13 +21,17 @@ use gpushare_proto::v1;
 use prost::Message;
 use tokio_util::task::TaskTracker;
 
+use crate::access::Caller;
+use crate::daemon::export::ExportAsk;
+use crate::daemon::wait::Asked;
 use crate::daemon::Daemon;
 use crate::error::{chain, Error, Result};
 use crate::peer::Peer;
-use crate::registry::Object;
+use crate::resource::check_resource_id;
+use crate::wire;
 
 /// Accepts connections until shutdown; each is served on its own task, tracked by `tasks`.
-pub async fn serve(d: Arc<Daemon>, listener: SeqPacketListener, tasks: TaskTracker) {
+pub(crate) async fn serve(d: Arc<Daemon>, listener: SeqPacketListener, tasks: TaskTracker) {
     loop {
         let conn = tokio::select! {
             _ = d.shutdown.cancelled() => return,
@@ -63,7 +68,7 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
             // Read the request first (at most 1 s): closing with it unread would reset the
             // connection and lose the reply.
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.recv()).await;
-            let _ = conn.send(&error_reply(&e).encode_to_vec(), &[]).await;
+            let _ = conn.send(&wire::fd_error(&e).encode_to_vec(), &[]).await;
             return;
         }
     };
@@ -87,23 +92,24 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
         };
         // An export or redeem counts as a call in flight until its reply is sent.
         let mut admitted = None;
-        let (reply, fd) = match received {
+        let (reply, exported) = match received {
             Err(FdPassError::Closed) => return,
             Err(FdPassError::Io { call, source }) => {
                 tracing::debug!(uid, call, error = %source, "fd.sock: connection failed");
                 return;
             }
-            Err(FdPassError::DataTruncated { .. }) => {
-                (error_reply(&Error::BadFdRequest("message too large")), None)
-            }
+            Err(FdPassError::DataTruncated { .. }) => (
+                wire::fd_error(&Error::BadFdRequest("message too large")),
+                None,
+            ),
             Err(FdPassError::ControlTruncated { max })
             | Err(FdPassError::TooLarge { fds: max, .. }) => {
-                (error_reply(&Error::FdsRefused(max)), None)
+                (wire::fd_error(&Error::FdsRefused(max)), None)
             }
             Ok(msg) if !msg.fds.is_empty() => {
                 let n = msg.fds.len();
                 drop(msg.fds);
-                (error_reply(&Error::FdsRefused(n)), None)
+                (wire::fd_error(&Error::FdsRefused(n)), None)
             }
             Ok(msg) => match parse_request(&msg.bytes) {
                 Ok(FdRequest::Wait(w)) => match wait(&d, &peer, &conn, w, &mut early).await {
@@ -111,26 +117,21 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
                     Waited::Reply(reply) => (reply, None),
                     Waited::Gone => return,
                 },
-                Ok(req) => match d.in_flight.admit(Some(&calls)) {
-                    Err(refused) => (error_reply(&refused), None),
+                Ok(FdRequest::Export(ask)) => match d.in_flight.admit(Some(&calls)) {
+                    Err(refused) => (wire::fd_error(&refused), None),
                     Ok(guard) => {
                         admitted = Some(guard);
-                        match handle(&d, &peer, req).await {
-                            Ok((exported, fd)) => (
-                                v1::FdReply {
-                                    reply: Some(v1::fd_reply::Reply::Exported(exported)),
-                                },
-                                Some(fd),
-                            ),
-                            Err(e) => (error_reply(&e), None),
+                        match export(&d, &peer, ask).await {
+                            Ok(e) => (wire::fd_exported(&e), Some(e)),
+                            Err(e) => (wire::fd_error(&e), None),
                         }
                     }
                 },
-                Err(e) => (error_reply(&e), None),
+                Err(e) => (wire::fd_error(&e), None),
             },
         };
         let bytes = reply.encode_to_vec();
-        let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
+        let fds: Vec<_> = exported.iter().map(|e| e.fd.as_fd()).collect();
         if let Err(e) = conn.send(&bytes, &fds).await {
             tracing::debug!(uid, error = %chain(&e), "fd.sock: reply not delivered");
             return;
@@ -140,8 +141,21 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
             d.descriptors_sent
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        // `fd` (the daemon's copy) closes here; the client holds its own.
+        // The daemon's copy of the descriptor closes here; the client holds its own.
     }
+}
+
+/// The connection's peer as a caller: fd.sock requests name no session.
+fn caller(d: &Daemon, peer: &Peer) -> Result<Caller> {
+    d.caller(peer, None)
+}
+
+async fn export(
+    d: &Daemon,
+    peer: &Peer,
+    ask: ExportAsk,
+) -> Result<crate::daemon::export::Exported> {
+    d.export(&caller(d, peer)?, ask).await
 }
 
 /// How an fd.sock wait ended for its connection.
@@ -154,16 +168,9 @@ enum Waited {
     Gone,
 }
 
-/// The reply to a wait that reached `value`.
-fn waited_reply(value: u64) -> v1::FdReply {
-    v1::FdReply {
-        reply: Some(v1::fd_reply::Reply::Waited(v1::SemaphoreValue { value })),
-    }
-}
-
-/// Serves one fd.sock wait: the same access rule, quota and timeout cap as the Wait call.
-/// While it is pending the connection is watched: a hang-up cancels the wait, and a message
-/// that arrives early is kept in `early` and answered after the wait's reply.
+/// Serves one fd.sock wait, by the rules every host wait follows (`daemon::wait`). While it is
+/// pending the connection is watched: a hang-up cancels the wait, and a message that arrives
+/// early is kept in `early` and answered after the wait's reply.
 async fn wait(
     d: &Daemon,
     peer: &Peer,
@@ -171,38 +178,34 @@ async fn wait(
     w: v1::FdWait,
     early: &mut Option<std::result::Result<Received, FdPassError>>,
 ) -> Waited {
-    let err = |e: Error| Waited::Reply(error_reply(&e));
-    let caller = match d.caller(peer, None) {
+    let refused = |e: Error| Waited::Reply(wire::fd_error(&e));
+    let caller = match caller(d, peer) {
         Ok(c) => c,
-        Err(e) => return err(e),
+        Err(e) => return refused(e),
     };
-    let (_, sem) = match d.semaphore(&w.id, &caller) {
-        Ok(found) => found,
-        Err(e) => return err(e),
+    let point = match d.wait_point(&caller, &w.id, w.value) {
+        Ok(p) => p,
+        Err(e) => return refused(e),
     };
-    let _pending = match d.hold(peer.uid, None, crate::quota::Counted::PendingWaits) {
-        Ok(held) => held,
-        Err(e) => return err(e),
-    };
-    let limits = &d.config.limits;
-    let timeout = Duration::from_millis(w.timeout_ms.min(limits.max_wait_timeout_ms).into());
-    let spin = Duration::from_micros(w.spin_us.min(limits.max_spin_us).into());
+    let timeout = d.wait_timeout(Some(Duration::from_millis(w.timeout_ms.into())), None);
     // The reply goes out on a duplicate of the socket, from the thread that saw the value.
     let reply: crate::waits::DirectReply = match conn.as_fd().try_clone_to_owned() {
         Ok(socket) => Box::new(move |value| {
-            let bytes = waited_reply(value).encode_to_vec();
+            let bytes = wire::fd_waited(value).encode_to_vec();
             fdpass::send(socket.as_fd(), &bytes, &[]).is_ok()
         }),
         Err(source) => {
-            return err(Error::Io {
+            return refused(Error::Io {
                 op: "duplicating the fd.sock connection",
                 source,
             })
         }
     };
-    let waiting = d
-        .waits
-        .wait_direct(&sem, w.value, timeout, spin, Some(reply));
+    let asked = Asked::Socket {
+        spin: d.spin(w.spin_us),
+        reply,
+    };
+    let waiting = d.wait_for(&caller, std::slice::from_ref(&point), timeout, asked);
     tokio::pin!(waiting);
     let done = loop {
         tokio::select! {
@@ -220,35 +223,25 @@ async fn wait(
         }
     };
     match done {
-        Ok((_, true)) => Waited::Answered,
-        Ok((value, false)) => Waited::Reply(waited_reply(value)),
-        Err(e) => err(e),
-    }
-}
-
-fn error_reply(e: &Error) -> v1::FdReply {
-    v1::FdReply {
-        reply: Some(v1::fd_reply::Reply::Error(v1::FdError {
-            code: e.code() as i32,
-            message: chain(e),
-        })),
+        Ok(w) if w.replied => Waited::Answered,
+        Ok(w) => Waited::Reply(wire::fd_waited(w.value)),
+        Err(e) => refused(e),
     }
 }
 
 /// A well-formed fd.sock request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FdRequest {
-    /// Redeem this ticket.
-    Redeem([u8; crate::ids::ID_BYTES]),
-    /// Export this resource id (well formed, not yet looked up).
-    Export(String),
+pub(crate) enum FdRequest {
+    /// Export a descriptor: redeem a ticket, or export a resource by id (well formed, not yet
+    /// looked up).
+    Export(ExportAsk),
     /// Wait for a semaphore value (the id well formed, not yet looked up).
     Wait(v1::FdWait),
 }
 
 /// Decodes and validates one fd.sock message, before anything is looked up: every malformed
 /// input is an INVALID_ARGUMENT error, never a panic (a fuzz target drives this: `fuzz/`).
-pub fn parse_request(bytes: &[u8]) -> Result<FdRequest> {
+pub(crate) fn parse_request(bytes: &[u8]) -> Result<FdRequest> {
     if bytes.is_empty() {
         return Err(Error::BadFdRequest("empty message"));
     }
@@ -257,129 +250,22 @@ pub fn parse_request(bytes: &[u8]) -> Result<FdRequest> {
     }
     let req = v1::FdRequest::decode(bytes).map_err(|_| Error::BadFdRequest("not an FdRequest"))?;
     match req.request {
-        Some(v1::fd_request::Request::Redeem(ticket)) => {
-            Ok(FdRequest::Redeem(ticket.as_slice().try_into().map_err(
-                |_| Error::BadFdRequest("a ticket is 16 bytes"),
-            )?))
-        }
+        Some(v1::fd_request::Request::Redeem(ticket)) => Ok(FdRequest::Export(ExportAsk::Ticket(
+            ticket
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::BadFdRequest("a ticket is 16 bytes"))?,
+        ))),
         Some(v1::fd_request::Request::Export(id)) => {
-            crate::daemon::check_resource_id(&id)?;
-            Ok(FdRequest::Export(id))
+            check_resource_id(&id)?;
+            Ok(FdRequest::Export(ExportAsk::Id(id)))
         }
         Some(v1::fd_request::Request::Wait(w)) => {
-            crate::daemon::check_resource_id(&w.id)?;
+            check_resource_id(&w.id)?;
             Ok(FdRequest::Wait(w))
         }
         None => Err(Error::BadFdRequest("no request set")),
     }
-}
-
-/// A descriptor for `r`: a spare one or a host buffer's `dup` at once; otherwise the driver
-/// call that makes one runs on a blocking thread, not on the async worker (it takes tens of
-/// microseconds, and NVIDIA's driver serializes them: exports made on the workers under a flood
-/// of exports stalled every other call).
-async fn take_fd(r: &Arc<crate::registry::Resource>) -> Result<OwnedFd> {
-    if let Some(fd) = r.take_fd_now() {
-        return fd;
-    }
-    let r = r.clone();
-    tokio::task::spawn_blocking(move || r.take_fd())
-        .await
-        .map_err(|e| {
-            if e.is_cancelled() {
-                // Only a runtime that is shutting down drops a blocking task.
-                Error::ShuttingDown
-            } else {
-                Error::ExecutorGone
-            }
-        })?
-}
-
-/// Redeems one export or ticket: the import metadata and a fresh descriptor.
-async fn handle(d: &Daemon, peer: &Peer, req: FdRequest) -> Result<(v1::ExportedFd, OwnedFd)> {
-    let uid = peer.uid;
-    let snap = match req {
-        FdRequest::Redeem(ticket) => {
-            let id = d.tickets.redeem(&ticket, uid)?;
-            // The ticket is the authorization: issued to this uid after an access check.
-            d.registry.get_unchecked(&id)?
-        }
-        FdRequest::Export(id) => {
-            let caller = d.caller(peer, None)?;
-            let snap = d.resource(&id, &caller)?;
-            if let Object::Semaphore(s) = &snap.resource.object {
-                if !s.exportable() {
-                    return Err(Error::NotExportable(id));
-                }
-            }
-            snap
-        }
-        FdRequest::Wait(_) => return Err(Error::BadFdRequest("a wait has no descriptor")),
-    };
-    let r = &snap.resource;
-    let info = d.device(r.device)?.info();
-    let mut handle_type =
-        crate::service::handle_type(gpushare_interop::vulkan::HandleType::OpaqueFd);
-    let (kind, details, fd) = match &r.object {
-        Object::Buffer(b) => (
-            v1::ResourceKind::Buffer,
-            v1::exported_fd::Details::Buffer(v1::BufferImport {
-                size: b.size(),
-                allocation_size: b.allocation_size(),
-                dedicated: b.dedicated(),
-                memory_type_index: b.memory_type_index(),
-                usage: b.usage(),
-            }),
-            take_fd(r).await?,
-        ),
-        Object::Image(i) => (
-            v1::ResourceKind::Image,
-            v1::exported_fd::Details::Image(crate::image::import_msg(i.vk())),
-            take_fd(r).await?,
-        ),
-        Object::HostBuffer(h) => {
-            handle_type = v1::HandleType::Memfd as i32;
-            (
-                v1::ResourceKind::HostBuffer,
-                v1::exported_fd::Details::HostBuffer(v1::HostBufferImport { size: h.size() }),
-                take_fd(r).await?,
-            )
-        }
-        Object::Semaphore(s) => {
-            let fd = take_fd(r).await?;
-            let value = s.value()?;
-            (
-                v1::ResourceKind::Semaphore,
-                v1::exported_fd::Details::Semaphore(v1::SemaphoreImport {
-                    timeline: true,
-                    value,
-                }),
-                fd,
-            )
-        }
-    };
-    let host = matches!(r.object, Object::HostBuffer(_));
-    tracing::debug!(id = %r.id, uid, "descriptor exported");
-    Ok((
-        v1::ExportedFd {
-            resource_id: r.id.clone(),
-            kind: kind as i32,
-            handle_type,
-            // Host memory belongs to no device.
-            device_uuid: if host {
-                Vec::new()
-            } else {
-                info.device_uuid.to_vec()
-            },
-            driver_uuid: if host {
-                Vec::new()
-            } else {
-                info.driver_uuid.to_vec()
-            },
-            details: Some(details),
-        },
-        fd,
-    ))
 }
 
 #[cfg(test)]
@@ -393,11 +279,11 @@ mod tests {
         let id = crate::ids::new_id("buf");
         assert_eq!(
             parse_request(&encode(v1::fd_request::Request::Export(id.clone()))).unwrap(),
-            FdRequest::Export(id)
+            FdRequest::Export(ExportAsk::Id(id))
         );
         assert_eq!(
             parse_request(&encode(v1::fd_request::Request::Redeem(vec![7; 16]))).unwrap(),
-            FdRequest::Redeem([7; 16])
+            FdRequest::Export(ExportAsk::Ticket([7; 16]))
         );
         let wait = v1::FdWait {
             id: crate::ids::new_id("sem"),

@@ -7,9 +7,12 @@ use std::sync::{Arc, OnceLock};
 use gpushare_interop::cuda::{self, CudaDevice, HostRegistration};
 use gpushare_interop::host::{HostError, HostMemory};
 
+/// The id prefix of host buffers (`host-…`).
+pub(crate) const HOST_BUFFER_PREFIX: &str = "host";
+
 /// The daemon's host buffer.
 #[derive(Debug)]
-pub struct HostBuffer {
+pub(crate) struct HostBuffer {
     // Declared first: unregistered before the memory is unmapped.
     registration: OnceLock<HostRegistration>,
     mem: HostMemory,
@@ -17,7 +20,7 @@ pub struct HostBuffer {
 
 impl HostBuffer {
     /// A new zero-filled host buffer of `size` bytes.
-    pub fn create(size: u64) -> Result<Self, HostError> {
+    pub(crate) fn create(size: u64) -> Result<Self, HostError> {
         Ok(Self {
             registration: OnceLock::new(),
             mem: HostMemory::create("gpushare-host-buffer", size)?,
@@ -25,23 +28,23 @@ impl HostBuffer {
     }
 
     /// The shared memory.
-    pub fn mem(&self) -> &HostMemory {
+    pub(crate) fn mem(&self) -> &HostMemory {
         &self.mem
     }
 
     /// Its size in bytes.
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.mem.len()
     }
 
     /// Whether the CUDA executor page-locked it.
-    pub fn registered(&self) -> bool {
+    pub(crate) fn registered(&self) -> bool {
         self.registration.get().is_some()
     }
 
     /// Page-locks the memory for `device`'s copies (usable by every context), once. Only the
     /// CUDA executor's thread calls this.
-    pub fn register(&self, device: &Arc<CudaDevice>) -> Result<(), cuda::Error> {
+    pub(crate) fn register(&self, device: &Arc<CudaDevice>) -> Result<(), cuda::Error> {
         if self.registration.get().is_some() {
             return Ok(());
         }

@@ -2,11 +2,11 @@
 //! each 128 bits from the OS's random source.
 
 /// Bytes of randomness in every id and ticket.
-pub const ID_BYTES: usize = 16;
+pub(crate) const ID_BYTES: usize = 16;
 
 /// 16 random bytes. The OS random source failing is unrecoverable for a security daemon:
 /// ids would become guessable, so the process aborts rather than continue.
-pub fn random16() -> [u8; ID_BYTES] {
+pub(crate) fn random16() -> [u8; ID_BYTES] {
     let mut bytes = [0u8; ID_BYTES];
     if let Err(e) = getrandom::fill(&mut bytes) {
         tracing::error!(error = %e, "the OS random source failed");
@@ -16,12 +16,12 @@ pub fn random16() -> [u8; ID_BYTES] {
 }
 
 /// A new id: `prefix` + `-` + 32 lowercase hex digits.
-pub fn new_id(prefix: &str) -> String {
+pub(crate) fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", hex::encode(random16()))
 }
 
 /// Whether `id` has the shape `new_id(prefix)` produces.
-pub fn is_well_formed(id: &str, prefix: &str) -> bool {
+pub(crate) fn is_well_formed(id: &str, prefix: &str) -> bool {
     id.strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('-'))
         .is_some_and(|hex| {
@@ -33,7 +33,7 @@ pub fn is_well_formed(id: &str, prefix: &str) -> bool {
 }
 
 /// `id` cut to a length fit for an error message.
-pub fn shown(id: &str) -> String {
+pub(crate) fn shown(id: &str) -> String {
     id.chars().take(64).collect()
 }
 

@@ -21,15 +21,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 
 /// The shared counter.
 #[derive(Debug)]
-pub struct InFlight {
+pub(crate) struct InFlight {
     count: AtomicUsize,
     idle: Notify,
     /// Calls refused for load (`calls_in_flight`).
@@ -46,7 +44,7 @@ pub struct InFlight {
 
 /// One uid's calls in flight, shared by the uid's connections ([`InFlight::uid`]).
 #[derive(Debug)]
-pub struct UidCalls {
+pub(crate) struct UidCalls {
     uid: u32,
     count: AtomicUsize,
     parked: AtomicUsize,
@@ -54,7 +52,7 @@ pub struct UidCalls {
 
 /// A parked call ([`InFlight::park`]); counts again when dropped.
 #[derive(Debug)]
-pub struct Parked(Arc<InFlight>, Option<Arc<UidCalls>>);
+pub(crate) struct Parked(Arc<InFlight>, Option<Arc<UidCalls>>);
 
 impl Drop for Parked {
     fn drop(&mut self) {
@@ -73,7 +71,7 @@ impl Default for InFlight {
 
 impl InFlight {
     /// A counter that refuses calls past `limit` in flight, or past `per_uid` of one uid.
-    pub fn with_limits(limit: usize, per_uid: usize) -> Self {
+    pub(crate) fn with_limits(limit: usize, per_uid: usize) -> Self {
         Self {
             count: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -88,7 +86,7 @@ impl InFlight {
 
     /// `uid`'s count, for a connection of the uid to admit its calls with. Counts live as long
     /// as a connection holds them.
-    pub fn uid(&self, uid: u32) -> Arc<UidCalls> {
+    pub(crate) fn uid(&self, uid: u32) -> Arc<UidCalls> {
         let mut uids = self.uids.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(calls) = uids.get(&uid).and_then(Weak::upgrade) {
             return calls;
@@ -106,7 +104,7 @@ impl InFlight {
     /// Marks a call of `uid` in flight as parked in a host wait until the guard drops: it then
     /// does not count against the calls-in-flight quotas (it still counts for the shutdown
     /// drain).
-    pub fn park(self: &Arc<Self>, uid: u32) -> Parked {
+    pub(crate) fn park(self: &Arc<Self>, uid: u32) -> Parked {
         self.parked.fetch_add(1, Ordering::AcqRel);
         let calls = self
             .uids
@@ -121,7 +119,7 @@ impl InFlight {
     }
 
     /// Calls parked in host waits now.
-    pub fn parked(&self) -> usize {
+    pub(crate) fn parked(&self) -> usize {
         self.parked.load(Ordering::Acquire)
     }
 
@@ -129,7 +127,7 @@ impl InFlight {
     /// no uid), or refuses it (RESOURCE_EXHAUSTED, naming the quota) when the uid has
     /// `per_uid` calls in flight, or everybody `limit`, not parked. The call counts until the
     /// guard drops.
-    pub fn admit(
+    pub(crate) fn admit(
         self: &Arc<Self>,
         uid: Option<&Arc<UidCalls>>,
     ) -> Result<Admitted, crate::error::Error> {
@@ -165,22 +163,22 @@ impl InFlight {
 
     /// Calls refused so far because `limit` calls, or `per_uid` of the caller's uid, were in
     /// flight.
-    pub fn shed(&self) -> usize {
+    pub(crate) fn shed(&self) -> usize {
         self.shed.load(Ordering::Relaxed)
     }
 
     /// Of [`InFlight::shed`], those refused by the caller's uid's own limit.
-    pub fn shed_per_uid(&self) -> usize {
+    pub(crate) fn shed_per_uid(&self) -> usize {
         self.shed_per_uid.load(Ordering::Relaxed)
     }
 
     /// Calls in flight now.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.count.load(Ordering::Acquire)
     }
 
     /// Resolves once no call is in flight, or after `timeout`. Returns whether it drained.
-    pub async fn drained(&self, timeout: Duration) -> bool {
+    pub(crate) async fn drained(&self, timeout: Duration) -> bool {
         let wait = async {
             loop {
                 let notified = self.idle.notified();
@@ -195,13 +193,13 @@ impl InFlight {
 }
 
 /// The quotas' names in refusals and in `gpushare_quota_refusals_total`.
-pub const SHED_QUOTA: &str = "calls in flight";
+pub(crate) const SHED_QUOTA: &str = "calls in flight";
 /// See [`SHED_QUOTA`].
-pub const SHED_PER_UID_QUOTA: &str = "calls in flight per uid";
+pub(crate) const SHED_PER_UID_QUOTA: &str = "calls in flight per uid";
 
 /// An admitted call ([`InFlight::admit`]); it stops counting when dropped.
 #[derive(Debug)]
-pub struct Admitted(Arc<InFlight>, Option<Arc<UidCalls>>);
+pub(crate) struct Admitted(Arc<InFlight>, Option<Arc<UidCalls>>);
 
 impl Drop for Admitted {
     fn drop(&mut self) {
@@ -214,66 +212,6 @@ impl Drop for Admitted {
         if last {
             self.0.idle.notify_waiters();
         }
-    }
-}
-
-/// Tower layer that counts calls in an [`InFlight`].
-#[derive(Debug, Clone)]
-pub struct InFlightLayer(pub Arc<InFlight>);
-
-impl<S> tower::Layer<S> for InFlightLayer {
-    type Service = InFlightService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        InFlightService {
-            inner,
-            counter: self.0.clone(),
-        }
-    }
-}
-
-/// The service [`InFlightLayer`] wraps around the router.
-#[derive(Debug, Clone)]
-pub struct InFlightService<S> {
-    inner: S,
-    counter: Arc<InFlight>,
-}
-
-impl<S, ReqB, B> tower::Service<tonic::codegen::http::Request<ReqB>> for InFlightService<S>
-where
-    S: tower::Service<
-        tonic::codegen::http::Request<ReqB>,
-        Response = tonic::codegen::http::Response<B>,
-    >,
-    S::Future: Send + 'static,
-    B: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: tonic::codegen::http::Request<ReqB>) -> Self::Future {
-        // The connection's uid count (`connections::ControlInfo`).
-        let uid = req
-            .extensions()
-            .get::<crate::connections::ControlInfo>()
-            .map(|info| info.calls.clone());
-        let guard = match self.counter.admit(uid.as_ref()) {
-            Ok(guard) => guard,
-            Err(refused) => {
-                let response = tonic::Status::from(refused).into_http::<B>();
-                return Box::pin(async move { Ok(response) });
-            }
-        };
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let out = fut.await;
-            drop(guard);
-            out
-        })
     }
 }
 

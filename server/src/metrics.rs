@@ -30,7 +30,7 @@ use crate::config::MetricsAddr;
 use crate::daemon::Daemon;
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
-pub const LATENCY_BUCKETS: [f64; 16] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 16] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 10.0,
 ];
@@ -63,7 +63,7 @@ struct MethodStats {
 
 /// What the gRPC layer records.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     methods: Mutex<BTreeMap<(String, String), MethodStats>>,
     exports: AtomicU64,
 }
@@ -112,7 +112,7 @@ impl Metrics {
 
     /// Renders every figure in the Prometheus text format 0.0.4. `in_flight` counts the gRPC
     /// calls in flight and those shed for load.
-    pub fn render(&self, d: &Daemon, in_flight: &crate::inflight::InFlight) -> String {
+    pub(crate) fn render(&self, d: &Daemon, in_flight: &crate::inflight::InFlight) -> String {
         let (shed, parked, in_flight, shed_per_uid) = (
             in_flight.shed(),
             in_flight.parked(),
@@ -360,7 +360,7 @@ fn escape(s: &str) -> String {
 /// Tower layer that records per-method calls in a [`Metrics`]; `None`
 /// records nothing (the endpoint is off).
 #[derive(Debug, Clone)]
-pub struct MetricsLayer(pub Option<Arc<Metrics>>);
+pub(crate) struct MetricsLayer(pub Option<Arc<Metrics>>);
 
 impl<S> tower::Layer<S> for MetricsLayer {
     type Service = MetricsService<S>;
@@ -374,7 +374,7 @@ impl<S> tower::Layer<S> for MetricsLayer {
 
 /// The service [`MetricsLayer`] wraps around the router.
 #[derive(Debug, Clone)]
-pub struct MetricsService<S> {
+pub(crate) struct MetricsService<S> {
     inner: S,
     metrics: Option<Arc<Metrics>>,
 }
@@ -416,7 +416,7 @@ where
 
 /// A bound metrics listener. A Unix socket's file is removed when it is dropped.
 #[derive(Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     listener: Listener,
     addr: MetricsAddr,
 }
@@ -438,18 +438,18 @@ impl Drop for Listener {
 /// Why the metrics endpoint could not be bound.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen for metrics on {addr}")]
-pub struct BindError {
+pub(crate) struct BindError {
     /// The address.
-    pub addr: MetricsAddr,
+    pub(crate) addr: MetricsAddr,
     /// Why.
     #[source]
-    pub source: std::io::Error,
+    pub(crate) source: std::io::Error,
 }
 
 impl Endpoint {
     /// Binds `addr`. A Unix socket gets permission bits `mode`; a stale socket at its path is
     /// replaced, any other file there is an error. Must be called inside a tokio runtime.
-    pub fn bind(addr: &MetricsAddr, mode: u32) -> Result<Self, BindError> {
+    pub(crate) fn bind(addr: &MetricsAddr, mode: u32) -> Result<Self, BindError> {
         let err = |source| BindError {
             addr: addr.clone(),
             source,
@@ -492,7 +492,7 @@ impl Endpoint {
     }
 
     /// The address, as configured (TCP port 0 is shown as bound).
-    pub fn addr(&self) -> MetricsAddr {
+    pub(crate) fn addr(&self) -> MetricsAddr {
         match &self.listener {
             Listener::Tcp(l) => l
                 .local_addr()
@@ -513,7 +513,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: usize = 8;
 
 /// Serves the endpoint until `shutdown` is cancelled. `render` produces the body.
-pub async fn serve(
+pub(crate) async fn serve(
     endpoint: Endpoint,
     render: Arc<dyn Fn() -> String + Send + Sync>,
     shutdown: CancellationToken,

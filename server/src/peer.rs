@@ -10,20 +10,20 @@ use std::sync::{Arc, Once};
 
 /// A connected peer's credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// uid.
-    pub uid: u32,
+    pub(crate) uid: u32,
     /// Primary gid.
-    pub gid: u32,
+    pub(crate) gid: u32,
     /// pid (0 when the kernel did not report one: a peer in another pid namespace).
-    pub pid: i32,
+    pub(crate) pid: i32,
     /// Supplementary groups (empty where the kernel cannot report them: before Linux 4.13).
-    pub groups: Arc<[u32]>,
+    pub(crate) groups: Arc<[u32]>,
 }
 
 impl Peer {
     /// The credentials of the peer of the connected Unix socket `socket`.
-    pub fn of(socket: BorrowedFd<'_>) -> io::Result<Peer> {
+    pub(crate) fn of(socket: BorrowedFd<'_>) -> io::Result<Peer> {
         let cred = peer_cred(socket)?;
         let groups = match peer_groups(socket) {
             Ok(groups) => groups.into(),
@@ -52,7 +52,7 @@ impl Peer {
 
     /// Whether the peer is a member of `gid`: its primary gid or one of its supplementary
     /// groups.
-    pub fn in_group(&self, gid: u32) -> bool {
+    pub(crate) fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
     }
 }

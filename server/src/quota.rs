@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 static REFUSALS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
 
 /// The error for quota `what` (value `limit`, `scope` such as `, uid 1000`), counted.
-pub fn refused(what: &'static str, limit: u64, scope: String) -> Error {
+pub(crate) fn refused(what: &'static str, limit: u64, scope: String) -> Error {
     *REFUSALS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -22,7 +22,7 @@ pub fn refused(what: &'static str, limit: u64, scope: String) -> Error {
 }
 
 /// Refusals so far, per quota.
-pub fn refusals() -> Vec<(&'static str, u64)> {
+pub(crate) fn refusals() -> Vec<(&'static str, u64)> {
     REFUSALS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -33,7 +33,7 @@ pub fn refusals() -> Vec<(&'static str, u64)> {
 
 /// What is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Counted {
+pub(crate) enum Counted {
     /// Wait calls and daemon operations waiting for their wait points.
     PendingWaits,
     /// Open Watch streams.
@@ -46,7 +46,7 @@ pub enum Counted {
 
 impl Counted {
     /// The quota's name in errors and logs.
-    pub fn what(self) -> &'static str {
+    pub(crate) fn what(self) -> &'static str {
         match self {
             Counted::PendingWaits => "pending waits per uid",
             Counted::Watches => "Watch streams per uid",
@@ -76,14 +76,14 @@ enum Scope {
 
 /// The counts, per uid or session and kind, plus totals per kind.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     map: Mutex<HashMap<(Scope, Counted), u64>>,
     totals: Mutex<HashMap<Counted, u64>>,
 }
 
 /// One counted slot; dropping it gives the slot back.
 #[derive(Debug)]
-pub struct Held {
+pub(crate) struct Held {
     counters: Arc<Counters>,
     uid: u32,
     session: Option<String>,
@@ -94,7 +94,7 @@ impl Counters {
     /// Takes a slot of `kind` for `uid`, refusing past `per_uid` for the uid or `total` for
     /// everybody (0: no total). With `session` (its id and quota), the slot counts against the
     /// session too.
-    pub fn acquire(
+    pub(crate) fn acquire(
         self: &Arc<Self>,
         uid: u32,
         session: Option<(&str, u64)>,
@@ -148,7 +148,8 @@ impl Counters {
     }
 
     /// Slots of `kind` held by `uid` now.
-    pub fn held(&self, uid: u32, kind: Counted) -> u64 {
+    #[cfg(test)]
+    fn held(&self, uid: u32, kind: Counted) -> u64 {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&(Scope::Uid(uid), kind)).copied().unwrap_or(0)
     }
@@ -163,7 +164,8 @@ impl Counters {
     }
 
     /// Slots of `kind` held by everybody now.
-    pub fn total(&self, kind: Counted) -> u64 {
+    #[cfg(test)]
+    fn total(&self, kind: Counted) -> u64 {
         let totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
         totals.get(&kind).copied().unwrap_or(0)
     }

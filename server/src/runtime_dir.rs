@@ -13,11 +13,11 @@ use gpushare_proto::{CONTROL_SOCKET, FD_SOCKET};
 use rustix::fs::{FlockOperation, Mode, OFlags};
 
 /// Name of the lock file inside the runtime directory.
-pub const LOCK_FILE: &str = "gpushared.lock";
+pub(crate) const LOCK_FILE: &str = "gpushared.lock";
 
 /// Why the runtime directory could not be prepared.
 #[derive(Debug, thiserror::Error)]
-pub enum RuntimeDirError {
+pub(crate) enum RuntimeDirError {
     /// Another daemon holds the lock.
     #[error("another gpushared is running on {dir} (lock held{holder})")]
     Locked {
@@ -53,14 +53,14 @@ fn io<'a>(
 /// The locked runtime directory. Dropping it removes the sockets (the lock file stays, so that
 /// a daemon starting meanwhile never locks a file that is being unlinked).
 #[derive(Debug)]
-pub struct RuntimeDir {
+pub(crate) struct RuntimeDir {
     dir: PathBuf,
     _lock: OwnedFd,
 }
 
 impl RuntimeDir {
     /// Creates (mode 0755) and locks `dir`.
-    pub fn lock(dir: &Path) -> Result<Self, RuntimeDirError> {
+    pub(crate) fn lock(dir: &Path) -> Result<Self, RuntimeDirError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
@@ -98,22 +98,22 @@ impl RuntimeDir {
     }
 
     /// The directory.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.dir
     }
 
     /// Path of control.sock.
-    pub fn control_path(&self) -> PathBuf {
+    pub(crate) fn control_path(&self) -> PathBuf {
         self.dir.join(CONTROL_SOCKET)
     }
 
     /// Path of fd.sock.
-    pub fn fd_path(&self) -> PathBuf {
+    pub(crate) fn fd_path(&self) -> PathBuf {
         self.dir.join(FD_SOCKET)
     }
 
     /// Binds both sockets with permission bits `mode`, removing stale ones first.
-    pub fn bind(
+    pub(crate) fn bind(
         &self,
         mode: u32,
     ) -> Result<(tokio::net::UnixListener, SeqPacketListener), RuntimeDirError> {

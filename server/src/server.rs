@@ -16,23 +16,23 @@ use gpushare_proto::v1::gpu_share_server::GpuShareServer;
 use tokio::net::UnixListener;
 use tokio_util::task::TaskTracker;
 
+use crate::connections::InFlightLayer;
 use crate::daemon::Daemon;
-use crate::inflight::InFlightLayer;
 use crate::metrics::{Metrics, MetricsLayer};
 use crate::service::Service;
 
 /// How long calls in flight may take to finish once shutdown began.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Time for the last responses to reach their sockets once no call is in flight.
 const FLUSH_GRACE: Duration = Duration::from_millis(100);
 
 /// Largest gRPC message in either direction.
-pub const MAX_GRPC_MESSAGE: usize = 64 << 20;
+pub(crate) const MAX_GRPC_MESSAGE: usize = 64 << 20;
 
 /// Why the server stopped abnormally.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
+pub(crate) enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server failed")]
     Grpc(#[from] tonic::transport::Error),
@@ -41,19 +41,10 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Serves until `shutdown` resolves, then drains and stops.
-pub async fn run(
-    d: Arc<Daemon>,
-    control: UnixListener,
-    fd: SeqPacketListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    run_with_metrics(d, control, fd, None, shutdown).await
-}
-
-/// [`run`], also serving the Prometheus endpoint on `metrics` when given (see
-/// [`crate::metrics`]); gRPC calls are recorded only then.
-pub async fn run_with_metrics(
+/// Serves gRPC on `control` and fd.sock on `fd`, and the Prometheus endpoint on `metrics` when
+/// given (see [`crate::metrics`]; gRPC calls are recorded only then), until `shutdown`
+/// resolves; then drains and stops.
+pub(crate) async fn run(
     d: Arc<Daemon>,
     control: UnixListener,
     fd: SeqPacketListener,
@@ -143,8 +134,7 @@ pub async fn run_with_metrics(
     }
     fd_tasks.close();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, fd_tasks.wait()).await;
-    let freed = d.registry.clear();
-    d.freed(freed);
+    d.clear();
     tracing::info!("stopped");
     served.map_err(ServeError::from)
 }

@@ -14,20 +14,20 @@ use std::time::Duration;
 use rustix::net::{AddressFamily, SocketType};
 
 /// The first descriptor the service manager passes (`SD_LISTEN_FDS_START`).
-pub const LISTEN_FDS_START: RawFd = 3;
+pub(crate) const LISTEN_FDS_START: RawFd = 3;
 
 /// More passed descriptors than this is refused as nonsense.
 const MAX_LISTEN_FDS: usize = 64;
 
 /// `FileDescriptorName=` of the control socket (`gpushared.socket`).
-pub const CONTROL_NAME: &str = "control";
+pub(crate) const CONTROL_NAME: &str = "control";
 
 /// `FileDescriptorName=` of the descriptor socket (`gpushared-fd.socket`).
-pub const FD_NAME: &str = "fd";
+pub(crate) const FD_NAME: &str = "fd";
 
 /// Why the passed sockets cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum ActivationError {
+pub(crate) enum ActivationError {
     /// A variable that does not parse.
     #[error("invalid {var}={value:?}")]
     BadVariable {
@@ -81,14 +81,14 @@ pub enum ActivationError {
 
 /// Descriptors passed by socket activation, not yet checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Passed {
+pub(crate) struct Passed {
     /// `(descriptor number, name)`, starting at [`LISTEN_FDS_START`].
-    pub fds: Vec<(RawFd, String)>,
+    pub(crate) fds: Vec<(RawFd, String)>,
 }
 
 /// Parses the activation variables. `None` when no descriptors are meant for process `pid`
 /// (no `LISTEN_PID`, or another process's: the variables were inherited, not passed).
-pub fn parse_listen_env(
+pub(crate) fn parse_listen_env(
     listen_pid: Option<&str>,
     listen_fds: Option<&str>,
     listen_fdnames: Option<&str>,
@@ -132,11 +132,11 @@ pub fn parse_listen_env(
 
 /// The two listening sockets the service manager passed.
 #[derive(Debug)]
-pub struct ActivatedSockets {
+pub(crate) struct ActivatedSockets {
     /// `control.sock`: a listening `SOCK_STREAM` Unix socket.
-    pub control: OwnedFd,
+    pub(crate) control: OwnedFd,
     /// `fd.sock`: a listening `SOCK_SEQPACKET` Unix socket.
-    pub fd: OwnedFd,
+    pub(crate) fd: OwnedFd,
 }
 
 /// Takes the sockets passed by socket activation, if any were passed to this process, and
@@ -149,7 +149,8 @@ pub struct ActivatedSockets {
 /// `FileDescriptorName=`, or no `LISTEN_FDNAMES` at all) is matched by its type. Every socket
 /// must be a listening Unix socket of the right type. Descriptors with other names are closed
 /// with a warning once logging is up (they are returned as `ignored`).
-pub fn take_listen_fds() -> Result<Option<(ActivatedSockets, Vec<String>)>, ActivationError> {
+pub(crate) fn take_listen_fds() -> Result<Option<(ActivatedSockets, Vec<String>)>, ActivationError>
+{
     let var = |name| std::env::var(name).ok();
     let parsed = parse_listen_env(
         var("LISTEN_PID").as_deref(),
@@ -261,7 +262,7 @@ fn listening_unix_type(fd: BorrowedFd<'_>) -> Option<SocketType> {
 }
 
 /// The filesystem path a Unix socket is bound to, for logs.
-pub fn socket_path(fd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
+pub(crate) fn socket_path(fd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
     let addr = rustix::net::getsockname(fd).ok()?;
     let unix = rustix::net::SocketAddrUnix::try_from(addr).ok()?;
     unix.path()
@@ -270,7 +271,7 @@ pub fn socket_path(fd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
 
 /// Sends `sd_notify` messages to the service manager. Inert when `NOTIFY_SOCKET` was unset.
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     target: Option<(OwnedFd, rustix::net::SocketAddrUnix)>,
     watchdog: Option<Duration>,
 }
@@ -278,7 +279,7 @@ pub struct Notifier {
 impl Notifier {
     /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`, then removes them from the
     /// environment. A path starting with `@` names an abstract socket.
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         let socket = std::env::var_os("NOTIFY_SOCKET");
         let usec = std::env::var("WATCHDOG_USEC").ok();
         let wpid = std::env::var("WATCHDOG_PID").ok();
@@ -299,7 +300,7 @@ impl Notifier {
     }
 
     /// A notifier that sends nothing.
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         Self {
             target: None,
             watchdog: None,
@@ -329,18 +330,18 @@ impl Notifier {
     }
 
     /// Whether notifications go anywhere.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.target.is_some()
     }
 
     /// How often to send `WATCHDOG=1` (half of `WatchdogSec`), when the watchdog is on.
-    pub fn watchdog_interval(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog
     }
 
     /// Sends one notification (newline-separated `KEY=value` lines). Errors are logged: the
     /// service manager going away must not take the daemon with it.
-    pub fn notify(&self, message: &str) {
+    pub(crate) fn notify(&self, message: &str) {
         let Some((fd, addr)) = &self.target else {
             return;
         };
@@ -355,22 +356,22 @@ impl Notifier {
     }
 
     /// `READY=1` with a status line.
-    pub fn ready(&self, status: &str) {
+    pub(crate) fn ready(&self, status: &str) {
         self.notify(&format!("READY=1\nSTATUS={}", one_line(status)));
     }
 
     /// A `STATUS=` line (`systemctl status` shows it).
-    pub fn status(&self, status: &str) {
+    pub(crate) fn status(&self, status: &str) {
         self.notify(&format!("STATUS={}", one_line(status)));
     }
 
     /// `STOPPING=1` with a status line.
-    pub fn stopping(&self, status: &str) {
+    pub(crate) fn stopping(&self, status: &str) {
         self.notify(&format!("STOPPING=1\nSTATUS={}", one_line(status)));
     }
 
     /// `WATCHDOG=1`.
-    pub fn watchdog(&self) {
+    pub(crate) fn watchdog(&self) {
         self.notify("WATCHDOG=1");
     }
 }
@@ -381,7 +382,11 @@ fn one_line(s: &str) -> String {
 
 /// Half of `WATCHDOG_USEC` when the watchdog is meant for process `pid` (`WATCHDOG_PID` unset
 /// or equal to it), else `None`.
-pub fn watchdog_interval(usec: Option<&str>, wpid: Option<&str>, pid: u32) -> Option<Duration> {
+pub(crate) fn watchdog_interval(
+    usec: Option<&str>,
+    wpid: Option<&str>,
+    pid: u32,
+) -> Option<Duration> {
     let usec: u64 = usec?.trim().parse().ok()?;
     if usec == 0 {
         return None;
@@ -397,7 +402,7 @@ pub fn watchdog_interval(usec: Option<&str>, wpid: Option<&str>, pid: u32) -> Op
 /// Whether stderr is connected to the journal: `JOURNAL_STREAM` (`device:inode`) names the
 /// same file as stderr. Checked rather than trusted, since the variable is inherited by
 /// processes whose stderr was redirected elsewhere.
-pub fn stderr_is_journal() -> bool {
+pub(crate) fn stderr_is_journal() -> bool {
     let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
         return false;
     };
@@ -420,10 +425,10 @@ pub fn stderr_is_journal() -> bool {
 /// journald turns into the entry's PRIORITY), no timestamp (journald adds one), no ANSI
 /// colours, then the spans, the message and its fields.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct JournalFormat;
+pub(crate) struct JournalFormat;
 
 /// The syslog priority of a `tracing` level.
-pub fn syslog_priority(level: tracing::Level) -> u8 {
+pub(crate) fn syslog_priority(level: tracing::Level) -> u8 {
     match level {
         tracing::Level::ERROR => 3,
         tracing::Level::WARN => 4,

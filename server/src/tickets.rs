@@ -22,30 +22,25 @@ struct Ticket {
 
 /// The outstanding tickets.
 #[derive(Debug)]
-pub struct Tickets {
+pub(crate) struct Tickets {
     ttl: Duration,
     map: Mutex<HashMap<[u8; ids::ID_BYTES], Ticket>>,
 }
 
 impl Tickets {
     /// Tickets that live for `ttl`.
-    pub fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         Self {
             ttl,
             map: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Their time to live.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// Issues a ticket for `resource_id`, redeemable by `uid`, unless `uid` already holds
     /// `per_uid` unexpired tickets (`quotas.tickets_per_uid`), or `session` holds `per_session`
     /// (`quotas.tickets_per_session`). A ticket issued in a session is revoked when that session
     /// ends ([`Tickets::revoke_session`]).
-    pub fn issue(
+    pub(crate) fn issue(
         &self,
         resource_id: &str,
         uid: u32,
@@ -91,7 +86,7 @@ impl Tickets {
     }
 
     /// Consumes `ticket` for `uid` and returns the resource id it names.
-    pub fn redeem(&self, ticket: &[u8], uid: u32) -> Result<String> {
+    pub(crate) fn redeem(&self, ticket: &[u8], uid: u32) -> Result<String> {
         let key: [u8; ids::ID_BYTES] = ticket
             .try_into()
             .map_err(|_| Error::BadFdRequest("a ticket is 16 bytes"))?;
@@ -109,7 +104,7 @@ impl Tickets {
 
     /// Revokes the unredeemed tickets issued in `session` (it ended: its process is gone).
     /// Returns how many.
-    pub fn revoke_session(&self, session: &str) -> usize {
+    pub(crate) fn revoke_session(&self, session: &str) -> usize {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let before = map.len();
         map.retain(|_, t| t.session.as_deref() != Some(session));
@@ -117,13 +112,8 @@ impl Tickets {
     }
 
     /// Outstanding tickets (expired ones included until the next sweep).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Whether none is outstanding.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -33,7 +33,7 @@ use crate::error::Error;
 
 /// Executes operations on a CUDA device's stream, on one thread.
 #[derive(Debug)]
-pub struct CudaExecutor {
+pub(crate) struct CudaExecutor {
     worker: Worker,
 }
 
@@ -78,7 +78,10 @@ impl Blits {
 
 impl CudaExecutor {
     /// Starts the executor thread for `device`, whose Vulkan side is `vulkan`.
-    pub fn start(device: Arc<CudaDevice>, vulkan: Arc<vulkan::Device>) -> std::io::Result<Self> {
+    pub(crate) fn start(
+        device: Arc<CudaDevice>,
+        vulkan: Arc<vulkan::Device>,
+    ) -> std::io::Result<Self> {
         let mut staging = Staging {
             device: device.clone(),
             buffer: None,

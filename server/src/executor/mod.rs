@@ -30,12 +30,12 @@ use gpushare_interop::vulkan::{ClearColor, MipRange};
 mod cuda;
 mod vulkan;
 
-pub use cuda::CudaExecutor;
-pub use vulkan::VulkanExecutor;
+pub(crate) use cuda::CudaExecutor;
+pub(crate) use vulkan::VulkanExecutor;
 
 /// Where a Write's bytes come from.
 #[derive(Debug)]
-pub enum Source {
+pub(crate) enum Source {
     /// Bytes that came in the request.
     Bytes(Vec<u8>),
     /// A range of a host buffer.
@@ -51,26 +51,21 @@ pub enum Source {
 
 impl Source {
     /// The number of bytes.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         match self {
             Source::Bytes(b) => b.len() as u64,
             Source::Host { length, .. } => *length,
         }
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
 /// Transfers through host memory are cut into pieces this large: host-buffer transfers on the
 /// Vulkan executor (whose staging would otherwise grow to the whole transfer) and staged copies
 /// between devices.
-pub const HOST_CHUNK: u64 = 32 << 20;
+pub(crate) const HOST_CHUNK: u64 = 32 << 20;
 
 /// `(offset, length)` pieces of at most [`HOST_CHUNK`] bytes covering `0..length`.
-pub fn chunks(length: u64) -> impl Iterator<Item = (u64, u64)> {
+pub(crate) fn chunks(length: u64) -> impl Iterator<Item = (u64, u64)> {
     (0..length)
         .step_by(HOST_CHUNK as usize)
         .map(move |pos| (pos, HOST_CHUNK.min(length - pos)))
@@ -80,7 +75,7 @@ pub fn chunks(length: u64) -> impl Iterator<Item = (u64, u64)> {
 /// bytes each where a row allows, with each piece's byte offset in the region's tightly packed
 /// bytes: whole layers, else slices of one layer, else rows of one slice (the packing order, so
 /// every piece is one contiguous byte range).
-pub fn image_pieces(region: &ImageRegion, texel: u32) -> Vec<(ImageRegion, u64)> {
+pub(crate) fn image_pieces(region: &ImageRegion, texel: u32) -> Vec<(ImageRegion, u64)> {
     let row = u64::from(region.width) * u64::from(texel);
     let slice = row * u64::from(region.height);
     let layer = slice * u64::from(region.depth);
@@ -150,7 +145,7 @@ pub fn image_pieces(region: &ImageRegion, texel: u32) -> Vec<(ImageRegion, u64)>
 
 /// One daemon-executed operation. Ranges were validated by the caller.
 #[derive(Debug)]
-pub enum Op {
+pub(crate) enum Op {
     /// Upload `src` at `offset`.
     Write {
         /// Destination.
@@ -258,13 +253,13 @@ pub enum Op {
 }
 
 /// Something an operation uses, kept alive while the device may still use it.
-pub type Keep = Arc<dyn std::any::Any + Send + Sync>;
+pub(crate) type Keep = Arc<dyn std::any::Any + Send + Sync>;
 
 impl Op {
     /// Everything the operation uses (buffers, images, host buffers, devices), to keep alive
     /// until the device is done with it: an executor that enqueues work and synchronizes later
     /// holds these until then, whatever the caller or the registry drops meanwhile.
-    pub fn retain(&self) -> Vec<Keep> {
+    pub(crate) fn retain(&self) -> Vec<Keep> {
         fn source(src: &Source) -> Option<Keep> {
             match src {
                 Source::Host { host, .. } => Some(host.clone()),
@@ -306,7 +301,7 @@ impl Op {
     }
 
     /// The operation's name, for errors and logs.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Op::Write { .. } => "write",
             Op::Read { .. } => "read",
@@ -323,7 +318,7 @@ impl Op {
 }
 
 /// Future of an operation: the bytes read (empty for everything but Read).
-pub type OpFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>;
+pub(crate) type OpFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>;
 
 /// Semaphore points an operation waits for and signals on its device's stream, in order with
 /// its work (Falcor's `waitForCuda` / `waitForFalcor`). The wait points were already reached on
@@ -331,22 +326,22 @@ pub type OpFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>;
 /// every client shares): waiting for them again on the stream orders the operation after the
 /// producer's GPU work. The signals were reserved (`Semaphore::reserve`).
 #[derive(Debug, Default)]
-pub struct DeviceSync {
+pub(crate) struct DeviceSync {
     /// Semaphores of the operation's device, and the values already reached.
-    pub wait: Vec<(Arc<Semaphore>, u64)>,
+    pub(crate) wait: Vec<(Arc<Semaphore>, u64)>,
     /// Reserved signal points; dropped once the stream has passed them.
-    pub signal: Option<GpuSignals>,
+    pub(crate) signal: Option<GpuSignals>,
 }
 
 impl DeviceSync {
     /// Whether there is nothing to wait for or signal.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.wait.is_empty() && self.signal.as_ref().is_none_or(GpuSignals::is_empty)
     }
 }
 
 /// Runs operations on a device, in submission order, each complete when its future resolves.
-pub trait Executor: Send + Sync + std::fmt::Debug {
+pub(crate) trait Executor: Send + Sync + std::fmt::Debug {
     /// Name reported by GetInfo ("cuda" or "vulkan").
     fn name(&self) -> &'static str;
     /// Whether it waits for and signals semaphores of its device in order with its work

@@ -18,13 +18,13 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Executes operations as Vulkan transfer submissions on one thread that owns the device's
 /// [`Transfer`] engine.
 #[derive(Debug)]
-pub struct VulkanExecutor {
+pub(crate) struct VulkanExecutor {
     worker: Worker,
 }
 
 impl VulkanExecutor {
     /// Starts the executor thread for `device`.
-    pub fn start(device: &Arc<Device>) -> std::result::Result<Self, vulkan::Error> {
+    pub(crate) fn start(device: &Arc<Device>) -> std::result::Result<Self, vulkan::Error> {
         let mut transfer = Transfer::new(device)?;
         let worker = Worker::start("gpushare-vk-exec", move |op, sync| {
             let label = op.label();

@@ -295,7 +295,9 @@ impl WaitService {
         }
     }
 
-    /// Waits until `sem` reaches `target`, at most `timeout`. Returns the value seen.
+    /// Waits until `sem` reaches `target`, at most `timeout`. Returns the value seen. (The
+    /// daemon's waits go through [`WaitService::wait_direct`]: `daemon::wait`.)
+    #[cfg(test)]
     pub(crate) async fn wait(
         &self,
         sem: &Arc<Semaphore>,

@@ -6,17 +6,18 @@
 //! while referenced, and after everything ends nothing is left.
 //!
 //! Resources are host buffers (memfds), so that the test needs no GPU.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use gpushare_server::config::Quotas;
-use gpushare_server::daemon::Caller;
-use gpushare_server::host_buffer::HostBuffer;
-use gpushare_server::registry::{Grantee, Object, OpenTarget, Registry, Resource};
-use gpushare_server::tickets::Tickets;
 use proptest::prelude::*;
+
+use super::Registry;
+use crate::access::{Caller, Grantee, OpenTarget};
+use crate::config::Quotas;
+use crate::host_buffer::HostBuffer;
+use crate::resource::{Object, Resource};
+use crate::tickets::Tickets;
 
 const UIDS: u32 = 3;
 

@@ -1,39 +1,36 @@
 //! Daemon-executed operations (Write, Read, Fill, Copy, WriteImage, ReadImage, ClearImage,
 //! GenerateMips): validation, then wait points, then the executor, then signal points.
 //!
-//! Wait points are awaited on the host through the wait service, not on the GPU queue, so a
-//! wait point that is never reached holds only its own call (bounded by its timeout), never the
-//! queue that serves every client. Signal values are checked before any work starts, and again
-//! when signaled (`Semaphore::signal`, `Semaphore::reserve`).
+//! Wait points are awaited on the host, by the rules every host wait follows
+//! ([`Daemon::wait_for`]), not on the GPU queue, so a wait point that is never reached holds
+//! only its own call (bounded by its timeout), never the queue that serves every client. Signal
+//! values are checked before any work starts, and again when signaled
+//! (`Semaphore::signal`, `Semaphore::reserve`).
+//!
+//! Each operation takes the call's deadline (`None`: none) for its wait points' timeout.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gpushare_proto::v1;
 
+use super::wait::{Asked, WaitPoint};
+use super::Daemon;
+use crate::access::Caller;
 use crate::buffer::SharedBuffer;
-use crate::daemon::Caller;
 use crate::error::{Error, Result};
 use crate::executor::{chunks, DeviceSync, Op, Source};
 use crate::host_buffer::HostBuffer;
-use crate::image;
-use crate::quota::Counted;
-use crate::registry::Resource;
+use crate::requests;
+use crate::resource::Resource;
 use crate::semaphore::Semaphore;
-use crate::service::Service;
 
-struct Point {
-    /// The daemon device the semaphore lives on.
-    device: u32,
-    sem: Arc<Semaphore>,
-    value: u64,
-}
+type Point = WaitPoint;
 
 /// The resolved wait and signal points of one call.
 struct Sequenced {
-    /// The caller's uid and session (the pending-waits quotas).
-    uid: u32,
-    session: Option<String>,
+    /// The caller (the pending-waits quotas).
+    caller: Caller,
     wait: Vec<Point>,
     signal: Vec<Point>,
     timeout: Duration,
@@ -42,11 +39,13 @@ struct Sequenced {
 /// Most wait or signal points in one call.
 const MAX_POINTS: usize = 64;
 
-/// `cap` bounds the wait points' timeout (the daemon's limit and the call's gRPC deadline).
+/// Looks up the points of `sync` with the caller's access, checks the signal values, and
+/// bounds the wait points' time (`sync.timeout_ms`, 0 meaning as long as allowed; the daemon's
+/// limit; the call's `deadline`).
 fn resolve(
-    svc: &Service,
+    d: &Daemon,
     caller: &Caller,
-    cap: Duration,
+    deadline: Option<Duration>,
     sync: Option<v1::Sync>,
 ) -> Result<Sequenced> {
     let sync = sync.unwrap_or_default();
@@ -60,15 +59,8 @@ fn resolve(
         }
     }
     let points = |list: Vec<v1::SemaphorePoint>| -> Result<Vec<Point>> {
-        list.into_iter()
-            .map(|p| {
-                let (res, sem) = svc.d.semaphore(&p.semaphore_id, caller)?;
-                Ok(Point {
-                    device: res.device,
-                    sem,
-                    value: p.value,
-                })
-            })
+        list.iter()
+            .map(|p| d.wait_point(caller, &p.semaphore_id, p.value))
             .collect()
     };
     let wait = points(sync.wait)?;
@@ -76,16 +68,12 @@ fn resolve(
     for p in &signal {
         p.sem.check_signal(p.value)?;
     }
-    let asked = match sync.timeout_ms {
-        0 => cap,
-        ms => Duration::from_millis(ms.into()).min(cap),
-    };
+    let asked = (sync.timeout_ms > 0).then(|| Duration::from_millis(sync.timeout_ms.into()));
     Ok(Sequenced {
-        uid: caller.uid,
-        session: caller.session.clone(),
+        caller: caller.clone(),
         wait,
         signal,
-        timeout: asked,
+        timeout: d.wait_timeout(asked, deadline),
     })
 }
 
@@ -97,10 +85,10 @@ fn resolve(
 /// producer's GPU work) and signals the signal points on its stream after the work, reserved
 /// here first (`Semaphore::reserve`). Other points are waited for and signaled from the
 /// host, as with the Vulkan executor.
-async fn sequenced(svc: &Service, seq: Sequenced, device: u32, op: Op) -> Result<Vec<u8>> {
-    let slot = svc.d.device(device)?;
+async fn sequenced(d: &Daemon, seq: Sequenced, device: u32, op: Op) -> Result<Vec<u8>> {
+    let slot = d.device(device)?;
     let executor = &slot.executor;
-    sequenced_work(svc, seq, |seq| {
+    sequenced_work(d, seq, |seq| {
         if !executor.orders_on_device() {
             return Ok(executor.run(op));
         }
@@ -130,24 +118,15 @@ async fn sequenced(svc: &Service, seq: Sequenced, device: u32, op: Op) -> Result
 /// wait point was reached (an executor queues its operation as soon as `run` is called, before
 /// the future is awaited); it may take signal points out of the list to signal them itself.
 async fn sequenced_work<F>(
-    svc: &Service,
+    d: &Daemon,
     mut seq: Sequenced,
     work: impl FnOnce(&mut Sequenced) -> Result<F>,
 ) -> Result<Vec<u8>>
 where
     F: std::future::Future<Output = Result<Vec<u8>>>,
 {
-    let deadline = Instant::now() + seq.timeout;
-    if !seq.wait.is_empty() {
-        let _pending = svc
-            .d
-            .hold(seq.uid, seq.session.as_deref(), Counted::PendingWaits)?;
-        let _parked = svc.d.in_flight.park(seq.uid);
-        for p in &seq.wait {
-            let left = deadline.saturating_duration_since(Instant::now());
-            svc.d.waits.wait(&p.sem, p.value, left).await?;
-        }
-    }
+    d.wait_for(&seq.caller, &seq.wait, seq.timeout, Asked::Call)
+        .await?;
     let out = work(&mut seq)?.await?;
     for p in &seq.signal {
         p.sem.signal(p.value)?;
@@ -160,13 +139,13 @@ where
 /// peer access is off), otherwise staged through the daemon in [`chunks`]: a Read on the
 /// source's executor, then a Write on the destination's.
 async fn copy_across(
-    svc: &Service,
+    d: &Daemon,
     (src_device, src, src_offset): (u32, Arc<SharedBuffer>, u64),
     (dst_device, dst, dst_offset): (u32, Arc<SharedBuffer>, u64),
     length: u64,
 ) -> Result<Vec<u8>> {
-    let from = svc.d.device(src_device)?;
-    let to = svc.d.device(dst_device)?;
+    let from = d.device(src_device)?;
+    let to = d.device(dst_device)?;
     if let (Some(f), Some(_)) = (&from.cuda, &to.cuda) {
         return to
             .executor
@@ -202,7 +181,7 @@ async fn copy_across(
 }
 
 /// Checks `[offset, offset + length)` against a buffer of `size` bytes.
-pub fn check_range(what: &'static str, offset: u64, length: u64, size: u64) -> Result<()> {
+pub(crate) fn check_range(what: &'static str, offset: u64, length: u64, size: u64) -> Result<()> {
     if length == 0 {
         return Err(Error::Zero { what: "length" });
     }
@@ -217,8 +196,8 @@ pub fn check_range(what: &'static str, offset: u64, length: u64, size: u64) -> R
     }
 }
 
-fn check_transfer(svc: &Service, length: u64) -> Result<()> {
-    let limit = svc.d.config.limits.max_transfer_size;
+fn check_transfer(d: &Daemon, length: u64) -> Result<()> {
+    let limit = d.config.limits.max_transfer_size;
     if length > limit {
         return Err(Error::TooLarge {
             what: "transfer length",
@@ -229,14 +208,14 @@ fn check_transfer(svc: &Service, length: u64) -> Result<()> {
     Ok(())
 }
 
-fn buffer(svc: &Service, caller: &Caller, id: &str) -> Result<(Arc<Resource>, Arc<SharedBuffer>)> {
-    svc.d.buffer(id, caller)
+fn buffer(d: &Daemon, caller: &Caller, id: &str) -> Result<(Arc<Resource>, Arc<SharedBuffer>)> {
+    d.buffer(id, caller)
 }
 
 /// Where a Write's or WriteImage's bytes come from: the request's `data` or a host buffer range
 /// (never both), `length` bytes either way (`None`: whatever `data` holds, for Write).
 fn write_source(
-    svc: &Service,
+    d: &Daemon,
     caller: &Caller,
     data: Vec<u8>,
     from_host: Option<v1::HostRange>,
@@ -248,7 +227,7 @@ fn write_source(
                     "a write got both data and from_host: send one of them",
                 ));
             }
-            let (_, host) = svc.d.host_buffer(&h.host_buffer_id, caller)?;
+            let (_, host) = d.host_buffer(&h.host_buffer_id, caller)?;
             check_range("host buffer", h.offset, h.length, host.size())?;
             Ok(Source::Host {
                 host,
@@ -257,7 +236,7 @@ fn write_source(
             })
         }
         None => {
-            check_transfer(svc, data.len() as u64)?;
+            check_transfer(d, data.len() as u64)?;
             Ok(Source::Bytes(data))
         }
     }
@@ -266,7 +245,7 @@ fn write_source(
 /// Where a Read or ReadImage of `length` bytes goes: a host buffer range (whose length must be
 /// 0 or `length`), or the reply.
 fn read_target(
-    svc: &Service,
+    d: &Daemon,
     caller: &Caller,
     length: u64,
     to_host: Option<v1::HostRange>,
@@ -278,30 +257,30 @@ fn read_target(
                     "a read's to_host.length must be 0 or the length read",
                 ));
             }
-            let (_, host) = svc.d.host_buffer(&h.host_buffer_id, caller)?;
+            let (_, host) = d.host_buffer(&h.host_buffer_id, caller)?;
             check_range("host buffer", h.offset, length, host.size())?;
             Ok(Some((host, h.offset)))
         }
         None => {
-            check_transfer(svc, length)?;
+            check_transfer(d, length)?;
             Ok(None)
         }
     }
 }
 
 /// Write.
-pub async fn write(
-    svc: &Service,
+pub(crate) async fn write(
+    d: &Daemon,
     caller: &Caller,
-    cap: Duration,
+    deadline: Option<Duration>,
     r: v1::WriteRequest,
 ) -> Result<()> {
-    let (res, dst) = buffer(svc, caller, &r.buffer_id)?;
-    let src = write_source(svc, caller, r.data, r.from_host)?;
+    let (res, dst) = buffer(d, caller, &r.buffer_id)?;
+    let src = write_source(d, caller, r.data, r.from_host)?;
     check_range("buffer", r.offset, src.len(), dst.size())?;
-    let seq = resolve(svc, caller, cap, r.sync)?;
+    let seq = resolve(d, caller, deadline, r.sync)?;
     sequenced(
-        svc,
+        d,
         seq,
         res.device,
         Op::Write {
@@ -315,18 +294,18 @@ pub async fn write(
 }
 
 /// Read.
-pub async fn read(
-    svc: &Service,
+pub(crate) async fn read(
+    d: &Daemon,
     caller: &Caller,
-    cap: Duration,
+    deadline: Option<Duration>,
     r: v1::ReadRequest,
 ) -> Result<Vec<u8>> {
-    let (res, src) = buffer(svc, caller, &r.buffer_id)?;
-    let into = read_target(svc, caller, r.length, r.to_host)?;
+    let (res, src) = buffer(d, caller, &r.buffer_id)?;
+    let into = read_target(d, caller, r.length, r.to_host)?;
     check_range("buffer", r.offset, r.length, src.size())?;
-    let seq = resolve(svc, caller, cap, r.sync)?;
+    let seq = resolve(d, caller, deadline, r.sync)?;
     sequenced(
-        svc,
+        d,
         seq,
         res.device,
         Op::Read {
@@ -340,15 +319,15 @@ pub async fn read(
 }
 
 /// WriteImage.
-pub async fn write_image(
-    svc: &Service,
+pub(crate) async fn write_image(
+    d: &Daemon,
     caller: &Caller,
-    cap: Duration,
+    deadline: Option<Duration>,
     r: v1::WriteImageRequest,
 ) -> Result<()> {
-    let (res, dst) = svc.d.image(&r.image_id, caller)?;
-    let region = image::region(dst.desc(), r.region.as_ref())?;
-    let src = write_source(svc, caller, r.data, r.from_host)?;
+    let (res, dst) = d.image(&r.image_id, caller)?;
+    let region = requests::region(dst.desc(), r.region.as_ref())?;
+    let src = write_source(d, caller, r.data, r.from_host)?;
     let expected = region.size(dst.desc().format);
     if src.len() != expected {
         return Err(Error::BadImage(format!(
@@ -361,34 +340,34 @@ pub async fn write_image(
             src.len()
         )));
     }
-    let seq = resolve(svc, caller, cap, r.sync)?;
-    sequenced(svc, seq, res.device, Op::WriteImage { dst, region, src })
+    let seq = resolve(d, caller, deadline, r.sync)?;
+    sequenced(d, seq, res.device, Op::WriteImage { dst, region, src })
         .await
         .map(drop)
 }
 
 /// ReadImage.
-pub async fn read_image(
-    svc: &Service,
+pub(crate) async fn read_image(
+    d: &Daemon,
     caller: &Caller,
-    cap: Duration,
+    deadline: Option<Duration>,
     r: v1::ReadImageRequest,
 ) -> Result<Vec<u8>> {
-    let (res, src) = svc.d.image(&r.image_id, caller)?;
-    let region = image::region(src.desc(), r.region.as_ref())?;
-    let into = read_target(svc, caller, region.size(src.desc().format), r.to_host)?;
-    let seq = resolve(svc, caller, cap, r.sync)?;
-    sequenced(svc, seq, res.device, Op::ReadImage { src, region, into }).await
+    let (res, src) = d.image(&r.image_id, caller)?;
+    let region = requests::region(src.desc(), r.region.as_ref())?;
+    let into = read_target(d, caller, region.size(src.desc().format), r.to_host)?;
+    let seq = resolve(d, caller, deadline, r.sync)?;
+    sequenced(d, seq, res.device, Op::ReadImage { src, region, into }).await
 }
 
 /// ClearImage.
-pub async fn clear_image(
-    svc: &Service,
+pub(crate) async fn clear_image(
+    d: &Daemon,
     caller: &Caller,
-    cap: Duration,
+    deadline: Option<Duration>,
     r: v1::ClearImageRequest,
 ) -> Result<()> {
-    let (res, dst) = svc.d.image(&r.image_id, caller)?;
+    let (res, dst) = d.image(&r.image_id, caller)?;
     let desc = *dst.desc();
     let span = |what: &str, base: u32, n: u32, total: u32| -> Result<u32> {
         let n = if n == 0 {
@@ -406,10 +385,10 @@ pub async fn clear_image(
     };
     let levels = span("levels", r.base_level, r.levels, desc.mip_levels)?;
     let layers = span("layers", r.base_layer, r.layers, desc.array_layers)?;
-    let color = image::clear_color(&desc, &r.float_color, &r.uint_color)?;
-    let seq = resolve(svc, caller, cap, r.sync)?;
+    let color = requests::clear_color(&desc, &r.float_color, &r.uint_color)?;
+    let seq = resolve(d, caller, deadline, r.sync)?;
     sequenced(
-        svc,
+        d,
         seq,
         res.device,
         Op::ClearImage {
@@ -427,37 +406,41 @@ pub async fn clear_image(
 
 /// GenerateMips. What the device cannot do for the format is refused before the wait points
 /// are awaited.
-pub async fn generate_mips(
-    svc: &Service,
+pub(crate) async fn generate_mips(
+    d: &Daemon,
     caller: &Caller,
-    cap: Duration,
+    deadline: Option<Duration>,
     r: v1::GenerateMipsRequest,
 ) -> Result<()> {
-    let (res, image) = svc.d.image(&r.image_id, caller)?;
-    let range = image::mip_range(image.desc(), &r)?;
-    svc.d
-        .device(res.device)?
+    let (res, image) = d.image(&r.image_id, caller)?;
+    let range = requests::mip_range(image.desc(), &r)?;
+    d.device(res.device)?
         .device
         .mip_filter(image.desc().format)
         .map_err(Error::gpu("generating mips"))?;
-    let seq = resolve(svc, caller, cap, r.sync)?;
-    sequenced(svc, seq, res.device, Op::GenerateMips { image, range })
+    let seq = resolve(d, caller, deadline, r.sync)?;
+    sequenced(d, seq, res.device, Op::GenerateMips { image, range })
         .await
         .map(drop)
 }
 
 /// Fill.
-pub async fn fill(svc: &Service, caller: &Caller, cap: Duration, r: v1::FillRequest) -> Result<()> {
-    let (res, dst) = buffer(svc, caller, &r.buffer_id)?;
+pub(crate) async fn fill(
+    d: &Daemon,
+    caller: &Caller,
+    deadline: Option<Duration>,
+    r: v1::FillRequest,
+) -> Result<()> {
+    let (res, dst) = buffer(d, caller, &r.buffer_id)?;
     for (what, value) in [("offset", r.offset), ("length", r.length)] {
         if value % 4 != 0 {
             return Err(Error::Misaligned { what, value });
         }
     }
     check_range("buffer", r.offset, r.length, dst.size())?;
-    let seq = resolve(svc, caller, cap, r.sync)?;
+    let seq = resolve(d, caller, deadline, r.sync)?;
     sequenced(
-        svc,
+        d,
         seq,
         res.device,
         Op::Fill {
@@ -472,9 +455,14 @@ pub async fn fill(svc: &Service, caller: &Caller, cap: Duration, r: v1::FillRequ
 }
 
 /// Copy.
-pub async fn copy(svc: &Service, caller: &Caller, cap: Duration, r: v1::CopyRequest) -> Result<()> {
-    let (src_res, src) = buffer(svc, caller, &r.src_buffer_id)?;
-    let (dst_res, dst) = buffer(svc, caller, &r.dst_buffer_id)?;
+pub(crate) async fn copy(
+    d: &Daemon,
+    caller: &Caller,
+    deadline: Option<Duration>,
+    r: v1::CopyRequest,
+) -> Result<()> {
+    let (src_res, src) = buffer(d, caller, &r.src_buffer_id)?;
+    let (dst_res, dst) = buffer(d, caller, &r.dst_buffer_id)?;
     check_range("source", r.src_offset, r.length, src.size())?;
     check_range("destination", r.dst_offset, r.length, dst.size())?;
     let seq_across = src_res.device != dst_res.device;
@@ -484,20 +472,20 @@ pub async fn copy(svc: &Service, caller: &Caller, cap: Duration, r: v1::CopyRequ
             return Err(Error::Overlap(src_res.id.clone()));
         }
     }
-    let seq = resolve(svc, caller, cap, r.sync)?;
+    let seq = resolve(d, caller, deadline, r.sync)?;
     if seq_across {
         let work = |_: &mut Sequenced| {
             Ok(copy_across(
-                svc,
+                d,
                 (src_res.device, src, r.src_offset),
                 (dst_res.device, dst, r.dst_offset),
                 r.length,
             ))
         };
-        return sequenced_work(svc, seq, work).await.map(drop);
+        return sequenced_work(d, seq, work).await.map(drop);
     }
     sequenced(
-        svc,
+        d,
         seq,
         dst_res.device,
         Op::Copy {
