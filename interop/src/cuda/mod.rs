@@ -15,6 +15,7 @@ mod device;
 mod error;
 mod external_memory;
 mod external_semaphore;
+#[cfg(feature = "test-kernels")]
 pub mod kernels;
 mod loader;
 mod matching;
