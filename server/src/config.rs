@@ -9,7 +9,7 @@
 //! | socket mode | — | — | `socket_mode` | `0o660` |
 //! | executor | — | — | `executor` | `auto` (CUDA when present and matched, else Vulkan) |
 //! | strict device matching | — | — | `strict_device_match` | `false` |
-//! | driver waits | — | — | `driver_waits` | `true` (see `waiter.rs`) |
+//! | driver waits | — | — | `driver_waits` | `true` (see `waits/`) |
 //! | limits | — | — | `[limits]` | see [`Limits`] |
 //! | quotas | — | — | `[quotas]` | see [`Quotas`] |
 //! | admin group | — | — | `admin_gid` | unset (no admin) |

@@ -111,7 +111,7 @@ fn usize_len(len: u64) -> std::result::Result<usize, cuda::Error> {
     })
 }
 
-/// A host range the caller should have checked (ops.rs does): reported, not trusted.
+/// A host range the caller should have checked (`daemon/ops.rs` does): reported, not trusted.
 fn host_range_error(offset: u64, length: u64) -> CudaViewError {
     CudaViewError::Cuda(cuda::Error::InvalidValue {
         what: "host buffer range",
@@ -188,7 +188,7 @@ fn enqueue(
     op: Op,
 ) -> std::result::Result<After, CudaViewError> {
     let stream = device.stream();
-    // Ranges were validated against the buffers' sizes by the caller (ops.rs); the pointers
+    // Ranges were validated against the buffers' sizes by the caller (`daemon/ops.rs`); the pointers
     // below are the buffers' whole mappings plus in-range offsets.
     match op {
         Op::Write {

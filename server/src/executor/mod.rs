@@ -4,7 +4,7 @@
 //! Configuration chooses (`executor`). Mip generation is a Vulkan blit chain on both: the CUDA
 //! executor runs it on its own thread, in order with its stream (see `cuda.rs`).
 //!
-//! Sequencing starts in the caller (`ops.rs`): wait points are awaited on the host through the
+//! Sequencing starts in the caller (`daemon/ops.rs`): wait points are awaited on the host through the
 //! wait service *before* an operation is handed to an executor, so a client that never signals
 //! a wait point never stalls the daemon's stream or queue for everybody else; it only holds its
 //! own call, bounded by its timeout. The CUDA executor then also waits for the reached points
@@ -322,7 +322,7 @@ pub(crate) type OpFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>
 
 /// Semaphore points an operation waits for and signals on its device's stream, in order with
 /// its work (Falcor's `waitForCuda` / `waitForFalcor`). The wait points were already reached on
-/// the host (`ops.rs` gates them there, so an unsignaled point never stalls the stream that
+/// the host (`daemon/ops.rs` gates them there, so an unsignaled point never stalls the stream that
 /// every client shares): waiting for them again on the stream orders the operation after the
 /// producer's GPU work. The signals were reserved (`Semaphore::reserve`).
 #[derive(Debug, Default)]
