@@ -1,5 +1,5 @@
 //! `gpushared`'s process: command line, logging, signals, systemd glue (socket activation,
-//! readiness, watchdog, journald), then the server ([`crate::server`]). The binary's `main` is
+//! readiness, watchdog, journald), then the server (`server.rs`). The binary's `main` is
 //! one call to [`main`].
 
 use std::path::PathBuf;
@@ -48,7 +48,7 @@ struct Args {
 }
 
 /// Runs the daemon as the process: parses the command line, serves until SIGTERM or SIGINT,
-/// and returns the exit status (see [`Args`]).
+/// and returns the exit status (see `--help`).
 pub fn main() -> ExitCode {
     let args = Args::parse();
     // First, before anything opens a file or starts a thread: the passed sockets sit at

@@ -10,8 +10,17 @@
 //! stream, not its length.
 //!
 //! The figures are gathered at scrape time from the daemon's own state; the [`MetricsLayer`]
-//! around the gRPC router records per-method calls. The HTTP side is a deliberately small HTTP/1.1
-//! responder: one request per connection, bounded in size and time.
+//! around the gRPC router records per-method calls. HTTP is hyper's HTTP/1.1 server (already
+//! the gRPC server's), one request per connection, bounded in size and time.
+//!
+//! Why not `metrics` + `metrics-exporter-prometheus`: the exporter's HTTP listener binds TCP
+//! addresses only, and the default (and recommended) endpoint is a Unix socket with the
+//! daemon's socket mode; its recorder model records values as they happen, while almost every
+//! figure here is read from the daemon's state when scraped (live resources, usage per uid,
+//! pending waits, quota refusals), which would mean mirroring that state into a second
+//! registry; and it would add a dozen crates to build for the text format's few rules
+//! (`# HELP`, `# TYPE`, escaped label values, histogram buckets), which [`escape`], [`gauge`] and
+//! [`labeled`] follow and the tests check.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::http;
 
@@ -503,10 +512,7 @@ impl Endpoint {
     }
 }
 
-/// Longest request head accepted.
-const MAX_REQUEST: usize = 8192;
-
-/// How long a scraper has to send its request.
+/// How long a scraper has to send its request head.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Scrapes served at once; more wait in the listen backlog.
@@ -535,7 +541,7 @@ pub(crate) async fn serve(
             Ok(conn) => {
                 let render = render.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = respond(conn, &*render).await {
+                    if let Err(e) = respond(conn, render).await {
                         tracing::debug!(error = %e, "metrics connection failed");
                     }
                     drop(permit);
@@ -559,72 +565,61 @@ async fn accept(listener: &Listener) -> std::io::Result<Box<dyn Conn>> {
     })
 }
 
-async fn respond(
-    mut conn: Box<dyn Conn>,
+/// The answer to one request: `/metrics` renders, `/` says where they are, any other path is
+/// 404 and any other method 405.
+fn answer(
+    req: &http::Request<hyper::body::Incoming>,
     render: &(dyn Fn() -> String + Send + Sync),
-) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let read = async {
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            if head.len() >= MAX_REQUEST {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "request head too large",
-                ));
-            }
-            let n = conn.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok(())
-    };
-    match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e),
-        Err(_) => return Ok(()),
-    }
-    let line = head
-        .split(|&b| b == b'\n')
-        .next()
-        .map(|l| String::from_utf8_lossy(l).trim_end().to_owned())
-        .unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics") => (
-            "200 OK",
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let get = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+    let (status, content_type, body) = match (get, req.uri().path()) {
+        (true, "/metrics") => (
+            http::StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             render(),
         ),
-        ("GET" | "HEAD", "/") => (
-            "200 OK",
+        (true, "/") => (
+            http::StatusCode::OK,
             "text/plain; charset=utf-8",
             "gpushared metrics: GET /metrics\n".to_owned(),
         ),
-        ("GET" | "HEAD", _) => (
-            "404 Not Found",
+        (true, _) => (
+            http::StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
             "not found\n".to_owned(),
         ),
-        _ => (
-            "405 Method Not Allowed",
+        (false, _) => (
+            http::StatusCode::METHOD_NOT_ALLOWED,
             "text/plain; charset=utf-8",
             "only GET\n".to_owned(),
         ),
     };
-    let mut reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if method != "HEAD" {
-        reply.push_str(&body);
+    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
-    conn.write_all(reply.as_bytes()).await?;
-    conn.shutdown().await
+    response
+}
+
+/// Serves one connection with hyper's HTTP/1.1 server: one request (no keep-alive: a scrape
+/// is one request every few seconds), its head within [`REQUEST_TIMEOUT`] and hyper's buffer
+/// limit, HEAD answered without a body.
+async fn respond(
+    conn: Box<dyn Conn>,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+) -> std::result::Result<(), hyper::Error> {
+    let service = hyper::service::service_fn(move |req| {
+        let response = answer(&req, &*render);
+        async move { Ok::<_, std::convert::Infallible>(response) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .title_case_headers(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(REQUEST_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
+        .await
 }
 
 #[cfg(test)]
@@ -677,5 +672,42 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    /// One request per connection, answered by hyper: the metrics, 404 and 405, HEAD without
+    /// a body, title-case headers, the connection closed after the answer.
+    #[tokio::test]
+    async fn requests_get_their_answers_and_the_connection_closes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(|| "gpushare_up 1\n".into());
+        for (request, status, body) in [
+            (
+                "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+                "200 OK",
+                "gpushare_up 1\n",
+            ),
+            ("HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "200 OK", ""),
+            (
+                "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+                "404 Not Found",
+                "not found\n",
+            ),
+            (
+                "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+                "405 Method Not Allowed",
+                "only GET\n",
+            ),
+        ] {
+            let (mut client, server) = tokio::net::UnixStream::pair().unwrap();
+            let served = tokio::spawn(respond(Box::new(server), render.clone()));
+            client.write_all(request.as_bytes()).await.unwrap();
+            let mut reply = String::new();
+            client.read_to_string(&mut reply).await.unwrap();
+            served.await.unwrap().unwrap();
+            let (head, got) = reply.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{head}");
+            assert!(head.contains("Content-Type: text/plain"), "{head}");
+            assert_eq!(got, body, "{request:?}");
+        }
     }
 }

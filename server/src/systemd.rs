@@ -7,6 +7,22 @@
 //! exists), and removes the variables it consumed, so that nothing the daemon starts inherits
 //! them. Outside systemd every piece is inert: no sockets are passed, notifications go nowhere,
 //! logs keep their usual format.
+//!
+//! Why not the `sd-notify` crate (0.5): its `notify` reads `NOTIFY_SOCKET` from the environment
+//! at every call, so the variable would have to stay set for the process's whole life (and be
+//! inherited), and it connects the path as given, so an abstract socket (`@name`, which
+//! container managers use) is unreachable; its `listen_fds_with_names` yields descriptor
+//! numbers and names but checks neither that a socket is a listening Unix socket of the type
+//! its role needs nor that both roles are present, which is most of [`take_listen_fds`]; and
+//! reading the variables through it would leave [`parse_listen_env`] and [`watchdog_interval`]
+//! untestable (they are pure functions here, with unit tests). When restart survival needs the
+//! fd store (`FDSTORE=1` with the descriptors as `SCM_RIGHTS`), [`Notifier`] sends it over the
+//! socket it already holds, with `gpushare_proto::fdpass`.
+//!
+//! Why not `tracing-journald`: it writes to journald's native socket
+//! (`/run/systemd/journal/socket`), which test machines and many containers lack; a service's
+//! stderr is the journal stream systemd already connects, and its documented line protocol
+//! (`<N>` syslog priority prefixes, [`JournalFormat`]) is what the service test checks.
 
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
