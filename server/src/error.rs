@@ -336,5 +336,13 @@ impl From<Error> for tonic::Status {
     }
 }
 
+/// TOO_LARGE (INVALID_ARGUMENT) when `value` of `what` exceeds `limit`.
+pub(crate) fn at_most(what: &'static str, value: u64, limit: u64) -> Result<()> {
+    if value > limit {
+        return Err(Error::TooLarge { what, value, limit });
+    }
+    Ok(())
+}
+
 /// Result of a request handler.
 pub(crate) type Result<T> = std::result::Result<T, Error>;

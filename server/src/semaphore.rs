@@ -152,9 +152,21 @@ impl Semaphore {
     /// before its work).
     pub(crate) fn check_signal(&self, value: u64) -> Result<()> {
         let state = self.lock();
-        if let Some(why) = state.ended {
-            return Err(self.ended_error(why));
+        self.refuse_ended(&state)?;
+        self.refuse_not_increasing(value)
+    }
+
+    /// The error for a signal once the semaphore ended; called with the state locked.
+    fn refuse_ended(&self, state: &SignalState) -> Result<()> {
+        match state.ended {
+            Some(why) => Err(self.ended_error(why)),
+            None => Ok(()),
         }
+    }
+
+    /// The error for a signal of `value` unless it exceeds the current value; called with the
+    /// state locked.
+    fn refuse_not_increasing(&self, value: u64) -> Result<()> {
         let current = self.value()?;
         if value <= current {
             return Err(Error::NotIncreasing {
@@ -173,23 +185,14 @@ impl Semaphore {
     pub(crate) fn signal(&self, value: u64) -> Result<u64> {
         {
             let state = self.lock();
-            if let Some(why) = state.ended {
-                return Err(self.ended_error(why));
-            }
+            self.refuse_ended(&state)?;
             if state.pending > 0 {
                 return Err(Error::SignalPending {
                     id: ids::shown(&self.id),
                     value: state.pending_max,
                 });
             }
-            let current = self.value()?;
-            if value <= current {
-                return Err(Error::NotIncreasing {
-                    id: ids::shown(&self.id),
-                    current,
-                    requested: value,
-                });
-            }
+            self.refuse_not_increasing(value)?;
             self.timeline
                 .signal(value)
                 .map_err(Error::gpu("signaling a semaphore"))?;
@@ -210,9 +213,7 @@ impl Semaphore {
         for (sem, value) in points {
             {
                 let mut state = sem.lock();
-                if let Some(why) = state.ended {
-                    return Err(sem.ended_error(why));
-                }
+                sem.refuse_ended(&state)?;
                 let floor = sem.value()?.max(state.pending_max);
                 if value <= floor {
                     return Err(Error::NotIncreasing {

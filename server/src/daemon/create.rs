@@ -15,7 +15,7 @@ use super::Daemon;
 use crate::access::Caller;
 use crate::buffer::{SharedBuffer, BUFFER_PREFIX};
 use crate::devices::DeviceSlot;
-use crate::error::{Error, Result};
+use crate::error::{at_most, Error, Result};
 use crate::executor::Op;
 use crate::host_buffer::{HostBuffer, HOST_BUFFER_PREFIX};
 use crate::ids;
@@ -92,13 +92,7 @@ impl Daemon {
         if size == 0 {
             return Err(Error::Zero { what: "size" });
         }
-        if size > self.max_buffer_size {
-            return Err(Error::TooLarge {
-                what: "size",
-                value: size,
-                limit: self.max_buffer_size,
-            });
-        }
+        at_most("size", size, self.max_buffer_size)?;
         let b = slot
             .device
             .create_exportable_buffer(size)
@@ -146,13 +140,7 @@ impl Daemon {
         // The tightly packed size bounds the allocation's from below: refuse the absurd before
         // asking the driver (the allocation size itself is checked after).
         let limit = self.max_buffer_size;
-        if desc.total_size() > limit {
-            return Err(Error::TooLarge {
-                what: "image size",
-                value: desc.total_size(),
-                limit,
-            });
-        }
+        at_most("image size", desc.total_size(), limit)?;
         let estimate = Usage {
             buffers: 1,
             buffer_bytes: desc.total_size(),
@@ -163,13 +151,7 @@ impl Daemon {
             .device
             .create_exportable_image(desc, usage)
             .map_err(Error::gpu("creating an image"))?;
-        if image.allocation_size() > limit {
-            return Err(Error::TooLarge {
-                what: "image allocation size",
-                value: image.allocation_size(),
-                limit,
-            });
-        }
+        at_most("image allocation size", image.allocation_size(), limit)?;
         blocking(|| slot.prepare_image(&image)).map_err(Error::gpu("preparing a new image"))?;
         let object = Object::Image(Arc::new(SharedImage::new(image)));
         self.register(caller, at, ids::new_id(IMAGE_PREFIX), object)
@@ -192,14 +174,11 @@ impl Daemon {
         if size == 0 {
             return Err(Error::Zero { what: "size" });
         }
-        let limit = self.config.limits.max_host_buffer_size;
-        if size > limit {
-            return Err(Error::TooLarge {
-                what: "host buffer size",
-                value: size,
-                limit,
-            });
-        }
+        at_most(
+            "host buffer size",
+            size,
+            self.config.limits.max_host_buffer_size,
+        )?;
         self.registry
             .admit(caller.uid(), caller.session.as_deref(), &estimate)?;
         let started = Instant::now();

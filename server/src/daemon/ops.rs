@@ -18,7 +18,7 @@ use super::wait::{Asked, WaitPoint};
 use super::Daemon;
 use crate::access::Caller;
 use crate::buffer::SharedBuffer;
-use crate::error::{Error, Result};
+use crate::error::{at_most, Error, Result};
 use crate::executor::{chunks, DeviceSync, Op, Source};
 use crate::host_buffer::HostBuffer;
 use crate::requests;
@@ -197,15 +197,7 @@ pub(crate) fn check_range(what: &'static str, offset: u64, length: u64, size: u6
 }
 
 fn check_transfer(d: &Daemon, length: u64) -> Result<()> {
-    let limit = d.config.limits.max_transfer_size;
-    if length > limit {
-        return Err(Error::TooLarge {
-            what: "transfer length",
-            value: length,
-            limit,
-        });
-    }
-    Ok(())
+    at_most("transfer length", length, d.config.limits.max_transfer_size)
 }
 
 fn buffer(d: &Daemon, caller: &Caller, id: &str) -> Result<(Arc<Resource>, Arc<SharedBuffer>)> {
