@@ -325,9 +325,14 @@ async fn vulkan_writes_every_level_and_cuda_textures_sample_them() {
                         channel_value(spec.desc.format, &bytes[t * texel..(t + 1) * texel], ch);
                     let err = (got - want).abs();
                     worst = worst.max(err);
-                    // The texture unit decodes sRGB in hardware: within a quarter of an 8-bit
-                    // step (no decode at all would be off by up to 0.2).
-                    let tolerance = if info.srgb && ch < 3 { 1e-3 } else { 1e-6 };
+                    // The texture unit decodes sRGB in hardware, to 8-bit precision: the H100
+                    // returned 126/256 for 0.49102 (2026-12-07). Within one 8-bit step, then;
+                    // no decode at all would be off by up to 0.2.
+                    let tolerance = if info.srgb && ch < 3 {
+                        1.0 / 256.0
+                    } else {
+                        1e-6
+                    };
                     assert!(
                         err <= tolerance,
                         "{} level {level} texel {t} channel {ch}: sampled {got}, wrote {want}",
