@@ -87,6 +87,11 @@ impl Client {
         })
     }
 
+    /// The daemon's runtime directory (where its sockets are).
+    pub fn runtime_dir(&self) -> &Path {
+        self.fd.path().parent().unwrap_or(Path::new("/"))
+    }
+
     /// Connects and opens a client session named `client_name` (shown in introspection). Must be
     /// called inside a tokio runtime: a task holds the session stream.
     pub async fn connect_with_session(

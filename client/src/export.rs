@@ -68,6 +68,11 @@ impl FdChannel {
         }
     }
 
+    /// The socket's path.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// Exports the caller's own resource `id` directly (one round trip, no ticket).
     pub(crate) async fn export(&self, id: &str) -> Result<Exported> {
         self.request(v1::fd_request::Request::Export(id.to_owned()))
@@ -132,7 +137,9 @@ fn parse_reply(received: Received) -> Result<Exported> {
             code: tonic::Code::from_i32(e.code),
             message: e.message,
         }),
-        Some(v1::fd_reply::Reply::Waited(_)) => Err(Error::MissingField("FdReply.exported")),
+        Some(v1::fd_reply::Reply::Waited(_) | v1::fd_reply::Reply::Stream(_)) => {
+            Err(Error::MissingField("FdReply.exported"))
+        }
         None => Err(Error::MissingField("FdReply.reply")),
     }
 }

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use gpushare_proto::fdpass::{self, FdPassError, Received};
+pub(crate) use gpushare_proto::fdpass::Received;
+use gpushare_proto::fdpass::{self, FdPassError};
 use gpushare_proto::{v1, FD_SOCKET};
 use prost::Message;
 
@@ -66,6 +67,16 @@ impl HostWaiter {
             })),
         }
         .encode_to_vec();
+        parse_waited(self.call(&request, timeout, spin)?)
+    }
+
+    /// Sends one request and returns its reply, on the kept connection (or a new one).
+    pub(crate) fn call(
+        &self,
+        request: &[u8],
+        timeout: Duration,
+        spin: Duration,
+    ) -> Result<Received> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let socket = match conn.take() {
             Some(s) => s,
@@ -74,18 +85,18 @@ impl HostWaiter {
         // A kept connection the daemon closed meanwhile (its idle timeout) fails at the send
         // or with a hang-up before any reply: the request was never read, so it is sent again
         // once on a new connection.
-        let (socket, received) = match exchange(&socket, &request, timeout, spin) {
+        let (socket, received) = match exchange(&socket, request, timeout, spin) {
             Err(Error::FdSocket(e)) if is_stale(&e) => {
                 drop(socket);
                 let fresh = connect(&self.path)?;
-                let r = exchange(&fresh, &request, timeout, spin)?;
+                let r = exchange(&fresh, request, timeout, spin)?;
                 (fresh, r)
             }
             other => (socket, other?),
         };
         // Only a connection whose exchange completed is kept: its replies are in step.
         *conn = Some(socket);
-        parse_waited(received)
+        Ok(received)
     }
 }
 
@@ -138,7 +149,9 @@ fn parse_waited(received: Received) -> Result<u64> {
             code: tonic::Code::from_i32(e.code),
             message: e.message,
         }),
-        Some(v1::fd_reply::Reply::Exported(_)) => Err(Error::MissingField("FdReply.waited")),
+        Some(v1::fd_reply::Reply::Exported(_) | v1::fd_reply::Reply::Stream(_)) => {
+            Err(Error::MissingField("FdReply.waited"))
+        }
         None => Err(Error::MissingField("FdReply.reply")),
     }
 }

@@ -195,19 +195,11 @@ pub struct Image {
 impl Client {
     /// Allocates an exportable image (see `CreateImage` in the proto for what is refused).
     pub async fn create_image(&self, spec: &ImageSpec, opts: &CreateOptions) -> Result<Image> {
-        let d = &spec.desc;
         let request = v1::CreateImageRequest {
-            format: d.format.code() as i32,
-            kind: kind_msg(d.kind),
-            width: d.width,
-            height: d.height,
-            depth: d.depth,
-            mip_levels: d.mip_levels,
-            array_layers: d.array_layers,
-            usage: spec.usage,
             device: opts.device,
             name: opts.name.clone(),
             pin: opts.pin,
+            ..create_request(spec)
         };
         let resource = self
             .grpc()
@@ -429,6 +421,22 @@ pub enum ClearValue {
     Float([f32; 4]),
     /// For uint formats.
     Uint([u32; 4]),
+}
+
+/// The CreateImage fields of `spec` (device, name and pin left unset).
+pub(crate) fn create_request(spec: &ImageSpec) -> v1::CreateImageRequest {
+    let d = &spec.desc;
+    v1::CreateImageRequest {
+        format: d.format.code() as i32,
+        kind: kind_msg(d.kind),
+        width: d.width,
+        height: d.height,
+        depth: d.depth,
+        mip_levels: d.mip_levels,
+        array_layers: d.array_layers,
+        usage: spec.usage,
+        ..v1::CreateImageRequest::default()
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ mod host_wait;
 mod image;
 pub mod import;
 mod semaphore;
+mod stream;
 mod sync;
 
 use std::path::PathBuf;
@@ -43,6 +44,7 @@ pub use host::HostBuffer;
 pub use host_wait::HostWaiter;
 pub use image::{image_desc, ClearValue, Image, ImageSpec};
 pub use semaphore::{Semaphore, Watch};
+pub use stream::{Consumer, FrameMetadata, Producer, SlotKind, StreamOptions};
 pub use sync::Sync;
 
 /// Environment variable naming the daemon's runtime directory.

@@ -13,6 +13,7 @@ pub fn kind_name(kind: i32) -> String {
         Ok(v1::ResourceKind::Semaphore) => "semaphore".into(),
         Ok(v1::ResourceKind::HostBuffer) => "host_buffer".into(),
         Ok(v1::ResourceKind::Image) => "image".into(),
+        Ok(v1::ResourceKind::Stream) => "stream".into(),
         Ok(v1::ResourceKind::Unspecified) => "unspecified".into(),
         Err(_) => format!("unknown({kind})"),
     }
@@ -547,6 +548,7 @@ mod tests {
             })),
             granted_uids: vec![1001],
             granted_gids: Vec::new(),
+            stream_id: String::new(),
         }
     }
 

@@ -136,6 +136,36 @@ pub(crate) enum Error {
     /// and the daemon signaled it to its poison value so that no waiter hangs.
     #[error("semaphore {0} was abandoned: the session that signals it ended, and it was signaled to its poison value")]
     Abandoned(String),
+    /// A frame-stream call that is valid but not in the stream's current state.
+    #[error("stream {id}: {why}")]
+    StreamState {
+        /// The stream.
+        id: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A frame-stream call on a stream that ended (its producer left), or by a consumer that
+    /// was detached.
+    #[error("stream {id} ended: {why}")]
+    StreamEnded {
+        /// The stream.
+        id: String,
+        /// Why it ended.
+        why: String,
+    },
+    /// A frame-stream acquire that ran out of time.
+    #[error("stream {id}: no {what} within {timeout_ms} ms")]
+    StreamTimeout {
+        /// The stream.
+        id: String,
+        /// A free slot or a frame.
+        what: &'static str,
+        /// The time allowed.
+        timeout_ms: u64,
+    },
+    /// A stream request with an invalid field.
+    #[error("{0}")]
+    BadStream(String),
     /// The daemon is shutting down.
     #[error("the daemon is shutting down")]
     ShuttingDown,
@@ -260,9 +290,11 @@ impl Error {
             | NotIncreasing { .. }
             | SignalPending { .. }
             | NotExportable(_)
-            | NoReference(_) => Code::FailedPrecondition,
-            WaitTimeout { .. } | TicketExpired => Code::DeadlineExceeded,
-            SemaphoreFreed(_) | Abandoned(_) => Code::Aborted,
+            | NoReference(_)
+            | StreamState { .. } => Code::FailedPrecondition,
+            WaitTimeout { .. } | TicketExpired | StreamTimeout { .. } => Code::DeadlineExceeded,
+            SemaphoreFreed(_) | Abandoned(_) | StreamEnded { .. } => Code::Aborted,
+            BadStream(_) => Code::InvalidArgument,
             ShuttingDown | ExecutorGone => Code::Unavailable,
             Gpu { source, .. } => gpu_code(source),
             Host { source, .. } => host_code(source),

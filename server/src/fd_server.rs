@@ -23,11 +23,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::Caller;
 use crate::daemon::export::ExportAsk;
+use crate::daemon::stream::{AcquireAsk, Answer, Direct};
 use crate::daemon::wait::Asked;
 use crate::daemon::Daemon;
 use crate::error::{chain, Error, Result};
 use crate::peer::Peer;
+use crate::requests;
 use crate::resource::check_resource_id;
+use crate::stream::HANDLE_PREFIX;
 use crate::wire;
 
 /// Accepts connections until shutdown; each is served on its own task, tracked by `tasks`.
@@ -117,6 +120,13 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
                     Waited::Reply(reply) => (reply, None),
                     Waited::Gone => return,
                 },
+                Ok(FdRequest::Stream(call)) => {
+                    match stream_call(&d, &peer, &conn, call, &mut early).await {
+                        Waited::Answered => continue,
+                        Waited::Reply(reply) => (reply, None),
+                        Waited::Gone => return,
+                    }
+                }
                 Ok(FdRequest::Export(ask)) => match d.in_flight.admit(Some(&calls)) {
                     Err(refused) => (wire::fd_error(&refused), None),
                     Ok(guard) => {
@@ -229,6 +239,103 @@ async fn wait(
     }
 }
 
+/// Serves one frame-stream call. An acquire that parks is answered by the thread whose call
+/// decided it, on a duplicate of the socket; meanwhile the connection is watched as for a wait.
+async fn stream_call(
+    d: &Daemon,
+    peer: &Peer,
+    conn: &SeqPacket,
+    call: v1::stream_call::Call,
+    early: &mut Option<std::result::Result<Received, FdPassError>>,
+) -> Waited {
+    use v1::stream_call::Call;
+    use v1::stream_reply::Reply;
+    let refused = |e: Error| Waited::Reply(wire::fd_error(&e));
+    let caller = match caller(d, peer) {
+        Ok(c) => c,
+        Err(e) => return refused(e),
+    };
+    let answer = |r: Result<Reply>| match r {
+        Ok(reply) => Waited::Reply(wire::stream::fd_stream(reply)),
+        Err(e) => refused(e),
+    };
+    let ask = |r: &v1::AcquireRequest| AcquireAsk {
+        timeout: d.wait_timeout(Some(Duration::from_millis(r.timeout_ms.into())), None),
+        host_wait: r.host_wait,
+        spin: d.spin(r.spin_us),
+        in_flight: false,
+    };
+    let socket = match conn.as_fd().try_clone_to_owned() {
+        Ok(s) => Arc::new(s),
+        Err(source) => {
+            return refused(Error::Io {
+                op: "duplicating the fd.sock connection",
+                source,
+            })
+        }
+    };
+    // The direct reply: the deciding thread encodes and sends it.
+    fn direct<T: 'static>(socket: Arc<std::os::fd::OwnedFd>, encode: fn(&T) -> Reply) -> Direct<T> {
+        Box::new(move |r: &Result<T>| {
+            let reply = match r {
+                Ok(t) => wire::stream::fd_stream(encode(t)),
+                Err(e) => wire::fd_error(e),
+            };
+            fdpass::send(socket.as_fd(), &reply.encode_to_vec(), &[]).is_ok()
+        })
+    }
+    let pending = async {
+        match call {
+            Call::AcquireSlot(r) => {
+                let dr = direct(socket, |g| Reply::Slot(wire::stream::slot_grant(g)));
+                match d.acquire_slot(&caller, &r.handle, ask(&r), Some(dr)).await {
+                    Ok(Answer::Sent) => Waited::Answered,
+                    Ok(Answer::Reply(g)) => answer(Ok(Reply::Slot(wire::stream::slot_grant(&g)))),
+                    Err(e) => refused(e),
+                }
+            }
+            Call::AcquireFrame(r) => {
+                let dr = direct(socket, |f| Reply::Frame(wire::stream::frame(f)));
+                match d.acquire_frame(&caller, &r.handle, ask(&r), Some(dr)).await {
+                    Ok(Answer::Sent) => Waited::Answered,
+                    Ok(Answer::Reply(f)) => answer(Ok(Reply::Frame(wire::stream::frame(&f)))),
+                    Err(e) => refused(e),
+                }
+            }
+            Call::Present(r) => answer(
+                d.present(
+                    &caller,
+                    &r.handle,
+                    r.slot,
+                    r.ready_value,
+                    requests::frame_meta(r.metadata),
+                )
+                .map(|(ready_value, sequence)| {
+                    Reply::Presented(v1::Presented {
+                        ready_value,
+                        sequence,
+                    })
+                }),
+            ),
+            Call::Release(r) => answer(
+                d.release_frame(&caller, &r.handle, r.slot, r.release_value)
+                    .map(|release_value| Reply::Released(v1::Released { release_value })),
+            ),
+        }
+    };
+    tokio::pin!(pending);
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut pending => return done,
+            r = conn.recv(), if early.is_none() => match r {
+                Err(FdPassError::Closed) | Err(FdPassError::Io { .. }) => return Waited::Gone,
+                other => *early = Some(other),
+            },
+        }
+    }
+}
+
 /// A well-formed fd.sock request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FdRequest {
@@ -237,6 +344,8 @@ pub(crate) enum FdRequest {
     Export(ExportAsk),
     /// Wait for a semaphore value (the id well formed, not yet looked up).
     Wait(v1::FdWait),
+    /// A frame-stream call (its handle well formed, not yet looked up).
+    Stream(v1::stream_call::Call),
 }
 
 /// Decodes and validates one fd.sock message, before anything is looked up: every malformed
@@ -263,6 +372,24 @@ pub(crate) fn parse_request(bytes: &[u8]) -> Result<FdRequest> {
         Some(v1::fd_request::Request::Wait(w)) => {
             check_resource_id(&w.id)?;
             Ok(FdRequest::Wait(w))
+        }
+        Some(v1::fd_request::Request::Stream(call)) => {
+            use v1::stream_call::Call;
+            let handle = match &call.call {
+                Some(Call::AcquireSlot(r)) | Some(Call::AcquireFrame(r)) => &r.handle,
+                Some(Call::Present(r)) => &r.handle,
+                Some(Call::Release(r)) => &r.handle,
+                None => return Err(Error::BadFdRequest("no stream call set")),
+            };
+            if !crate::ids::is_well_formed(handle, HANDLE_PREFIX) {
+                return Err(Error::MalformedId {
+                    what: "stream handle",
+                    id: crate::ids::shown(handle),
+                });
+            }
+            call.call
+                .map(FdRequest::Stream)
+                .ok_or(Error::BadFdRequest("no stream call set"))
         }
         None => Err(Error::BadFdRequest("no request set")),
     }

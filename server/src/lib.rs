@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | 0 | error, ids, log_budget, peer, selection, config, runtime_dir, systemd | foundations: status codes, ids, settings, sockets' directory, service-manager glue |
 //! | 1 | buffer, host_buffer, image, semaphore | the shared objects and the rules of their state |
-//! | 2 | waits, executor | host waits on semaphores; GPU work on buffers and images |
+//! | 2 | waits, executor, stream | host waits on semaphores; GPU work on buffers and images; frame streams' booking |
 //! | 3 | quota, resource, usage, access, session, tickets, inflight, devices, requests | what a resource is, who may use it, what it costs; sessions, tickets, call admission; devices; request fields |
 //! | 4 | registry | the table of resources and sessions |
 //! | 5 | daemon | the daemon's state and use cases (creation, lifetime, waits, export, operations, introspection) |
@@ -40,6 +40,7 @@ mod image;
 mod semaphore;
 
 mod executor;
+mod stream;
 mod waits;
 
 mod access;

@@ -6,6 +6,9 @@
 //! Not here: domain values on the wire (`wire`); ranges of buffer operations (`daemon::ops`).
 
 use gpushare_interop::image::{ImageDesc, ImageFormat, ImageKind, ImageRegion};
+
+use crate::stream::book::{FrameMeta, Mode};
+use crate::stream::SlotSpec;
 use gpushare_interop::vulkan::{vk, ClearColor, MipRange};
 use gpushare_proto::v1;
 
@@ -194,6 +197,42 @@ pub(crate) fn open_target(t: Option<v1::open_request::Target>) -> Result<OpenTar
             name: n.name,
         }),
         None => Err(Error::BadOpen),
+    }
+}
+
+/// What every slot of a CreateStream is.
+pub(crate) fn slot_spec(r: &v1::CreateStreamRequest) -> Result<SlotSpec> {
+    match &r.slot {
+        Some(v1::create_stream_request::Slot::BufferSize(size)) => Ok(SlotSpec::Buffer(*size)),
+        Some(v1::create_stream_request::Slot::Image(i)) => {
+            let desc = image_desc(i)?;
+            let usage = image_usage(i.usage, &desc);
+            Ok(SlotSpec::Image(desc, usage))
+        }
+        None => Err(Error::BadStream(
+            "a stream names its slots: buffer_size or image".into(),
+        )),
+    }
+}
+
+/// A consumer's delivery mode.
+pub(crate) fn delivery_mode(mode: i32) -> Result<Mode> {
+    match v1::DeliveryMode::try_from(mode) {
+        Ok(v1::DeliveryMode::Fifo) => Ok(Mode::Fifo),
+        Ok(v1::DeliveryMode::Mailbox) => Ok(Mode::Mailbox),
+        _ => Err(Error::BadStream(format!(
+            "unknown or missing delivery mode {mode} (DELIVERY_MODE_FIFO or DELIVERY_MODE_MAILBOX)"
+        ))),
+    }
+}
+
+/// A frame's metadata.
+pub(crate) fn frame_meta(m: Option<v1::FrameMetadata>) -> FrameMeta {
+    let m = m.unwrap_or_default();
+    FrameMeta {
+        number: m.number,
+        timestamp_ns: m.timestamp_ns,
+        user_data: m.user_data,
     }
 }
 

@@ -20,6 +20,7 @@ use crate::host_buffer::{HostBuffer, HOST_BUFFER_PREFIX};
 use crate::ids;
 use crate::image::{SharedImage, IMAGE_PREFIX};
 use crate::semaphore::{Semaphore, SEMAPHORE_PREFIX};
+use crate::stream::{Stream, STREAM_PREFIX};
 
 /// MALFORMED_ID (INVALID_ARGUMENT) unless `id` has the shape of a resource id of some kind.
 pub(crate) fn check_resource_id(id: &str) -> Result<()> {
@@ -28,6 +29,7 @@ pub(crate) fn check_resource_id(id: &str) -> Result<()> {
         SEMAPHORE_PREFIX,
         HOST_BUFFER_PREFIX,
         IMAGE_PREFIX,
+        STREAM_PREFIX,
     ]
     .iter()
     .any(|prefix| ids::is_well_formed(id, prefix))
@@ -51,6 +53,8 @@ pub(crate) enum Object {
     HostBuffer(Arc<HostBuffer>),
     /// An exportable image.
     Image(Arc<SharedImage>),
+    /// A frame stream (its slots and timelines are resources of their own).
+    Stream(Arc<Stream>),
 }
 
 impl Object {
@@ -68,6 +72,9 @@ impl Object {
                 .vk()
                 .export_fd()
                 .map_err(Error::gpu("exporting image memory")),
+            Object::Stream(_) => Err(Error::BadStream(
+                "a stream has no descriptor of its own: export its slots and timelines".into(),
+            )),
         }
     }
 
@@ -78,6 +85,7 @@ impl Object {
             Object::Semaphore(_) => "semaphore",
             Object::HostBuffer(_) => "host buffer",
             Object::Image(_) => "image",
+            Object::Stream(_) => "stream",
         }
     }
 }

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::access::Caller;
 use crate::connections::ControlInfo;
 use crate::daemon::create::Placement;
+use crate::daemon::stream::{AcquireAsk, Answer, Attachment};
 use crate::daemon::wait::Asked;
 use crate::daemon::{ops, Daemon};
 use crate::error::{Error, Result};
@@ -48,6 +49,30 @@ impl Service {
             None => None,
         };
         self.d.caller(peer, session)
+    }
+}
+
+impl Service {
+    /// The reply of an attach call.
+    fn attached(&self, a: &Attachment) -> v1::StreamAttachment {
+        match &a.stream.resource.object {
+            crate::resource::Object::Stream(s) => wire::stream::attachment(&self.d, a, s),
+            _ => v1::StreamAttachment::default(),
+        }
+    }
+
+    /// An acquire's timeout and host wait, capped by the call's deadline.
+    fn acquire_ask(&self, req: &Request<v1::AcquireRequest>) -> AcquireAsk {
+        let r = req.get_ref();
+        AcquireAsk {
+            timeout: self.d.wait_timeout(
+                Some(Duration::from_millis(r.timeout_ms.into())),
+                deadline(req),
+            ),
+            host_wait: r.host_wait,
+            spin: self.d.spin(r.spin_us),
+            in_flight: true,
+        }
     }
 }
 
@@ -377,6 +402,123 @@ impl GpuShare for Service {
         let (caller, deadline) = (self.caller(&req)?, deadline(&req));
         ops::copy(&self.d, &caller, deadline, req.into_inner()).await?;
         ok(v1::OpResponse {})
+    }
+    async fn create_stream(
+        &self,
+        req: Request<v1::CreateStreamRequest>,
+    ) -> Reply<v1::StreamAttachment> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let spec = requests::slot_spec(&r)?;
+        let at = Placement {
+            device: r.device,
+            name: r.name,
+            pin: r.pin,
+        };
+        let a = self
+            .d
+            .create_stream(&caller, at, r.slots, spec, !r.no_producer)?;
+        ok(self.attached(&a))
+    }
+
+    async fn attach_producer(
+        &self,
+        req: Request<v1::AttachProducerRequest>,
+    ) -> Reply<v1::StreamAttachment> {
+        let caller = self.caller(&req)?;
+        let a = self.d.attach_producer(&caller, &req.get_ref().stream_id)?;
+        ok(self.attached(&a))
+    }
+
+    async fn attach_consumer(
+        &self,
+        req: Request<v1::AttachConsumerRequest>,
+    ) -> Reply<v1::StreamAttachment> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let mode = requests::delivery_mode(r.mode)?;
+        let a = self
+            .d
+            .attach_consumer(&caller, &r.stream_id, mode, r.limit)?;
+        ok(self.attached(&a))
+    }
+
+    async fn detach(&self, req: Request<v1::StreamHandle>) -> Reply<v1::StreamInfo> {
+        let caller = self.caller(&req)?;
+        let stream = self.d.detach(&caller, &req.get_ref().handle)?;
+        let (snap, stream) = self.d.stream_visible(&caller, stream.id())?;
+        ok(wire::stream::info(&self.d, &snap, &stream))
+    }
+
+    async fn acquire_slot(&self, req: Request<v1::AcquireRequest>) -> Reply<v1::SlotGrant> {
+        let caller = self.caller(&req)?;
+        let ask = self.acquire_ask(&req);
+        match self
+            .d
+            .acquire_slot(&caller, &req.get_ref().handle, ask, None)
+            .await?
+        {
+            Answer::Reply(g) => ok(wire::stream::slot_grant(&g)),
+            Answer::Sent => Err(Status::internal("answered twice")),
+        }
+    }
+
+    async fn present(&self, req: Request<v1::PresentRequest>) -> Reply<v1::Presented> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let (ready_value, sequence) = self.d.present(
+            &caller,
+            &r.handle,
+            r.slot,
+            r.ready_value,
+            requests::frame_meta(r.metadata),
+        )?;
+        ok(v1::Presented {
+            ready_value,
+            sequence,
+        })
+    }
+
+    async fn acquire_frame(&self, req: Request<v1::AcquireRequest>) -> Reply<v1::Frame> {
+        let caller = self.caller(&req)?;
+        let ask = self.acquire_ask(&req);
+        match self
+            .d
+            .acquire_frame(&caller, &req.get_ref().handle, ask, None)
+            .await?
+        {
+            Answer::Reply(f) => ok(wire::stream::frame(&f)),
+            Answer::Sent => Err(Status::internal("answered twice")),
+        }
+    }
+
+    async fn release_frame(&self, req: Request<v1::ReleaseFrameRequest>) -> Reply<v1::Released> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let release_value = self
+            .d
+            .release_frame(&caller, &r.handle, r.slot, r.release_value)?;
+        ok(v1::Released { release_value })
+    }
+
+    async fn describe_stream(&self, req: Request<v1::ResourceRef>) -> Reply<v1::StreamInfo> {
+        let caller = self.caller(&req)?;
+        let (snap, stream) = self.d.stream_visible(&caller, &req.get_ref().id)?;
+        ok(wire::stream::info(&self.d, &snap, &stream))
+    }
+
+    async fn list_streams(
+        &self,
+        req: Request<v1::ListStreamsRequest>,
+    ) -> Reply<v1::ListStreamsResponse> {
+        let caller = self.caller(&req)?;
+        let streams = self
+            .d
+            .streams(&caller)
+            .iter()
+            .map(|(snap, s)| wire::stream::info(&self.d, snap, s))
+            .collect();
+        ok(v1::ListStreamsResponse { streams })
     }
 }
 

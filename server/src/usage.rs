@@ -48,6 +48,8 @@ impl Usage {
                 buffer_bytes: i.vk().allocation_size(),
                 ..Usage::default()
             },
+            // Its slots and timelines count for themselves.
+            Object::Stream(_) => Usage::default(),
         }
     }
 

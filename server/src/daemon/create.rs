@@ -214,7 +214,7 @@ impl Daemon {
 
 /// Runs short blocking GPU work from an async caller: off the async worker where the runtime
 /// allows it (multi-threaded), in place otherwise.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(super) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),

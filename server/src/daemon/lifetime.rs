@@ -68,6 +68,7 @@ impl Daemon {
             tracing::debug!(session = %id, revoked, "unredeemed tickets of an ended session revoked");
         }
         self.session_ended(ended);
+        self.streams_session_ended(id);
     }
 
     /// What a session end left: abandons the semaphores that live on without a signaler, then
@@ -91,8 +92,12 @@ impl Daemon {
     pub(crate) fn freed(&self, freed: impl IntoIterator<Item = Arc<Resource>>) {
         for r in freed {
             tracing::debug!(id = %r.id, "resource freed");
-            if let Object::Semaphore(sem) = &r.object {
-                sem.end(Ended::Freed);
+            match &r.object {
+                Object::Semaphore(sem) => {
+                    sem.end(Ended::Freed);
+                }
+                Object::Stream(stream) => self.stream_freed(stream),
+                _ => {}
             }
         }
     }
@@ -101,7 +106,7 @@ impl Daemon {
     pub(crate) fn release(&self, caller: &Caller, id: &str) -> Result<bool> {
         self.resource_visible(id, caller)?;
         let freed = self.registry.release(id, caller)?;
-        let was_freed = freed.is_some();
+        let was_freed = freed.iter().any(|r| r.id == id);
         self.freed(freed);
         Ok(was_freed)
     }

@@ -8,6 +8,7 @@
 //! - [`wait`]: the one set of rules every host wait follows;
 //! - [`export`]: descriptors for export requests and tickets;
 //! - [`ops`]: daemon-executed GPU operations between wait and signal points;
+//! - [`stream`]: frame streams (creation, roles, the frame calls, dead peers);
 //! - [`introspect`]: what listings show.
 //!
 //! Not here: wire formats (`wire`), transport (`service`, `fd_server`, `server`).
@@ -17,6 +18,7 @@ pub(crate) mod export;
 pub(crate) mod introspect;
 pub(crate) mod lifetime;
 pub(crate) mod ops;
+pub(crate) mod stream;
 pub(crate) mod wait;
 
 use std::sync::atomic::AtomicU64;
@@ -38,6 +40,7 @@ use crate::quota::{Counted, Counters, Held};
 use crate::registry::{Registry, Snapshot};
 use crate::resource::{check_resource_id, Object, Resource};
 use crate::semaphore::{Semaphore, SEMAPHORE_PREFIX};
+use crate::stream::roles::Roles;
 use crate::tickets::Tickets;
 use crate::waits::WaitService;
 
@@ -73,6 +76,8 @@ pub(crate) struct Daemon {
     /// Calls in flight (`quotas.calls_in_flight`; the server's tower layer counts gRPC calls,
     /// fd.sock its exports and redeems, host waits park theirs).
     pub(crate) in_flight: Arc<InFlight>,
+    /// Frame streams' role handles.
+    roles: Roles,
 }
 
 impl Daemon {
@@ -112,6 +117,7 @@ impl Daemon {
             descriptors_sent: AtomicU64::new(0),
             held: Arc::new(Counters::default()),
             in_flight,
+            roles: Roles::default(),
         }
     }
 

@@ -29,6 +29,14 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
 pub(crate) enum Asked {
     /// By a call in flight (gRPC Wait, an operation's wait points): parked while it waits.
     Call,
+    /// A frame-stream acquire's `host_wait`: the poller reads the counters continuously for
+    /// `spin` first; `parked` when it is a call in flight (gRPC; fd.sock's calls are not).
+    Spinning {
+        /// How long to read continuously first.
+        spin: Duration,
+        /// Whether it is a call in flight, to park.
+        parked: bool,
+    },
     /// On fd.sock (not a call in flight): the poller spins for `spin` first, and the thread
     /// that sees the value sends `reply` itself.
     Socket {
@@ -115,6 +123,11 @@ impl Daemon {
             Asked::Call => (
                 Some(self.in_flight.park(caller.uid())),
                 Duration::ZERO,
+                None,
+            ),
+            Asked::Spinning { spin, parked } => (
+                parked.then(|| self.in_flight.park(caller.uid())),
+                spin,
                 None,
             ),
             Asked::Socket { spin, reply } => (None, spin, Some(reply)),

@@ -58,14 +58,18 @@ pub(crate) struct Snapshot {
     pub(crate) granted_uids: Vec<u32>,
     /// Gids granted its use.
     pub(crate) granted_gids: Vec<u32>,
+    /// For a stream's part: the stream.
+    pub(crate) parent: Option<String>,
 }
 
 struct Entry {
     resource: Arc<Resource>,
-    /// The sessions that hold a reference.
+    /// The sessions that hold a reference (and, for a stream's part, the stream's id).
     holders: HashSet<String>,
     pinned: bool,
     grants: Grants,
+    /// For a stream's slot or timeline: the stream, whose access rule it follows.
+    parent: Option<String>,
 }
 
 impl Entry {
@@ -77,15 +81,12 @@ impl Entry {
             pinned: self.pinned,
             granted_uids: self.grants.uids(),
             granted_gids: self.grants.gids(),
+            parent: self.parent.clone(),
         }
     }
 
     fn reaches(&self, c: &Caller) -> bool {
         access::reaches(self.resource.owner_uid, &self.grants, &self.holders, c)
-    }
-
-    fn sees(&self, c: &Caller) -> bool {
-        access::sees(self.resource.owner_uid, &self.grants, &self.holders, c)
     }
 }
 
@@ -102,6 +103,89 @@ struct Inner {
 }
 
 impl Inner {
+    /// Whether `caller` reaches `e`: by its own rule, or, for a stream's part, by the stream's.
+    fn reaches(&self, e: &Entry, c: &Caller) -> bool {
+        e.reaches(c)
+            || e.parent
+                .as_ref()
+                .and_then(|p| self.resources.get(p))
+                .is_some_and(|p| p.reaches(c))
+    }
+
+    /// Whether `caller` sees `e`: whoever reaches it, and the admin group.
+    fn sees(&self, e: &Entry, c: &Caller) -> bool {
+        access::sees(c, || self.reaches(e, c))
+    }
+
+    /// Removes resource `id` and, for a stream, the parts only it held. Returns what it
+    /// removed.
+    fn remove_cascade(&mut self, id: &str) -> Vec<Arc<Resource>> {
+        let Some(r) = self.remove(id) else {
+            return Vec::new();
+        };
+        let mut out = vec![r];
+        if matches!(out[0].object, Object::Stream(_)) {
+            let parts: Vec<String> = self
+                .resources
+                .iter()
+                .filter(|(_, e)| e.parent.as_deref() == Some(id))
+                .map(|(pid, _)| pid.clone())
+                .collect();
+            for pid in parts {
+                if let Some(e) = self.resources.get_mut(&pid) {
+                    e.holders.remove(id);
+                    if e.holders.is_empty() && !e.pinned {
+                        out.extend(self.remove(&pid));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn insert(
+        &mut self,
+        quotas: &Quotas,
+        resource: Resource,
+        session: Option<&str>,
+        pin: bool,
+    ) -> Result<Snapshot> {
+        let inner = self;
+        let id = resource.id.clone();
+        let add = Usage::of(&resource.object);
+        let uid = resource.owner_uid;
+        let named = (!resource.name.is_empty()).then(|| (uid, resource.name.clone()));
+        if let Some(key) = &named {
+            if inner.names.contains_key(key) {
+                return Err(Error::NameTaken(key.1.clone()));
+            }
+        }
+        inner.admit(quotas, uid, session, &add)?;
+        let mut holders = HashSet::new();
+        if let Some(sid) = session {
+            let s = inner.sessions.get_mut(sid)?;
+            s.resources.insert(id.clone());
+            if matches!(resource.object, Object::Semaphore(_)) {
+                s.signals.insert(id.clone());
+            }
+            holders.insert(sid.to_owned());
+        }
+        let entry = Entry {
+            resource: Arc::new(resource),
+            holders,
+            pinned: pin,
+            grants: Grants::default(),
+            parent: None,
+        };
+        let snap = entry.snapshot();
+        if let Some(key) = named {
+            inner.names.insert(key, id.clone());
+        }
+        inner.resources.insert(id, entry);
+        inner.usage.entry(uid).or_default().add(&add);
+        Ok(snap)
+    }
+
     /// Removes resource `id` and uncharges its owner.
     fn remove(&mut self, id: &str) -> Option<Arc<Resource>> {
         let e = self.resources.remove(id)?;
@@ -218,9 +302,7 @@ impl Registry {
             if let Some(e) = inner.resources.get_mut(id) {
                 e.holders.remove(session);
                 if e.holders.is_empty() && !e.pinned {
-                    if let Some(r) = inner.remove(id) {
-                        freed.push(r);
-                    }
+                    freed.extend(inner.remove_cascade(id));
                 }
             }
         }
@@ -243,44 +325,14 @@ impl Registry {
         pin: bool,
     ) -> Result<Snapshot> {
         let mut inner = self.lock();
-        let id = resource.id.clone();
-        let add = Usage::of(&resource.object);
-        let uid = resource.owner_uid;
-        let named = (!resource.name.is_empty()).then(|| (uid, resource.name.clone()));
-        if let Some(key) = &named {
-            if inner.names.contains_key(key) {
-                return Err(Error::NameTaken(key.1.clone()));
-            }
-        }
-        inner.admit(&self.quotas, uid, session, &add)?;
-        let mut holders = HashSet::new();
-        if let Some(sid) = session {
-            let s = inner.sessions.get_mut(sid)?;
-            s.resources.insert(id.clone());
-            if matches!(resource.object, Object::Semaphore(_)) {
-                s.signals.insert(id.clone());
-            }
-            holders.insert(sid.to_owned());
-        }
-        let entry = Entry {
-            resource: Arc::new(resource),
-            holders,
-            pinned: pin,
-            grants: Grants::default(),
-        };
-        let snap = entry.snapshot();
-        if let Some(key) = named {
-            inner.names.insert(key, id.clone());
-        }
-        inner.resources.insert(id, entry);
-        inner.usage.entry(uid).or_default().add(&add);
-        Ok(snap)
+        inner.insert(&self.quotas, resource, session, pin)
     }
 
     /// Resource `id`, if `caller` may use it.
     pub(crate) fn get(&self, id: &str, caller: &Caller) -> Result<Snapshot> {
-        match self.lock().resources.get(id) {
-            Some(e) if e.reaches(caller) => Ok(e.snapshot()),
+        let inner = self.lock();
+        match inner.resources.get(id) {
+            Some(e) if inner.reaches(e, caller) => Ok(e.snapshot()),
             _ => Err(not_found(id)),
         }
     }
@@ -288,8 +340,9 @@ impl Registry {
     /// The caller's view of resource `id` for describing and releasing it: like
     /// [`Registry::get`], and the admin group sees every resource.
     pub(crate) fn get_visible(&self, id: &str, caller: &Caller) -> Result<Snapshot> {
-        match self.lock().resources.get(id) {
-            Some(e) if e.sees(caller) => Ok(e.snapshot()),
+        let inner = self.lock();
+        match inner.resources.get(id) {
+            Some(e) if inner.sees(e, caller) => Ok(e.snapshot()),
             _ => Err(not_found(id)),
         }
     }
@@ -304,11 +357,11 @@ impl Registry {
 
     /// Every resource `caller` sees, oldest first.
     pub(crate) fn list(&self, caller: &Caller) -> Vec<Snapshot> {
-        let mut out: Vec<_> = self
-            .lock()
+        let inner = self.lock();
+        let mut out: Vec<_> = inner
             .resources
             .values()
-            .filter(|e| e.sees(caller))
+            .filter(|e| inner.sees(e, caller))
             .map(Entry::snapshot)
             .collect();
         out.sort_by_key(|s| s.resource.created);
@@ -364,7 +417,7 @@ impl Registry {
         let inner = &mut *inner;
         let id = match target {
             OpenTarget::Id(id) => match inner.resources.get(id) {
-                Some(e) if e.reaches(caller) => id.clone(),
+                Some(e) if inner.reaches(e, caller) => id.clone(),
                 _ => return Err(not_found(id)),
             },
             OpenTarget::Token(t) => {
@@ -382,7 +435,7 @@ impl Registry {
                     .cloned()
                     .ok_or_else(hidden)?;
                 match inner.resources.get(&id) {
-                    Some(e) if e.reaches(caller) => id,
+                    Some(e) if inner.reaches(e, caller) => id,
                     _ => return Err(hidden()),
                 }
             }
@@ -405,13 +458,17 @@ impl Registry {
     }
 
     /// Drops the reference of the caller's session if it holds one, otherwise the pin (the
-    /// owner's; a grantee may not), or for the admin group every reference. Returns the
-    /// resource if this freed it.
-    pub(crate) fn release(&self, id: &str, caller: &Caller) -> Result<Option<Arc<Resource>>> {
+    /// owner's; a grantee may not), or for the admin group every reference. Returns what this
+    /// freed (a stream frees its parts with it).
+    pub(crate) fn release(&self, id: &str, caller: &Caller) -> Result<Vec<Arc<Resource>>> {
         let mut inner = self.lock();
         let inner = &mut *inner;
+        let visible = inner
+            .resources
+            .get(id)
+            .is_some_and(|e| inner.sees(e, caller));
         let entry = match inner.resources.get_mut(id) {
-            Some(e) if e.sees(caller) => e,
+            Some(e) if visible => e,
             _ => return Err(not_found(id)),
         };
         let by_session = caller
@@ -456,9 +513,124 @@ impl Registry {
             None => return Err(Error::NoReference(ids::shown(id))),
         }
         if entry.holders.is_empty() && !entry.pinned {
-            return Ok(inner.remove(id));
+            return Ok(inner.remove_cascade(id));
         }
-        Ok(None)
+        Ok(Vec::new())
+    }
+
+    /// Adds a stream and its parts (slots and ready timeline), checking the owner's quotas for
+    /// them all at once: the stream is held by `session` and/or pinned, each part by the
+    /// stream; `producer` (a session) becomes the signaler of the ready timeline `ready`.
+    pub(crate) fn insert_stream(
+        &self,
+        stream: Resource,
+        parts: Vec<Resource>,
+        session: Option<&str>,
+        pin: bool,
+        producer: Option<(&str, &str)>,
+    ) -> Result<Snapshot> {
+        let mut inner = self.lock();
+        let id = stream.id.clone();
+        let uid = stream.owner_uid;
+        let mut add = Usage::default();
+        for p in &parts {
+            add.add(&Usage::of(&p.object));
+        }
+        usage::admit_uid(
+            &self.quotas,
+            uid,
+            inner.usage.get(&uid).copied().unwrap_or_default(),
+            &add,
+        )?;
+        if let Some((sid, _)) = producer {
+            inner.sessions.get(sid)?;
+        }
+        let snap = inner.insert(&self.quotas, stream, session, pin)?;
+        if let Some((sid, ready)) = producer {
+            inner
+                .sessions
+                .get_mut(sid)?
+                .signals
+                .insert(ready.to_owned());
+        }
+        for p in parts {
+            let pid = p.id.clone();
+            inner
+                .usage
+                .entry(p.owner_uid)
+                .or_default()
+                .add(&Usage::of(&p.object));
+            inner.resources.insert(
+                pid,
+                Entry {
+                    resource: Arc::new(p),
+                    holders: HashSet::from([id.clone()]),
+                    pinned: false,
+                    grants: Grants::default(),
+                    parent: Some(id.clone()),
+                },
+            );
+        }
+        Ok(snap)
+    }
+
+    /// Adds a part to live stream `stream` (a consumer's release timeline), charged to its
+    /// owner; `signaler` (a session) becomes its signaler.
+    pub(crate) fn insert_part(&self, part: Resource, stream: &str, signaler: &str) -> Result<()> {
+        let mut inner = self.lock();
+        if !inner.resources.contains_key(stream) {
+            return Err(not_found(stream));
+        }
+        let add = Usage::of(&part.object);
+        let uid = part.owner_uid;
+        usage::admit_uid(
+            &self.quotas,
+            uid,
+            inner.usage.get(&uid).copied().unwrap_or_default(),
+            &add,
+        )?;
+        let pid = part.id.clone();
+        inner
+            .sessions
+            .get_mut(signaler)?
+            .signals
+            .insert(pid.clone());
+        inner.usage.entry(uid).or_default().add(&add);
+        inner.resources.insert(
+            pid,
+            Entry {
+                resource: Arc::new(part),
+                holders: HashSet::from([stream.to_owned()]),
+                pinned: false,
+                grants: Grants::default(),
+                parent: Some(stream.to_owned()),
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops stream `stream`'s hold on its part `part`; returns the part if that freed it.
+    pub(crate) fn drop_part(&self, stream: &str, part: &str) -> Vec<Arc<Resource>> {
+        let mut inner = self.lock();
+        let unheld = match inner.resources.get_mut(part) {
+            Some(e) => e.holders.remove(stream) && e.holders.is_empty() && !e.pinned,
+            None => false,
+        };
+        if unheld {
+            inner.remove_cascade(part)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Makes session `session` a signaler of semaphore `id` (a stream's new producer).
+    pub(crate) fn add_signaler(&self, session: &str, id: &str) -> Result<()> {
+        self.lock()
+            .sessions
+            .get_mut(session)?
+            .signals
+            .insert(id.to_owned());
+        Ok(())
     }
 
     /// Drops every resource and session (shutdown). Returns the resources.
@@ -497,7 +669,7 @@ impl Registry {
         let mut out: Vec<_> = inner
             .resources
             .values()
-            .filter(|e| e.sees(caller) && matches!(e.resource.object, Object::Semaphore(_)))
+            .filter(|e| inner.sees(e, caller) && matches!(e.resource.object, Object::Semaphore(_)))
             .map(|e| {
                 let signaler = signalers
                     .get(e.resource.id.as_str())

@@ -7,6 +7,7 @@
 //! transport (`service`, `fd_server`).
 
 pub(crate) mod image;
+pub(crate) mod stream;
 
 use std::time::Duration;
 
@@ -139,31 +140,33 @@ pub(crate) fn resource(s: &Snapshot) -> v1::Resource {
     let (kind, details) = match &r.object {
         Object::Buffer(b) => (
             v1::ResourceKind::Buffer,
-            v1::resource::Details::Buffer(v1::BufferDetails {
+            Some(v1::resource::Details::Buffer(v1::BufferDetails {
                 size: b.size(),
                 allocation_size: b.allocation_size(),
                 dedicated: b.dedicated(),
-            }),
+            })),
         ),
         Object::Semaphore(sem) => (
             v1::ResourceKind::Semaphore,
-            v1::resource::Details::Semaphore(v1::SemaphoreDetails {
+            Some(v1::resource::Details::Semaphore(v1::SemaphoreDetails {
                 // A failed read shows 0; GetValue reports the error itself.
                 value: sem.value().unwrap_or(0),
                 exportable: sem.exportable(),
-            }),
+            })),
         ),
         Object::Image(i) => (
             v1::ResourceKind::Image,
-            v1::resource::Details::Image(image::details_msg(i.vk())),
+            Some(v1::resource::Details::Image(image::details_msg(i.vk()))),
         ),
         Object::HostBuffer(h) => (
             v1::ResourceKind::HostBuffer,
-            v1::resource::Details::HostBuffer(v1::HostBufferDetails {
+            Some(v1::resource::Details::HostBuffer(v1::HostBufferDetails {
                 size: h.size(),
                 registered: h.registered(),
-            }),
+            })),
         ),
+        // DescribeStream tells the rest.
+        Object::Stream(_) => (v1::ResourceKind::Stream, None),
     };
     v1::Resource {
         id: r.id.clone(),
@@ -175,7 +178,8 @@ pub(crate) fn resource(s: &Snapshot) -> v1::Resource {
         pinned: s.pinned,
         granted_uids: s.granted_uids.clone(),
         granted_gids: s.granted_gids.clone(),
-        details: Some(details),
+        details,
+        stream_id: s.parent.clone().unwrap_or_default(),
     }
 }
 
@@ -219,6 +223,14 @@ pub(crate) fn exported(e: &Exported) -> v1::ExportedFd {
                 value: e.value.unwrap_or(0),
             }),
         ),
+        // Never exported (`Resource::descriptor` refuses it): nothing to describe.
+        Object::Stream(_) => {
+            return v1::ExportedFd {
+                resource_id: r.id.clone(),
+                kind: v1::ResourceKind::Stream as i32,
+                ..v1::ExportedFd::default()
+            }
+        }
     };
     let (device_uuid, driver_uuid) = match e.uuids {
         Some((device, driver)) => (device.to_vec(), driver.to_vec()),
