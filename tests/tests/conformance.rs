@@ -376,5 +376,13 @@ fn every_client_passes_every_scenario() {
             own_after - own_fds
         ));
     }
+    if !problems.is_empty() && running {
+        let log = d.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        println!("== the daemon's log, last {} lines:", tail.len());
+        for line in tail.iter().rev() {
+            println!("   | {line}");
+        }
+    }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
