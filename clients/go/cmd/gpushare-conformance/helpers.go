@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
+	"unicode"
 
 	pb "example.invalid/gpushare/clients/go/gen/gpushare/v1"
 	"example.invalid/gpushare/clients/go/gpushare"
@@ -49,12 +51,25 @@ func (c *conn) close() {
 // expectCode checks that err carries the gRPC code want (a gRPC status or an fd.sock error).
 func expectCode(what string, err error, want codes.Code) error {
 	if err == nil {
-		return failf("%s: expected %s, got success", what, want)
+		return failf("%s: expected %s, got success", what, codeName(want))
 	}
 	if got := gpushare.Code(err); got != want {
-		return failf("%s: expected %s, got %s (%v)", what, want, got, err)
+		return failf("%s: expected %s, got %s (%v)", what, codeName(want), codeName(got), err)
 	}
 	return nil
+}
+
+// codeName is a gRPC code as the proto and the contract spell it: NOT_FOUND, not NotFound.
+func codeName(c codes.Code) string {
+	camel := c.String()
+	var b strings.Builder
+	for i, r := range camel {
+		if i > 0 && unicode.IsUpper(r) && unicode.IsLower(rune(camel[i-1])) {
+			b.WriteByte('_')
+		}
+		b.WriteRune(unicode.ToUpper(r))
+	}
+	return b.String()
 }
 
 // pattern is the contract's test bytes: byte[i] = i % 251.

@@ -68,22 +68,29 @@ func usage() {
 
 func main() {
 	if len(os.Args) < 2 {
-		usage()
-		os.Exit(2)
+		os.Exit(badUsage("no scenario named"))
 	}
 	name := os.Args[1]
 	var run func(*env) error
 	if name == "redeem-child" {
 		if len(os.Args) != 5 {
-			usage()
-			os.Exit(2)
+			os.Exit(badUsage("redeem-child takes 3 arguments"))
 		}
 		run = func(e *env) error { return redeemChild(e, os.Args[2], os.Args[3], os.Args[4]) }
-	} else if run = scenarios[name]; run == nil || len(os.Args) != 2 {
-		usage()
-		os.Exit(2)
+	} else if run = scenarios[name]; run == nil {
+		os.Exit(badUsage(fmt.Sprintf("unknown scenario %q", name)))
+	} else if len(os.Args) != 2 {
+		os.Exit(badUsage(fmt.Sprintf("%s takes no arguments", name)))
 	}
 	os.Exit(runScenario(name, run))
+}
+
+// badUsage prints the usage and a FAIL line: a scenario the harness asks for and this CLI does
+// not know fails (exit 1), it is not skipped.
+func badUsage(what string) int {
+	usage()
+	fmt.Fprintf(os.Stderr, "FAIL: a scenario name (and for redeem-child its arguments), got %s\n", what)
+	return 1
 }
 
 // runScenario runs one scenario between two descriptor counts and returns the exit status.

@@ -196,7 +196,7 @@ func scenarioOps(e *env) error {
 	_, err = c.api.Write(ctx, &pb.WriteRequest{BufferId: buf.GetId(), Data: want[:16],
 		Sync: &pb.Sync{Signal: point(3), TimeoutMs: 10000}})
 	if code := gpushare.Code(err); code != codes.InvalidArgument && code != codes.FailedPrecondition {
-		return failf("Write signaling (sem, 3) at 3: expected INVALID_ARGUMENT or FAILED_PRECONDITION, got %v", err)
+		return failf("Write signaling (sem, 3) at 3: expected INVALID_ARGUMENT or FAILED_PRECONDITION, got %s (%v)", codeName(code), err)
 	}
 	return nil
 }
