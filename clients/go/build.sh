@@ -36,6 +36,15 @@ modules=(
   golang.org/x/text             # golang-golang-x-text-dev 0.7.0
 )
 
+# Debian's golang-github-golang-protobuf-1-3-dev satisfies grpc's dependency as well as 1-5-dev,
+# but its github.com/golang/protobuf (1.3.5) cannot handle the messages protoc-gen-go 1.28
+# generates: the client builds, then panics decoding its first reply. 1.5 is built on
+# google.golang.org/protobuf, and its go.mod says so.
+if ! grep -q 'google.golang.org/protobuf' "$gocode/github.com/golang/protobuf/go.mod" 2>/dev/null; then
+  echo "build.sh: $gocode/github.com/golang/protobuf is not 1.5: install golang-github-golang-protobuf-1-5-dev" >&2
+  exit 1
+fi
+
 # The stubs.
 rm -rf "$here/gen"
 protoc -I "$root/proto" \
