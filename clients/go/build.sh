@@ -91,6 +91,11 @@ mv "$here/vendor/modules.txt.tmp" "$here/vendor/modules.txt"
 
 cd "$here"
 export GOFLAGS=-mod=vendor GO111MODULE=on GOPROXY=off GOTOOLCHAIN=local
+# go needs a build cache; where neither HOME nor XDG_CACHE_HOME says where (some CI
+# environments), it is kept here, git-ignored.
+if [ -z "${GOCACHE:-}" ] && [ -z "${HOME:-}" ] && [ -z "${XDG_CACHE_HOME:-}" ]; then
+  export GOCACHE="$here/.gocache"
+fi
 unformatted=$(gofmt -l $(find . -path ./vendor -prune -o -path ./gen -prune -o -name '*.go' -print))
 if [ -n "$unformatted" ]; then
   echo "build.sh: not gofmt-formatted:" $unformatted >&2
