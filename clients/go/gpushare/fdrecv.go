@@ -17,7 +17,6 @@ package gpushare
 //     descriptor that arrived is closed before it is returned.
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -88,37 +87,27 @@ func recvMsg(conn syscall.Conn, buf []byte, maxFds int) (int, []*os.File, error)
 	return n, files, nil
 }
 
-// takeRights owns every descriptor of every SCM_RIGHTS header of the control data. On a parse
-// error it still returns the descriptors of the headers before the bad one (the kernel only
-// writes well-formed headers, so this is defensive).
+// takeRights owns every descriptor of every SCM_RIGHTS header of the control data. The kernel
+// writes only whole headers, also when it truncates (MSG_CTRUNC: it installs the descriptors
+// that fit and says so in the header's length), so the data always parses; a parse error, were
+// one to come, finds no descriptor to own.
 func takeRights(oob []byte) ([]*os.File, error) {
+	msgs, err := syscall.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, err
+	}
 	var files []*os.File
-	for len(oob) >= syscall.CmsgLen(0) {
-		// One header at a time, so that a bad header loses none of the descriptors before it.
-		msgs, err := syscall.ParseSocketControlMessage(oob)
-		if err != nil || len(msgs) == 0 {
-			if err == nil {
-				err = errors.New("no control message")
-			}
-			return files, err
+	for i := range msgs {
+		if msgs[i].Header.Level != syscall.SOL_SOCKET || msgs[i].Header.Type != syscall.SCM_RIGHTS {
+			continue
 		}
-		m := msgs[0]
-		if m.Header.Level == syscall.SOL_SOCKET && m.Header.Type == syscall.SCM_RIGHTS {
-			fds, err := syscall.ParseUnixRights(&m)
-			if err != nil {
-				return files, err
-			}
-			for _, fd := range fds {
-				files = append(files, os.NewFile(uintptr(fd), "fd.sock descriptor"))
-			}
+		fds, err := syscall.ParseUnixRights(&msgs[i])
+		if err != nil {
+			return files, err // the level and type were checked: not reached
 		}
-		// The room the message took (header and data, aligned), as
-		// ParseSocketControlMessage steps over it; the last one may lack its padding.
-		step := syscall.CmsgSpace(len(m.Data))
-		if step > len(oob) {
-			step = len(oob)
+		for _, fd := range fds {
+			files = append(files, os.NewFile(uintptr(fd), "fd.sock descriptor"))
 		}
-		oob = oob[step:]
 	}
 	return files, nil
 }
