@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 
+#include "gpushare/error.hpp"
 #include "gpushare/unique_fd.hpp"
 #include "gpushare/v1/gpushare.pb.h"
 
@@ -37,6 +38,8 @@ class FdSocket {
  public:
   /// Connects to the fd.sock at `path` (a SOCK_SEQPACKET | SOCK_CLOEXEC socket).
   static FdSocket connect(const std::string& path);
+  /// Wraps a connected SOCK_SEQPACKET socket (one from socket activation, or a socketpair).
+  static FdSocket from_fd(UniqueFd connected) noexcept { return FdSocket(std::move(connected)); }
 
   FdSocket(FdSocket&&) noexcept = default;
   FdSocket& operator=(FdSocket&&) noexcept = default;
