@@ -77,6 +77,23 @@ void warm_up(const Env& env) {
   }
 }
 
+/// The descriptors open once their count has not changed for 100 ms (at most 2 s), so that
+/// what gRPC's threads close after the warm-up is closed.
+std::map<int, std::string> settled_fds() {
+  const auto start = std::chrono::steady_clock::now();
+  std::map<int, std::string> last = conformance::open_fds();
+  auto since = std::chrono::steady_clock::now();
+  while (conformance::elapsed_ms(start) < 2000 && conformance::elapsed_ms(since) < 100) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::map<int, std::string> now = conformance::open_fds();
+    if (now.size() != last.size()) {
+      last = std::move(now);
+      since = std::chrono::steady_clock::now();
+    }
+  }
+  return last;
+}
+
 /// Descriptors above `baseline` once everything the scenario opened is closed. gRPC closes a
 /// destroyed channel's socket on its own threads, so this waits up to 2 s for the count to come
 /// back before calling what is left a leak.
@@ -121,7 +138,7 @@ int main(int argc, char** argv) {
   // The gRPC runtime lives for the whole process, as a library's runtime would in a program.
   grpc_init();
   warm_up(env);
-  const std::map<int, std::string> baseline = conformance::open_fds();
+  const std::map<int, std::string> baseline = settled_fds();
   int rc = outcome([&] { scenario->run(env); });
   if (rc == 0) {
     rc = outcome([&] {

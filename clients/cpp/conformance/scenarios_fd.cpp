@@ -1,5 +1,7 @@
 // Scenarios 4, 6, 8, 9 and 10, and redeem-child: fd.sock and the descriptors it hands out.
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -30,6 +32,8 @@ namespace {
 
 constexpr const char* kClientName = "gpushare-conformance-cpp";
 constexpr std::uint64_t kExportSize = 1 << 20;
+/// How long redeem-child may take (Vulkan's start under AddressSanitizer takes a second or two).
+constexpr long long kChildTimeoutMs = 30000;
 
 /// The checks on an exported 1 MiB buffer, for a redeemed ticket and a direct export alike.
 void check_exported(const Exported& e, const std::string& id, std::uint64_t size,
@@ -108,16 +112,32 @@ std::pair<int, std::string> run_child(const std::string& ticket_hex, const std::
   if (rc != 0) fail(std::string("posix_spawn /proc/self/exe: ") + std::strerror(rc));
   write_end.reset();
 
+  // Its stderr until it closes (the child ended), at most kChildTimeout.
   std::string err;
   char buf[4096];
+  const auto start = std::chrono::steady_clock::now();
+  bool timed_out = false;
   for (;;) {
+    const long long left = kChildTimeoutMs - elapsed_ms(start);
+    pollfd p{read_end.get(), POLLIN, 0};
+    const int ready = left > 0 ? ::poll(&p, 1, static_cast<int>(left)) : 0;
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) {
+      timed_out = true;
+      break;
+    }
     const ssize_t n = ::read(read_end.get(), buf, sizeof(buf));
     if (n > 0) err.append(buf, static_cast<std::size_t>(n));
     if (n == 0 || (n < 0 && errno != EINTR)) break;
   }
+  if (timed_out) ::kill(pid, SIGKILL);
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0) {
     if (errno != EINTR) fail(std::string("waitpid: ") + std::strerror(errno));
+  }
+  if (timed_out) {
+    std::cout << "redeem-child stderr:\n" << err << std::flush;
+    fail("redeem-child did not finish within " + std::to_string(kChildTimeoutMs) + " ms");
   }
   return {status, err};
 }
@@ -165,10 +185,15 @@ void redeem_child(const Env& env, const std::string& ticket_hex, const std::stri
   const unsigned long long size = std::strtoull(size_text.c_str(), &end, 10);
   expect(!size_text.empty() && *end == '\0', "redeem-child: bad size " + size_text);
 
-  gpushare::FdSocket fd = gpushare::FdSocket::connect(
-      gpushare::socket_path(env.runtime_dir, gpushare::kFdSocket));
-  Exported exported = fd.redeem(ticket);
-  check_exported(exported, id, size, "redeem");
+  Exported exported;
+  try {
+    gpushare::FdSocket fd = gpushare::FdSocket::connect(
+        gpushare::socket_path(env.runtime_dir, gpushare::kFdSocket));
+    exported = fd.redeem(ticket);
+  } catch (const gpushare::Error& e) {
+    fail("redeem-child: redeeming the ticket failed: " + std::string(e.what()));
+  }
+  check_exported(exported, id, size, "redeem-child");
   import_where_possible(exported, 4096);
 }
 
