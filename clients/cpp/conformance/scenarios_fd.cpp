@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <optional>
 #include <thread>
@@ -255,14 +256,52 @@ void scenario_tickets(const Env& env) {
 void scenario_foreign(const Env& env) {
   const std::string id = env_var("GPUSHARE_CONFORMANCE_FOREIGN_ID");
   if (id.empty()) throw Skipped("GPUSHARE_CONFORMANCE_FOREIGN_ID is unset (harness not root)");
+  // An id of the same kind that never existed: the answers must not tell the two apart.
+  const auto dash = id.find('-');
+  const std::string never =
+      (dash == std::string::npos ? std::string("buf") : id.substr(0, dash)) + "-" +
+      std::string(32, '0');
   Client client(env.runtime_dir);
   client.start_session(kClientName);
-  expect_rpc_error("DescribeResource on another uid's buffer", {Code::kNotFound},
-                   [&] { client.describe(id); });
-  expect_rpc_error("Export of another uid's buffer", {Code::kNotFound},
-                   [&] { client.export_ticket(id); });
-  expect_fd_error("fd.sock direct export of another uid's buffer", Code::kNotFound,
-                  [&] { client.export_fd(id); });
+
+  struct Call {
+    const char* what;
+    gpushare::ErrorSource source;
+    std::function<void(const std::string&)> run;
+  };
+  const Call calls[] = {
+      {"DescribeResource", gpushare::ErrorSource::kRpc,
+       [&](const std::string& i) { client.describe(i); }},
+      {"Export", gpushare::ErrorSource::kRpc,
+       [&](const std::string& i) { client.export_ticket(i); }},
+      {"fd.sock direct export", gpushare::ErrorSource::kFdReply,
+       [&](const std::string& i) { client.export_fd(i); }},
+  };
+  for (const Call& call : calls) {
+    std::string messages[2];
+    const std::string* ids[2] = {&id, &never};
+    for (int k = 0; k < 2; ++k) {
+      const std::string what = std::string(call.what) + (k == 0 ? " on another uid's buffer "
+                                                                 : " on an id never issued ") +
+                               *ids[k];
+      expect_error(what, call.source, {Code::kNotFound}, [&] {
+        try {
+          call.run(*ids[k]);
+        } catch (const gpushare::Error& e) {
+          messages[k] = e.message();
+          throw;
+        }
+      });
+    }
+    // The same words, the id aside.
+    std::string foreign_text = messages[0];
+    for (auto at = foreign_text.find(id); at != std::string::npos; at = foreign_text.find(id))
+      foreign_text.replace(at, id.size(), never);
+    expect(foreign_text == messages[1], std::string(call.what) +
+                                            ": another uid's id reads unlike an id never "
+                                            "issued: '" +
+                                            messages[0] + "' vs '" + messages[1] + "'");
+  }
 }
 
 void scenario_extra_fds(const Env&) {
