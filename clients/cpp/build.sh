@@ -11,7 +11,8 @@ build="$here/build"
 
 for tool in cmake protoc grpc_cpp_plugin pkg-config; do
   if ! command -v "$tool" >/dev/null; then
-    echo "clients/cpp/build.sh: $tool is missing: run scripts/setup (or see clients/cpp/README.md)" >&2
+    echo "clients/cpp/build.sh: $tool is missing: run scripts/setup" \
+      "(or see clients/cpp/README.md)" >&2
     exit 1
   fi
 done

@@ -224,7 +224,8 @@ std::unique_ptr<ImportedBuffer> ImportedBuffer::import(std::shared_ptr<Device> d
   }
   const VkPhysicalDeviceMemoryProperties& memory = device->memory_properties();
   if (b.memory_type_index() >= memory.memoryTypeCount) {
-    throw unsupported("memory type " + std::to_string(b.memory_type_index()) + " does not exist on " +
+    throw unsupported("memory type " + std::to_string(b.memory_type_index()) +
+                      " does not exist on " +
                       device->name() + " (" + std::to_string(memory.memoryTypeCount) + " types)");
   }
   const auto handle_type = VK_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD_BIT;
