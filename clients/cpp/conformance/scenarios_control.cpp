@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <iostream>
 #include <thread>
 
 #include "checks.hpp"
@@ -51,7 +52,11 @@ void scenario_session(const Env& env) {
     try {
       client.describe(buffer_id);
     } catch (const gpushare::Error& e) {
-      if (e.source() == gpushare::ErrorSource::kRpc && e.code() == Code::kNotFound) return;
+      if (e.source() == gpushare::ErrorSource::kRpc && e.code() == Code::kNotFound) {
+        std::cout << "the buffer was gone " << elapsed_ms(start)
+                  << " ms after the session's stream was closed" << std::endl;
+        return;
+      }
       fail("DescribeResource after the session's stream was closed: expected NOT_FOUND, got " +
            std::string(e.what()));
     }

@@ -144,6 +144,7 @@ Message recv(int sock, std::size_t expected_fds, std::chrono::milliseconds timeo
   if (msg.msg_controllen > 0) {
     for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
       if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      if (c->cmsg_len < CMSG_LEN(0)) continue;  // Never from the kernel; no underflow below.
       const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
       const unsigned char* data = CMSG_DATA(c);
       for (std::size_t i = 0; i < count; ++i) {
