@@ -1,0 +1,77 @@
+// fd.sock: the daemon's SOCK_SEQPACKET socket that hands out descriptors (ticket redeem, direct
+// export) and serves low-latency host waits. One FdRequest protobuf per message, one FdReply
+// per message back, the descriptor as SCM_RIGHTS.
+//
+// gRPC cannot carry descriptors, so this is raw sendmsg/recvmsg, with the receiving rules every
+// gpushare client keeps (see fdpass.hpp). Not thread-safe: one request at a time per FdSocket
+// (the protocol carries one request at a time per connection anyway); open one per thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "gpushare/error.hpp"
+#include "gpushare/unique_fd.hpp"
+#include "gpushare/v1/gpushare.pb.h"
+
+namespace gpushare {
+
+/// An exported descriptor and everything needed to import it.
+///
+/// Importing takes ownership of `fd` only when it succeeds (see vulkan_import.hpp): until then
+/// the descriptor is this object's and closes with it.
+struct Exported {
+  /// The descriptor, close-on-exec.
+  UniqueFd fd;
+  /// Its metadata: kind, handle type, device and driver UUIDs, the buffer's sizes and memory
+  /// type, ...
+  v1::ExportedFd info;
+};
+
+/// One connection to fd.sock. Open, use, destroy; the connection may carry any number of
+/// requests. The daemon closes idle connections after a while: a request on one it closed
+/// fails with a protocol error of code UNAVAILABLE (a ticket it never read is not consumed),
+/// and a fresh FdSocket is the remedy.
+class FdSocket {
+ public:
+  /// Connects to the fd.sock at `path` (a SOCK_SEQPACKET | SOCK_CLOEXEC socket).
+  static FdSocket connect(const std::string& path);
+  /// Wraps a connected SOCK_SEQPACKET socket (one from socket activation, or a socketpair).
+  static FdSocket from_fd(UniqueFd connected) noexcept { return FdSocket(std::move(connected)); }
+
+  FdSocket(FdSocket&&) noexcept = default;
+  FdSocket& operator=(FdSocket&&) noexcept = default;
+
+  /// Redeems an export ticket (ExportResponse.ticket, 16 bytes).
+  Exported redeem(std::string_view ticket);
+
+  /// Exports the caller's own resource `id` directly (one round trip, no ticket).
+  Exported export_resource(std::string_view id);
+
+  /// Waits on the host until semaphore `id` reaches `value`, at most `timeout_ms` (capped by
+  /// the daemon's max_wait_timeout_ms; 0 checks once). Returns the value seen (>= `value`).
+  /// The daemon's refusals come as ErrorSource::kFdReply: DEADLINE_EXCEEDED at the timeout,
+  /// NOT_FOUND, ABORTED, RESOURCE_EXHAUSTED, UNAVAILABLE.
+  std::uint64_t wait(std::string_view id, std::uint64_t value, std::uint32_t timeout_ms,
+                     std::uint32_t spin_us = 0);
+
+  /// Bounds how long a request waits for its reply (0, the default: no bound). A request whose
+  /// reply does not come in time fails with DEADLINE_EXCEEDED (ErrorSource::kSystem, ETIMEDOUT)
+  /// and closes the connection, since a late reply would otherwise answer the next request.
+  void set_reply_timeout(std::chrono::milliseconds timeout) { reply_timeout_ = timeout; }
+
+  /// The socket (-1 after a reply timeout closed it). Still owned by this object.
+  int native_handle() const noexcept { return sock_.get(); }
+
+ private:
+  explicit FdSocket(UniqueFd sock) noexcept : sock_(std::move(sock)) {}
+  /// Sends `request` and returns the exported descriptor of its reply.
+  Exported request_export(const v1::FdRequest& request);
+
+  UniqueFd sock_;
+  std::chrono::milliseconds reply_timeout_{0};
+};
+
+}  // namespace gpushare
