@@ -13,7 +13,7 @@ from gpushare.image import (
     ImageFormatInfo,
     image_format,
 )
-from gpushare.v1 import gpushare_pb2 as pb
+from gpushare import _pb as pb
 
 __all__ = [
     "Client",

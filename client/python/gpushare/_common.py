@@ -9,15 +9,8 @@ from typing import Iterable, List, Tuple, Union
 
 import grpc
 
-try:
-    from gpushare.v1 import gpushare_pb2, gpushare_pb2_grpc
-except ImportError as _e:  # pragma: no cover - depends on the checkout state
-    raise ImportError(
-        "gpushare: the generated protobuf/gRPC stubs (gpushare.v1.gpushare_pb2, "
-        "gpushare.v1.gpushare_pb2_grpc) are missing or broken; run "
-        "`python3 client/python/generate.py` (needs grpcio-tools) first. "
-        f"Original error: {_e}"
-    ) from _e
+from gpushare import _grpc as gpushare_pb2_grpc
+from gpushare import _pb as gpushare_pb2
 
 __all__ = [
     "Exported",
