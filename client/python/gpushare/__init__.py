@@ -2,6 +2,7 @@
 host buffers shared between processes). See :class:`gpushare.Client`."""
 
 from gpushare._common import Exported, GpushareError, ProtocolError
+from gpushare.aio import AsyncClient
 from gpushare.client import SESSION_HEADER, Client, Watch, default_runtime_dir
 from gpushare.host_buffer import HostBuffer
 from gpushare.image import (
@@ -16,6 +17,7 @@ from gpushare.image import (
 from gpushare import _pb as pb
 
 __all__ = [
+    "AsyncClient",
     "Client",
     "Exported",
     "GpushareError",
@@ -33,4 +35,4 @@ __all__ = [
     "SESSION_HEADER",
     "pb",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
