@@ -187,20 +187,17 @@ def _release(address: int) -> None:
         _live.pop(address, None)
 
 
-@_DELETER_VERSIONED
-def _deleter_versioned(managed: Any) -> None:
+def _deleter(managed: Any) -> None:
     _release(ctypes.addressof(managed.contents))
 
 
-@_DELETER
-def _deleter_legacy(managed: Any) -> None:
-    _release(ctypes.addressof(managed.contents))
+_deleter_versioned = _DELETER_VERSIONED(_deleter)
+_deleter_legacy = _DELETER(_deleter)
 
 
 def _capsule_destructor(name: bytes, deleter: Any) -> Any:
     # The capsule arrives as a raw pointer: it is being destroyed, so it must not be turned
     # into a Python object again.
-    @_CAPSULE_DESTRUCTOR
     def destroy(capsule: Optional[int]) -> None:
         if not capsule or not _api.PyCapsule_IsValid(capsule, name):
             return  # consumed (renamed "used_..."): the consumer calls the deleter
@@ -209,7 +206,7 @@ def _capsule_destructor(name: bytes, deleter: Any) -> Any:
             _release(pointer)
 
     del deleter
-    return destroy
+    return _CAPSULE_DESTRUCTOR(destroy)
 
 
 # PyCapsule keeps a pointer to its name: these live as long as the module.

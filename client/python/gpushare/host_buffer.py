@@ -110,7 +110,7 @@ class HostBuffer:
                 f"range {offset}+{length} is outside the host buffer of {self.size} bytes"
             )
 
-    def write(self, offset: int, data) -> None:
+    def write(self, offset: int, data: Any) -> None:
         """Copies ``data`` (bytes or any C-contiguous buffer) into the mapping at ``offset``."""
         with _byte_view(data) as src:
             self._check_range(offset, src.nbytes)
@@ -123,7 +123,7 @@ class HostBuffer:
         self._check_range(offset, length)
         return self._map()[offset : offset + length]
 
-    def readinto(self, offset: int, out) -> int:
+    def readinto(self, offset: int, out: Any) -> int:
         """Copies the mapping's bytes at ``offset`` into the writable buffer ``out`` (filling it
         whole); returns the number of bytes copied."""
         with _byte_view(out) as dst:
@@ -227,7 +227,7 @@ class HostBuffer:
     def __enter__(self) -> "HostBuffer":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
     def __del__(self) -> None:
