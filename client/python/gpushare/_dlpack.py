@@ -233,9 +233,15 @@ def make_capsule(
     is destroyed)."""
     ndim = len(shape)
     shape_arr = (ctypes.c_int64 * max(ndim, 1))(*shape)
-    strides_arr = None
-    if strides is not None:
-        strides_arr = (ctypes.c_int64 * max(ndim, 1))(*strides)
+    if strides is None:
+        # Explicit C-contiguous strides: NULL means the same to DLPack, but not every consumer
+        # takes NULL.
+        contiguous, step = [], 1
+        for dim in reversed(shape):
+            contiguous.append(step)
+            step *= max(int(dim), 1)
+        strides = list(reversed(contiguous))
+    strides_arr = (ctypes.c_int64 * max(ndim, 1))(*strides)
     managed: Any
     if versioned:
         managed = _DLManagedTensorVersioned()
@@ -255,8 +261,7 @@ def make_capsule(
     tensor.ndim = ndim
     tensor.dtype = _DLDataType(dtype.code, dtype.bits, 1)
     tensor.shape = ctypes.cast(shape_arr, ctypes.POINTER(ctypes.c_int64))
-    if strides_arr is not None:
-        tensor.strides = ctypes.cast(strides_arr, ctypes.POINTER(ctypes.c_int64))
+    tensor.strides = ctypes.cast(strides_arr, ctypes.POINTER(ctypes.c_int64))
     tensor.byte_offset = 0
     with _live_lock:
         _live[address] = (managed, shape_arr, strides_arr, owner, keep)

@@ -257,7 +257,8 @@ class _ImportedMemory:
         self.device = device
         self.ext: Any = None
         self.ptr = 0
-        self.size = allocation_size
+        self.size = allocation_size  # mapped
+        self.usable = allocation_size  # what views may reach: the buffer's own size
         desc = d.CUDA_EXTERNAL_MEMORY_HANDLE_DESC()
         desc.type = d.CUexternalMemoryHandleType.CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD
         desc.handle.fd = fd
@@ -337,8 +338,8 @@ class CudaBuffer:
         self._memory = memory
         self.id = resource_id
         self.dtype = _dlpack.dtype_info(dtype)
-        if offset < 0 or nbytes < 0 or offset + nbytes > memory.size:
-            raise ValueError(f"range {offset}+{nbytes} outside the import of {memory.size} bytes")
+        if offset < 0 or nbytes < 0 or offset + nbytes > memory.usable:
+            raise ValueError(f"range {offset}+{nbytes} outside the buffer of {memory.usable} bytes")
         if shape is None:
             self.shape: Tuple[int, ...] = (nbytes // self.dtype.itemsize,)
         else:
@@ -378,12 +379,13 @@ class CudaBuffer:
         dtype: Any = "uint8",
         shape: Union[int, Sequence[int], None] = None,
     ) -> "CudaBuffer":
-        """Another view of the same import, ``offset`` bytes from this one's start (checked
-        against the import's size), of ``dtype`` and ``shape`` (None: as many elements as fit
-        in ``nbytes``, default the rest of this view)."""
+        """Another view of the same import, ``offset`` bytes from this one's start, of ``dtype``
+        and ``shape`` (None: as many elements as fit in ``nbytes``; ``nbytes`` None: the rest
+        of this view, or with a shape the rest of the buffer). Any range of the buffer may be
+        viewed (checked against its size), so many tensors can share one import."""
         start = self.offset + offset
         if nbytes is None:
-            nbytes = self.offset + self.nbytes - start if shape is None else self._memory.size - start
+            nbytes = self.offset + self.nbytes - start if shape is None else self._memory.usable - start
         return CudaBuffer(self._memory, self.id, start, nbytes, dtype, shape, self.stream)
 
     def as_tensor(
@@ -510,6 +512,7 @@ def import_buffer(exported: Exported, stream: Stream = None) -> CudaBuffer:
         exported.close()
         raise
     memory = _import_memory(exported, meta.allocation_size, meta.dedicated)
+    memory.usable = meta.size
     try:
         memory.map_whole()
     except BaseException:
@@ -897,12 +900,16 @@ def warm_up(*fns: Any) -> None:
     """Runs each callable once and synchronizes (torch's current device), so that the CUDA
     modules their kernels live in are loaded before any semaphore wait is enqueued.
 
-    With CUDA lazy loading (the default since CUDA 12.2), the first launch of a kernel loads
-    its module, which synchronizes with the context: on a stream that holds a pending
-    external-semaphore wait it blocks the host until the wait is satisfied. If the signal it
-    waits for is the next thing this process would send, that is a deadlock. Either warm the
-    kernels up (this function), or set ``CUDA_MODULE_LOADING=EAGER`` before CUDA initializes,
-    or enqueue the waits on a side stream and make the work stream wait for it with an event."""
+    With CUDA lazy loading (``CUDA_MODULE_LOADING=LAZY``, the default since CUDA 12.2), the
+    first launch of a kernel loads its module, and loading waits for the device's queued work
+    to drain, holding the context lock meanwhile: behind a pending external-semaphore wait (on
+    any stream of the device, a side stream too) the launch blocks the host thread, and every
+    other thread's CUDA call, until the wait is satisfied. If the signal it waits for is the
+    next thing this process would send, that is a deadlock. So: warm the kernels up before the
+    first wait is enqueued (this function), or set ``CUDA_MODULE_LOADING=EAGER`` in the
+    environment before CUDA initializes (every module loads at startup: slower start, more
+    memory). Enqueueing the waits on a side stream does not help (the load waits for the whole
+    device), so gpushare does not rely on it."""
     for fn in fns:
         fn()
     try:

@@ -137,24 +137,41 @@ def lazy(sem_ticket):
     the launch returns at once (no module load), and the daemon's signal releases the wait."""
     import torch
 
+    import threading
+
     with gpushare.Client(client_name="lazy") as c:
         exported = c.redeem(bytes.fromhex(sem_ticket))
         sem_id = exported.info.resource_id
         sem = gcuda.import_semaphore(exported)
         a = torch.ones(1 << 20, device="cuda")
-        gcuda.warm_up(lambda: torch.special.erfcx(a))  # a kernel nothing else here uses
         s = torch.cuda.Stream()
+        # 1. The pitfall, made harmless by a signal from another thread (gRPC, no CUDA) 0.5 s
+        #    later: a kernel never launched before, behind a pending wait. Informational: the
+        #    time shows whether this driver blocked the launch.
         with torch.cuda.stream(s):
             sem.wait(1, s)
+            later = threading.Timer(0.5, c.signal, (sem_id, 1))
+            later.start()
+            t0 = time.perf_counter()
+            torch.special.i0e(a)
+            cold = time.perf_counter() - t0
+            later.join()
+        s.synchronize()
+        # 2. The remedy: warm_up before the wait; the launch must not block (no signal comes
+        #    until it returned: blocking here would be the deadlock).
+        gcuda.warm_up(lambda: torch.special.erfcx(a))  # a kernel nothing else here uses
+        with torch.cuda.stream(s):
+            sem.wait(2, s)
             t0 = time.perf_counter()
             b = torch.special.erfcx(a)
             launch = time.perf_counter() - t0
         assert launch < 1.0, f"the launch blocked {launch:.3f} s behind a pending wait"
-        c.signal(sem_id, 1)
+        c.signal(sem_id, 2)
         s.synchronize()
         assert float(b[0]) > 0
         sem.close()
-        print(f"OK lazy launch_ms={launch * 1e3:.3f}", flush=True)
+        print(f"OK lazy cold_launch_behind_wait_ms={cold * 1e3:.1f} "
+              f"warm_launch_behind_wait_ms={launch * 1e3:.3f}", flush=True)
     return 0
 
 

@@ -176,3 +176,62 @@ def test_wheel_carries_the_descriptor_and_py_typed(tmp_path):
                          capture_output=True, text=True, env={"PATH": os.environ.get("PATH", "")})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "gpushare.v1.FdReply"
+
+
+class _FakeDevice:
+    ordinal = 3
+    uuid = bytes(16)
+
+
+def _fake_buffer(size=1 << 20, ptr=0x7F0000000000):
+    """A CudaBuffer over a fake import (no driver): its views and protocols, not its memory."""
+    import gpushare.cuda as gcuda
+
+    mem = gcuda._ImportedMemory.__new__(gcuda._ImportedMemory)
+    mem.device, mem.ext, mem.ptr, mem.size, mem.usable = _FakeDevice(), None, ptr, size, size - 4096
+    return gcuda.CudaBuffer(mem, "buf-1", 0, size - 4096)
+
+
+def test_cuda_buffer_views_and_array_interface():
+    buf = _fake_buffer()
+    assert buf.nbytes == (1 << 20) - 4096 and buf.shape == (buf.nbytes,)
+    assert buf.__dlpack_device__() == (2, 3)
+    v = buf.view(4096, dtype="float32", shape=(16, 4))
+    cai = v.__cuda_array_interface__
+    assert cai["version"] == 3 and cai["typestr"] == "<f4" and cai["shape"] == (16, 4)
+    assert cai["data"] == (0x7F0000000000 + 4096, False)
+    assert "stream" not in cai
+    v.stream = 0  # the legacy default stream is named 1 in the interface
+    assert v.__cuda_array_interface__["stream"] == 1
+    w = v.view(256, dtype="uint8")  # relative to v
+    assert w.ptr == 0x7F0000000000 + 4096 + 256
+    assert w.nbytes == v.nbytes - 256
+    # Views may reach the whole allocation (a shared buffer holding many tensors) but not past it.
+    end = (1 << 20) - 4096
+    tail = v.view(end - 4096 - 64, dtype="int32", shape=16)  # beyond v, within the buffer
+    assert tail.nbytes == 64 and tail.ptr == 0x7F0000000000 + end - 64
+    with pytest.raises(ValueError):
+        buf.view(end - 60, dtype="int32", shape=16)
+    with pytest.raises(ValueError):
+        buf.view(0, 8, dtype="float64", shape=2)
+    with pytest.raises(AttributeError):
+        buf.view(0, dtype="bfloat16", shape=4).__cuda_array_interface__
+
+
+def test_cuda_buffer_dlpack_capsules_without_a_driver():
+    buf = _fake_buffer()
+    base = _dlpack.live_count()
+    v = buf.view(0, dtype="float16", shape=(8, 8))
+    cap = v.__dlpack__(max_version=(1, 0))
+    assert "dltensor_versioned" in repr(cap)
+    assert _dlpack.live_count() == base + 1
+    del cap
+    assert _dlpack.live_count() == base
+    cap = v.__dlpack__(stream=-1)  # legacy capsule for a consumer without max_version
+    assert "dltensor" in repr(cap) and "versioned" not in repr(cap)
+    del cap
+    with pytest.raises(BufferError):
+        v.__dlpack__(copy=True)
+    with pytest.raises(BufferError):
+        v.__dlpack__(dl_device=(1, 0))
+    assert _dlpack.live_count() == base
