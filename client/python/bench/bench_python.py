@@ -13,7 +13,9 @@ target/debug/gpushared) and measures, in this run:
    torch's own CUDA IPC (``torch.multiprocessing.reductions.reduce_tensor``, rebuilt in the same
    child) of the same size (target <= 2x); medians of several;
 3. GPU->GPU hand-off between two torch processes through the imported timeline semaphore: 1000
-   round trips enqueued up front on both sides, released by one host signal, per round trip; vs
+   round trips enqueued up front on both sides (as gpushare-gpubench does: time from "go" to
+   the first process's stream synchronize, per round trip; the Python enqueue cost per
+   operation is reported beside it); vs
    the Rust figure of the same run: ``pingpong_us_per_round_trip.semaphore`` of
    gpushare-gpubench's JSON (--rust-json; or --gpubench BIN runs it now) (target <= 1.2x).
 
@@ -74,28 +76,32 @@ def child_importer():
             print(f"{done:.9f}", flush=True)
 
 
-def child_handoff(role, rounds, buf_ticket, sem_ticket):
+def child_handoff(role, rounds, sem_ticket):
+    """As gpushare-gpubench's semaphore ping-pong: on "go", round k: A signals 2k+1 and waits
+    2k+2 on its stream, B waits 2k+1 and signals 2k+2 on its own; all enqueued up front (the
+    waits are on counter values); A's time runs from "go" to its stream's synchronize."""
     import torch
     import gpushare.cuda as gcuda
 
     with gpushare.Client(client_name=f"bench-{role}") as c:
         sem = gcuda.import_semaphore(c.redeem(bytes.fromhex(sem_ticket)))
         stream = torch.cuda.Stream()
+        sem.wait(0, stream)  # first use: the event and the paths warm
+        stream.synchronize()
+        print("READY", flush=True)
+        assert sys.stdin.readline().strip() == "go"
         t0 = time.perf_counter()
-        # Value 1 is the host's start signal; round k: A signals 2k+2, B answers 2k+3.
         for k in range(rounds):
             if role == "a":
+                sem.signal(2 * k + 1, stream)
+                sem.wait(2 * k + 2, stream)
+            else:
                 sem.wait(2 * k + 1, stream)
                 sem.signal(2 * k + 2, stream)
-            else:
-                sem.wait(2 * k + 2, stream)
-                sem.signal(2 * k + 3, stream)
-        if role == "a":
-            sem.wait(2 * rounds + 1, stream)
-        enqueue_us = (time.perf_counter() - t0) * 1e6 / (2 * rounds)
-        print(f"ENQUEUED {enqueue_us:.3f}", flush=True)
+        enqueued = time.perf_counter() - t0
         stream.synchronize()
-        print(f"{time.monotonic():.9f}", flush=True)
+        total = time.perf_counter() - t0
+        print(f"{total:.9f} {enqueued * 1e6 / (2 * rounds):.3f}", flush=True)
         sem.close()
 
 
@@ -199,22 +205,21 @@ def bench_import(c, rt):
 
 def bench_handoff(c, rt):
     sem = c.create_semaphore()
-    buf = c.create_buffer(4096)
-    b = spawn(rt, "--role", "b", HANDOFF_ROUNDS, c.export_ticket(buf).ticket.hex(),
-              c.export_ticket(sem).ticket.hex())
-    a = spawn(rt, "--role", "a", HANDOFF_ROUNDS, c.export_ticket(buf).ticket.hex(),
-              c.export_ticket(sem).ticket.hex())
-    enq = [float(p.stdout.readline().split()[1]) for p in (a, b)]
-    time.sleep(0.2)
-    t0 = time.monotonic()
-    c.signal(sem, 1)
-    t1 = float(a.stdout.readline())
-    b.stdout.readline()
+    b = spawn(rt, "--role", "b", HANDOFF_ROUNDS, c.export_ticket(sem).ticket.hex())
+    a = spawn(rt, "--role", "a", HANDOFF_ROUNDS, c.export_ticket(sem).ticket.hex())
+    for p in (a, b):
+        line = p.stdout.readline().strip()
+        assert line == "READY", line
+    for p in (b, a):
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    total_a, enqueue_a = map(float, a.stdout.readline().split())
+    _, enqueue_b = map(float, b.stdout.readline().split())
     for p in (a, b):
         p.stdin.close()
         p.wait(60)
-    assert c.value(sem) == 2 * HANDOFF_ROUNDS + 1
-    return (t1 - t0) * 1e6 / HANDOFF_ROUNDS, max(enq)
+    assert c.value(sem) == 2 * HANDOFF_ROUNDS
+    return total_a * 1e6 / HANDOFF_ROUNDS, max(enqueue_a, enqueue_b)
 
 
 def rust_handoff(args, tmp):
@@ -266,7 +271,7 @@ def main():
     if args.role == "importer":
         return child_importer()
     if args.role in ("a", "b"):
-        return child_handoff(args.role, int(args.rest[0]), args.rest[1], args.rest[2])
+        return child_handoff(args.role, int(args.rest[0]), args.rest[1])
 
     binary = args.daemon or os.environ.get("GPUSHARED")
     for cand in (binary, os.path.join(REPO, ".gpu", "gpushared"),

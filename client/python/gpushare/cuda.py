@@ -586,7 +586,8 @@ class CudaSemaphore:
         d = _drv()
         with self._lock:
             events = list(self._events.values())
-        return sum(1 for e in events if int(d.cuEventQuery(e)[0]) != 0)
+        # CUDA_ERROR_NOT_READY (600); another error will not complete later either.
+        return sum(1 for e in events if int(d.cuEventQuery(e)[0]) == 600)
 
     def close(self) -> None:
         handle, self._handle = self._handle, None
