@@ -111,7 +111,7 @@ def start_daemon(binary, tmp):
     rt = os.path.join(tmp, "rt")
     cfg = os.path.join(tmp, "gpushared.toml")
     with open(cfg, "w") as f:
-        f.write("[limits]\n")
+        f.write("[limits]\nticket_ttl_ms = 60000\n")  # children import torch first
     log = open(os.path.join(tmp, "gpushared.log"), "wb")
     proc = subprocess.Popen([binary, "--config", cfg, "--runtime-dir", rt], stdout=log,
                             stderr=log, env=dict(os.environ, NO_COLOR="1"))

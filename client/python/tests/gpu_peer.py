@@ -25,12 +25,18 @@ def pattern(torch, base, r, salt):
     return base * 7 + (r * 13 + salt)
 
 
-def ping_pong(role, rounds, n, buf_ticket, sem_ticket):
-    import torch
+def redeem(c, *tickets):
+    """Redeemed before torch is imported: tickets expire (limits.ticket_ttl_ms)."""
+    return [c.redeem(bytes.fromhex(t)) for t in tickets]
 
+
+def ping_pong(role, rounds, n, buf_ticket, sem_ticket):
     with gpushare.Client(client_name=role) as c:
-        buf = gcuda.import_buffer(c.redeem(bytes.fromhex(buf_ticket)))
-        sem = gcuda.import_semaphore(c.redeem(bytes.fromhex(sem_ticket)))
+        buf_fd, sem_fd = redeem(c, buf_ticket, sem_ticket)
+        import torch
+
+        buf = gcuda.import_buffer(buf_fd)
+        sem = gcuda.import_semaphore(sem_fd)
         dev = torch.device(f"cuda:{buf.device}")
         torch.cuda.set_device(dev)
         x = buf.as_tensor(torch.int32, n, 0)        # one import, two tensors
@@ -68,11 +74,12 @@ def ping_pong(role, rounds, n, buf_ticket, sem_ticket):
 
 
 def hold(buf_ticket, sem_ticket):
-    import torch
-
     with gpushare.Client(client_name="hold") as c:
-        buf = gcuda.import_buffer(c.redeem(bytes.fromhex(buf_ticket)))
-        sem = gcuda.import_semaphore(c.redeem(bytes.fromhex(sem_ticket)))
+        buf_fd, sem_fd = redeem(c, buf_ticket, sem_ticket)
+        import torch
+
+        buf = gcuda.import_buffer(buf_fd)
+        sem = gcuda.import_semaphore(sem_fd)
         t = buf.as_tensor(torch.uint8)
         s = torch.cuda.Stream(device=f"cuda:{buf.device}")
         sem.wait(1 << 40, s)  # never signaled: pending when SIGKILL comes
@@ -121,10 +128,11 @@ def image():
 
 
 def visible(buf_ticket):
-    import torch
-
     with gpushare.Client(client_name="visible") as c:
-        buf = gcuda.import_buffer(c.redeem(bytes.fromhex(buf_ticket)))
+        (buf_fd,) = redeem(c, buf_ticket)
+        import torch
+
+        buf = gcuda.import_buffer(buf_fd)
         t = buf.as_tensor(torch.uint8, 16)
         t.copy_(torch.arange(16, dtype=torch.uint8, device=t.device))
         torch.cuda.synchronize()
@@ -135,12 +143,12 @@ def visible(buf_ticket):
 def lazy(sem_ticket):
     """A wait pending on the stream, then the first launch of a kernel: with warm_up before,
     the launch returns at once (no module load), and the daemon's signal releases the wait."""
-    import torch
-
     import threading
 
     with gpushare.Client(client_name="lazy") as c:
-        exported = c.redeem(bytes.fromhex(sem_ticket))
+        (exported,) = redeem(c, sem_ticket)
+        import torch
+
         sem_id = exported.info.resource_id
         sem = gcuda.import_semaphore(exported)
         a = torch.ones(1 << 20, device="cuda")
