@@ -6,7 +6,7 @@ export)."""
 from __future__ import annotations
 
 
-from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 from gpushare._common import (
     Exported,

@@ -46,7 +46,7 @@ def ping_pong(role, rounds, n, buf_ticket, sem_ticket):
         stream = torch.cuda.Stream(device=dev)
         # Lazy loading: run every kernel once before any semaphore wait is pending.
         gcuda.warm_up(lambda: bad.add_((pattern(torch, base, 0, 1) != base).sum()),
-                      lambda: x.copy_(x), lambda: bad.zero_())
+                      lambda: torch.empty_like(base).copy_(base), lambda: bad.zero_())
         start = time.perf_counter()
         with torch.cuda.stream(stream):
             for r in range(rounds):

@@ -3,7 +3,6 @@ event loop staying free while they wait."""
 
 import asyncio
 import os
-import time
 
 import grpc
 import pytest

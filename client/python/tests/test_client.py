@@ -9,10 +9,8 @@ import array
 import errno
 import fcntl
 import os
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time

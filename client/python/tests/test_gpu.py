@@ -39,7 +39,7 @@ def _probe(modules):
 def gpu(daemon):
     """Skips (or fails under GPUSHARE_REQUIRE_GPU=1) unless CUDA, torch and a GPU daemon are
     here. Returns the daemon."""
-    reason = _probe(["cuda.bindings.driver", "torch"])
+    reason = _probe(["torch"])  # and gpushare.cuda's driver (cuda.bindings, or cuda-python's cuda.cuda)
     if reason:
         require_gpu(f"no CUDA GPU with torch and cuda-bindings: {reason}")
     with daemon.client() as c:
@@ -82,8 +82,9 @@ def test_torch_ping_pong_both_directions_1000_rounds(gpu):
 
 
 def test_image_round_trip_through_a_cuda_surface(gpu):
-    if _probe(["cupy"]):
-        require_gpu("CuPy is not installed (or sees no GPU)")
+    reason = _probe(["cupy", "numpy"])
+    if reason:
+        require_gpu(f"CuPy is not installed (or sees no GPU): {reason}")
     finish(peer(gpu, "image"))
 
 

@@ -10,7 +10,6 @@ import zipfile
 
 import pytest
 
-import gpushare
 from gpushare import _dlpack, pb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
