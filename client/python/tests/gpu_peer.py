@@ -96,7 +96,8 @@ def image():
     extern "C" __global__ void roundtrip(cudaSurfaceObject_t surf, unsigned int* out, int w, int h) {
         int x = blockIdx.x * blockDim.x + threadIdx.x, y = blockIdx.y * blockDim.y + threadIdx.y;
         if (x >= w || y >= h) return;
-        uchar4 v = surf2Dread<uchar4>(surf, x * 4, y);
+        uchar4 v;
+        surf2Dread(&v, surf, x * 4, y);  // the form of the CUDA programming guide
         out[y * w + x] = v.x | (v.y << 8) | (v.z << 16) | ((unsigned)v.w << 24);
         uchar4 n = make_uchar4(255 - v.x, 255 - v.y, 255 - v.z, 255 - v.w);
         surf2Dwrite(n, surf, x * 4, y);
