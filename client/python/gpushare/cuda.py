@@ -242,6 +242,24 @@ def _take_fd(exported: Exported) -> int:
     return exported.fileno()
 
 
+def _exported(source: Any, client: Any) -> Exported:
+    """``source`` itself when it is an :class:`Exported`; else its export: an ``Image`` (its
+    ``export()``), or a resource / id with ``client`` (``client.export(source)``)."""
+    if isinstance(source, Exported):
+        return source
+    export = getattr(source, "export", None)
+    if callable(export) and client is None:
+        result: Exported = export()
+        return result
+    if client is None:
+        raise TypeError(
+            f"expected an Exported (client.export(...) or client.redeem(ticket)), or a resource "
+            f"with client=, not {type(source).__name__}"
+        )
+    result = client.export(source)
+    return result
+
+
 def _metadata_device(exported: Exported) -> _Device:
     return device_for_uuid(bytes(exported.info.device_uuid))
 
@@ -494,11 +512,14 @@ def _stream_wait(device: _Device, producer: int, consumer: int) -> None:
             d.cuEventDestroy(event)
 
 
-def import_buffer(exported: Exported, stream: Stream = None) -> CudaBuffer:
-    """Imports an exported buffer (:meth:`Client.export`, :meth:`Client.redeem`) into the CUDA
-    device that exported it (by UUID), with the metadata's allocation size and dedicated flag,
-    and maps it whole. Takes the descriptor: its ownership passes to CUDA on success, and it is
-    closed on failure. Returns a uint8 view of the buffer's ``size`` bytes."""
+def import_buffer(source: Any, client: Any = None, stream: Stream = None) -> CudaBuffer:
+    """Imports a buffer into the CUDA device that exported it (by UUID), with the metadata's
+    allocation size and dedicated flag, and maps it whole. ``source``: an :class:`Exported`
+    (:meth:`Client.export`, :meth:`Client.redeem`), or the buffer (a ``Resource`` or its id)
+    with the ``client`` to export it. Takes the descriptor: its ownership passes to CUDA on
+    success, and it is closed on failure. Returns a uint8 view of the buffer's ``size`` bytes;
+    ``stream`` becomes its :attr:`CudaBuffer.stream`."""
+    exported = _exported(source, client)
     info = exported.info
     try:
         if info.kind != gpushare_pb2.RESOURCE_KIND_BUFFER or info.WhichOneof("details") != "buffer":
@@ -618,9 +639,11 @@ class CudaSemaphore:
             pass
 
 
-def import_semaphore(exported: Exported) -> CudaSemaphore:
-    """Imports an exported timeline semaphore into the CUDA device that exported it. Takes the
-    descriptor (CUDA owns it on success; closed on failure)."""
+def import_semaphore(source: Any, client: Any = None) -> CudaSemaphore:
+    """Imports a timeline semaphore into the CUDA device that exported it. ``source``: an
+    :class:`Exported`, or the semaphore with the ``client`` to export it. Takes the descriptor
+    (CUDA owns it on success; closed on failure)."""
+    exported = _exported(source, client)
     info = exported.info
     try:
         if info.kind != gpushare_pb2.RESOURCE_KIND_SEMAPHORE:
@@ -873,9 +896,12 @@ class TextureObject:
             pass
 
 
-def import_image(exported: Exported) -> CudaImage:
-    """Imports an exported image (``Image.export()``) into the CUDA device that exported it, as
-    a mipmapped array (always a dedicated allocation). Takes the descriptor."""
+def import_image(source: Any, client: Any = None) -> CudaImage:
+    """Imports an image into the CUDA device that exported it, as a mipmapped array (always a
+    dedicated allocation). ``source``: an :class:`Exported` (``Image.export()``,
+    :meth:`Client.redeem`), an :class:`gpushare.Image` (exported here), or the image resource
+    with the ``client`` to export it. Takes the descriptor."""
+    exported = _exported(source, client)
     info = exported.info
     try:
         if info.kind != gpushare_pb2.RESOURCE_KIND_IMAGE or info.WhichOneof("details") != "image":

@@ -234,3 +234,18 @@ def test_cuda_buffer_dlpack_capsules_without_a_driver():
     with pytest.raises(BufferError):
         v.__dlpack__(dl_device=(1, 0))
     assert _dlpack.live_count() == base
+
+
+def test_cuda_imports_take_a_resource_with_its_client(client):
+    import gpushare.cuda as gcuda
+
+    if _cuda_missing_or_no_driver() is None:
+        pytest.skip("SKIP: this machine has a CUDA driver (the GPU tests cover the imports)")
+    buf = client.create_buffer(4096)
+    with pytest.raises(TypeError):
+        gcuda.import_buffer(buf)  # a resource needs its client
+    with pytest.raises(gcuda.CudaUnavailable):
+        gcuda.import_buffer(buf, client)  # exported, then refused, the descriptor closed
+    img = client.create_image("rgba8unorm", 4, 4)
+    with pytest.raises(gcuda.CudaUnavailable):
+        gcuda.import_image(img)  # an Image handle exports itself
