@@ -13,7 +13,7 @@ with gpushare.Client(client_name="consumer") as c:
     data = buf.as_tensor(torch.float32, buf.nbytes // 4)  # zero copy
     torch.cuda.set_device(data.device)
     expected = torch.arange(data.numel(), device=data.device, dtype=torch.float32) * 0.5
-    torch.equal(expected, expected)  # warm the kernels up before a wait is pending (README)
+    torch.equal(expected, expected.clone())  # warm the kernels up before a wait is pending
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         sem.wait(1, stream)  # on the GPU: the kernels below start once the producer signaled
