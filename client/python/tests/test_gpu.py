@@ -88,6 +88,10 @@ def test_image_round_trip_through_a_cuda_surface(gpu):
     finish(peer(gpu, "image"))
 
 
+def _daemon_fds(daemon):
+    return len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
+
+
 def _sessions(c):
     return {s.id for s in c._call("ListSessions", pb.ListSessionsRequest()).sessions}
 
@@ -101,6 +105,7 @@ def test_sigkilled_consumer_returns_the_daemon_to_baseline(gpu):
         hold_sem = c.create_semaphore()
         base_sessions = _sessions(c)
         base_resources = sorted(r.id for r in c.list())
+        base_fds = _daemon_fds(gpu)
         holder = peer(gpu, "hold", *tickets(c, hold_buf, hold_sem))
         line = holder.stdout.readline()
         assert line.startswith("READY"), line + holder.stderr.read()
@@ -117,8 +122,11 @@ def test_sigkilled_consumer_returns_the_daemon_to_baseline(gpu):
         # Back to the baseline: the holder's and the peers' sessions end (earlier tests' may
         # end meanwhile too, hence subsets), and nobody's resources changed.
         deadline = time.monotonic() + 5
-        while not _sessions(c) <= base_sessions and time.monotonic() < deadline:
+        while (not _sessions(c) <= base_sessions or _daemon_fds(gpu) > base_fds) and (
+            time.monotonic() < deadline
+        ):
             time.sleep(0.05)
+        assert _daemon_fds(gpu) <= base_fds, "the daemon kept descriptors of the killed process"
         assert _sessions(c) <= base_sessions and not held & _sessions(c)
         after = sorted(r.id for r in c.list())
         assert set(after) <= set(base_resources)
