@@ -12,10 +12,10 @@ with gpushare.Client(client_name="consumer") as c:
     buf, sem = gcuda.import_buffer(buf_fd), gcuda.import_semaphore(sem_fd)
     data = buf.as_tensor(torch.float32, buf.nbytes // 4)  # zero copy
     torch.cuda.set_device(data.device)
-    expected = torch.arange(data.numel(), device=data.device, dtype=torch.float32) * 0.5
-    torch.equal(expected, expected.clone())  # warm the kernels up before a wait is pending
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
+        expected = torch.arange(data.numel(), device=data.device, dtype=torch.float32) * 0.5
+        torch.equal(expected, expected.clone())  # warm the kernels up before a wait is pending
         sem.wait(1, stream)  # on the GPU: the kernels below start once the producer signaled
         same = torch.equal(data, expected)
         sem.signal(2, stream)  # tell the producer we are done with its buffer

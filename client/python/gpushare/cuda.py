@@ -925,7 +925,10 @@ def import_image(source: Any, client: Any = None) -> CudaImage:
 
 def warm_up(*fns: Any) -> None:
     """Runs each callable once and synchronizes (torch's current device), so that the CUDA
-    modules their kernels live in are loaded before any semaphore wait is enqueued.
+    modules their kernels live in are loaded before any semaphore wait is enqueued. Call it
+    with the stream the loop will use current (``with torch.cuda.stream(s):``): torch's
+    caching allocator keeps its blocks per stream, so the loop then reuses them instead of
+    allocating behind the pending wait.
 
     With CUDA lazy loading (``CUDA_MODULE_LOADING=LAZY``, the default since CUDA 12.2), the
     first launch of a kernel loads its module, and loading waits for the device's queued work

@@ -44,9 +44,11 @@ def ping_pong(role, rounds, n, buf_ticket, sem_ticket):
         base = torch.arange(n, dtype=torch.int32, device=dev)
         bad = torch.zeros((), dtype=torch.int64, device=dev)
         stream = torch.cuda.Stream(device=dev)
-        # Lazy loading: run every kernel once before any semaphore wait is pending.
-        gcuda.warm_up(lambda: bad.add_((pattern(torch, base, 0, 1) != base).sum()),
-                      lambda: torch.empty_like(base).copy_(base), lambda: bad.zero_())
+        # Lazy loading: run every kernel once before any semaphore wait is pending, on the
+        # stream the loop uses (the caching allocator keeps its blocks per stream).
+        with torch.cuda.stream(stream):
+            gcuda.warm_up(lambda: bad.add_((pattern(torch, base, 0, 1) != base).sum()),
+                          lambda: torch.empty_like(base).copy_(base), lambda: bad.zero_())
         start = time.perf_counter()
         with torch.cuda.stream(stream):
             for r in range(rounds):
@@ -168,8 +170,8 @@ def lazy(sem_ticket):
         s.synchronize()
         # 2. The remedy: warm_up before the wait; the launch must not block (no signal comes
         #    until it returned: blocking here would be the deadlock).
-        gcuda.warm_up(lambda: torch.special.erfcx(a))  # a kernel nothing else here uses
         with torch.cuda.stream(s):
+            gcuda.warm_up(lambda: torch.special.erfcx(a))  # a kernel nothing else here uses
             sem.wait(2, s)
             t0 = time.perf_counter()
             b = torch.special.erfcx(a)
