@@ -36,3 +36,12 @@ __all__ = [
     "pb",
 ]
 __version__ = "0.2.0"
+
+
+def __getattr__(name: str) -> object:
+    """``gpushare.cuda`` on first use (``import gpushare`` itself never loads CUDA)."""
+    if name == "cuda":
+        import importlib
+
+        return importlib.import_module("gpushare.cuda")
+    raise AttributeError(f"module 'gpushare' has no attribute {name!r}")
