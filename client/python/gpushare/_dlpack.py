@@ -179,12 +179,15 @@ _api.PyCapsule_GetPointer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
 # Everything a live capsule's tensor needs (the struct, shape and strides arrays, the owner),
 # keyed by the struct's address; removed by the deleter.
 _live: Dict[int, Tuple[Any, ...]] = {}
-_live_lock = threading.Lock()
+_live_lock = threading.RLock()
 
 
 def _release(address: int) -> None:
     with _live_lock:
-        _live.pop(address, None)
+        entry = _live.pop(address, None)
+    # Dropped outside the lock: freeing the owner may free other tensors, whose deleters come
+    # back here.
+    del entry
 
 
 def _deleter(managed: Any) -> None:
