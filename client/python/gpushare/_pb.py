@@ -72,6 +72,7 @@ for _file in _fds.file:
     POOL.Add(_file)
 FILE = POOL.FindFileByName(_protogen.PROTO)
 SERVICE = FILE.services_by_name[SERVICE_NAME]
+DESCRIPTOR = FILE  # as a protoc-generated module has it
 
 _names: Dict[str, Any] = {}
 for _name, _desc in FILE.message_types_by_name.items():
