@@ -1,43 +1,32 @@
 #!/usr/bin/env python3
-"""Generate the gRPC/protobuf stubs for the gpushare Python client.
+"""Generates the gpushare protocol descriptor in a source checkout (optional).
 
-Writes gpushare/v1/gpushare_pb2.py and gpushare/v1/gpushare_pb2_grpc.py next to this file
-(the `gpushare.v1` namespace subpackage of the `gpushare` package). The stubs are not
-committed; run this once after checkout and whenever proto/gpushare/v1/gpushare.proto changes.
+Writes gpushare/v1/gpushare.desc (a serialized FileDescriptorSet of
+proto/gpushare/v1/gpushare.proto) and the compatibility modules gpushare/v1/gpushare_pb2.py and
+gpushare_pb2_grpc.py next to this file. Needs grpcio-tools. `pip install` does the same at
+build time; a source checkout with grpcio-tools importable compiles the proto at import time
+when the file is missing; so this script only matters to make a tree that runs where
+grpcio-tools is absent (scripts/gpu-bundle). With an argument, writes into that directory
+instead of gpushare/v1.
 """
 
 import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PROTO_ROOT = os.path.normpath(os.path.join(HERE, "..", "..", "proto"))
-PROTO = "gpushare/v1/gpushare.proto"
+sys.path.insert(0, os.path.join(HERE, "gpushare"))
+import _protogen  # noqa: E402
 
 
 def main() -> int:
+    out = sys.argv[1] if len(sys.argv) > 1 else None
     try:
-        from grpc_tools import protoc
-    except ImportError:
-        print("generate.py: grpcio-tools is required (pip install grpcio-tools)", file=sys.stderr)
+        paths = _protogen.generate(HERE, out)
+    except RuntimeError as e:
+        print(f"generate.py: {e}", file=sys.stderr)
         return 1
-    import importlib.resources
-
-    # protoc needs the well-known types' include dir when not run as the grpc_tools CLI.
-    well_known = str(importlib.resources.files("grpc_tools") / "_proto")
-    os.makedirs(os.path.join(HERE, "gpushare", "v1"), exist_ok=True)
-    args = [
-        "grpc_tools.protoc",
-        "-I" + PROTO_ROOT,
-        "-I" + well_known,
-        "--python_out=" + HERE,
-        "--grpc_python_out=" + HERE,
-        os.path.join(PROTO_ROOT, PROTO),
-    ]
-    rc = protoc.main(args)
-    if rc != 0:
-        print(f"generate.py: protoc failed with status {rc}", file=sys.stderr)
-        return rc
-    print(f"generated {os.path.join(HERE, 'gpushare', 'v1')}")
+    for path in paths:
+        print(f"generated {path}")
     return 0
 
 

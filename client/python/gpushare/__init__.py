@@ -2,6 +2,7 @@
 host buffers shared between processes). See :class:`gpushare.Client`."""
 
 from gpushare._common import Exported, GpushareError, ProtocolError
+from gpushare.aio import AsyncClient
 from gpushare.client import SESSION_HEADER, Client, Watch, default_runtime_dir
 from gpushare.host_buffer import HostBuffer
 from gpushare.image import (
@@ -13,9 +14,10 @@ from gpushare.image import (
     ImageFormatInfo,
     image_format,
 )
-from gpushare.v1 import gpushare_pb2 as pb
+from gpushare import _pb as pb
 
 __all__ = [
+    "AsyncClient",
     "Client",
     "Exported",
     "GpushareError",
@@ -33,4 +35,13 @@ __all__ = [
     "SESSION_HEADER",
     "pb",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def __getattr__(name: str) -> object:
+    """``gpushare.cuda`` on first use (``import gpushare`` itself never loads CUDA)."""
+    if name == "cuda":
+        import importlib
+
+        return importlib.import_module("gpushare.cuda")
+    raise AttributeError(f"module 'gpushare' has no attribute {name!r}")

@@ -5,19 +5,12 @@ turn resource ids and semaphore points into proto messages."""
 from __future__ import annotations
 
 import os
-from typing import Iterable, List, Tuple, Union
+from typing import Any, Iterable, List, Tuple, Union
 
 import grpc
 
-try:
-    from gpushare.v1 import gpushare_pb2, gpushare_pb2_grpc
-except ImportError as _e:  # pragma: no cover - depends on the checkout state
-    raise ImportError(
-        "gpushare: the generated protobuf/gRPC stubs (gpushare.v1.gpushare_pb2, "
-        "gpushare.v1.gpushare_pb2_grpc) are missing or broken; run "
-        "`python3 client/python/generate.py` (needs grpcio-tools) first. "
-        f"Original error: {_e}"
-    ) from _e
+from gpushare import _grpc as gpushare_pb2_grpc
+from gpushare import _pb as gpushare_pb2
 
 __all__ = [
     "Exported",
@@ -31,8 +24,12 @@ __all__ = [
 
 _CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
-ResourceId = Union[str, "gpushare_pb2.Resource", "gpushare_pb2.ResourceRef"]
-Point = Union[Tuple[ResourceId, int], "gpushare_pb2.SemaphorePoint"]
+# Messages are built at import time (gpushare._pb): Any to the type checker.
+Message = Any
+# A resource id (str), or a Resource / ResourceRef / HostBuffer / Image (anything with `.id`).
+ResourceId = Union[str, Message]
+# (semaphore, value), or a SemaphorePoint.
+Point = Union[Tuple[ResourceId, int], Message]
 
 
 class GpushareError(Exception):
@@ -97,7 +94,7 @@ class Exported:
     def __enter__(self) -> "Exported":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
     def __del__(self) -> None:
@@ -113,14 +110,14 @@ class Exported:
         )
 
 
-def _enum_name(enum, value: int) -> str:
+def _enum_name(enum: Any, value: int) -> str:
     try:
-        return enum.Name(value)
+        return str(enum.Name(value))
     except ValueError:
         return str(value)
 
 
-def _byte_view(obj) -> memoryview:
+def _byte_view(obj: Any) -> memoryview:
     """A flat unsigned-byte memoryview of any C-contiguous buffer (TypeError otherwise)."""
     view = memoryview(obj)
     if view.format == "B" and view.ndim == 1:

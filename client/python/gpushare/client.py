@@ -29,7 +29,7 @@ import contextlib
 import os
 import socket
 import threading
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -85,7 +85,9 @@ MAX_FD_REPLY_BYTES = 16384
 FD_WAIT_CONNECTIONS_KEPT = 2
 
 
-def _grant_request(resource, uid, gid) -> "gpushare_pb2.GrantRequest":
+def _grant_request(
+    resource: ResourceId, uid: Optional[int], gid: Optional[int]
+) -> "gpushare_pb2.GrantRequest":
     if (uid is None) == (gid is None):
         raise ValueError("a grant names exactly one of uid= or gid=")
     if uid is not None:
@@ -115,7 +117,7 @@ def _close_fds(fds: Iterable[int]) -> None:
 class Watch:
     """Iterator over a semaphore's values (``Client.watch``). ``cancel()`` ends it."""
 
-    def __init__(self, call):
+    def __init__(self, call: Any) -> None:
         self._call = call
 
     def __iter__(self) -> "Watch":
@@ -123,7 +125,7 @@ class Watch:
 
     def __next__(self) -> int:
         try:
-            return next(self._call).value
+            return int(next(self._call).value)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.CANCELLED and self._call.cancelled():
                 raise StopIteration from None
@@ -137,7 +139,7 @@ class Watch:
     def __enter__(self) -> "Watch":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.cancel()
 
 
@@ -197,7 +199,7 @@ class Client:
         call = self._stub.Session(gpushare_pb2.SessionRequest(client_name=client_name))
         self._session_call = call
         started = threading.Event()
-        first: List[object] = []
+        first: List[Any] = []
 
         def drain() -> None:
             # Reads the first event (the session id), then keeps the stream read until it ends:
@@ -258,12 +260,12 @@ class Client:
     def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
     # ---- plumbing ----
 
-    def _call(self, method: str, request, timeout: Optional[float] = None):
+    def _call(self, method: str, request: Any, timeout: Optional[float] = None) -> Any:
         if self._closed:
             raise ValueError("gpushare Client is closed")
         try:
@@ -380,7 +382,7 @@ class Client:
 
     def release(self, resource: ResourceId) -> bool:
         """Drops this session's reference (or the pin); True when that freed the resource."""
-        return self._call("ReleaseResource", gpushare_pb2.ResourceRef(id=_rid(resource))).freed
+        return bool(self._call("ReleaseResource", gpushare_pb2.ResourceRef(id=_rid(resource))).freed)
 
     # ---- access ----
 
@@ -400,7 +402,7 @@ class Client:
     def create_token(self, resource: ResourceId) -> bytes:
         """Owner only: a capability token (16 bytes). Whoever passes it to :meth:`open` gets a
         reference in its session, and the use of the resource through it."""
-        return self._call("CreateToken", gpushare_pb2.ResourceRef(id=_rid(resource))).token
+        return bytes(self._call("CreateToken", gpushare_pb2.ResourceRef(id=_rid(resource))).token)
 
     def revoke_tokens(self, resource: ResourceId) -> "gpushare_pb2.Resource":
         """Owner only: invalidates every token of the resource."""
@@ -436,18 +438,18 @@ class Client:
     # ---- semaphores ----
 
     def signal(self, semaphore: ResourceId, value: int) -> int:
-        return self._call(
+        return int(self._call(
             "Signal", gpushare_pb2.SignalRequest(id=_rid(semaphore), value=value)
-        ).value
+        ).value)
 
     def wait(self, semaphore: ResourceId, value: int, timeout_ms: int = 0) -> int:
         """Waits until the value is >= ``value``; DEADLINE_EXCEEDED after ``timeout_ms``."""
         deadline = None if self.timeout is None else self.timeout + timeout_ms / 1000.0
-        return self._call(
+        return int(self._call(
             "Wait",
             gpushare_pb2.WaitRequest(id=_rid(semaphore), value=value, timeout_ms=timeout_ms),
             timeout=deadline,
-        ).value
+        ).value)
 
     def fd_wait(
         self, semaphore: ResourceId, value: int, timeout_ms: int = 0, spin_us: int = 0
@@ -502,10 +504,11 @@ class Client:
                 sock = None
         if sock is not None:
             sock.close()
-        return _decode_fd_reply(*reply, want="waited")
+        assert reply is not None
+        return int(_decode_fd_reply(*reply, want="waited"))
 
     def value(self, semaphore: ResourceId) -> int:
-        return self._call("GetValue", gpushare_pb2.ResourceRef(id=_rid(semaphore))).value
+        return int(self._call("GetValue", gpushare_pb2.ResourceRef(id=_rid(semaphore))).value)
 
     def watch(self, semaphore: ResourceId) -> Watch:
         """Current value first, then each change. No deadline; ``cancel()`` the Watch to stop."""
@@ -542,13 +545,13 @@ class Client:
         signal: Sequence[Point] = (),
         timeout_ms: int = 0,
     ) -> bytes:
-        return self._call(
+        return bytes(self._call(
             "Read",
             gpushare_pb2.ReadRequest(
                 buffer_id=_rid(buffer), offset=offset, length=length,
                 sync=_sync(wait, signal, timeout_ms),
             ),
-        ).data
+        ).data)
 
     def write_from_host(
         self,
@@ -661,7 +664,7 @@ class Client:
         return self._fd_request(request, timeout)
 
     @contextlib.contextmanager
-    def _wait_pool(self):
+    def _wait_pool(self) -> Iterator[List[socket.socket]]:
         """The kept fd_wait connections, locked. In a child forked since they were kept, they
         are the parent's too: a reply could reach the wrong process. The child closes its copies
         (the parent's stay open) and starts with none, under a new lock (the old one may have
@@ -677,9 +680,10 @@ class Client:
 
     def _fd_request(self, request: bytes, timeout: Optional[float]) -> Exported:
         """One export or redeem on a fresh fd.sock connection."""
-        return _decode_fd_reply(*self._fd_exchange(request, timeout))
+        exported: Exported = _decode_fd_reply(*self._fd_exchange(request, timeout))
+        return exported
 
-    def _fd_exchange(self, request: bytes, timeout: Optional[float]):
+    def _fd_exchange(self, request: bytes, timeout: Optional[float]) -> Tuple[bytes, Any, int]:
         """One request/reply on a fresh fd.sock connection: recvmsg's data, ancdata, flags."""
         with self._fd_connect(timeout) as sock:
             try:
@@ -711,7 +715,9 @@ class _Stale(Exception):
     """The daemon closed an fd.sock connection before it answered: the request went unread."""
 
 
-def _exchange(sock: socket.socket, request: bytes, timeout: Optional[float], path: str):
+def _exchange(
+    sock: socket.socket, request: bytes, timeout: Optional[float], path: str
+) -> Tuple[bytes, Any, int]:
     """Sends one request on ``sock`` and receives its reply: recvmsg's data, ancdata, flags.
     Raises _Stale when the daemon had closed the connection (the send fails with a broken pipe
     or a reset, or the receive sees the hang-up), GpushareError for a timeout or another socket
@@ -735,7 +741,7 @@ def _exchange(sock: socket.socket, request: bytes, timeout: Optional[float], pat
     return data, ancdata, flags
 
 
-def _decode_fd_reply(data: bytes, ancdata, flags: int, want: str = "exported"):
+def _decode_fd_reply(data: bytes, ancdata: Any, flags: int, want: str = "exported") -> Any:
     """Turns one recvmsg result into an Exported (``want="exported"``) or a wait's value
     (``want="waited"``), closing every received fd that is not returned, on every path."""
     fds: List[int] = []

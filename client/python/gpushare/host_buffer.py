@@ -3,10 +3,13 @@ daemon, for bulk transfers that bypass the gRPC message limit (:class:`HostBuffe
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import mmap
 import os
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
+
+from gpushare import _dlpack
 
 from gpushare._common import Exported, ProtocolError, _byte_view, _enum_name, gpushare_pb2
 
@@ -107,7 +110,7 @@ class HostBuffer:
                 f"range {offset}+{length} is outside the host buffer of {self.size} bytes"
             )
 
-    def write(self, offset: int, data) -> None:
+    def write(self, offset: int, data: Any) -> None:
         """Copies ``data`` (bytes or any C-contiguous buffer) into the mapping at ``offset``."""
         with _byte_view(data) as src:
             self._check_range(offset, src.nbytes)
@@ -120,7 +123,7 @@ class HostBuffer:
         self._check_range(offset, length)
         return self._map()[offset : offset + length]
 
-    def readinto(self, offset: int, out) -> int:
+    def readinto(self, offset: int, out: Any) -> int:
         """Copies the mapping's bytes at ``offset`` into the writable buffer ``out`` (filling it
         whole); returns the number of bytes copied."""
         with _byte_view(out) as dst:
@@ -133,6 +136,55 @@ class HostBuffer:
     def range(self, offset: int, length: int) -> "gpushare_pb2.HostRange":
         """The proto ``HostRange`` naming ``length`` bytes at ``offset`` (checked by the daemon)."""
         return gpushare_pb2.HostRange(host_buffer_id=self.id, offset=offset, length=length)
+
+    # ---- zero-copy arrays ----
+
+    def numpy(
+        self,
+        dtype: Any = "uint8",
+        shape: Union[int, Sequence[int], None] = None,
+        offset: int = 0,
+    ) -> Any:
+        """A numpy array over the shared memory itself (no copy): ``dtype`` elements from byte
+        ``offset``, of ``shape`` (None: as many as fit). Writes through it are what the daemon
+        reads in :meth:`Client.write_from_host`. The array keeps the mapping alive (see
+        :meth:`close`). Needs numpy."""
+        import numpy
+
+        dt = numpy.dtype(dtype)
+        count = _element_count(shape, self.size - offset, dt.itemsize)
+        self._check_range(offset, count * dt.itemsize)
+        arr = numpy.frombuffer(self._map(), dtype=dt, count=count, offset=offset)
+        return arr.reshape(shape) if shape is not None else arr
+
+    def __dlpack_device__(self) -> Tuple[int, int]:
+        return (_dlpack.KDL_CPU, 0)
+
+    def __dlpack__(
+        self,
+        *,
+        stream: Optional[int] = None,
+        max_version: Optional[Tuple[int, int]] = None,
+        dl_device: Optional[Tuple[int, int]] = None,
+        copy: Optional[bool] = None,
+    ) -> Any:
+        """The whole mapping as a 1-D uint8 DLPack tensor on the CPU (zero copy): e.g.
+        ``numpy.from_dlpack(host)``, ``torch.from_dlpack(host)``. The tensor keeps the mapping
+        alive. ``copy=True`` and other devices are refused (BufferError)."""
+        if copy:
+            raise BufferError("gpushare.HostBuffer: DLPack copies are not supported")
+        if dl_device is not None and tuple(dl_device) != (_dlpack.KDL_CPU, 0):
+            raise BufferError(f"gpushare.HostBuffer lives on the CPU, not {tuple(dl_device)}")
+        anchor = ctypes.c_char.from_buffer(self._map())  # pins the mapping while it lives
+        return _dlpack.make_capsule(
+            self,
+            ctypes.addressof(anchor),
+            (_dlpack.KDL_CPU, 0),
+            _dlpack.dtype_info("uint8"),
+            (self.size,),
+            versioned=max_version is not None and tuple(max_version) >= (1, 0),
+            keep=(anchor,),
+        )
 
     def fileno(self) -> int:
         """The memfd (owned by this object: do not close it; ``os.dup`` it to keep it)."""
@@ -175,7 +227,7 @@ class HostBuffer:
     def __enter__(self) -> "HostBuffer":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
     def __del__(self) -> None:
@@ -187,6 +239,18 @@ class HostBuffer:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
         return f"HostBuffer(id={self.id!r}, size={self.size}, {state})"
+
+
+def _element_count(shape: Union[int, Sequence[int], None], available: int, itemsize: int) -> int:
+    if shape is None:
+        if available < 0:
+            raise ValueError("offset beyond the buffer")
+        return available // itemsize
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    count = 1
+    for dim in dims:
+        count *= int(dim)
+    return count
 
 
 def _map_memfd(fd: int, size: int) -> mmap.mmap:

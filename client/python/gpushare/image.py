@@ -5,8 +5,8 @@ export)."""
 
 from __future__ import annotations
 
-from collections import namedtuple
-from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
+
+from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 from gpushare._common import (
     Exported,
@@ -41,15 +41,17 @@ USAGE_STORAGE = 0x8
 USAGE_COLOR_ATTACHMENT = 0x10
 
 
-class ImageFormatInfo(
-    namedtuple("ImageFormatInfo", "name value channels channel_size kind")
-):
+class ImageFormatInfo(NamedTuple):
     """One image format: its CLI/doc ``name`` (``"rgba8unorm"``), its wire ``value``
     (``pb.IMAGE_FORMAT_*``), ``channels`` per texel (1, 2 or 4), ``channel_size`` in bytes, and
     ``kind``: ``"unorm"`` (read normalized to [0, 1]; ``rgba8srgb`` holds sRGB-encoded color,
     which the GPU decodes to linear light where it filters), ``"uint"`` or ``"float"``."""
 
-    __slots__ = ()
+    name: str
+    value: int
+    channels: int
+    channel_size: int
+    kind: str
 
     @property
     def texel_size(self) -> int:
@@ -64,7 +66,7 @@ class ImageFormatInfo(
         return "<u%d" % self.channel_size
 
 
-def _format_table():
+def _format_table() -> Dict[str, ImageFormatInfo]:
     rows = [
         ("r8unorm", "R8_UNORM", 1, 1, "unorm"),
         ("rg8unorm", "RG8_UNORM", 2, 1, "unorm"),
@@ -84,7 +86,7 @@ def _format_table():
         ("rgba8srgb", "RGBA8_SRGB", 4, 1, "unorm"),
     ]
     return {
-        name: ImageFormatInfo(name, gpushare_pb2.ImageFormat.Value("IMAGE_FORMAT_" + wire), ch, size, kind)
+        name: ImageFormatInfo(name, int(gpushare_pb2.ImageFormat.Value("IMAGE_FORMAT_" + wire)), ch, size, kind)
         for name, wire, ch, size, kind in rows
     }
 
@@ -124,7 +126,7 @@ _KIND_NAMES = {v: k for k, v in _KINDS.items()}
 
 def _image_kind(kind: Union[str, int, None], depth: int) -> int:
     if kind is None:
-        return gpushare_pb2.IMAGE_KIND_3D if depth > 1 else gpushare_pb2.IMAGE_KIND_2D
+        return int(gpushare_pb2.IMAGE_KIND_3D if depth > 1 else gpushare_pb2.IMAGE_KIND_2D)
     if isinstance(kind, str):
         value = _KINDS.get(kind.strip().lower())
         if value is None:
@@ -192,7 +194,18 @@ class Image:
             raise ValueError(f"level {level} is outside the image's {self.mip_levels} mip levels")
         return (max(self.width >> level, 1), max(self.height >> level, 1), max(self.depth >> level, 1))
 
-    def _box(self, level, layer, x, y, z, width, height, depth, layers):
+    def _box(
+        self,
+        level: int,
+        layer: Optional[int],
+        x: int,
+        y: int,
+        z: int,
+        width: int,
+        height: int,
+        depth: int,
+        layers: Optional[int],
+    ) -> Tuple[Tuple[int, int, int, int], Any]:
         """The region's (width, height, depth, layers) with zeros filled in, unchecked (values
         may be <= 0 for regions outside the image), and the proto message."""
         w, h, d = (
@@ -244,7 +257,7 @@ class Image:
                 )
         return rw * rh * rd * rl * self.format_info.texel_size
 
-    def _lenient_size(self, region) -> int:
+    def _lenient_size(self, region: Tuple[int, int, int, int]) -> int:
         (rw, rh, rd, rl) = region
         return max(rw, 0) * max(rh, 0) * max(rd, 0) * max(rl, 0) * self.format_info.texel_size
 
@@ -252,7 +265,7 @@ class Image:
 
     def write(
         self,
-        data,
+        data: Any,
         level: int = 0,
         layer: Optional[int] = None,
         x: int = 0,
@@ -313,7 +326,7 @@ class Image:
         expected = self._lenient_size(box)
         if len(data) != expected:
             raise ProtocolError(f"ReadImage returned {len(data)} bytes instead of {expected}")
-        return data
+        return bytes(data)
 
     def write_from_host(
         self,
@@ -396,7 +409,7 @@ class Image:
         wait: Sequence[Point] = (),
         signal: Sequence[Point] = (),
         timeout_ms: int = 0,
-    ):
+    ) -> Any:
         """A whole level (every layer, or one) as a new numpy array of shape
         ``([layers,] [depth,] height, width, channels)``: the layers axis when ``layer`` is None
         and the image has several layers, the depth axis for 3D images. Its dtype is the
@@ -408,11 +421,16 @@ class Image:
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ImportError("Image.read_numpy needs numpy (pip install numpy)") from e
         w, h, d = self.level_extent(level)
-        kw = dict(level=level, layer=layer, sync=sync, wait=wait, signal=signal, timeout_ms=timeout_ms)
         if host is None:
-            data = bytearray(self.read(**kw))
+            data = bytearray(
+                self.read(level=level, layer=layer, sync=sync, wait=wait, signal=signal,
+                          timeout_ms=timeout_ms)
+            )
         else:
-            length = self.read_into_host(host, host_offset, **kw)
+            length = self.read_into_host(
+                host, host_offset, level=level, layer=layer, sync=sync, wait=wait,
+                signal=signal, timeout_ms=timeout_ms,
+            )
             data = bytearray(host.read(host_offset, length))
         shape = [h, w, self.format_info.channels]
         if self.kind == "3d":
@@ -495,7 +513,9 @@ class Image:
         return self._client.export(self.id, timeout)
 
 
-def _image_sync(sync, wait, signal, timeout_ms) -> "gpushare_pb2.Sync":
+def _image_sync(
+    sync: Any, wait: Sequence[Point], signal: Sequence[Point], timeout_ms: int
+) -> "gpushare_pb2.Sync":
     if sync is not None:
         if wait or signal or timeout_ms:
             raise ValueError("give sync= or wait=/signal=/timeout_ms=, not both")

@@ -1,0 +1,449 @@
+"""asyncio client for gpushared: :class:`AsyncClient`, on ``grpc.aio``, with the calls of
+:class:`gpushare.Client` as coroutines. fd.sock exchanges (export, redeem, fd_wait) run on the
+event loop too (a non-blocking socket, ``loop.add_reader``): nothing blocks the loop.
+
+    async with gpushare.AsyncClient(client_name="svc") as c:
+        buf = await c.create_buffer(1 << 20)
+        with await c.export(buf) as exp: ...
+        value = await c.fd_wait(sem, 3, timeout_ms=1000)
+
+Images: :meth:`AsyncClient.create_image` returns the ``Resource``; the image operations
+(``write_image`` ...) are :meth:`AsyncClient.call` with the proto requests.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import os
+import socket
+from typing import Any, AsyncIterator, List, Optional, Sequence, Tuple, Union
+
+import grpc
+import grpc.aio
+
+from gpushare._common import (
+    Exported,
+    GpushareError,
+    Point,
+    ResourceId,
+    _rid,
+    _sync,
+    gpushare_pb2,
+    gpushare_pb2_grpc,
+)
+from gpushare.client import (
+    MAX_FD_REPLY_BYTES,
+    MAX_FDS_PER_MESSAGE,
+    MAX_MESSAGE_BYTES,
+    SESSION_HEADER,
+    _decode_fd_reply,
+    _grant_request,
+    default_runtime_dir,
+)
+from gpushare.host_buffer import HostBuffer
+from gpushare.image import _image_kind, image_format
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient:
+    """An asyncio gpushare client. Open it with ``async with AsyncClient(...) as c`` or
+    ``c = await AsyncClient(...).open()``; :meth:`close` ends its session. Arguments as for
+    :class:`gpushare.Client`. Create it inside the event loop it is used on."""
+
+    def __init__(
+        self,
+        runtime_dir: Optional[str] = None,
+        session: bool = True,
+        client_name: str = "python-aio",
+        timeout: Optional[float] = 60.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.runtime_dir = runtime_dir if runtime_dir is not None else default_runtime_dir()
+        self.control_path = os.path.join(self.runtime_dir, "control.sock")
+        self.fd_path = os.path.join(self.runtime_dir, "fd.sock")
+        self.timeout = timeout
+        self.session_id: Optional[str] = None
+        self._want_session = session
+        self._client_name = client_name
+        self._connect_timeout = connect_timeout
+        self._metadata: Tuple[Tuple[str, str], ...] = ()
+        self._session_call: Any = None
+        self._session_task: Optional["asyncio.Task[None]"] = None
+        self._session_error: Optional[GpushareError] = None
+        self._channel: Any = None
+        self._stub: Any = None
+        self._closed = False
+
+    async def open(self) -> "AsyncClient":
+        """Connects (and opens the session when asked). Idempotent."""
+        if self._channel is not None:
+            return self
+        self._channel = grpc.aio.insecure_channel(
+            "unix:" + self.control_path,
+            options=[
+                ("grpc.default_authority", "localhost"),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = gpushare_pb2_grpc.GpuShareStub(self._channel)
+        if self._want_session:
+            try:
+                await self._open_session()
+            except BaseException:
+                await self.close()
+                raise
+        return self
+
+    async def _open_session(self) -> None:
+        call = self._stub.Session(gpushare_pb2.SessionRequest(client_name=self._client_name))
+        self._session_call = call
+        try:
+            first = await asyncio.wait_for(call.read(), self._connect_timeout)
+        except asyncio.TimeoutError:
+            raise GpushareError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no session from the daemon at {self.control_path} within {self._connect_timeout} s",
+            ) from None
+        except grpc.RpcError as e:
+            raise GpushareError.from_rpc_error(e) from None
+        if first is grpc.aio.EOF:
+            raise GpushareError(grpc.StatusCode.INTERNAL, "Session stream ended before it started")
+        if first.WhichOneof("event") != "started" or not first.started.session_id:
+            raise GpushareError(grpc.StatusCode.INTERNAL, "Session's first event is not `started`")
+        self.session_id = first.started.session_id
+        self._metadata = ((SESSION_HEADER, self.session_id),)
+        self._session_task = asyncio.ensure_future(self._drain(call))
+
+    async def _drain(self, call: Any) -> None:
+        try:
+            while (await call.read()) is not grpc.aio.EOF:
+                pass
+            self._session_error = GpushareError(grpc.StatusCode.UNAVAILABLE, "session stream ended")
+        except asyncio.CancelledError:
+            raise
+        except grpc.RpcError as e:
+            self._session_error = GpushareError.from_rpc_error(e)
+
+    @property
+    def session_active(self) -> bool:
+        return self._session_call is not None and self._session_error is None and not self._closed
+
+    async def close(self) -> None:
+        """Ends the session and closes the channel. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._session_call is not None:
+            self._session_call.cancel()
+        if self._session_task is not None:
+            self._session_task.cancel()
+            try:
+                await self._session_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return await self.open()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    # ---- plumbing ----
+
+    async def call(self, method: str, request: Any, timeout: Optional[float] = None) -> Any:
+        """Any unary RPC by its proto name (``"WriteImage"``), with this client's session."""
+        if self._closed or self._stub is None:
+            raise ValueError("gpushare AsyncClient is closed or not open")
+        try:
+            return await getattr(self._stub, method)(
+                request,
+                metadata=self._metadata,
+                timeout=timeout if timeout is not None else self.timeout,
+            )
+        except grpc.RpcError as e:
+            raise GpushareError.from_rpc_error(e) from None
+
+    # ---- info and resources ----
+
+    async def info(self) -> Any:
+        return await self.call("GetInfo", gpushare_pb2.GetInfoRequest())
+
+    async def create_buffer(self, size: int, name: str = "", pin: bool = False, device: int = 0) -> Any:
+        return await self.call(
+            "CreateBuffer",
+            gpushare_pb2.CreateBufferRequest(size=size, device=device, name=name, pin=pin),
+        )
+
+    async def create_semaphore(
+        self, initial: int = 0, name: str = "", pin: bool = False, device: int = 0
+    ) -> Any:
+        return await self.call(
+            "CreateSemaphore",
+            gpushare_pb2.CreateSemaphoreRequest(
+                initial_value=initial, device=device, name=name, pin=pin
+            ),
+        )
+
+    async def create_host_buffer(self, size: int, name: str = "", pin: bool = False) -> HostBuffer:
+        """As :meth:`Client.create_host_buffer`; the HostBuffer has no client (release it with
+        :meth:`release`)."""
+        resource = await self.call(
+            "CreateHostBuffer", gpushare_pb2.CreateHostBufferRequest(size=size, name=name, pin=pin)
+        )
+        try:
+            return HostBuffer.map(None, await self.export(resource.id))
+        except BaseException:
+            for _ in range(2):
+                try:
+                    if await self.release(resource.id):
+                        break
+                except Exception:
+                    break
+            raise
+
+    async def create_image(
+        self,
+        format: Union[str, int],
+        width: int,
+        height: int,
+        depth: int = 1,
+        kind: Union[str, int, None] = None,
+        mip_levels: int = 1,
+        array_layers: int = 1,
+        usage: int = 0,
+        device: int = 0,
+        name: str = "",
+        pin: bool = False,
+    ) -> Any:
+        return await self.call(
+            "CreateImage",
+            gpushare_pb2.CreateImageRequest(
+                format=image_format(format).value,
+                kind=_image_kind(kind, depth),
+                width=width,
+                height=height,
+                depth=depth,
+                mip_levels=mip_levels,
+                array_layers=array_layers,
+                usage=usage,
+                device=device,
+                name=name,
+                pin=pin,
+            ),
+        )
+
+    async def list(self) -> List[Any]:
+        return list((await self.call("ListResources", gpushare_pb2.ListResourcesRequest())).resources)
+
+    async def describe(self, resource: ResourceId) -> Any:
+        return await self.call("DescribeResource", gpushare_pb2.ResourceRef(id=_rid(resource)))
+
+    async def release(self, resource: ResourceId) -> bool:
+        reply = await self.call("ReleaseResource", gpushare_pb2.ResourceRef(id=_rid(resource)))
+        return bool(reply.freed)
+
+    async def grant(self, resource: ResourceId, uid: Optional[int] = None, gid: Optional[int] = None) -> Any:
+        return await self.call("Grant", _grant_request(resource, uid, gid))
+
+    async def revoke(self, resource: ResourceId, uid: Optional[int] = None, gid: Optional[int] = None) -> Any:
+        return await self.call("Revoke", _grant_request(resource, uid, gid))
+
+    async def create_token(self, resource: ResourceId) -> bytes:
+        reply = await self.call("CreateToken", gpushare_pb2.ResourceRef(id=_rid(resource)))
+        return bytes(reply.token)
+
+    async def revoke_tokens(self, resource: ResourceId) -> Any:
+        return await self.call("RevokeTokens", gpushare_pb2.ResourceRef(id=_rid(resource)))
+
+    async def open_resource(
+        self,
+        resource: Optional[ResourceId] = None,
+        *,
+        token: Optional[bytes] = None,
+        owner_uid: Optional[int] = None,
+        name: Optional[str] = None,
+        signal: bool = False,
+    ) -> Any:
+        """:meth:`Client.open` (named so since :meth:`open` opens the connection)."""
+        given = [resource is not None, token is not None, name is not None]
+        if sum(given) != 1:
+            raise ValueError("open_resource() takes exactly one of: a resource, token=, or owner_uid= and name=")
+        if resource is not None:
+            request = gpushare_pb2.OpenRequest(id=_rid(resource), signal=signal)
+        elif token is not None:
+            request = gpushare_pb2.OpenRequest(token=bytes(token), signal=signal)
+        else:
+            if owner_uid is None:
+                raise ValueError("open_resource(name=...) needs owner_uid=")
+            request = gpushare_pb2.OpenRequest(
+                named=gpushare_pb2.NamedResource(owner_uid=owner_uid, name=name), signal=signal
+            )
+        return await self.call("Open", request)
+
+    # ---- semaphores ----
+
+    async def signal(self, semaphore: ResourceId, value: int) -> int:
+        reply = await self.call("Signal", gpushare_pb2.SignalRequest(id=_rid(semaphore), value=value))
+        return int(reply.value)
+
+    async def wait(self, semaphore: ResourceId, value: int, timeout_ms: int = 0) -> int:
+        deadline = None if self.timeout is None else self.timeout + timeout_ms / 1000.0
+        reply = await self.call(
+            "Wait",
+            gpushare_pb2.WaitRequest(id=_rid(semaphore), value=value, timeout_ms=timeout_ms),
+            timeout=deadline,
+        )
+        return int(reply.value)
+
+    async def fd_wait(
+        self, semaphore: ResourceId, value: int, timeout_ms: int = 0, spin_us: int = 0
+    ) -> int:
+        """The fd.sock wait (:meth:`Client.fd_wait`), awaited on the event loop; one connection
+        per wait."""
+        request = gpushare_pb2.FdRequest(
+            wait=gpushare_pb2.FdWait(
+                id=_rid(semaphore), value=value, timeout_ms=timeout_ms, spin_us=spin_us
+            )
+        ).SerializeToString()
+        reply = await self._fd_exchange(request, timeout_ms / 1000.0 + 10.0)
+        return int(_decode_fd_reply(*reply, want="waited"))
+
+    async def value(self, semaphore: ResourceId) -> int:
+        reply = await self.call("GetValue", gpushare_pb2.ResourceRef(id=_rid(semaphore)))
+        return int(reply.value)
+
+    async def watch(self, semaphore: ResourceId) -> AsyncIterator[int]:
+        """Current value first, then each change (an async iterator; break out to stop)."""
+        if self._closed or self._stub is None:
+            raise ValueError("gpushare AsyncClient is closed or not open")
+        call = self._stub.Watch(gpushare_pb2.ResourceRef(id=_rid(semaphore)), metadata=self._metadata)
+        try:
+            while True:
+                try:
+                    event = await call.read()
+                except grpc.RpcError as e:
+                    raise GpushareError.from_rpc_error(e) from None
+                if event is grpc.aio.EOF:
+                    return
+                yield int(event.value)
+        finally:
+            call.cancel()
+
+    # ---- daemon-executed operations ----
+
+    async def write(
+        self, buffer: ResourceId, offset: int, data: bytes,
+        wait: Sequence[Point] = (), signal: Sequence[Point] = (), timeout_ms: int = 0,
+    ) -> None:
+        await self.call("Write", gpushare_pb2.WriteRequest(
+            buffer_id=_rid(buffer), offset=offset, data=bytes(data),
+            sync=_sync(wait, signal, timeout_ms)))
+
+    async def read(
+        self, buffer: ResourceId, offset: int, length: int,
+        wait: Sequence[Point] = (), signal: Sequence[Point] = (), timeout_ms: int = 0,
+    ) -> bytes:
+        reply = await self.call("Read", gpushare_pb2.ReadRequest(
+            buffer_id=_rid(buffer), offset=offset, length=length,
+            sync=_sync(wait, signal, timeout_ms)))
+        return bytes(reply.data)
+
+    async def write_from_host(
+        self, buffer: ResourceId, offset: int, host: ResourceId, host_offset: int, length: int,
+        wait: Sequence[Point] = (), signal: Sequence[Point] = (), timeout_ms: int = 0,
+    ) -> None:
+        await self.call("Write", gpushare_pb2.WriteRequest(
+            buffer_id=_rid(buffer), offset=offset,
+            from_host=gpushare_pb2.HostRange(host_buffer_id=_rid(host), offset=host_offset, length=length),
+            sync=_sync(wait, signal, timeout_ms)))
+
+    async def read_into_host(
+        self, buffer: ResourceId, offset: int, length: int, host: ResourceId, host_offset: int,
+        wait: Sequence[Point] = (), signal: Sequence[Point] = (), timeout_ms: int = 0,
+    ) -> None:
+        await self.call("Read", gpushare_pb2.ReadRequest(
+            buffer_id=_rid(buffer), offset=offset, length=length,
+            to_host=gpushare_pb2.HostRange(host_buffer_id=_rid(host), offset=host_offset, length=length),
+            sync=_sync(wait, signal, timeout_ms)))
+
+    async def fill(
+        self, buffer: ResourceId, offset: int, length: int, value: int,
+        wait: Sequence[Point] = (), signal: Sequence[Point] = (), timeout_ms: int = 0,
+    ) -> None:
+        await self.call("Fill", gpushare_pb2.FillRequest(
+            buffer_id=_rid(buffer), offset=offset, length=length, value=value,
+            sync=_sync(wait, signal, timeout_ms)))
+
+    async def copy(
+        self, src: ResourceId, src_offset: int, dst: ResourceId, dst_offset: int, length: int,
+        wait: Sequence[Point] = (), signal: Sequence[Point] = (), timeout_ms: int = 0,
+    ) -> None:
+        await self.call("Copy", gpushare_pb2.CopyRequest(
+            src_buffer_id=_rid(src), src_offset=src_offset,
+            dst_buffer_id=_rid(dst), dst_offset=dst_offset, length=length,
+            sync=_sync(wait, signal, timeout_ms)))
+
+    # ---- descriptors ----
+
+    async def export_ticket(self, resource: ResourceId) -> Any:
+        return await self.call("Export", gpushare_pb2.ResourceRef(id=_rid(resource)))
+
+    async def export(self, resource: ResourceId, timeout: Optional[float] = 10.0) -> Exported:
+        request = gpushare_pb2.FdRequest(export=_rid(resource)).SerializeToString()
+        result: Exported = _decode_fd_reply(*await self._fd_exchange(request, timeout))
+        return result
+
+    async def redeem(self, ticket: bytes, timeout: Optional[float] = 10.0) -> Exported:
+        request = gpushare_pb2.FdRequest(redeem=bytes(ticket)).SerializeToString()
+        result: Exported = _decode_fd_reply(*await self._fd_exchange(request, timeout))
+        return result
+
+    async def _fd_exchange(self, request: bytes, timeout: Optional[float]) -> Tuple[bytes, Any, int]:
+        if self._closed:
+            raise ValueError("gpushare AsyncClient is closed")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.setblocking(False)
+            try:
+                return await asyncio.wait_for(_exchange(sock, self.fd_path, request), timeout)
+            except asyncio.TimeoutError:
+                raise GpushareError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply on {self.fd_path}"
+                ) from None
+            except OSError as e:
+                raise GpushareError(grpc.StatusCode.UNAVAILABLE, f"fd.sock {self.fd_path}: {e}") from None
+        finally:
+            sock.close()  # descriptors never received die with it
+
+
+async def _exchange(sock: socket.socket, path: str, request: bytes) -> Tuple[bytes, Any, int]:
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, path)
+    await loop.sock_sendall(sock, request)
+    ancbufsize = socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * array.array("i").itemsize)
+    while True:
+        try:
+            data, ancdata, flags, _ = sock.recvmsg(
+                MAX_FD_REPLY_BYTES, ancbufsize, socket.MSG_CMSG_CLOEXEC
+            )
+        except (BlockingIOError, InterruptedError):
+            ready: "asyncio.Future[None]" = loop.create_future()
+
+            def wake() -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            loop.add_reader(sock.fileno(), wake)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(sock.fileno())
+            continue
+        if not data and not ancdata:
+            raise GpushareError(grpc.StatusCode.UNAVAILABLE, f"fd.sock {path} closed without a reply")
+        return data, ancdata, flags

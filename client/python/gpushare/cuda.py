@@ -1,0 +1,951 @@
+"""CUDA imports of gpushare descriptors (buffers, timeline semaphores, images), with the CUDA
+driver API of ``cuda-bindings`` (``pip install 'gpushare[cuda]'``).
+
+Importing this module needs nothing; the first call that needs CUDA raises
+:class:`CudaUnavailable` when cuda-bindings or the driver is missing.
+
+- :func:`import_buffer` -> :class:`CudaBuffer`: ``__cuda_array_interface__`` (v3) and
+  ``__dlpack__`` (DLPack >= 1.0, with the stream handshake), :meth:`CudaBuffer.as_tensor`
+  (torch) and :meth:`CudaBuffer.as_cupy` at offsets: one export, one import, many tensors.
+- :func:`import_semaphore` -> :class:`CudaSemaphore`: ``signal(value, stream)`` and
+  ``wait(value, stream)`` enqueued on a torch or CuPy stream (or a raw ``CUstream``), no host
+  block.
+- :func:`import_image` -> :class:`CudaImage`: the mipmapped array, per-level arrays, surface
+  and texture objects.
+
+The device is chosen by the UUID in the descriptor's metadata (``cuDeviceGetUuid``), so it is
+right under any ``CUDA_VISIBLE_DEVICES``; :class:`DeviceNotVisible` names the UUID when this
+process cannot see that GPU. Every call runs in the device's primary context (the one torch and
+CuPy use). A descriptor's ownership passes to CUDA only when its import succeeds; it is closed
+on any failure.
+
+The lazy-loading pitfall: see :func:`warm_up` and the README ("CUDA lazy loading").
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from gpushare import _dlpack
+from gpushare._common import Exported, gpushare_pb2
+
+__all__ = [
+    "CudaBuffer",
+    "CudaError",
+    "CudaImage",
+    "CudaSemaphore",
+    "CudaUnavailable",
+    "DeviceNotVisible",
+    "SurfaceObject",
+    "TextureObject",
+    "device_for_uuid",
+    "format_uuid",
+    "import_buffer",
+    "import_image",
+    "import_semaphore",
+    "stream_handle",
+    "warm_up",
+]
+
+Stream = Any  # torch.cuda.Stream, cupy.cuda.Stream, CUstream, an int, or None
+
+
+class CudaUnavailable(ImportError):
+    """cuda-bindings is not installed, or the CUDA driver cannot be loaded."""
+
+
+class CudaError(RuntimeError):
+    """A CUDA driver call failed: ``call`` is its name, ``result`` the ``CUresult`` value."""
+
+    def __init__(self, call: str, result: int, detail: str = ""):
+        self.call = call
+        self.result = result
+        super().__init__(f"{call} failed: CUresult {result}{' (' + detail + ')' if detail else ''}")
+
+
+class DeviceNotVisible(CudaError):
+    """No GPU visible to this process has the exporting device's UUID."""
+
+    def __init__(self, uuid: bytes, visible: Sequence[str]):
+        self.uuid = uuid
+        CudaError.__init__(self, "cuDeviceGetUuid", 100)
+        self.args = (
+            f"the exporting GPU GPU-{format_uuid(uuid)} is not visible to this process "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}; "
+            f"visible: {', '.join(visible) or 'none'})",
+        )
+
+
+def format_uuid(uuid: bytes) -> str:
+    """``12345678-9abc-def0-0123-456789abcdef``, as ``nvidia-smi -L`` shows it after ``GPU-``."""
+    h = bytes(uuid).hex()
+    return f"{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+# ---- the driver ----
+
+_driver_module: Any = None
+_driver_lock = threading.RLock()
+
+
+def _drv() -> Any:
+    """cuda.bindings.driver, initialized (cuInit) once."""
+    global _driver_module
+    if _driver_module is not None:
+        return _driver_module
+    with _driver_lock:
+        if _driver_module is not None:
+            return _driver_module
+        try:
+            from cuda.bindings import driver
+        except ImportError:
+            try:
+                from cuda import cuda as driver  # cuda-python < 12.6
+            except ImportError as e:
+                raise CudaUnavailable(
+                    "gpushare.cuda needs the CUDA driver bindings: pip install 'gpushare[cuda]' "
+                    "(the cuda-bindings package)"
+                ) from e
+        try:
+            result = driver.cuInit(0)
+        except Exception as e:  # the driver library itself is missing
+            raise CudaUnavailable(f"the CUDA driver cannot be loaded: {e}") from e
+        err = result[0] if isinstance(result, tuple) else result
+        if int(err) not in (0, 100):  # CUDA_SUCCESS, CUDA_ERROR_NO_DEVICE
+            raise CudaUnavailable(f"cuInit failed: CUresult {int(err)}")
+        _driver_module = driver
+        return driver
+
+
+def _check(call: str, result: Any) -> Any:
+    """Unpacks a cuda-bindings result tuple: raises CudaError, returns the value(s)."""
+    if isinstance(result, tuple):
+        err, values = result[0], result[1:]
+    else:
+        err, values = result, ()
+    code = int(err)
+    if code != 0:
+        detail = ""
+        try:
+            e, text = _drv().cuGetErrorString(err)
+            if int(e) == 0 and text:
+                detail = text.decode() if isinstance(text, bytes) else str(text)
+        except Exception:
+            pass
+        raise CudaError(call, code, detail)
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+class _Device:
+    """One CUDA device: ordinal (in this process), UUID, and its retained primary context.
+    ``with device:`` makes the context current for the block."""
+
+    def __init__(self, ordinal: int, handle: Any, uuid: bytes, name: str):
+        self.ordinal = ordinal
+        self.handle = handle
+        self.uuid = uuid
+        self.name = name
+        d = _drv()
+        self.context = _check("cuDevicePrimaryCtxRetain", d.cuDevicePrimaryCtxRetain(handle))
+
+    def __enter__(self) -> "_Device":
+        _check("cuCtxPushCurrent", _drv().cuCtxPushCurrent(self.context))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _check("cuCtxPopCurrent", _drv().cuCtxPopCurrent())
+
+    def attribute(self, attr: Any) -> int:
+        return int(_check("cuDeviceGetAttribute", _drv().cuDeviceGetAttribute(attr, self.handle)))
+
+    @property
+    def torch_device(self) -> str:
+        return f"cuda:{self.ordinal}"
+
+
+_devices: Dict[bytes, _Device] = {}
+
+
+def _uuid_bytes(u: Any) -> bytes:
+    raw = u.bytes
+    if isinstance(raw, str):
+        raw = raw.encode("latin-1")
+    return bytes(b & 0xFF for b in raw)
+
+
+def _visible() -> List[Tuple[int, Any, bytes, str]]:
+    d = _drv()
+    result = d.cuDeviceGetCount()
+    if int(result[0]) == 100:  # CUDA_ERROR_NO_DEVICE
+        return []
+    count = _check("cuDeviceGetCount", result)
+    out = []
+    for i in range(int(count)):
+        dev = _check("cuDeviceGet", d.cuDeviceGet(i))
+        uuid = _uuid_bytes(_check("cuDeviceGetUuid", d.cuDeviceGetUuid(dev)))
+        raw_name = _check("cuDeviceGetName", d.cuDeviceGetName(256, dev))
+        name = raw_name.split(b"\0", 1)[0].decode(errors="replace")
+        out.append((i, dev, uuid, name))
+    return out
+
+
+def device_for_uuid(uuid: bytes) -> _Device:
+    """The CUDA device (in this process's numbering) whose UUID is ``uuid``; DeviceNotVisible
+    naming the UUID when there is none (CUDA_VISIBLE_DEVICES hiding it, another machine's GPU)."""
+    uuid = bytes(uuid)
+    if len(uuid) != 16:
+        raise ValueError(f"a device UUID has 16 bytes, not {len(uuid)}")
+    with _driver_lock:
+        found = _devices.get(uuid)
+        if found is not None:
+            return found
+        visible = _visible()
+        for ordinal, dev, dev_uuid, name in visible:
+            if dev_uuid == uuid:
+                found = _Device(ordinal, dev, dev_uuid, name)
+                _devices[uuid] = found
+                return found
+        raise DeviceNotVisible(uuid, [f"{o}: {n} (GPU-{format_uuid(u)})" for o, _, u, n in visible])
+
+
+def stream_handle(stream: Stream) -> int:
+    """The ``CUstream`` address of a torch stream (``.cuda_stream``), a CuPy stream (``.ptr``),
+    an object of the CUDA stream protocol (``__cuda_stream__``), a ``CUstream``, or an int;
+    None is the legacy default stream (0)."""
+    if stream is None:
+        return 0
+    if isinstance(stream, int):
+        return stream
+    protocol = getattr(stream, "__cuda_stream__", None)
+    if protocol is not None:
+        return int(protocol()[1])
+    for attr in ("cuda_stream", "ptr", "handle"):
+        value = getattr(stream, attr, None)
+        if value is not None and not callable(value):
+            return int(value)
+    try:
+        return int(stream)  # CUstream, and other handle objects with __int__
+    except TypeError:
+        raise TypeError(f"not a CUDA stream: {stream!r}") from None
+
+
+def _cu_stream(stream: Stream) -> Any:
+    return _drv().CUstream(stream_handle(stream))
+
+
+def _take_fd(exported: Exported) -> int:
+    return exported.fileno()
+
+
+def _exported(source: Any, client: Any) -> Exported:
+    """``source`` itself when it is an :class:`Exported`; else its export: an ``Image`` (its
+    ``export()``), or a resource / id with ``client`` (``client.export(source)``)."""
+    if isinstance(source, Exported):
+        return source
+    export = getattr(source, "export", None)
+    if callable(export) and client is None:
+        result: Exported = export()
+        return result
+    if client is None:
+        raise TypeError(
+            f"expected an Exported (client.export(...) or client.redeem(ticket)), or a resource "
+            f"with client=, not {type(source).__name__}"
+        )
+    result = client.export(source)
+    return result
+
+
+def _metadata_device(exported: Exported) -> _Device:
+    return device_for_uuid(bytes(exported.info.device_uuid))
+
+
+# ---- buffers ----
+
+
+class _ImportedMemory:
+    """Imported external memory and its whole mapping; freed when the last holder lets go."""
+
+    def __init__(self, device: _Device, fd: int, allocation_size: int, dedicated: bool):
+        d = _drv()
+        self.device = device
+        self.ext: Any = None
+        self.ptr = 0
+        self.size = allocation_size  # mapped
+        self.usable = allocation_size  # what views may reach: the buffer's own size
+        desc = d.CUDA_EXTERNAL_MEMORY_HANDLE_DESC()
+        desc.type = d.CUexternalMemoryHandleType.CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD
+        desc.handle.fd = fd
+        desc.size = allocation_size
+        desc.flags = d.CUDA_EXTERNAL_MEMORY_DEDICATED if dedicated else 0
+        with device:
+            self.ext = _check("cuImportExternalMemory", d.cuImportExternalMemory(desc))
+
+    def map_whole(self) -> None:
+        d = _drv()
+        bdesc = d.CUDA_EXTERNAL_MEMORY_BUFFER_DESC()
+        bdesc.offset = 0
+        bdesc.size = self.size
+        bdesc.flags = 0
+        with self.device:
+            ptr = _check(
+                "cuExternalMemoryGetMappedBuffer", d.cuExternalMemoryGetMappedBuffer(self.ext, bdesc)
+            )
+        self.ptr = int(ptr)
+
+    def close(self) -> None:
+        ext, self.ext = self.ext, None
+        ptr, self.ptr = self.ptr, 0
+        if ext is None:
+            return
+        d = _drv()
+        with self.device:
+            if ptr:
+                d.cuMemFree(d.CUdeviceptr(ptr))
+            d.cuDestroyExternalMemory(ext)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _import_memory(exported: Exported, allocation_size: int, dedicated: bool) -> _ImportedMemory:
+    """Imports ``exported``'s descriptor, passing its ownership to CUDA on success only."""
+    try:
+        device = _metadata_device(exported)
+        if allocation_size <= 0:
+            raise ValueError("the export's allocation size is 0")
+        memory = _ImportedMemory(device, _take_fd(exported), allocation_size, dedicated)
+    except BaseException:
+        exported.close()
+        raise
+    exported.detach()  # the driver owns it now
+    return memory
+
+
+class CudaBuffer:
+    """A range of a buffer imported into CUDA, typed (``dtype``, ``shape``; uint8 bytes by
+    default): a device pointer with ``__cuda_array_interface__`` (v3) and ``__dlpack__``.
+
+    :meth:`view`, :meth:`as_tensor` and :meth:`as_cupy` make more at offsets, all sharing one
+    import; the import is freed when the last of them (and of the tensors made from them) is
+    gone. GPU work using the memory must be complete by then (synchronize its stream).
+
+    ``stream``: the stream the contents are ready on, for consumers on other streams: the
+    DLPack handshake makes the consumer's stream wait for it (an event), and
+    ``__cuda_array_interface__`` names it. None (default): no pending work to wait for (the
+    usual case when a :class:`CudaSemaphore` wait on the consumer's stream orders the work).
+    """
+
+    def __init__(
+        self,
+        memory: _ImportedMemory,
+        resource_id: str,
+        offset: int,
+        nbytes: int,
+        dtype: Any = "uint8",
+        shape: Union[int, Sequence[int], None] = None,
+        stream: Stream = None,
+    ):
+        self._memory = memory
+        self.id = resource_id
+        self.dtype = _dlpack.dtype_info(dtype)
+        if offset < 0 or nbytes < 0 or offset + nbytes > memory.usable:
+            raise ValueError(f"range {offset}+{nbytes} outside the buffer of {memory.usable} bytes")
+        if shape is None:
+            self.shape: Tuple[int, ...] = (nbytes // self.dtype.itemsize,)
+        else:
+            self.shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        count = 1
+        for s in self.shape:
+            count *= s
+        if count * self.dtype.itemsize > nbytes:
+            raise ValueError(
+                f"shape {self.shape} of {self.dtype.name} needs {count * self.dtype.itemsize} "
+                f"bytes; the range has {nbytes}"
+            )
+        self.offset = offset
+        self.nbytes = count * self.dtype.itemsize
+        self.stream = stream
+
+    @property
+    def ptr(self) -> int:
+        """The device pointer (``CUdeviceptr``) of the first element."""
+        if not self._memory.ptr:
+            raise ValueError("the CUDA import is closed")
+        return self._memory.ptr + self.offset
+
+    @property
+    def device(self) -> int:
+        """The CUDA device ordinal, in this process's numbering."""
+        return self._memory.device.ordinal
+
+    @property
+    def device_uuid(self) -> bytes:
+        return self._memory.device.uuid
+
+    def view(
+        self,
+        offset: int = 0,
+        nbytes: Optional[int] = None,
+        dtype: Any = "uint8",
+        shape: Union[int, Sequence[int], None] = None,
+    ) -> "CudaBuffer":
+        """Another view of the same import, ``offset`` bytes from this one's start, of ``dtype``
+        and ``shape`` (None: as many elements as fit in ``nbytes``; ``nbytes`` None: the rest
+        of this view, or with a shape the rest of the buffer). Any range of the buffer may be
+        viewed (checked against its size), so many tensors can share one import."""
+        start = self.offset + offset
+        if nbytes is None:
+            nbytes = self.offset + self.nbytes - start if shape is None else self._memory.usable - start
+        return CudaBuffer(self._memory, self.id, start, nbytes, dtype, shape, self.stream)
+
+    def as_tensor(
+        self,
+        dtype: Any = None,
+        shape: Union[int, Sequence[int], None] = None,
+        offset: int = 0,
+    ) -> Any:
+        """A torch tensor over ``shape`` elements of ``dtype`` (default torch.uint8) at byte
+        ``offset`` of this view, without a copy (DLPack). It keeps the import alive."""
+        import torch
+
+        view = self.view(offset, None, dtype if dtype is not None else torch.uint8, shape)
+        return torch.from_dlpack(view)
+
+    def as_cupy(
+        self,
+        dtype: Any = "uint8",
+        shape: Union[int, Sequence[int], None] = None,
+        offset: int = 0,
+    ) -> Any:
+        """A CuPy array over ``shape`` elements of ``dtype`` at byte ``offset``, without a copy
+        (``__cuda_array_interface__``). It keeps the import alive."""
+        import cupy
+
+        view = self.view(offset, None, dtype, shape)
+        with cupy.cuda.Device(view.device):
+            return cupy.asarray(view)
+
+    # ---- protocols ----
+
+    @property
+    def __cuda_array_interface__(self) -> Dict[str, Any]:
+        if self.dtype.typestr is None:
+            raise AttributeError(f"__cuda_array_interface__ has no type for {self.dtype.name}")
+        iface: Dict[str, Any] = {
+            "shape": self.shape,
+            "typestr": self.dtype.typestr,
+            "data": (self.ptr, False),
+            "strides": None,
+            "version": 3,
+        }
+        if self.stream is not None:
+            handle = stream_handle(self.stream)
+            iface["stream"] = handle if handle != 0 else 1
+        return iface
+
+    def __dlpack_device__(self) -> Tuple[int, int]:
+        return (_dlpack.KDL_CUDA, self.device)
+
+    def __dlpack__(
+        self,
+        *,
+        stream: Optional[int] = None,
+        max_version: Optional[Tuple[int, int]] = None,
+        dl_device: Optional[Tuple[int, int]] = None,
+        copy: Optional[bool] = None,
+    ) -> Any:
+        """DLPack export. ``stream``: the consumer's stream (None: the legacy default stream,
+        1: legacy default, 2: per-thread default, -1: no synchronization); when :attr:`stream`
+        is set, the consumer's stream waits for it (an event). A versioned capsule when
+        ``max_version`` >= (1, 0), else a legacy one. ``copy=True`` or another ``dl_device``
+        raise BufferError."""
+        if copy:
+            raise BufferError("gpushare.cuda.CudaBuffer: DLPack copies are not supported")
+        if dl_device is not None and tuple(dl_device) != self.__dlpack_device__():
+            raise BufferError(f"the buffer is on {self.__dlpack_device__()}, not {tuple(dl_device)}")
+        if stream is not None and stream != -1 and self.stream is not None:
+            consumer = {1: 0, 2: 2}.get(stream, stream)
+            producer = stream_handle(self.stream)
+            if consumer != producer:
+                _stream_wait(self._memory.device, producer, consumer)
+        return _dlpack.make_capsule(
+            self,
+            self.ptr,
+            self.__dlpack_device__(),
+            self.dtype,
+            self.shape,
+            versioned=max_version is not None and tuple(max_version) >= (1, 0),
+            keep=(self._memory,),
+        )
+
+    def close(self) -> None:
+        """Frees the import now (every view and tensor over it becomes invalid). Optional:
+        it is freed when the last view is gone."""
+        self._memory.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"CudaBuffer(id={self.id!r}, device={self._memory.device.ordinal}, "
+            f"offset={self.offset}, shape={self.shape}, dtype={self.dtype.name})"
+        )
+
+
+def _stream_wait(device: _Device, producer: int, consumer: int) -> None:
+    """Makes ``consumer`` wait (on the GPU) for the work enqueued so far on ``producer``."""
+    d = _drv()
+    with device:
+        event = _check(
+            "cuEventCreate", d.cuEventCreate(int(d.CUevent_flags.CU_EVENT_DISABLE_TIMING))
+        )
+        try:
+            _check("cuEventRecord", d.cuEventRecord(event, d.CUstream(producer)))
+            _check("cuStreamWaitEvent", d.cuStreamWaitEvent(d.CUstream(consumer), event, 0))
+        finally:
+            d.cuEventDestroy(event)
+
+
+def import_buffer(source: Any, client: Any = None, stream: Stream = None) -> CudaBuffer:
+    """Imports a buffer into the CUDA device that exported it (by UUID), with the metadata's
+    allocation size and dedicated flag, and maps it whole. ``source``: an :class:`Exported`
+    (:meth:`Client.export`, :meth:`Client.redeem`), or the buffer (a ``Resource`` or its id)
+    with the ``client`` to export it. Takes the descriptor: its ownership passes to CUDA on
+    success, and it is closed on failure. Returns a uint8 view of the buffer's ``size`` bytes;
+    ``stream`` becomes its :attr:`CudaBuffer.stream`."""
+    exported = _exported(source, client)
+    info = exported.info
+    try:
+        if info.kind != gpushare_pb2.RESOURCE_KIND_BUFFER or info.WhichOneof("details") != "buffer":
+            raise ValueError(f"not a buffer export: {exported!r}")
+        if info.handle_type != gpushare_pb2.HANDLE_TYPE_OPAQUE_FD:
+            raise ValueError(f"CUDA imports OPAQUE_FD buffers, not handle type {info.handle_type}")
+        meta = info.buffer
+        if meta.size == 0 or meta.size > meta.allocation_size:
+            raise ValueError(f"buffer size {meta.size} with allocation size {meta.allocation_size}")
+    except BaseException:
+        exported.close()
+        raise
+    memory = _import_memory(exported, meta.allocation_size, meta.dedicated)
+    memory.usable = meta.size
+    try:
+        memory.map_whole()
+    except BaseException:
+        memory.close()
+        raise
+    return CudaBuffer(memory, info.resource_id, 0, meta.size, "uint8", None, stream)
+
+
+# ---- semaphores ----
+
+# How long close() waits for enqueued signals and waits before leaking the handle.
+_SEMAPHORE_CLOSE_WAIT_S = 2.0
+
+
+class CudaSemaphore:
+    """A gpushare timeline semaphore imported into CUDA: :meth:`signal` and :meth:`wait`
+    enqueue on a stream (no host block). Destroyed by :meth:`close` (or garbage collection)
+    once the operations enqueued on it completed; leaked, not destroyed under the GPU, when
+    some are still pending after 2 s (a wait nobody signals)."""
+
+    def __init__(self, device: _Device, handle: Any, resource_id: str):
+        self._device = device
+        self._handle: Any = handle
+        self.id = resource_id
+        # One event per stream used, re-recorded after each operation on it: the last record
+        # on a stream covers every earlier operation there.
+        self._events: Dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> int:
+        return self._device.ordinal
+
+    def _enqueue(self, call: str, value: int, stream: Stream, signal: bool) -> None:
+        if self._handle is None:
+            raise ValueError("the CUDA semaphore is closed")
+        d = _drv()
+        handle = stream_handle(stream)
+        cu_stream = d.CUstream(handle)
+        if signal:
+            params = d.CUDA_EXTERNAL_SEMAPHORE_SIGNAL_PARAMS()
+        else:
+            params = d.CUDA_EXTERNAL_SEMAPHORE_WAIT_PARAMS()
+        params.params.fence.value = int(value)
+        with self._device:
+            fn = d.cuSignalExternalSemaphoresAsync if signal else d.cuWaitExternalSemaphoresAsync
+            _check(call, fn([self._handle], [params], 1, cu_stream))
+            with self._lock:
+                event = self._events.get(handle)
+                if event is None:
+                    event = _check(
+                        "cuEventCreate", d.cuEventCreate(int(d.CUevent_flags.CU_EVENT_DISABLE_TIMING))
+                    )
+                    self._events[handle] = event
+                _check("cuEventRecord", d.cuEventRecord(event, cu_stream))
+
+    def signal(self, value: int, stream: Stream = None) -> None:
+        """Enqueues on ``stream`` a signal to ``value`` (above the value it will have then)."""
+        if value <= 0:
+            raise ValueError("a timeline signal value must exceed the current value (> 0)")
+        self._enqueue("cuSignalExternalSemaphoresAsync", value, stream, True)
+
+    def wait(self, value: int, stream: Stream = None) -> None:
+        """Enqueues on ``stream`` a wait for the value to reach ``value``: later work on the
+        stream starts only then. See the README on CUDA lazy loading before the first kernel
+        launch after such a wait."""
+        self._enqueue("cuWaitExternalSemaphoresAsync", value, stream, False)
+
+    def pending(self) -> int:
+        """How many streams still have an operation of this semaphore in flight."""
+        d = _drv()
+        with self._lock:
+            events = list(self._events.values())
+        # CUDA_ERROR_NOT_READY (600); another error will not complete later either.
+        return sum(1 for e in events if int(d.cuEventQuery(e)[0]) == 600)
+
+    def close(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        d = _drv()
+        deadline = time.monotonic() + _SEMAPHORE_CLOSE_WAIT_S
+        while self.pending() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if self.pending():
+            return  # leaked: destroying it under pending GPU work is undefined
+        with self._device:
+            for event in self._events.values():
+                d.cuEventDestroy(event)
+            self._events.clear()
+            d.cuDestroyExternalSemaphore(handle)
+
+    def __enter__(self) -> "CudaSemaphore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def import_semaphore(source: Any, client: Any = None) -> CudaSemaphore:
+    """Imports a timeline semaphore into the CUDA device that exported it. ``source``: an
+    :class:`Exported`, or the semaphore with the ``client`` to export it. Takes the descriptor
+    (CUDA owns it on success; closed on failure)."""
+    exported = _exported(source, client)
+    info = exported.info
+    try:
+        if info.kind != gpushare_pb2.RESOURCE_KIND_SEMAPHORE:
+            raise ValueError(f"not a semaphore export: {exported!r}")
+        if info.handle_type != gpushare_pb2.HANDLE_TYPE_OPAQUE_FD:
+            raise ValueError(f"CUDA imports OPAQUE_FD semaphores, not handle type {info.handle_type}")
+        device = _metadata_device(exported)
+        d = _drv()
+        supported = device.attribute(
+            d.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_TIMELINE_SEMAPHORE_INTEROP_SUPPORTED
+        )
+        if not supported:
+            raise CudaError("cuImportExternalSemaphore", 801, "no timeline semaphore interop")
+        desc = d.CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC()
+        desc.type = (
+            d.CUexternalSemaphoreHandleType.CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD
+        )
+        desc.handle.fd = exported.fileno()
+        desc.flags = 0
+        with device:
+            handle = _check("cuImportExternalSemaphore", d.cuImportExternalSemaphore(desc))
+    except BaseException:
+        exported.close()
+        raise
+    exported.detach()
+    return CudaSemaphore(device, handle, info.resource_id)
+
+
+# ---- images ----
+
+_USAGE_STORAGE = 0x8
+_USAGE_COLOR_ATTACHMENT = 0x10
+
+
+def _array_format(fmt: int) -> Tuple[Any, int, str, bool]:
+    """(CUarray_format, channels, kind, srgb) of a gpushare image format."""
+    from gpushare.image import image_format
+
+    info = image_format(fmt)
+    d = _drv()
+    F = d.CUarray_format
+    if info.channel_size == 1:
+        cu = F.CU_AD_FORMAT_UNSIGNED_INT8
+    elif info.channel_size == 2:
+        cu = F.CU_AD_FORMAT_HALF
+    elif info.kind == "float":
+        cu = F.CU_AD_FORMAT_FLOAT
+    else:
+        cu = F.CU_AD_FORMAT_UNSIGNED_INT32
+    return cu, int(info.channels), str(info.kind), info.name.endswith("srgb")
+
+
+def _max_levels(*dims: int) -> int:
+    return max(dims).bit_length()
+
+
+class CudaImage:
+    """An image imported into CUDA as a mipmapped array (``array``, a ``CUmipmappedArray``) of
+    its format, extent, levels and layers. :meth:`level`, :meth:`surface`, :meth:`texture`.
+    Objects made from it keep it alive; GPU work using them must be complete when the last goes."""
+
+    def __init__(self, memory: _ImportedMemory, meta: Any, resource_id: str):
+        d = _drv()
+        self.id = resource_id
+        self._memory = memory
+        self.meta = meta
+        self.width, self.height, self.depth = int(meta.width), int(meta.height), int(meta.depth)
+        self.mip_levels, self.array_layers = int(meta.mip_levels), int(meta.array_layers)
+        self.is_3d = meta.kind == gpushare_pb2.IMAGE_KIND_3D
+        cu_format, channels, self.format_kind, self.srgb = _array_format(meta.format)
+        layered = not self.is_3d and self.array_layers > 1
+        flags = 0
+        if self.is_3d:
+            depth = self.depth
+        elif layered:
+            depth, flags = self.array_layers, d.CUDA_ARRAY3D_LAYERED
+        else:
+            depth = 0
+        if meta.usage & _USAGE_STORAGE:
+            flags |= d.CUDA_ARRAY3D_SURFACE_LDST
+        if meta.usage & _USAGE_COLOR_ATTACHMENT:
+            flags |= d.CUDA_ARRAY3D_COLOR_ATTACHMENT
+        self.flags = flags
+        mapped = self.mip_levels
+        if layered and self.mip_levels > 1:
+            # NVIDIA's Vulkan driver lays each layer out for the full chain (see
+            # interop/src/cuda/array.rs, mapped_levels).
+            mapped = _max_levels(self.width, self.height)
+        mdesc = d.CUDA_EXTERNAL_MEMORY_MIPMAPPED_ARRAY_DESC()
+        mdesc.offset = 0
+        mdesc.arrayDesc.Width = self.width
+        mdesc.arrayDesc.Height = self.height
+        mdesc.arrayDesc.Depth = depth
+        mdesc.arrayDesc.Format = cu_format
+        mdesc.arrayDesc.NumChannels = channels
+        mdesc.arrayDesc.Flags = flags
+        mdesc.numLevels = mapped
+        with memory.device:
+            self.array: Any = _check(
+                "cuExternalMemoryGetMappedMipmappedArray",
+                d.cuExternalMemoryGetMappedMipmappedArray(memory.ext, mdesc),
+            )
+
+    @property
+    def device(self) -> int:
+        return self._memory.device.ordinal
+
+    def level_extent(self, level: int) -> Tuple[int, int, int]:
+        return (
+            max(1, self.width >> level),
+            max(1, self.height >> level),
+            max(1, self.depth >> level) if self.is_3d else 1,
+        )
+
+    def level(self, level: int) -> Any:
+        """Level ``level``'s ``CUarray`` (owned by the mipmapped array: valid while this lives)."""
+        if not 0 <= level < self.mip_levels:
+            raise ValueError(f"mip level {level} outside 0..{self.mip_levels - 1}")
+        d = _drv()
+        with self._memory.device:
+            return _check(
+                "cuMipmappedArrayGetLevel", d.cuMipmappedArrayGetLevel(self.array, level)
+            )
+
+    def surface(self, level: int = 0) -> "SurfaceObject":
+        """A surface object (``CUsurfObject``) on level ``level``, for ``surf2Dwrite`` /
+        ``surf3Dwrite`` from kernels. Needs STORAGE usage."""
+        if not self.flags & _drv().CUDA_ARRAY3D_SURFACE_LDST:
+            raise ValueError("surface objects need an image created with STORAGE usage")
+        return SurfaceObject(self, self.level(level))
+
+    def texture(
+        self,
+        normalized_coords: Optional[bool] = None,
+        filter_linear: bool = False,
+        address_clamp: bool = True,
+    ) -> "TextureObject":
+        """A texture object (``CUtexObject``) over the whole mip chain (normalized coordinates,
+        which CUDA requires for several levels, by default then) or the single level."""
+        if normalized_coords is None:
+            normalized_coords = self.mip_levels > 1
+        if self.mip_levels > 1 and not normalized_coords:
+            raise ValueError("a mipmapped texture needs normalized coordinates")
+        if filter_linear and self.format_kind == "uint":
+            raise ValueError("integer formats cannot be filtered linearly")
+        return TextureObject(self, bool(normalized_coords), filter_linear, address_clamp)
+
+    def close(self) -> None:
+        array, self.array = self.array, None
+        if array is not None:
+            with self._memory.device:
+                _drv().cuMipmappedArrayDestroy(array)
+        self._memory.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class SurfaceObject:
+    """A ``CUsurfObject`` (``.handle``, an int to pass to kernels); destroyed by ``close()`` or
+    garbage collection; keeps its image alive."""
+
+    def __init__(self, image: CudaImage, level_array: Any):
+        d = _drv()
+        self._image = image
+        res = d.CUDA_RESOURCE_DESC()
+        res.resType = d.CUresourcetype.CU_RESOURCE_TYPE_ARRAY
+        res.res.array.hArray = level_array
+        res.flags = 0
+        with image._memory.device:
+            self._obj: Any = _check("cuSurfObjectCreate", d.cuSurfObjectCreate(res))
+        self.handle = int(self._obj)
+
+    def close(self) -> None:
+        obj, self._obj = self._obj, None
+        if obj is not None:
+            with self._image._memory.device:
+                _drv().cuSurfObjectDestroy(obj)
+
+    def __int__(self) -> int:
+        return self.handle
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class TextureObject:
+    """A ``CUtexObject`` over an image's mip chain (``.handle``, an int for kernels)."""
+
+    def __init__(self, image: CudaImage, normalized: bool, linear: bool, clamp: bool):
+        d = _drv()
+        self._image = image
+        res = d.CUDA_RESOURCE_DESC()
+        if image.mip_levels > 1:
+            res.resType = d.CUresourcetype.CU_RESOURCE_TYPE_MIPMAPPED_ARRAY
+            res.res.mipmap.hMipmappedArray = image.array
+        else:
+            res.resType = d.CUresourcetype.CU_RESOURCE_TYPE_ARRAY
+            res.res.array.hArray = image.level(0)
+        res.flags = 0
+        tex = d.CUDA_TEXTURE_DESC()
+        address = (
+            d.CUaddress_mode.CU_TR_ADDRESS_MODE_CLAMP
+            if clamp
+            else d.CUaddress_mode.CU_TR_ADDRESS_MODE_WRAP
+        )
+        tex.addressMode = [address, address, address]
+        mode = (
+            d.CUfilter_mode.CU_TR_FILTER_MODE_LINEAR
+            if linear
+            else d.CUfilter_mode.CU_TR_FILTER_MODE_POINT
+        )
+        tex.filterMode = mode
+        tex.mipmapFilterMode = mode
+        flags = 0
+        if normalized:
+            flags |= d.CU_TRSF_NORMALIZED_COORDINATES
+        if image.format_kind == "uint":
+            flags |= d.CU_TRSF_READ_AS_INTEGER
+        if image.srgb:
+            flags |= d.CU_TRSF_SRGB
+        tex.flags = flags
+        tex.maxAnisotropy = 0
+        tex.mipmapLevelBias = 0.0
+        tex.minMipmapLevelClamp = 0.0
+        tex.maxMipmapLevelClamp = float(max(image.mip_levels - 1, 0))
+        with image._memory.device:
+            self._obj: Any = _check("cuTexObjectCreate", d.cuTexObjectCreate(res, tex, None))
+        self.handle = int(self._obj)
+
+    def close(self) -> None:
+        obj, self._obj = self._obj, None
+        if obj is not None:
+            with self._image._memory.device:
+                _drv().cuTexObjectDestroy(obj)
+
+    def __int__(self) -> int:
+        return self.handle
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def import_image(source: Any, client: Any = None) -> CudaImage:
+    """Imports an image into the CUDA device that exported it, as a mipmapped array (always a
+    dedicated allocation). ``source``: an :class:`Exported` (``Image.export()``,
+    :meth:`Client.redeem`), an :class:`gpushare.Image` (exported here), or the image resource
+    with the ``client`` to export it. Takes the descriptor."""
+    exported = _exported(source, client)
+    info = exported.info
+    try:
+        if info.kind != gpushare_pb2.RESOURCE_KIND_IMAGE or info.WhichOneof("details") != "image":
+            raise ValueError(f"not an image export: {exported!r}")
+        if info.handle_type != gpushare_pb2.HANDLE_TYPE_OPAQUE_FD:
+            raise ValueError(f"CUDA imports OPAQUE_FD images, not handle type {info.handle_type}")
+    except BaseException:
+        exported.close()
+        raise
+    meta = info.image
+    memory = _import_memory(exported, meta.allocation_size, True)
+    try:
+        return CudaImage(memory, meta, info.resource_id)
+    except BaseException:
+        memory.close()
+        raise
+
+
+# ---- the lazy-loading pitfall ----
+
+
+def warm_up(*fns: Any) -> None:
+    """Runs each callable once and synchronizes (torch's current device), so that the CUDA
+    modules their kernels live in are loaded before any semaphore wait is enqueued. Call it
+    with the stream the loop will use current (``with torch.cuda.stream(s):``): torch's
+    caching allocator keeps its blocks per stream, so the loop then reuses them instead of
+    allocating behind the pending wait.
+
+    With CUDA lazy loading (``CUDA_MODULE_LOADING=LAZY``, the default since CUDA 12.2), the
+    first launch of a kernel loads its module, and loading waits for the device's queued work
+    to drain, holding the context lock meanwhile: behind a pending external-semaphore wait (on
+    any stream of the device, a side stream too) the launch blocks the host thread, and every
+    other thread's CUDA call, until the wait is satisfied. If the signal it waits for is the
+    next thing this process would send, that is a deadlock. So: warm the kernels up before the
+    first wait is enqueued (this function), or set ``CUDA_MODULE_LOADING=EAGER`` in the
+    environment before CUDA initializes (every module loads at startup: slower start, more
+    memory). Enqueueing the waits on a side stream does not help (the load waits for the whole
+    device), so gpushare does not rely on it."""
+    for fn in fns:
+        fn()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    except ImportError:
+        pass

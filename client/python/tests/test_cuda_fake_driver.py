@@ -1,0 +1,319 @@
+"""gpushare.cuda's call sequences against a fake driver (no GPU): the real cuda-bindings structs,
+enums and constants, with every cu* function replaced by a fake that checks its argument types
+and records the call. Real exports from the daemon supply the descriptors and metadata.
+
+What this proves without a GPU: every name gpushare.cuda uses exists in cuda-bindings, the
+descriptors it fills are the types the driver functions take with the fields the Rust client
+sets, descriptors pass to "CUDA" on success and are closed on failure, and things are destroyed
+in order. What it cannot: that the real driver accepts them (the GPU suite does that)."""
+
+import os
+
+import pytest
+
+import gpushare
+from gpushare import pb
+
+real = pytest.importorskip("cuda.bindings.driver", reason="SKIP: cuda-bindings is not installed")
+
+import gpushare.cuda as gcuda  # noqa: E402
+
+OK = real.CUresult.CUDA_SUCCESS
+
+
+class FakeDriver:
+    def __init__(self, uuid: bytes, fail=()):
+        self.uuid = uuid
+        self.calls = []
+        self.fail = set(fail)
+        self.live = {}  # handle -> kind
+        self.next = 0x1000
+        self.imported_fds = []
+
+    def __getattr__(self, name):
+        if name.startswith("cu"):
+            raise AttributeError(f"the fake driver lacks {name}: add it")
+        return getattr(real, name)  # structs, enums, constants: the real ones
+
+    def _new(self, kind):
+        self.next += 0x100
+        self.live[self.next] = kind
+        return self.next
+
+    def _call(self, name, *result):
+        self.calls.append(name)
+        if name in self.fail:
+            return (real.CUresult.CUDA_ERROR_INVALID_VALUE,)
+        return (OK, *result)
+
+    # devices and contexts
+    def cuInit(self, flags):
+        return self._call("cuInit")
+
+    def cuDeviceGetCount(self):
+        return self._call("cuDeviceGetCount", 1)
+
+    def cuDeviceGet(self, i):
+        return self._call("cuDeviceGet", real.CUdevice(i))
+
+    def cuDeviceGetUuid(self, dev):
+        u = real.CUuuid()
+        return self._call("cuDeviceGetUuid", type("U", (), {"bytes": self.uuid})())
+
+    def cuDeviceGetName(self, n, dev):
+        return self._call("cuDeviceGetName", b"Fake GPU\0")
+
+    def cuDeviceGetAttribute(self, attr, dev):
+        assert isinstance(attr, real.CUdevice_attribute)
+        return self._call("cuDeviceGetAttribute", 1)
+
+    def cuDevicePrimaryCtxRetain(self, dev):
+        return self._call("cuDevicePrimaryCtxRetain", real.CUcontext(0xC0))
+
+    def cuCtxPushCurrent(self, ctx):
+        assert isinstance(ctx, real.CUcontext)
+        return self._call("cuCtxPushCurrent")
+
+    def cuCtxPopCurrent(self):
+        return self._call("cuCtxPopCurrent", real.CUcontext(0xC0))
+
+    def cuGetErrorString(self, err):
+        return (OK, b"fake error")
+
+    # memory
+    def cuImportExternalMemory(self, desc):
+        assert isinstance(desc, real.CUDA_EXTERNAL_MEMORY_HANDLE_DESC)
+        assert desc.type == real.CUexternalMemoryHandleType.CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD
+        assert desc.size > 0 and desc.handle.fd >= 0
+        os.fstat(desc.handle.fd)  # still open: ownership passes only on success
+        self.last_import = (desc.handle.fd, desc.size, desc.flags)
+        r = self._call("cuImportExternalMemory", real.CUexternalMemory(0))
+        if r[0] == OK:
+            self.imported_fds.append(desc.handle.fd)
+            return (OK, real.CUexternalMemory(self._new("extmem")))
+        return r
+
+    def cuExternalMemoryGetMappedBuffer(self, ext, desc):
+        assert isinstance(desc, real.CUDA_EXTERNAL_MEMORY_BUFFER_DESC)
+        assert self.live[int(ext)] == "extmem" and desc.offset == 0 and desc.size > 0
+        if "cuExternalMemoryGetMappedBuffer" in self.fail:
+            return self._call("cuExternalMemoryGetMappedBuffer")
+        return self._call("cuExternalMemoryGetMappedBuffer", real.CUdeviceptr(self._new("ptr")))
+
+    def cuMemFree(self, ptr):
+        assert isinstance(ptr, real.CUdeviceptr) and self.live.pop(int(ptr)) == "ptr"
+        return self._call("cuMemFree")
+
+    def cuDestroyExternalMemory(self, ext):
+        assert self.live.pop(int(ext)) == "extmem"
+        assert "ptr" not in self.live.values() and "mipmap" not in self.live.values()
+        return self._call("cuDestroyExternalMemory")
+
+    # semaphores and events
+    def cuImportExternalSemaphore(self, desc):
+        assert isinstance(desc, real.CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC)
+        assert desc.type == (
+            real.CUexternalSemaphoreHandleType.CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD
+        )
+        os.fstat(desc.handle.fd)
+        self.imported_fds.append(desc.handle.fd)
+        return self._call("cuImportExternalSemaphore", real.CUexternalSemaphore(self._new("sem")))
+
+    def _sem_op(self, name, sems, params, n, stream, kind):
+        assert n == 1 and len(sems) == 1 and self.live[int(sems[0])] == "sem"
+        assert isinstance(params[0], kind) and isinstance(stream, real.CUstream)
+        self.last_op = (name, params[0].params.fence.value, int(stream))
+        return self._call(name)
+
+    def cuSignalExternalSemaphoresAsync(self, sems, params, n, stream):
+        return self._sem_op("cuSignalExternalSemaphoresAsync", sems, params, n, stream,
+                            real.CUDA_EXTERNAL_SEMAPHORE_SIGNAL_PARAMS)
+
+    def cuWaitExternalSemaphoresAsync(self, sems, params, n, stream):
+        return self._sem_op("cuWaitExternalSemaphoresAsync", sems, params, n, stream,
+                            real.CUDA_EXTERNAL_SEMAPHORE_WAIT_PARAMS)
+
+    def cuDestroyExternalSemaphore(self, sem):
+        assert self.live.pop(int(sem)) == "sem"
+        return self._call("cuDestroyExternalSemaphore")
+
+    def cuEventCreate(self, flags):
+        assert isinstance(flags, int)
+        return self._call("cuEventCreate", real.CUevent(self._new("event")))
+
+    def cuEventRecord(self, event, stream):
+        assert self.live[int(event)] == "event" and isinstance(stream, real.CUstream)
+        return self._call("cuEventRecord")
+
+    def cuEventQuery(self, event):
+        return self._call("cuEventQuery")
+
+    def cuEventDestroy(self, event):
+        assert self.live.pop(int(event)) == "event"
+        return self._call("cuEventDestroy")
+
+    def cuStreamWaitEvent(self, stream, event, flags):
+        assert isinstance(stream, real.CUstream) and self.live[int(event)] == "event"
+        return self._call("cuStreamWaitEvent")
+
+    # images
+    def cuExternalMemoryGetMappedMipmappedArray(self, ext, desc):
+        assert isinstance(desc, real.CUDA_EXTERNAL_MEMORY_MIPMAPPED_ARRAY_DESC)
+        a = desc.arrayDesc
+        self.last_array = (a.Width, a.Height, a.Depth, a.Format, a.NumChannels, a.Flags,
+                           desc.numLevels)
+        return self._call("cuExternalMemoryGetMappedMipmappedArray",
+                          real.CUmipmappedArray(self._new("mipmap")))
+
+    def cuMipmappedArrayGetLevel(self, array, level):
+        assert self.live[int(array)] == "mipmap"
+        return self._call("cuMipmappedArrayGetLevel", real.CUarray(0xA000 + level))
+
+    def cuMipmappedArrayDestroy(self, array):
+        assert self.live.pop(int(array)) == "mipmap"
+        assert "surf" not in self.live.values() and "tex" not in self.live.values()
+        return self._call("cuMipmappedArrayDestroy")
+
+    def cuSurfObjectCreate(self, res):
+        assert isinstance(res, real.CUDA_RESOURCE_DESC)
+        assert res.resType == real.CUresourcetype.CU_RESOURCE_TYPE_ARRAY
+        return self._call("cuSurfObjectCreate", real.CUsurfObject(self._new("surf")))
+
+    def cuSurfObjectDestroy(self, obj):
+        assert self.live.pop(int(obj)) == "surf"
+        return self._call("cuSurfObjectDestroy")
+
+    def cuTexObjectCreate(self, res, tex, view):
+        assert isinstance(res, real.CUDA_RESOURCE_DESC) and isinstance(tex, real.CUDA_TEXTURE_DESC)
+        self.last_tex = (res.resType, tex.flags, tex.maxMipmapLevelClamp)
+        return self._call("cuTexObjectCreate", real.CUtexObject(self._new("tex")))
+
+    def cuTexObjectDestroy(self, obj):
+        assert self.live.pop(int(obj)) == "tex"
+        return self._call("cuTexObjectDestroy")
+
+
+@pytest.fixture
+def fake(monkeypatch, info):
+    uuid = bytes(info.devices[0].device_uuid)
+    drv = FakeDriver(uuid)
+    monkeypatch.setattr(gcuda, "_driver_module", drv)
+    monkeypatch.setattr(gcuda, "_devices", {})
+    return drv
+
+
+def _closed(fd):
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
+def test_buffer_import_views_and_free(client, fake):
+    buf = client.create_buffer(10000)
+    exp = client.export(buf)
+    meta = exp.info.buffer
+    cbuf = gcuda.import_buffer(exp)
+    assert exp.closed  # detached: the "driver" owns the descriptor now
+    fd, size, flags = fake.last_import
+    assert size == meta.allocation_size
+    assert flags == (real.CUDA_EXTERNAL_MEMORY_DEDICATED if meta.dedicated else 0)
+    assert cbuf.nbytes == 10000 and cbuf.device == 0
+    v = cbuf.view(4096, dtype="float32", shape=16)
+    assert v.ptr == cbuf.ptr + 4096
+    cap = v.__dlpack__(stream=1, max_version=(1, 0))
+    del cbuf, v
+    assert "extmem" in fake.live.values()  # the capsule holds the import
+    del cap
+    assert "extmem" not in fake.live.values() and "ptr" not in fake.live.values()
+    os.close(fd)  # the fake driver does not close what it was given
+
+
+def test_buffer_import_failure_closes_the_descriptor(client, fake):
+    fake.fail.add("cuImportExternalMemory")
+    buf = client.create_buffer(4096)
+    exp = client.export(buf)
+    fd = exp.fd
+    with pytest.raises(gcuda.CudaError) as e:
+        gcuda.import_buffer(exp)
+    assert "cuImportExternalMemory" in str(e.value) and "fake error" in str(e.value)
+    assert exp.closed and _closed(fd)
+    fake.fail = {"cuExternalMemoryGetMappedBuffer"}
+    with pytest.raises(gcuda.CudaError):
+        gcuda.import_buffer(buf, client)
+    assert not fake.live  # the import was destroyed again
+    for fd in fake.imported_fds:
+        os.close(fd)
+
+
+def test_another_gpu_is_named(client, monkeypatch):
+    drv = FakeDriver(b"\xee" * 16)
+    monkeypatch.setattr(gcuda, "_driver_module", drv)
+    monkeypatch.setattr(gcuda, "_devices", {})
+    buf = client.create_buffer(4096)
+    exp = client.export(buf)
+    fd = exp.fd
+    with pytest.raises(gcuda.DeviceNotVisible) as e:
+        gcuda.import_buffer(exp)
+    uuid = gcuda.format_uuid(bytes(exp.info.device_uuid))
+    assert uuid in str(e.value) and "eeeeeeee-eeee" in str(e.value)
+    assert _closed(fd)
+
+
+def test_semaphore_signal_wait_on_streams_and_close(client, fake):
+    class TorchStream:
+        cuda_stream = 0x5000
+
+    # lavapipe cannot export timeline semaphores: a descriptor of /dev/null with the metadata
+    # the daemon sends (the fake driver only checks that it is open).
+    info = pb.ExportedFd(
+        resource_id="sem-fake", kind=pb.RESOURCE_KIND_SEMAPHORE,
+        handle_type=pb.HANDLE_TYPE_OPAQUE_FD, device_uuid=fake.uuid,
+        semaphore=pb.SemaphoreImport(timeline=True, value=0),
+    )
+    exp = gpushare.Exported(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), info)
+    csem = gcuda.import_semaphore(exp)
+    assert exp.closed
+    csem.signal(3, TorchStream())
+    assert fake.last_op == ("cuSignalExternalSemaphoresAsync", 3, 0x5000)
+    csem.wait(3, None)
+    assert fake.last_op == ("cuWaitExternalSemaphoresAsync", 3, 0)
+    csem.wait(4, TorchStream())
+    assert fake.calls.count("cuEventCreate") == 2  # one event per stream, re-recorded
+    with pytest.raises(ValueError):
+        csem.signal(0)
+    csem.close()
+    assert not any(k in ("sem", "event") for k in fake.live.values())
+    for fd in fake.imported_fds:
+        os.close(fd)
+
+
+def test_image_array_surface_texture(client, fake):
+    img = client.create_image("rgba16float", 32, 16, mip_levels=3, array_layers=2)
+    cimg = gcuda.import_image(img)
+    w, h, d, fmt, ch, flags, levels = fake.last_array
+    assert (w, h, d, ch) == (32, 16, 2, 4)
+    assert fmt == real.CUarray_format.CU_AD_FORMAT_HALF
+    assert flags & real.CUDA_ARRAY3D_LAYERED and flags & real.CUDA_ARRAY3D_SURFACE_LDST
+    assert levels == 6  # a layered partial chain is mapped with the full chain
+    surf = cimg.surface(1)
+    tex = cimg.texture()
+    res_type, tex_flags, clamp = fake.last_tex
+    assert res_type == real.CUresourcetype.CU_RESOURCE_TYPE_MIPMAPPED_ARRAY
+    assert tex_flags & real.CU_TRSF_NORMALIZED_COORDINATES and clamp == 2.0
+    with pytest.raises(ValueError):
+        cimg.level(3)
+    with pytest.raises(ValueError):
+        cimg.texture(normalized_coords=False)
+    surf.close()
+    tex.close()
+    cimg.close()
+    assert not fake.live
+    vol = client.create_image("r32uint", 8, 8, depth=4)
+    cvol = gcuda.import_image(vol)
+    assert fake.last_array[:5] == (8, 8, 4, real.CUarray_format.CU_AD_FORMAT_UNSIGNED_INT32, 1)
+    cvol.texture()
+    assert fake.last_tex[1] & real.CU_TRSF_READ_AS_INTEGER
+    for fd in fake.imported_fds:
+        os.close(fd)
