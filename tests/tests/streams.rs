@@ -39,10 +39,16 @@ struct Streamer {
 
 impl Streamer {
     fn start(d: &TestDaemon, args: &[&str]) -> Streamer {
+        Self::start_with(d, args, "vulkan")
+    }
+
+    /// With `api` "cuda", it moves frames with CUDA (see the streamer's docs).
+    fn start_with(d: &TestDaemon, args: &[&str], api: &str) -> Streamer {
         let mut child = spawn(
             Command::new(bin("gpushare-streamer"))
                 .arg(d.runtime_dir())
                 .args(args)
+                .env("GPUSHARE_STREAMER_API", api)
                 .stdout(Stdio::piped()),
         );
         let out = BufReader::new(child.stdout.take().unwrap());
@@ -425,6 +431,76 @@ async fn a_killed_producer_ends_the_stream_and_nothing_leaks() {
     let grew = d.rss_kib().saturating_sub(rss);
     println!("daemon RSS grew {grew} KiB over 3 streams with killed producers");
     assert!(grew < 64 * 1024, "RSS grew {grew} KiB");
+}
+
+/// GPU points (a device that exports timeline semaphores: the GPU suite): frames move with
+/// CUDA and Vulkan on both sides, every hand-off waited for and signaled on the GPUs, every
+/// frame checked byte for byte; then a consumer holding frames is killed mid-stream and the
+/// producer goes on (the dead consumer's release timeline is poisoned, so the producer's GPU
+/// waits on it pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_points_hand_frames_between_cuda_and_vulkan() {
+    let d = gpushare_tests::daemon_or_skip!();
+    let c = session(&d, "gpu streams").await;
+    let probe = c
+        .create_stream(2, &SlotKind::Buffer(SLOT), &StreamOptions::default())
+        .await
+        .unwrap();
+    if !probe.gpu_points() {
+        assert!(
+            !gpushare_tests::gpu_required(),
+            "GPUSHARE_REQUIRE_GPU=1 but the stream's points are HOST points"
+        );
+        println!(
+            "SKIP: the device exports no timeline semaphore (HOST points): GPU points need a GPU"
+        );
+        return;
+    }
+    probe.detach().await.unwrap();
+    let frames = "2000";
+    for (producer_api, consumer_apis) in
+        [("vulkan", ["cuda", "vulkan"]), ("cuda", ["vulkan", "cuda"])]
+    {
+        let id = unproduced(&c, 3).await;
+        let mut consumers: Vec<Streamer> = consumer_apis
+            .iter()
+            .map(|api| Streamer::start_with(&d, &["consume", &id, "fifo", "2"], api))
+            .collect();
+        for s in &mut consumers {
+            assert_eq!(s.line(), "attached");
+        }
+        let started = Instant::now();
+        let mut producer = Streamer::start_with(&d, &["produce", &id, frames], producer_api);
+        assert_eq!(producer.line(), "attached");
+        producer.finish();
+        for (s, api) in consumers.into_iter().zip(consumer_apis) {
+            let (count, last, gaps) = consumed(&s.finish());
+            assert_eq!(
+                (count, last, gaps),
+                (2000, 2000, 0),
+                "{producer_api} -> {api}"
+            );
+        }
+        println!(
+            "GPU points: {frames} frames {producer_api} -> {consumer_apis:?}: {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    // A consumer holding two frames is SIGKILLed while the producer waits for a slot.
+    let id = unproduced(&c, 3).await;
+    let mut holder = Streamer::start_with(&d, &["hold", &id, "2"], "cuda");
+    assert_eq!(holder.line(), "attached");
+    let mut reader = Streamer::start_with(&d, &["consume", &id, "fifo", "2"], "cuda");
+    assert_eq!(reader.line(), "attached");
+    let mut producer = Streamer::start_with(&d, &["produce", &id, "500"], "vulkan");
+    assert_eq!(producer.line(), "attached");
+    assert_eq!(holder.line(), "holding");
+    std::thread::sleep(Duration::from_millis(100));
+    holder.child.kill().unwrap();
+    holder.child.wait().unwrap();
+    producer.finish();
+    let (count, last, gaps) = consumed(&reader.finish());
+    assert_eq!((count, last, gaps), (500, 500, 0));
 }
 
 /// The raw gRPC client, for requests the typed client never makes.

@@ -466,7 +466,7 @@ impl Stream {
             s.book
                 .check_present(slot)
                 .map_err(|r| refused(&self.id, r))?;
-            let value = next_point(&self.ready, s.last_ready, ready)?;
+            let value = next_point(&self.ready, s.last_ready, ready, !self.gpu_points)?;
             if !self.gpu_points {
                 self.ready.sem.signal(value)?;
             }
@@ -560,7 +560,7 @@ impl Stream {
                     })
                 }
             };
-            let value = next_point(&release, last, value)?;
+            let value = next_point(&release, last, value, !self.gpu_points)?;
             if !self.gpu_points {
                 release.sem.signal(value)?;
             }
@@ -638,13 +638,19 @@ impl Stream {
 }
 
 /// The value of a new point on `timeline` whose last point given was `last`: `asked`, or the
-/// next one when 0. FAILED_PRECONDITION unless it exceeds both `last` and the timeline's value
-/// (ABORTED when the timeline ended).
-fn next_point(timeline: &Timeline, last: u64, asked: u64) -> Result<u64> {
+/// next one when 0. Points only grow: FAILED_PRECONDITION unless it exceeds `last`, and, for a
+/// timeline the daemon signals itself (`host`: HOST points), its value too. With GPU points a
+/// value the GPU reached already is fine: the client may enqueue its signal before the call.
+/// ABORTED when the timeline ended.
+fn next_point(timeline: &Timeline, last: u64, asked: u64, host: bool) -> Result<u64> {
     if let Some(why) = timeline.sem.ended() {
         return Err(timeline.sem.ended_error(why));
     }
-    let floor = timeline.sem.value()?.max(last);
+    let floor = if host {
+        timeline.sem.value()?.max(last)
+    } else {
+        last
+    };
     if asked == 0 {
         return Ok(floor.saturating_add(1));
     }

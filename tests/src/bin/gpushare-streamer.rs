@@ -16,6 +16,10 @@
 //! point on the GPU (the timelines imported into this process's device); with HOST points the
 //! daemon signals them at the calls.
 //!
+//! `GPUSHARE_STREAMER_API=cuda` moves the frames with CUDA instead (imports by UUID into this
+//! process's CUDA context, copies and point waits and signals on its stream): the GPU suite
+//! runs CUDA and Vulkan on both sides.
+//!
 //! `produce` prints `attached` once attached, then `produced <frames> stalls <s>` and exits
 //! (its session's end ends the stream). `consume` prints `attached`, consumes until the stream
 //! ends (ABORTED), then prints `consumed <count> last <n> gaps <g>` (`gaps`: frames it never
@@ -23,13 +27,18 @@
 //! acquires that many frames, prints `holding`, and sleeps until killed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gpushare_client::cuda::InteropBuffer;
 use gpushare_client::{import, v1, Client, FrameMetadata};
-use gpushare_interop::vulkan::{Device, ImportedBuffer, Instance, SyncPoints, Transfer};
+use gpushare_interop::cuda::{CudaDevice, ExternalSemaphore};
+use gpushare_interop::vulkan::{
+    Device, ImportedBuffer, Instance, SyncPoints, TimelineSemaphore, Transfer,
+};
 
 /// Frame `n`'s bytes: its number, then a pattern of it.
 fn pattern(n: u64, len: usize) -> Vec<u8> {
@@ -50,36 +59,258 @@ fn say(line: &str) {
     out.flush().unwrap();
 }
 
-/// The slots imported into this process's device.
+/// Where this process moves frames: its own Vulkan device or CUDA context, with the slots
+/// and the timelines it met imported there.
+enum Backend {
+    Vulkan {
+        device: Arc<Device>,
+        buffers: Vec<ImportedBuffer>,
+        transfer: Transfer,
+        timelines: HashMap<String, TimelineSemaphore>,
+    },
+    Cuda {
+        device: Arc<CudaDevice>,
+        buffers: Vec<InteropBuffer>,
+        timelines: HashMap<String, ExternalSemaphore>,
+    },
+}
+
+/// The slots, the stream's size per slot, and the backend.
 struct Slots {
-    device: Arc<Device>,
-    buffers: Vec<ImportedBuffer>,
+    backend: Backend,
     size: u64,
+}
+
+type Points = Vec<(String, u64)>;
+
+fn want_cuda() -> bool {
+    std::env::var("GPUSHARE_STREAMER_API").is_ok_and(|v| v == "cuda")
 }
 
 async fn import_slots(
     exported: Vec<gpushare_client::Exported>,
 ) -> Result<Slots, Box<dyn std::error::Error>> {
-    let instance = Instance::new("gpushare-streamer")?;
     let first = exported.first().ok_or("a stream has slots")?;
-    let device = import::vulkan_device_for(&instance, first)?;
     let mut size = 0;
-    let mut buffers = Vec::new();
-    for e in exported {
-        if let Some(v1::exported_fd::Details::Buffer(b)) = &e.info.details {
-            size = b.size;
-        }
-        buffers.push(import::import_buffer_vulkan(&device, e)?);
+    if let Some(v1::exported_fd::Details::Buffer(b)) = &first.info.details {
+        size = b.size;
     }
-    Ok(Slots {
-        device,
-        buffers,
-        size,
+    let backend = if want_cuda() {
+        let device = gpushare_client::cuda::cuda_device_for(first)?;
+        let mut buffers = Vec::new();
+        for e in exported {
+            buffers.push(InteropBuffer::import(&device, e)?);
+        }
+        Backend::Cuda {
+            device,
+            buffers,
+            timelines: HashMap::new(),
+        }
+    } else {
+        let instance = Instance::new("gpushare-streamer")?;
+        let device = import::vulkan_device_for(&instance, first)?;
+        let mut buffers = Vec::new();
+        for e in exported {
+            buffers.push(import::import_buffer_vulkan(&device, e)?);
+        }
+        Backend::Vulkan {
+            transfer: Transfer::new(&device)?,
+            device,
+            buffers,
+            timelines: HashMap::new(),
+        }
+    };
+    Ok(Slots { backend, size })
+}
+
+impl Slots {
+    /// Imports timeline `id` (from `exported`) unless it is imported already.
+    fn add_timeline(
+        &mut self,
+        id: &str,
+        exported: gpushare_client::Exported,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        match &mut self.backend {
+            Backend::Vulkan {
+                device, timelines, ..
+            } => {
+                let t = import::import_semaphore_vulkan(device, exported)?;
+                timelines.insert(id.to_owned(), t);
+            }
+            Backend::Cuda {
+                device, timelines, ..
+            } => {
+                let t = gpushare_client::cuda::import_semaphore_cuda(device, exported)?;
+                timelines.insert(id.to_owned(), t);
+            }
+        }
+        Ok(())
+    }
+
+    fn has_timeline(&self, id: &str) -> bool {
+        match &self.backend {
+            Backend::Vulkan { timelines, .. } => timelines.contains_key(id),
+            Backend::Cuda { timelines, .. } => timelines.contains_key(id),
+        }
+    }
+
+    /// Writes `data` into `slot` once every `wait` point is reached (on the GPU), then
+    /// signals `signal`; returns when the copy is done.
+    fn write(
+        &mut self,
+        slot: u32,
+        data: &[u8],
+        wait: &Points,
+        signal: &Points,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        match &mut self.backend {
+            Backend::Vulkan {
+                buffers,
+                transfer,
+                timelines,
+                ..
+            } => {
+                let sync = vk_sync(timelines, wait, signal)?;
+                transfer.upload(&buffers[slot as usize], 0, data, &sync)?;
+            }
+            Backend::Cuda {
+                device,
+                buffers,
+                timelines,
+            } => {
+                cuda_waits(device, timelines, wait)?;
+                // SAFETY: `data` fits the slot (every slot is the stream's size, and `data` is
+                // that long), and it outlives the copy: the stream is synchronized below.
+                unsafe {
+                    gpushare_interop::cuda::copy_htod(
+                        device.stream(),
+                        buffers[slot as usize].device_ptr(),
+                        data,
+                    )
+                }?;
+                cuda_signals(device, timelines, signal)?;
+                device.synchronize_stream()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `slot` once every `wait` point is reached, then signals `signal`.
+    fn read(
+        &mut self,
+        slot: u32,
+        wait: &Points,
+        signal: &Points,
+    ) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+        let size = self.size;
+        match &mut self.backend {
+            Backend::Vulkan {
+                buffers,
+                transfer,
+                timelines,
+                ..
+            } => {
+                let sync = vk_sync(timelines, wait, signal)?;
+                Ok(transfer.download(&buffers[slot as usize], 0, size, &sync)?)
+            }
+            Backend::Cuda {
+                device,
+                buffers,
+                timelines,
+            } => {
+                let mut out = vec![0u8; size as usize];
+                cuda_waits(device, timelines, wait)?;
+                // SAFETY: the slot holds `size` bytes; `out` is not touched until the stream
+                // is synchronized below.
+                unsafe {
+                    gpushare_interop::cuda::copy_dtoh(
+                        device.stream(),
+                        buffers[slot as usize].device_ptr(),
+                        &mut out,
+                    )
+                }?;
+                cuda_signals(device, timelines, signal)?;
+                device.synchronize_stream()?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn vk_sync<'a>(
+    timelines: &'a HashMap<String, TimelineSemaphore>,
+    wait: &Points,
+    signal: &Points,
+) -> Result<SyncPoints<'a>, Box<dyn std::error::Error>> {
+    let get = |id: &String| {
+        timelines
+            .get(id)
+            .ok_or_else(|| format!("timeline {id} not imported"))
+    };
+    Ok(SyncPoints {
+        wait: wait
+            .iter()
+            .map(|(id, v)| Ok((get(id)?, *v)))
+            .collect::<Result<_, String>>()?,
+        signal: signal
+            .iter()
+            .map(|(id, v)| Ok((get(id)?, *v)))
+            .collect::<Result<_, String>>()?,
+        timeout: Some(TIMEOUT),
     })
 }
 
-fn code(e: &gpushare_client::Error) -> Option<tonic::Code> {
-    e.code()
+fn cuda_waits(
+    device: &Arc<CudaDevice>,
+    timelines: &HashMap<String, ExternalSemaphore>,
+    wait: &Points,
+) -> Result<(), Box<dyn std::error::Error>> {
+    for (id, v) in wait {
+        timelines
+            .get(id)
+            .ok_or_else(|| format!("timeline {id} not imported"))?
+            .wait(*v, device.stream())?;
+    }
+    Ok(())
+}
+
+fn cuda_signals(
+    device: &Arc<CudaDevice>,
+    timelines: &HashMap<String, ExternalSemaphore>,
+    signal: &Points,
+) -> Result<(), Box<dyn std::error::Error>> {
+    for (id, v) in signal {
+        timelines
+            .get(id)
+            .ok_or_else(|| format!("timeline {id} not imported"))?
+            .signal(*v, device.stream())?;
+    }
+    Ok(())
+}
+
+/// Imports the timelines of `points` this process has not met yet (a consumer that attached
+/// later: exported through the stream, which the caller reaches). A timeline gone already was
+/// poisoned before it went: its points are reached, and are left out.
+async fn meet(
+    client: &Client,
+    slots: &mut Slots,
+    points: &[v1::SemaphorePoint],
+) -> Result<Points, Box<dyn std::error::Error>> {
+    let mut out = Vec::new();
+    for p in points {
+        if !slots.has_timeline(&p.semaphore_id) {
+            match client.export_ticket(&p.semaphore_id).await {
+                Ok(t) => {
+                    let e = client.redeem(&t.ticket).await?;
+                    slots.add_timeline(&p.semaphore_id, e)?;
+                }
+                Err(e) if e.code() == Some(tonic::Code::NotFound) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        out.push((p.semaphore_id.clone(), p.value));
+    }
+    Ok(out)
 }
 
 async fn produce(
@@ -90,26 +321,36 @@ async fn produce(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect_with_session(dir, "gpushare-streamer produce").await?;
     let producer = client.attach_producer(id).await?;
-    if producer.gpu_points() {
-        return Err("GPU points: this tool moves frames with host points only".into());
+    let gpu = producer.gpu_points();
+    let mut slots = import_slots(producer.import_slots().await?).await?;
+    let ready = producer.attachment().ready.clone().unwrap_or_default();
+    if gpu {
+        let e = producer
+            .import_ready()
+            .await?
+            .ok_or("no ready timeline ticket")?;
+        slots.add_timeline(&ready.resource_id, e)?;
     }
-    let slots = import_slots(producer.import_slots().await?).await?;
-    let mut transfer = Transfer::new(&slots.device)?;
     say("attached");
     let producer = Arc::new(producer);
     for n in 1..=frames {
         let p = producer.clone();
         let grant = tokio::task::spawn_blocking(move || p.acquire_slot(TIMEOUT, false)).await??;
         let data = pattern(n, slots.size as usize);
-        transfer.upload(
-            &slots.buffers[grant.slot as usize],
-            0,
-            &data,
-            &SyncPoints::default(),
-        )?;
+        // GPU points: the copy waits for the slot's release points and signals the ready
+        // point on the GPU; HOST points: the daemon signals at Present.
+        let (wait, signal) = if gpu {
+            (
+                meet(&client, &mut slots, &grant.wait).await?,
+                vec![(ready.resource_id.clone(), n)],
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        slots.write(grant.slot, &data, &wait, &signal)?;
         producer.present(
             grant.slot,
-            0,
+            if gpu { n } else { 0 },
             FrameMetadata {
                 number: n,
                 timestamp_ns: 0,
@@ -137,8 +378,22 @@ async fn consume(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect_with_session(dir, "gpushare-streamer consume").await?;
     let consumer = client.attach_consumer(id, mode, limit).await?;
-    let slots = import_slots(consumer.import_slots().await?).await?;
-    let mut transfer = Transfer::new(&slots.device)?;
+    let gpu = consumer.gpu_points();
+    let mut slots = import_slots(consumer.import_slots().await?).await?;
+    let ready = consumer.attachment().ready.clone().unwrap_or_default();
+    let release = consumer.attachment().release.clone().unwrap_or_default();
+    if gpu {
+        let e = consumer
+            .import_ready()
+            .await?
+            .ok_or("no ready timeline ticket")?;
+        slots.add_timeline(&ready.resource_id, e)?;
+        let e = consumer
+            .import_release()
+            .await?
+            .ok_or("no release timeline ticket")?;
+        slots.add_timeline(&release.resource_id, e)?;
+    }
     say("attached");
     let consumer = Arc::new(consumer);
     let (mut count, mut last, mut gaps) = (0u64, 0u64, 0u64);
@@ -147,7 +402,7 @@ async fn consume(
         let frame =
             match tokio::task::spawn_blocking(move || c.acquire_frame(TIMEOUT, false)).await? {
                 Ok(f) => f,
-                Err(e) if code(&e) == Some(tonic::Code::Aborted) => break,
+                Err(e) if e.code() == Some(tonic::Code::Aborted) => break,
                 Err(e) => return Err(e.into()),
             };
         let meta = frame.metadata.clone().unwrap_or_default();
@@ -162,12 +417,17 @@ async fn consume(
         if meta.user_data != n.to_le_bytes() {
             return Err(format!("frame {n}: user data {:?}", meta.user_data).into());
         }
-        let got = transfer.download(
-            &slots.buffers[frame.slot as usize],
-            0,
-            slots.size,
-            &SyncPoints::default(),
-        )?;
+        // GPU points: the copy waits for the ready point and signals this consumer's next
+        // release point on the GPU; the release below names that point.
+        let release_value = if gpu { count + 1 } else { 0 };
+        let (wait, signal) = match (gpu, &frame.ready) {
+            (true, Some(r)) => (
+                vec![(r.semaphore_id.clone(), r.value)],
+                vec![(release.resource_id.clone(), release_value)],
+            ),
+            _ => (Vec::new(), Vec::new()),
+        };
+        let got = slots.read(frame.slot, &wait, &signal)?;
         if got != pattern(n, slots.size as usize) {
             return Err(format!("frame {n} in slot {}: wrong contents", frame.slot).into());
         }
@@ -177,7 +437,7 @@ async fn consume(
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        consumer.release_frame(frame.slot, 0)?;
+        consumer.release_frame(frame.slot, release_value)?;
     }
     say(&format!("consumed {count} last {last} gaps {gaps}"));
     Ok(())
