@@ -50,6 +50,9 @@ pub(crate) enum Command {
     /// Create and operate on timeline semaphores.
     #[command(subcommand)]
     Sem(SemCommand),
+    /// Create, list, show, watch and consume frame streams.
+    #[command(subcommand)]
+    Stream(StreamCommand),
     /// Show the daemon's counters, your sessions and your semaphores with their pending waits.
     Stats,
     /// `stats`, refreshed every --interval until interrupted (or --count refreshes).
@@ -97,6 +100,68 @@ pub(crate) enum Command {
         /// Invalidate the resource's tokens instead.
         #[arg(long)]
         revoke: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StreamCommand {
+    /// Create a stream of buffer slots with no producer (pinned: it outlives this command;
+    /// a producer attaches with AttachProducer); prints its id.
+    Create {
+        /// How many slots (2 to 64).
+        #[arg(long, default_value_t = 3, value_parser = parse_u32)]
+        slots: u32,
+        /// Each slot's size in bytes; K, M, G, T suffixes are powers of 1024.
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Optional name.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// The daemon's device index.
+        #[arg(long, default_value_t = 0, value_parser = parse_u32)]
+        device: u32,
+    },
+    /// List your streams.
+    Ls,
+    /// Show a stream: its slots and who holds each, its consumers (mode, queued, held,
+    /// dropped frames, oldest held frame), frames per second and producer stalls.
+    Show {
+        /// Stream id.
+        id: String,
+    },
+    /// `show`, refreshed every --interval until interrupted (or --count refreshes).
+    Watch {
+        /// Stream id.
+        id: String,
+        /// Milliseconds between refreshes.
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        interval: u64,
+        /// Exit after this many refreshes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Attach as a consumer and print each frame as it comes (its ready point waited for on
+    /// the host, then released at once), until the stream ends or --count frames.
+    Attach {
+        /// Stream id.
+        id: String,
+        /// The newest frame only (default: every frame, FIFO).
+        #[arg(long)]
+        mailbox: bool,
+        /// How many frames it may hold at once.
+        #[arg(long, default_value_t = 1, value_parser = parse_u32)]
+        limit: u32,
+        /// Exit after this many frames.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// How long to wait for each frame, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 60_000)]
+        timeout: u64,
+    },
+    /// Release a stream (drop the pin `create` made).
+    Rm {
+        /// Stream id.
+        id: String,
     },
 }
 

@@ -36,6 +36,7 @@ mod output;
 mod parse;
 mod pixels;
 mod stats;
+mod streams;
 mod table;
 
 use std::io::{self, Read};
@@ -119,6 +120,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Buffer(command) => buffer(&client, &out, command).await,
         Command::Image(command) => images::run(&client, &out, command).await,
         Command::Sem(command) => semaphore(&client, &dir, &out, command).await,
+        Command::Stream(command) => streams::run(&client, &dir, &out, command).await,
         Command::Grant { id, uid, gid } => grant(&client, &out, &id, uid, gid, true).await,
         Command::Revoke { id, uid, gid } => grant(&client, &out, &id, uid, gid, false).await,
         Command::Token { id, revoke: false } => {

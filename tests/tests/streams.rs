@@ -724,3 +724,76 @@ async fn bad_stream_inputs_get_precise_codes() {
 }
 
 use std::os::unix::process::CommandExt;
+
+/// `gpusharectl stream`: create (pinned, no producer), ls, show, attach (prints frames), watch
+/// and rm, against a producer in this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_shows_and_consumes_streams() {
+    let d = gpushare_tests::daemon_or_skip!();
+    let ctl = |args: &[&str]| {
+        let (status, out, err) = gpushare_tests::run(
+            Command::new(bin("gpusharectl"))
+                .arg("--runtime-dir")
+                .arg(d.runtime_dir())
+                .args(args),
+            Duration::from_secs(30),
+        );
+        assert!(status.success(), "gpusharectl {args:?}: {status}\n{err}");
+        out
+    };
+    let id = ctl(&[
+        "stream", "create", "--slots", "3", "--size", "4K", "--name", "cam",
+    ])
+    .trim()
+    .to_owned();
+    assert!(id.starts_with("str-"), "{id}");
+    assert!(ctl(&["stream", "ls"]).contains(&id));
+    let c = session(&d, "producer").await;
+    let p = Arc::new(c.attach_producer(&id).await.unwrap());
+    let attach = {
+        let dir = d.runtime_dir().to_owned();
+        let id = id.clone();
+        std::thread::spawn(move || {
+            Command::new(bin("gpusharectl"))
+                .arg("--runtime-dir")
+                .arg(dir)
+                .args(["stream", "attach", &id, "--count", "3"])
+                .output()
+                .unwrap()
+        })
+    };
+    // Present until the attached CLI has taken three frames.
+    let mut n = 0;
+    while !attach.is_finished() {
+        n += 1;
+        let p2 = p.clone();
+        let g = blocking(move || p2.acquire_slot(Duration::from_secs(5), false))
+            .await
+            .unwrap();
+        p.present(g.slot, 0, meta(n)).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = attach.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("frame ")).count(),
+        3,
+        "{text}"
+    );
+    let show = ctl(&["stream", "show", &id]);
+    assert!(
+        show.contains("cam") && show.contains("3 x buffer 4 KiB"),
+        "{show}"
+    );
+    assert!(show.contains("producer") && show.contains("pid"), "{show}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ctl(&["--json", "stream", "watch", &id, "--count", "1"])).unwrap();
+    assert_eq!(json["frames_presented"], n);
+    assert_eq!(json["points"], "host");
+    assert!(ctl(&["stream", "rm", &id]).contains("released"));
+}
