@@ -188,8 +188,10 @@ impl Producer {
         }
     }
 
-    /// Presents the frame in `slot`, ready at `ready_value` on the ready timeline (0: the
-    /// daemon picks the next value; it is returned). Blocking.
+    /// Presents the frame in `slot`, ready at `ready_value` on the ready timeline (your GPU
+    /// work signals it with GPU points; the daemon does with HOST points). 0: ready now, the
+    /// daemon signals the next value itself and returns it (for frames written on the host or
+    /// through the daemon's Write). Blocking.
     pub fn present(
         &self,
         slot: u32,
@@ -269,8 +271,9 @@ impl Consumer {
         }
     }
 
-    /// Done with the frame in `slot` at `release_value` on its release timeline (0: the
-    /// daemon picks the next value; it is returned). Blocking.
+    /// Done with the frame in `slot` at `release_value` on its release timeline (your GPU work
+    /// signals it with GPU points). 0: done now, the daemon signals the next value itself and
+    /// returns it. Blocking.
     pub fn release_frame(&self, slot: u32, release_value: u64) -> Result<u64> {
         let r = v1::ReleaseFrameRequest {
             handle: self.role.attachment.handle.clone(),

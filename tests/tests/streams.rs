@@ -797,3 +797,27 @@ async fn the_cli_creates_shows_and_consumes_streams() {
     assert_eq!(json["points"], "host");
     assert!(ctl(&["stream", "rm", &id]).contains("released"));
 }
+
+/// The README's producer and consumer (`client/examples/stream_*.rs`), run as written.
+#[test]
+fn the_readme_stream_example_runs() {
+    let d = gpushare_tests::daemon_or_skip!();
+    let mut producer = spawn(
+        Command::new(bin("examples/stream_producer"))
+            .env("GPUSHARE_RUNTIME_DIR", d.runtime_dir())
+            .stdout(Stdio::piped()),
+    );
+    let mut out = BufReader::new(producer.stdout.take().unwrap());
+    let mut id = String::new();
+    out.read_line(&mut id).unwrap();
+    let (status, text, err) = gpushare_tests::run(
+        Command::new(bin("examples/stream_consumer"))
+            .arg(id.trim())
+            .env("GPUSHARE_RUNTIME_DIR", d.runtime_dir()),
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{status}: {err}");
+    let want: Vec<String> = (1..=5).map(|n| format!("{n}: frame {n}")).collect();
+    assert_eq!(text.lines().collect::<Vec<_>>(), want);
+    assert!(producer.wait().unwrap().success());
+}

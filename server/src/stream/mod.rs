@@ -8,7 +8,9 @@
 //! consumer that read its last frame, `(that consumer's release timeline, value)`. So a
 //! consumer's releases, like the producer's presents, must be signaled in the order they were
 //! made (one queue or stream per role, as timeline semaphores want anyway). With HOST points
-//! (the device cannot export timeline semaphores) the daemon signals each point at the call.
+//! (the device cannot export timeline semaphores) the daemon signals each point at the call;
+//! with GPU points it signals those given as 0 ("ready now", "done now": a host-side client),
+//! and the clients' GPU work signals the others.
 //!
 //! The booking is [`book`]'s; this module resolves its consumer keys to timelines, checks
 //! point values, keeps roles and counters, and hands what the booking decided to the parked
@@ -445,8 +447,9 @@ impl Stream {
         }
     }
 
-    /// Present: the frame in `slot` is ready at `ready` (0: the next value). HOST points: the
-    /// ready timeline is signaled now. Returns the ready value and the frame's sequence.
+    /// Present: the frame in `slot` is ready at `ready`; 0: ready now, the daemon signals the
+    /// next value itself (as it does every HOST point). Returns the ready value and the
+    /// frame's sequence.
     pub(crate) fn present(
         &self,
         handle: &str,
@@ -466,8 +469,10 @@ impl Stream {
             s.book
                 .check_present(slot)
                 .map_err(|r| refused(&self.id, r))?;
-            let value = next_point(&self.ready, s.last_ready, ready, !self.gpu_points)?;
-            if !self.gpu_points {
+            // The daemon signals HOST points, and "ready now" (0) with GPU points too.
+            let daemon_signals = !self.gpu_points || ready == 0;
+            let value = next_point(&self.ready, s.last_ready, ready, daemon_signals)?;
+            if daemon_signals {
                 self.ready.sem.signal(value)?;
             }
             s.last_ready = value;
@@ -538,8 +543,8 @@ impl Stream {
         }
     }
 
-    /// ReleaseFrame: consumer `handle` is done with `slot` at `value` (0: the next value on
-    /// its release timeline). HOST points: the timeline is signaled now. Returns the value.
+    /// ReleaseFrame: consumer `handle` is done with `slot` at `value`; 0: done now, the daemon
+    /// signals the next value itself (as it does every HOST point). Returns the value.
     pub(crate) fn release(&self, handle: &str, slot: u32, value: u64) -> Result<u64> {
         let (value, out) = {
             let mut s = self.lock();
@@ -560,8 +565,9 @@ impl Stream {
                     })
                 }
             };
-            let value = next_point(&release, last, value, !self.gpu_points)?;
-            if !self.gpu_points {
+            let daemon_signals = !self.gpu_points || value == 0;
+            let value = next_point(&release, last, value, daemon_signals)?;
+            if daemon_signals {
                 release.sem.signal(value)?;
             }
             let out = s
