@@ -9,7 +9,7 @@
 //! Modules are listed bottom-up; a module may import only modules listed above it (a test,
 //! `layers_point_down`, reads this table and the `use crate::` lines of every file, and fails
 //! on an import that points up or sideways down the list). `docs/ARCHITECTURE.md` describes
-//! each module, what it may call, and three requests walked through them.
+//! each module, what it may call, and four requests walked through them.
 //!
 //! | layer | modules | what they are |
 //! |---|---|---|

@@ -189,6 +189,7 @@ impl Metrics {
             "Bytes of host buffers (shared host memory, page-locked under CUDA) per owner uid.",
             &host_bytes,
         );
+        self.render_streams(&mut out, d);
         gauge(
             &mut out,
             "gpushare_pending_waits",
@@ -338,6 +339,78 @@ impl Metrics {
             let _ = writeln!(out, "{name}_count{{{l}}} {}", stats.calls);
         }
         out
+    }
+}
+
+impl Metrics {
+    /// Per stream: frames presented, producer stalls, consumers, frames dropped for mailbox
+    /// consumers, frames per second, whether it ended.
+    fn render_streams(&self, out: &mut String, d: &Daemon) {
+        let streams = d.streams(None);
+        gauge(
+            out,
+            "gpushare_streams",
+            "Live frame streams.",
+            streams.len() as f64,
+        );
+        let mut rows: [Vec<(String, f64)>; 6] = Default::default();
+        for (snap, s) in &streams {
+            let v = s.view();
+            let l = format!(
+                "stream=\"{}\",name=\"{}\"",
+                escape(&snap.resource.id),
+                escape(&snap.resource.name)
+            );
+            let dropped: u64 = v.consumers.iter().map(|c| c.view.dropped).sum();
+            let values = [
+                v.presented as f64,
+                v.stalls as f64,
+                v.consumers.len() as f64,
+                dropped as f64,
+                v.fps,
+                if v.ended.is_some() { 1.0 } else { 0.0 },
+            ];
+            for (row, value) in rows.iter_mut().zip(values) {
+                row.push((l.clone(), value));
+            }
+        }
+        let [presented, stalls, consumers, dropped, fps, ended] = rows;
+        labeled(
+            out,
+            "gpushare_stream_frames_presented_total",
+            "counter",
+            "Frames presented per stream.",
+            &presented,
+        );
+        labeled(
+            out,
+            "gpushare_stream_producer_stalls_total",
+            "counter",
+            "Producer acquires that found no free slot and waited, per stream.",
+            &stalls,
+        );
+        labeled(
+            out,
+            "gpushare_stream_consumers",
+            "gauge",
+            "Attached consumers per stream.",
+            &consumers,
+        );
+        labeled(out, "gpushare_stream_frames_dropped_total", "counter", "Frames dropped for mailbox consumers (a newer frame replaced one not acquired), per stream.", &dropped);
+        labeled(
+            out,
+            "gpushare_stream_fps",
+            "gauge",
+            "Frames presented per second lately, per stream.",
+            &fps,
+        );
+        labeled(
+            out,
+            "gpushare_stream_ended",
+            "gauge",
+            "1 once a stream's producer left (it ended).",
+            &ended,
+        );
     }
 }
 

@@ -514,7 +514,7 @@ impl GpuShare for Service {
         let caller = self.caller(&req)?;
         let streams = self
             .d
-            .streams(&caller)
+            .streams(Some(&caller))
             .iter()
             .map(|(snap, s)| wire::stream::info(&self.d, snap, s))
             .collect();

@@ -729,7 +729,12 @@ use std::os::unix::process::CommandExt;
 /// and rm, against a producer in this process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_creates_shows_and_consumes_streams() {
-    let d = gpushare_tests::daemon_or_skip!();
+    let metrics_dir = gpushare_tests::TempDir::new();
+    let metrics = metrics_dir.path().join("metrics.sock");
+    let d = gpushare_tests::daemon_or_skip!(&format!(
+        "[metrics]\nlisten = \"unix:{}\"\n",
+        metrics.display()
+    ));
     let ctl = |args: &[&str]| {
         let (status, out, err) = gpushare_tests::run(
             Command::new(bin("gpusharectl"))
@@ -795,7 +800,31 @@ async fn the_cli_creates_shows_and_consumes_streams() {
         serde_json::from_str(&ctl(&["--json", "stream", "watch", &id, "--count", "1"])).unwrap();
     assert_eq!(json["frames_presented"], n);
     assert_eq!(json["points"], "host");
+    // Prometheus: per stream, labeled with its id and name.
+    let body = scrape(&metrics).await;
+    let l = format!("{{stream=\"{id}\",name=\"cam\"}}");
+    assert!(
+        body.contains(&format!("gpushare_stream_frames_presented_total{l} {n}")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("gpushare_stream_consumers{l} 0")),
+        "{body}"
+    );
+    assert!(body.contains("gpushare_streams 1"), "{body}");
     assert!(ctl(&["stream", "rm", &id]).contains("released"));
+}
+
+/// The metrics endpoint's body.
+async fn scrape(path: &std::path::Path) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(path).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.unwrap();
+    reply
 }
 
 /// The README's producer and consumer (`client/examples/stream_*.rs`), run as written.

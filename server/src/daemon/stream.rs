@@ -565,11 +565,13 @@ impl Daemon {
         stream.release(handle, slot, value)
     }
 
-    /// The streams `caller` sees, oldest first.
-    pub(crate) fn streams(&self, caller: &Caller) -> Vec<(Snapshot, Arc<Stream>)> {
-        self.registry
-            .list(caller)
-            .into_iter()
+    /// The streams `caller` sees (`None`: every stream, for the metrics), oldest first.
+    pub(crate) fn streams(&self, caller: Option<&Caller>) -> Vec<(Snapshot, Arc<Stream>)> {
+        let all = match caller {
+            Some(c) => self.registry.list(c),
+            None => self.registry.all(),
+        };
+        all.into_iter()
             .filter_map(|snap| match &snap.resource.object {
                 Object::Stream(s) => {
                     let s = s.clone();

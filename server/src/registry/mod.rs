@@ -368,6 +368,18 @@ impl Registry {
         out
     }
 
+    /// Every live resource, oldest first (metrics: no caller).
+    pub(crate) fn all(&self) -> Vec<Snapshot> {
+        let mut out: Vec<_> = self
+            .lock()
+            .resources
+            .values()
+            .map(Entry::snapshot)
+            .collect();
+        out.sort_by_key(|s| s.resource.created);
+        out
+    }
+
     /// Grants (`grant`) or revokes the use of `id` to `who`. Owner only.
     pub(crate) fn set_grant(
         &self,
