@@ -1,0 +1,777 @@
+//! `gpushare-streambench`: what frame streams cost, each figure against a baseline measured in
+//! the same run, printed as a table and written as JSON (`--json PATH`, default
+//! `bench/results/streams-latest.json`). It starts its own `gpushared` (`GPUSHARE_BIN_DIR` or
+//! the build's directory).
+//!
+//! 1. **Frame calls on fd.sock** (any device): p50 of AcquireSlot, Present, AcquireFrame and
+//!    ReleaseFrame, each answered at once, against the raw fd.sock wait round trip for a value
+//!    already reached. Target: the slowest frame call ≤ 1.5 × the wait (`fd_call_ratio`).
+//! 2. **Producer stall after a consumer SIGKILL** (any device): 100 consumers (`gpushare-streamer
+//!    hold`) each holding or awaiting every slot, SIGKILLed while the producer waits for a
+//!    slot; the time from the kill to the producer's slot. Target p99 ≤ 100 ms
+//!    (`stall_after_kill_p99_ms`).
+//! 3. **GPU→GPU hop through a stream** (CUDA, GPU points): two processes in lockstep, A producing
+//!    into stream AB and consuming stream BA, B the other way round; per round trip (two hops)
+//!    A's time from its enqueue to its stream passing B's frame. Against the same lockstep
+//!    through one bare shared timeline semaphore. Target: hop p50 ≤ 1.10 × the bare
+//!    semaphore's (`hop_ratio`).
+//! 4. **Throughput** (CUDA, GPU points): 1920×1080 RGBA8 frames through producer → filter →
+//!    sink in three processes (producer fills the frame with its number, the filter copies it
+//!    into its own output stream, the sink checks the first and last word), frames per second
+//!    against the same three stages in one process on one stream. Target ≥ 0.95×
+//!    (`fps_ratio`).
+//!
+//! Parts 3 and 4 need CUDA and a device that exports timeline semaphores; elsewhere they are
+//! reported as skipped (and fail under `GPUSHARE_REQUIRE_GPU=1`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gpushare_client::cuda::{cuda_device_for, import_semaphore_cuda, InteropBuffer};
+use gpushare_client::{
+    v1, Client, Consumer, CreateOptions, FrameMetadata, HostWaiter, Producer, SlotKind,
+    StreamOptions,
+};
+use gpushare_interop::cuda::{self, CudaDevice, ExternalSemaphore, PinnedBuffer};
+use gpushare_tests::report::{self, Row};
+use gpushare_tests::{bin, TestDaemon};
+use serde_json::{json, Map, Value};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const CALLS: usize = 2000;
+const KILLS: usize = 100;
+const HOP_ROUNDS: u64 = 2000;
+const FRAMES: u64 = 1000;
+const FRAME_BYTES: u64 = 1920 * 1080 * 4;
+const LONG: Duration = Duration::from_secs(20);
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+struct Out {
+    rows: Vec<Row>,
+    fields: Map<String, Value>,
+    notes: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--role") {
+        return match role(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gpushare-streambench {}: {e}", args.get(1).map_or("", |s| s));
+                ExitCode::from(3)
+            }
+        };
+    }
+    let mut json_path = PathBuf::from("bench/results/streams-latest.json");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), it.next()) {
+            ("--json", Some(p)) => json_path = PathBuf::from(p),
+            _ => {
+                eprintln!("usage: gpushare-streambench [--json PATH]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match run(&json_path) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("gpushare-streambench: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn run(json_path: &std::path::Path) -> Res<bool> {
+    let d = TestDaemon::start().ok_or("no Vulkan device")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut out = Out {
+        rows: Vec::new(),
+        fields: Map::new(),
+        notes: Vec::new(),
+    };
+    fd_calls(&rt, &d, &mut out)?;
+    stalls(&rt, &d, &mut out)?;
+    let gpu = rt.block_on(gpu_points(&d))?;
+    let cuda = cuda::is_present();
+    if gpu && cuda {
+        hops(&rt, &d, &mut out)?;
+        throughput(&rt, &d, &mut out)?;
+    } else {
+        let why = if cuda {
+            "the device exports no timeline semaphore (HOST points)"
+        } else {
+            "no CUDA driver"
+        };
+        if gpushare_tests::gpu_required() {
+            return Err(format!("GPUSHARE_REQUIRE_GPU=1 but {why}").into());
+        }
+        println!("SKIP: GPU hop latency and throughput: {why}");
+        out.notes.push(format!("GPU parts skipped: {why}"));
+    }
+    report::print_table(&out.rows);
+    for n in &out.notes {
+        println!("- {n}");
+    }
+    let failed = report::failed(&out.rows);
+    let mut doc = out.fields;
+    doc.insert("machine".into(), report::machine_info());
+    doc.insert("date".into(), json!(report::utc_now()));
+    doc.insert(
+        "commit".into(),
+        report::machine_info()["git_commit"].clone(),
+    );
+    doc.insert(
+        "gpu".into(),
+        json!(report::command_output(
+            "nvidia-smi",
+            &["--query-gpu=name,driver_version", "--format=csv,noheader"]
+        )),
+    );
+    doc.insert(
+        "rows".into(),
+        Value::Array(out.rows.iter().map(Row::to_json).collect()),
+    );
+    doc.insert("notes".into(), json!(out.notes));
+    report::write_json(json_path, &Value::Object(doc))?;
+    println!("wrote {}", json_path.display());
+    if !failed.is_empty() {
+        println!("targets missed: {failed:?}");
+    }
+    Ok(failed.is_empty())
+}
+
+async fn gpu_points(d: &TestDaemon) -> Res<bool> {
+    let c = Client::connect_with_session(d.runtime_dir(), "probe").await?;
+    let p = c
+        .create_stream(2, &SlotKind::Buffer(64), &StreamOptions::default())
+        .await?;
+    let gpu = p.gpu_points();
+    p.detach().await?;
+    Ok(gpu)
+}
+
+fn meta(n: u64) -> FrameMetadata {
+    FrameMetadata {
+        number: n,
+        ..Default::default()
+    }
+}
+
+/// Part 1: each frame call answered at once, against a raw fd.sock wait for a reached value.
+fn fd_calls(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<()> {
+    let c = rt.block_on(Client::connect_with_session(d.runtime_dir(), "calls"))?;
+    let p = rt.block_on(c.create_stream(2, &SlotKind::Buffer(64), &StreamOptions::default()))?;
+    let con = rt.block_on(c.attach_consumer(&p.info().id, v1::DeliveryMode::Fifo, 1))?;
+    let sem = rt.block_on(c.create_semaphore(1, &CreateOptions::default()))?;
+    let waiter = HostWaiter::connect(d.runtime_dir())?;
+    let mut t = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..CALLS + 100 {
+        let t0 = Instant::now();
+        waiter.wait(sem.id(), 1, LONG, Duration::ZERO)?;
+        let t1 = Instant::now();
+        let g = p.acquire_slot(LONG, false)?;
+        let t2 = Instant::now();
+        p.present(g.slot, 0, meta(i as u64))?;
+        let t3 = Instant::now();
+        let f = con.acquire_frame(LONG, false)?;
+        let t4 = Instant::now();
+        con.release_frame(f.slot, 0)?;
+        let t5 = Instant::now();
+        if i >= 100 {
+            for (k, d) in [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4].into_iter().enumerate() {
+                t[k].push(us(d));
+            }
+        }
+    }
+    let [mut wait, mut acq, mut pres, mut frame, mut rel] = t;
+    let wait50 = pct(&mut wait, 0.5);
+    let calls = [
+        ("AcquireSlot", pct(&mut acq, 0.5)),
+        ("Present", pct(&mut pres, 0.5)),
+        ("AcquireFrame", pct(&mut frame, 0.5)),
+        ("ReleaseFrame", pct(&mut rel, 0.5)),
+    ];
+    let worst = calls.iter().map(|c| c.1).fold(0.0, f64::max);
+    for (name, v) in calls {
+        out.rows.push(Row::info(
+            &format!("fd.sock {name} p50"),
+            format!("{v:.1} us"),
+            format!("{wait50:.1} us fd.sock wait"),
+            Some(v / wait50),
+        ));
+    }
+    let ratio = worst / wait50;
+    out.rows.push(Row::new(
+        "fd.sock frame call p50 (slowest) / raw fd.sock wait p50",
+        format!("{worst:.1} us"),
+        format!("{wait50:.1} us"),
+        Some(ratio),
+        "<= 1.5x".into(),
+        Some(ratio <= 1.5),
+    ));
+    out.fields.insert("fd_wait_p50_us".into(), json!(wait50));
+    out.fields.insert(
+        "fd_call_p50_us".into(),
+        json!(calls.iter().map(|(n, v)| (n.to_string(), json!(v))).collect::<Map<_, _>>()),
+    );
+    out.fields.insert("fd_call_ratio".into(), json!(ratio));
+    rt.block_on(con.detach())?;
+    rt.block_on(p.detach())?;
+    Ok(())
+}
+
+/// Part 2: producer stall after consumer SIGKILLs.
+fn stalls(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<()> {
+    let c = rt.block_on(Client::connect_with_session(d.runtime_dir(), "stalls"))?;
+    let p = Arc::new(rt.block_on(c.create_stream(
+        2,
+        &SlotKind::Buffer(4096),
+        &StreamOptions::default(),
+    ))?);
+    let id = p.info().id.clone();
+    let mut ms = Vec::new();
+    for run in 0..KILLS {
+        let mut holder = Command::new(bin("gpushare-streamer"))
+            .arg(d.runtime_dir())
+            .args(["hold", &id, &(run % 3).to_string()])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut lines = BufReader::new(holder.stdout.take().ok_or("stdout")?);
+        let mut line = String::new();
+        lines.read_line(&mut line)?;
+        for n in 0..2 {
+            let g = p.acquire_slot(LONG, false)?;
+            p.present(g.slot, 0, meta(n))?;
+        }
+        line.clear();
+        lines.read_line(&mut line)?;
+        if line.trim() != "holding" {
+            return Err(format!("holder said {line:?}").into());
+        }
+        let waiting = {
+            let p = p.clone();
+            std::thread::spawn(move || (p.acquire_slot(LONG, false), Instant::now()))
+        };
+        std::thread::sleep(Duration::from_millis(5 + (run as u64 * 7) % 20));
+        let killed = Instant::now();
+        holder.kill()?;
+        let (g, served) = waiting.join().map_err(|_| "the waiting thread panicked")?;
+        holder.wait()?;
+        let g = g?;
+        ms.push(served.saturating_duration_since(killed).as_secs_f64() * 1e3);
+        p.present(g.slot, 0, meta(0))?;
+    }
+    let p50 = pct(&mut ms, 0.5);
+    let p99 = pct(&mut ms, 0.99);
+    out.rows.push(Row::new(
+        &format!("producer stall after a consumer SIGKILL, p99 of {KILLS}"),
+        format!("{p99:.2} ms"),
+        format!("p50 {p50:.2} ms"),
+        None,
+        "<= 100 ms".into(),
+        Some(p99 <= 100.0),
+    ));
+    out.fields
+        .insert("stall_after_kill_p99_ms".into(), json!(p99));
+    out.fields
+        .insert("stall_after_kill_p50_ms".into(), json!(p50));
+    Ok(())
+}
+
+/// A child process of this binary, spoken to by lines.
+struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Peer {
+    fn spawn(args: &[&str]) -> Res<Peer> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--role")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take().ok_or("stdin")?;
+        let stdout = BufReader::new(child.stdout.take().ok_or("stdout")?);
+        Ok(Peer {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    fn send(&mut self, line: &str) -> Res<()> {
+        writeln!(self.stdin, "{line}")?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    fn line(&mut self) -> Res<String> {
+        let mut s = String::new();
+        if self.stdout.read_line(&mut s)? == 0 {
+            let status = self.child.wait()?;
+            return Err(format!("a child process ended early ({status})").into());
+        }
+        Ok(s.trim_end().to_owned())
+    }
+
+    fn finish(mut self) -> Res<String> {
+        let last = self.line()?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            return Err(format!("a child process failed ({status})").into());
+        }
+        Ok(last)
+    }
+}
+
+fn say(line: &str) {
+    let mut o = std::io::stdout();
+    let _ = writeln!(o, "{line}");
+    let _ = o.flush();
+}
+
+fn read_stdin_line() -> Res<String> {
+    let mut s = String::new();
+    std::io::stdin().read_line(&mut s)?;
+    Ok(s.trim().to_owned())
+}
+
+/// One side's GPU state for the stream roles: the CUDA device and the timelines it met.
+struct Side {
+    client: Client,
+    device: Arc<CudaDevice>,
+    timelines: std::collections::HashMap<String, ExternalSemaphore>,
+    slots: Vec<InteropBuffer>,
+}
+
+impl Side {
+    async fn new(dir: &str, name: &str) -> Res<Side> {
+        let client = Client::connect_with_session(dir, name).await?;
+        let sem = client.create_semaphore(0, &CreateOptions::default()).await?;
+        let device = cuda_device_for(&client.export(sem.id()).await?)?;
+        sem.release().await?;
+        Ok(Side {
+            client,
+            device,
+            timelines: Default::default(),
+            slots: Vec::new(),
+        })
+    }
+
+    async fn add(&mut self, id: &str, ticket: Option<Vec<u8>>) -> Res<()> {
+        if self.timelines.contains_key(id) {
+            return Ok(());
+        }
+        let ticket = match ticket {
+            Some(t) => t,
+            None => self.client.export_ticket(id).await?.ticket,
+        };
+        let e = self.client.redeem(&ticket).await?;
+        self.timelines
+            .insert(id.to_owned(), import_semaphore_cuda(&self.device, e)?);
+        Ok(())
+    }
+
+    async fn producer(&mut self, p: &Producer) -> Res<()> {
+        let a = p.attachment();
+        let ready = a.ready.clone().unwrap_or_default();
+        self.add(&ready.resource_id, Some(ready.ticket)).await?;
+        Ok(())
+    }
+
+    async fn consumer(&mut self, c: &Consumer) -> Res<()> {
+        let a = c.attachment();
+        let ready = a.ready.clone().unwrap_or_default();
+        self.add(&ready.resource_id, Some(ready.ticket)).await?;
+        let rel = a.release.clone().unwrap_or_default();
+        self.add(&rel.resource_id, Some(rel.ticket)).await?;
+        Ok(())
+    }
+
+    async fn wait_all(&mut self, points: &[v1::SemaphorePoint]) -> Res<()> {
+        for pt in points {
+            if self.add(&pt.semaphore_id, None).await.is_err() {
+                continue; // freed: poisoned before, so reached
+            }
+            self.timelines[&pt.semaphore_id].wait(pt.value, self.device.stream())?;
+        }
+        Ok(())
+    }
+
+    fn signal(&self, id: &str, value: u64) -> Res<()> {
+        self.timelines[id].signal(value, self.device.stream())?;
+        Ok(())
+    }
+}
+
+/// Part 3: GPU→GPU hops in lockstep, through streams and through a bare semaphore.
+fn hops(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<()> {
+    let dir = d.runtime_dir().display().to_string();
+    let owner = rt.block_on(Client::connect_with_session(&dir, "hops"))?;
+    // Bare: one semaphore, A signals 2k+1 and waits for 2k+2, B the other way round.
+    let sem = rt.block_on(owner.create_semaphore(0, &CreateOptions::default()))?;
+    let t_b = hex::encode(rt.block_on(owner.export_ticket(sem.id()))?.ticket);
+    let t_a = hex::encode(rt.block_on(owner.export_ticket(sem.id()))?.ticket);
+    let mut b = Peer::spawn(&["bare-b", &dir, &t_b])?;
+    let mut a = Peer::spawn(&["bare-a", &dir, &t_a])?;
+    b.line()?;
+    a.line()?;
+    b.send("go")?;
+    a.send("go")?;
+    let bare = a.finish()?;
+    b.finish()?;
+    // Streams: AB (A produces) and BA (B produces).
+    let ab = rt.block_on(owner.create_stream_unproduced(
+        2,
+        &SlotKind::Buffer(4096),
+        &StreamOptions::default(),
+    ))?;
+    let ba = rt.block_on(owner.create_stream_unproduced(
+        2,
+        &SlotKind::Buffer(4096),
+        &StreamOptions::default(),
+    ))?;
+    let mut b = Peer::spawn(&["stream-b", &dir, &ab.id, &ba.id])?;
+    let mut a = Peer::spawn(&["stream-a", &dir, &ab.id, &ba.id])?;
+    b.line()?;
+    a.line()?;
+    b.send("go")?;
+    a.send("go")?;
+    let streamed = a.finish()?;
+    b.finish()?;
+    let parse = |s: &str| -> Res<Vec<f64>> {
+        Ok(s.split_whitespace()
+            .map(|x| x.parse::<f64>())
+            .collect::<Result<Vec<_>, _>>()?)
+    };
+    let (mut bare, mut streamed) = (parse(&bare)?, parse(&streamed)?);
+    // A round trip is two hops.
+    let bare50 = pct(&mut bare, 0.5) / 2.0;
+    let hop50 = pct(&mut streamed, 0.5) / 2.0;
+    let hop99 = pct(&mut streamed, 0.99) / 2.0;
+    let ratio = hop50 / bare50;
+    out.rows.push(Row::new(
+        "GPU->GPU hop through a stream (CUDA -> CUDA), p50",
+        format!("{hop50:.1} us (p99 {hop99:.1} us)"),
+        format!("{bare50:.1} us bare semaphore"),
+        Some(ratio),
+        "<= 1.10x".into(),
+        Some(ratio <= 1.10),
+    ));
+    out.fields.insert("hop_p50_us".into(), json!(hop50));
+    out.fields.insert("hop_p99_us".into(), json!(hop99));
+    out.fields.insert("bare_sem_p50_us".into(), json!(bare50));
+    out.fields.insert("hop_ratio".into(), json!(ratio));
+    out.notes.push(format!(
+        "hops: {HOP_ROUNDS} lockstep round trips between two processes, each half a round trip; \
+         stream rounds: A acquires a slot of AB, waits for its release points and signals the \
+         ready point on its CUDA stream, presents, acquires B's frame of BA, waits for its ready \
+         point, signals its release point, releases, and synchronizes; B mirrors it. The bare \
+         rounds do the same through one shared semaphore. The Vulkan -> CUDA hop is not \
+         measured here (gpushare-streamer moves Vulkan frames in the GPU suite's stream test)."
+    ));
+    Ok(())
+}
+
+/// Part 4: 1080p RGBA8 frames through three processes, against one process.
+fn throughput(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<()> {
+    let dir = d.runtime_dir().display().to_string();
+    let owner = rt.block_on(Client::connect_with_session(&dir, "throughput"))?;
+    let one = Peer::spawn(&["single", &dir])?.finish()?;
+    let single: f64 = one.parse()?;
+    let s1 = rt.block_on(owner.create_stream_unproduced(
+        4,
+        &SlotKind::Buffer(FRAME_BYTES),
+        &StreamOptions::default(),
+    ))?;
+    let s2 = rt.block_on(owner.create_stream_unproduced(
+        4,
+        &SlotKind::Buffer(FRAME_BYTES),
+        &StreamOptions::default(),
+    ))?;
+    let mut sink = Peer::spawn(&["sink", &dir, &s2.id])?;
+    sink.line()?;
+    let mut filter = Peer::spawn(&["filter", &dir, &s1.id, &s2.id])?;
+    filter.line()?;
+    let mut producer = Peer::spawn(&["producer", &dir, &s1.id])?;
+    producer.line()?;
+    let t0 = Instant::now();
+    producer.send("go")?;
+    producer.finish()?;
+    filter.finish()?;
+    let checked: u64 = sink.finish()?.parse()?;
+    let fps = checked as f64 / t0.elapsed().as_secs_f64();
+    if checked != FRAMES {
+        return Err(format!("the sink checked {checked} of {FRAMES} frames").into());
+    }
+    let ratio = fps / single;
+    out.rows.push(Row::new(
+        "1080p RGBA8 frames/s, producer -> filter -> sink, 3 processes",
+        format!("{fps:.0}"),
+        format!("{single:.0} in one process"),
+        Some(ratio),
+        ">= 0.95x".into(),
+        Some(ratio >= 0.95),
+    ));
+    out.fields.insert("fps_pipeline".into(), json!(fps));
+    out.fields.insert("fps_single".into(), json!(single));
+    out.fields.insert("fps_ratio".into(), json!(ratio));
+    out.notes.push(format!(
+        "throughput: {FRAMES} frames of {FRAME_BYTES} bytes; the producer fills each with its \
+         number (cuMemsetD32), the filter copies it into its own stream's slot (device to \
+         device), the sink reads back the first and last word and checks them; 4 slots per \
+         stream; every hand-off on the GPUs (GPU points). One process: the same three steps on \
+         one CUDA stream, with the sink's check synchronizing each frame as in the pipeline."
+    ));
+    Ok(())
+}
+
+/// The child processes.
+fn role(args: &[String]) -> Res<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    match a.as_slice() {
+        [side @ ("bare-a" | "bare-b"), dir, ticket] => {
+            let client = rt.block_on(Client::connect(dir))?;
+            let e = rt.block_on(client.redeem(&hex::decode(ticket)?))?;
+            let device = cuda_device_for(&e)?;
+            let sem = import_semaphore_cuda(&device, e)?;
+            let stream = device.stream();
+            say("ready");
+            read_stdin_line()?;
+            let mut times = Vec::new();
+            for k in 0..HOP_ROUNDS {
+                let t0 = Instant::now();
+                if *side == "bare-a" {
+                    sem.signal(2 * k + 1, stream)?;
+                    sem.wait(2 * k + 2, stream)?;
+                } else {
+                    sem.wait(2 * k + 1, stream)?;
+                    sem.signal(2 * k + 2, stream)?;
+                }
+                device.synchronize_stream()?;
+                times.push(us(t0.elapsed()));
+            }
+            let line: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
+            say(&line.join(" "));
+        }
+        [side @ ("stream-a" | "stream-b"), dir, ab, ba] => {
+            let mut me = rt.block_on(Side::new(dir, side))?;
+            let (mine, theirs) = if *side == "stream-a" { (ab, ba) } else { (ba, ab) };
+            let p = rt.block_on(me.client.attach_producer(mine))?;
+            let c = rt.block_on(me.client.attach_consumer(theirs, v1::DeliveryMode::Fifo, 1))?;
+            rt.block_on(me.producer(&p))?;
+            rt.block_on(me.consumer(&c))?;
+            let ready = p.attachment().ready.clone().unwrap_or_default().resource_id;
+            let release = c.attachment().release.clone().unwrap_or_default().resource_id;
+            say("ready");
+            read_stdin_line()?;
+            let mut times = Vec::new();
+            let produce = |me: &mut Side, k: u64| -> Res<()> {
+                let g = p.acquire_slot(LONG, false)?;
+                rt.block_on(me.wait_all(&g.wait))?;
+                me.signal(&ready, k + 1)?;
+                p.present(g.slot, k + 1, meta(k))?;
+                Ok(())
+            };
+            let consume = |me: &mut Side, k: u64| -> Res<()> {
+                let f = c.acquire_frame(LONG, false)?;
+                let r = f.ready.clone().unwrap_or_default();
+                rt.block_on(me.wait_all(&[r]))?;
+                me.signal(&release, k + 1)?;
+                c.release_frame(f.slot, k + 1)?;
+                Ok(())
+            };
+            for k in 0..HOP_ROUNDS {
+                let t0 = Instant::now();
+                if *side == "stream-a" {
+                    produce(&mut me, k)?;
+                    consume(&mut me, k)?;
+                } else {
+                    consume(&mut me, k)?;
+                    produce(&mut me, k)?;
+                }
+                me.device.synchronize_stream()?;
+                times.push(us(t0.elapsed()));
+            }
+            let line: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
+            say(&line.join(" "));
+        }
+        ["single", dir] => {
+            let client = rt.block_on(Client::connect_with_session(dir, "single"))?;
+            let opts = CreateOptions::default();
+            let probe = rt.block_on(client.create_semaphore(0, &opts))?;
+            let device = cuda_device_for(&rt.block_on(client.export(probe.id()))?)?;
+            let (_a, a) = rt.block_on(client.create_interop_buffer(FRAME_BYTES, &opts, &device))?;
+            let (_b, b) = rt.block_on(client.create_interop_buffer(FRAME_BYTES, &opts, &device))?;
+            let mut host = PinnedBuffer::new(&device, 8)?;
+            let stream = device.stream();
+            let t0 = Instant::now();
+            for n in 1..=FRAMES {
+                // SAFETY: both buffers hold FRAME_BYTES bytes and live past the synchronize;
+                // the pinned buffer holds 8 bytes and is read only after it.
+                unsafe {
+                    cuda::memset_d32(stream, a.device_ptr(), n as u32, (FRAME_BYTES / 4) as usize)?;
+                    cuda::copy_dtod(stream, b.device_ptr(), a.device_ptr(), FRAME_BYTES)?;
+                    check_frame(&device, &b, &mut host, n)?;
+                }
+            }
+            say(&format!("{:.1}", FRAMES as f64 / t0.elapsed().as_secs_f64()));
+        }
+        ["producer", dir, s1] => {
+            let mut me = rt.block_on(Side::new(dir, "producer"))?;
+            let p = rt.block_on(me.client.attach_producer(s1))?;
+            rt.block_on(me.producer(&p))?;
+            for e in rt.block_on(p.import_slots())? {
+                me.slots.push(InteropBuffer::import(&me.device, e)?);
+            }
+            let ready = p.attachment().ready.clone().unwrap_or_default().resource_id;
+            say("ready");
+            read_stdin_line()?;
+            for n in 1..=FRAMES {
+                let g = p.acquire_slot(LONG, false)?;
+                rt.block_on(me.wait_all(&g.wait))?;
+                // SAFETY: the slot holds FRAME_BYTES bytes and lives as long as `me`.
+                unsafe {
+                    cuda::memset_d32(
+                        me.device.stream(),
+                        me.slots[g.slot as usize].device_ptr(),
+                        n as u32,
+                        (FRAME_BYTES / 4) as usize,
+                    )?;
+                }
+                me.signal(&ready, n)?;
+                p.present(g.slot, n, meta(n))?;
+            }
+            me.device.synchronize_stream()?;
+            rt.block_on(p.detach())?;
+            say("done");
+        }
+        ["filter", dir, s1, s2] => {
+            let mut me = rt.block_on(Side::new(dir, "filter"))?;
+            let c = rt.block_on(me.client.attach_consumer(s1, v1::DeliveryMode::Fifo, 2))?;
+            let p = rt.block_on(me.client.attach_producer(s2))?;
+            rt.block_on(me.consumer(&c))?;
+            rt.block_on(me.producer(&p))?;
+            let mut inputs = Vec::new();
+            for e in rt.block_on(c.import_slots())? {
+                inputs.push(InteropBuffer::import(&me.device, e)?);
+            }
+            for e in rt.block_on(p.import_slots())? {
+                me.slots.push(InteropBuffer::import(&me.device, e)?);
+            }
+            let release = c.attachment().release.clone().unwrap_or_default().resource_id;
+            let ready = p.attachment().ready.clone().unwrap_or_default().resource_id;
+            say("ready");
+            let mut n = 0u64;
+            loop {
+                let f = match c.acquire_frame(LONG, false) {
+                    Ok(f) => f,
+                    Err(e) if e.code() == Some(tonic::Code::Aborted) => break,
+                    Err(e) => return Err(e.into()),
+                };
+                n += 1;
+                let g = p.acquire_slot(LONG, false)?;
+                rt.block_on(me.wait_all(&[f.ready.clone().unwrap_or_default()]))?;
+                rt.block_on(me.wait_all(&g.wait))?;
+                // SAFETY: both slots hold FRAME_BYTES bytes and live as long as this loop.
+                unsafe {
+                    cuda::copy_dtod(
+                        me.device.stream(),
+                        me.slots[g.slot as usize].device_ptr(),
+                        inputs[f.slot as usize].device_ptr(),
+                        FRAME_BYTES,
+                    )?;
+                }
+                me.signal(&release, n)?;
+                me.signal(&ready, n)?;
+                c.release_frame(f.slot, n)?;
+                p.present(g.slot, n, f.metadata.unwrap_or_default())?;
+            }
+            me.device.synchronize_stream()?;
+            rt.block_on(p.detach())?;
+            say("done");
+        }
+        ["sink", dir, s2] => {
+            let mut me = rt.block_on(Side::new(dir, "sink"))?;
+            let c = rt.block_on(me.client.attach_consumer(s2, v1::DeliveryMode::Fifo, 2))?;
+            rt.block_on(me.consumer(&c))?;
+            for e in rt.block_on(c.import_slots())? {
+                me.slots.push(InteropBuffer::import(&me.device, e)?);
+            }
+            let release = c.attachment().release.clone().unwrap_or_default().resource_id;
+            let mut host = PinnedBuffer::new(&me.device, 8)?;
+            say("ready");
+            let mut n = 0u64;
+            loop {
+                let f = match c.acquire_frame(LONG, false) {
+                    Ok(f) => f,
+                    Err(e) if e.code() == Some(tonic::Code::Aborted) => break,
+                    Err(e) => return Err(e.into()),
+                };
+                n += 1;
+                rt.block_on(me.wait_all(&[f.ready.clone().unwrap_or_default()]))?;
+                // SAFETY: the slot holds FRAME_BYTES bytes; the pinned buffer 8.
+                unsafe { check_frame(&me.device, &me.slots[f.slot as usize], &mut host, n)? };
+                me.signal(&release, n)?;
+                c.release_frame(f.slot, n)?;
+            }
+            say(&n.to_string());
+        }
+        _ => return Err(format!("unknown role {a:?}").into()),
+    }
+    Ok(())
+}
+
+/// Copies the first and last word of `frame` to `host`, synchronizes, and checks both are `n`.
+///
+/// # Safety
+///
+/// `frame` holds `FRAME_BYTES` bytes and `host` 8.
+unsafe fn check_frame(
+    device: &Arc<CudaDevice>,
+    frame: &InteropBuffer,
+    host: &mut PinnedBuffer,
+    n: u64,
+) -> Res<()> {
+    let stream = device.stream();
+    let base = host.as_mut_slice().as_mut_ptr();
+    // SAFETY: the caller's contract: 4 bytes at each end of the frame, 8 pinned bytes; the
+    // stream is synchronized before they are read.
+    unsafe {
+        cuda::copy_dtoh_ptr(stream, frame.device_ptr(), base, 4)?;
+        cuda::copy_dtoh_ptr(stream, frame.device_ptr() + FRAME_BYTES - 4, base.add(4), 4)?;
+    }
+    device.synchronize_stream()?;
+    let words = host.as_slice();
+    let first = u32::from_le_bytes(words[0..4].try_into()?);
+    let last = u32::from_le_bytes(words[4..8].try_into()?);
+    if first != n as u32 || last != n as u32 {
+        return Err(format!("frame {n}: read {first} and {last}").into());
+    }
+    Ok(())
+}
