@@ -827,6 +827,47 @@ async fn scrape(path: &std::path::Path) -> String {
     reply
 }
 
+/// Image slots: every slot an image of the spec, each a resource of its own that names its
+/// stream, exported through the attachment's tickets; freed with the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_slots_are_images_of_the_stream() {
+    let d = gpushare_tests::daemon_or_skip!();
+    let c = session(&d, "images").await;
+    let spec = gpushare_client::ImageSpec::d2(gpushare_client::ImageFormat::Rgba8Unorm, 64, 32);
+    let p = c
+        .create_stream(3, &SlotKind::Image(spec), &StreamOptions::default())
+        .await
+        .unwrap();
+    let info = p.info().clone();
+    match &info.slot {
+        Some(v1::stream_info::Slot::Image(i)) => assert_eq!((i.width, i.height), (64, 32)),
+        other => panic!("{other:?}"),
+    }
+    let listed = c.list().await.unwrap();
+    let parts: Vec<_> = listed.iter().filter(|r| r.stream_id == info.id).collect();
+    // Three images and the ready timeline.
+    assert_eq!(parts.len(), 4, "{listed:?}");
+    assert_eq!(
+        parts
+            .iter()
+            .filter(|r| r.kind == v1::ResourceKind::Image as i32)
+            .count(),
+        3
+    );
+    let slots = p.import_slots().await.unwrap();
+    assert_eq!(slots.len(), 3);
+    assert!(slots
+        .iter()
+        .all(|e| matches!(e.info.details, Some(v1::exported_fd::Details::Image(_)))));
+    drop(slots);
+    p.detach().await.unwrap();
+    assert!(c.release(&info.id).await.unwrap());
+    assert!(
+        c.list().await.unwrap().is_empty(),
+        "the parts went with the stream"
+    );
+}
+
 /// The README's producer and consumer (`client/examples/stream_*.rs`), run as written.
 #[test]
 fn the_readme_stream_example_runs() {
@@ -849,4 +890,70 @@ fn the_readme_stream_example_runs() {
     let want: Vec<String> = (1..=5).map(|n| format!("{n}: frame {n}")).collect();
     assert_eq!(text.lines().collect::<Vec<_>>(), want);
     assert!(producer.wait().unwrap().success());
+}
+
+/// A parked acquire whose caller hangs up gets nothing: the frame (or slot) the daemon then
+/// hands over goes back to the consumer's queue (or the pool), not to a reply nobody reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_abandoned_by_its_caller_loses_nothing() {
+    use gpushare_proto::fdpass;
+    use prost::Message;
+    let d = gpushare_tests::daemon_or_skip!();
+    let c = session(&d, "producer").await;
+    let p = c
+        .create_stream(2, &SlotKind::Buffer(SLOT), &StreamOptions::default())
+        .await
+        .unwrap();
+    let cc = session(&d, "consumer").await;
+    let con = cc
+        .attach_consumer(&p.info().id, v1::DeliveryMode::Fifo, 1)
+        .await
+        .unwrap();
+    let raw_acquire = |call: v1::stream_call::Call| {
+        let sock = fdpass::connect(&d.runtime_dir().join(gpushare_proto::FD_SOCKET)).unwrap();
+        let req = v1::FdRequest {
+            request: Some(v1::fd_request::Request::Stream(v1::StreamCall {
+                call: Some(call),
+            })),
+        };
+        fdpass::send(std::os::fd::AsFd::as_fd(&sock), &req.encode_to_vec(), &[]).unwrap();
+        sock
+    };
+    let acquire = |handle: &str| v1::AcquireRequest {
+        handle: handle.to_owned(),
+        timeout_ms: 10_000,
+        ..Default::default()
+    };
+    // A consumer's acquire parks, then its connection closes; the frame comes after.
+    let sock = raw_acquire(v1::stream_call::Call::AcquireFrame(acquire(
+        &con.attachment().handle,
+    )));
+    std::thread::sleep(Duration::from_millis(50));
+    drop(sock);
+    std::thread::sleep(Duration::from_millis(50));
+    let g = p.acquire_slot(Duration::from_secs(1), false).unwrap();
+    p.present(g.slot, 0, meta(1)).unwrap();
+    let f = con.acquire_frame(Duration::from_secs(1), false).unwrap();
+    assert_eq!(
+        f.metadata.unwrap().number,
+        1,
+        "the frame went to the closed connection"
+    );
+    // The producer's: every slot taken, its acquire parks and hangs up; a slot frees.
+    let g2 = p.acquire_slot(Duration::from_secs(1), false).unwrap();
+    p.present(g2.slot, 0, meta(2)).unwrap();
+    let sock = raw_acquire(v1::stream_call::Call::AcquireSlot(acquire(
+        &p.attachment().handle,
+    )));
+    std::thread::sleep(Duration::from_millis(50));
+    drop(sock);
+    std::thread::sleep(Duration::from_millis(50));
+    con.release_frame(f.slot, 0).unwrap();
+    let g3 = p.acquire_slot(Duration::from_secs(1), false).unwrap();
+    assert_eq!(
+        g3.slot, f.slot,
+        "the freed slot went to the closed connection"
+    );
+    let info = c.describe_stream(&p.info().id).await.unwrap();
+    assert_eq!(info.consumers[0].acquired, 1);
 }

@@ -63,6 +63,49 @@ pub(crate) struct AcquireAsk {
 /// when it went out.
 pub(crate) type Direct<T> = Box<dyn FnOnce(&Result<T>) -> bool + Send>;
 
+/// Gives back what an acquire was handed but never delivered.
+type Undo<T> = Arc<dyn Fn(T) + Send + Sync>;
+
+/// How a parked acquire's answer is handed over: converted from what the booking served, sent
+/// directly by the deciding thread (fd.sock) or not, given back if it never arrives.
+struct Handover<T> {
+    convert: fn(Served) -> Result<T>,
+    direct: Option<Direct<T>>,
+    undo: Undo<T>,
+}
+
+/// The error a waiter records when its direct reply could not be sent (the connection went):
+/// what it carried was given back.
+fn reply_lost() -> Error {
+    Error::Io {
+        op: "sending a stream reply",
+        source: std::io::Error::other("the connection is gone"),
+    }
+}
+
+/// A parked acquire. Dropped before it was answered (the call went away), it takes its waiter
+/// back, or gives back what the waiter already received.
+struct Parked<T> {
+    stream: Arc<Stream>,
+    token: u64,
+    rx: oneshot::Receiver<(Result<T>, bool)>,
+    undo: Undo<T>,
+    done: bool,
+}
+
+impl<T> Drop for Parked<T> {
+    fn drop(&mut self) {
+        if self.done || self.stream.cancel(self.token).is_some() {
+            return;
+        }
+        // Served: the answer is here, or the waiter, finding this closed, gives it back.
+        self.rx.close();
+        if let Ok((Ok(t), false)) = self.rx.try_recv() {
+            (self.undo)(t);
+        }
+    }
+}
+
 /// An acquire's answer for the caller's transport.
 #[derive(Debug)]
 pub(crate) enum Answer<T> {
@@ -400,16 +443,22 @@ impl Daemon {
     }
 
     /// Parks an acquire until `start`'s waiter is called, the timeout, or shutdown. `direct`
-    /// (fd.sock) sends the answer from the deciding thread.
+    /// (fd.sock) sends the answer from the deciding thread. What was handed over but never
+    /// reached the caller (its connection went, the call was dropped while parked) is given
+    /// back with `undo`: the slot to the pool, the frame to the front of its queue.
     async fn parked<T: Send + 'static>(
         &self,
-        stream: &Stream,
+        stream: &Arc<Stream>,
         timeout: Duration,
         what: &'static str,
         start: impl FnOnce(Option<Waiter>) -> Result<Acquired<T>>,
-        convert: fn(Served) -> Result<T>,
-        direct: Option<Direct<T>>,
+        hand: Handover<T>,
     ) -> Result<Answer<T>> {
+        let Handover {
+            convert,
+            direct,
+            undo,
+        } = hand;
         if timeout.is_zero() {
             return match start(None)? {
                 Acquired::Now(t) => Ok(Answer::Reply(t)),
@@ -421,15 +470,38 @@ impl Daemon {
                 }),
             };
         }
-        let (tx, mut rx) = oneshot::channel::<(Result<T>, bool)>();
+        let (tx, rx) = oneshot::channel::<(Result<T>, bool)>();
+        let undo_lost = undo.clone();
         let waiter: Waiter = Box::new(move |served| {
             let r = convert(served);
-            let sent = direct.is_some_and(|d| d(&r));
-            let _ = tx.send((r, sent));
+            let (r, sent) = match direct {
+                Some(d) => {
+                    let sent = d(&r);
+                    match r {
+                        Ok(t) if !sent => {
+                            undo_lost(t);
+                            (Err(reply_lost()), false)
+                        }
+                        r => (r, sent),
+                    }
+                }
+                None => (r, false),
+            };
+            // The call is gone (dropped while parked): give back what it would have had.
+            if let Err((Ok(t), false)) = tx.send((r, sent)) {
+                undo_lost(t);
+            }
         });
         let token = match start(Some(waiter))? {
             Acquired::Now(t) => return Ok(Answer::Reply(t)),
             Acquired::Parked(token) => token,
+        };
+        let mut parked = Parked {
+            stream: stream.clone(),
+            token,
+            rx,
+            undo,
+            done: false,
         };
         let answered =
             |got: std::result::Result<(Result<T>, bool), oneshot::error::RecvError>| match got {
@@ -437,21 +509,23 @@ impl Daemon {
                 Ok((r, false)) => r.map(Answer::Reply),
                 Err(_) => Err(Error::ShuttingDown),
             };
-        tokio::select! {
-            got = &mut rx => answered(got),
+        let got = tokio::select! {
+            got = &mut parked.rx => answered(got),
             _ = tokio::time::sleep(timeout) => match stream.cancel(token) {
                 Some(_) => Err(Error::StreamTimeout {
                     id: ids::shown(stream.id()),
                     what,
                     timeout_ms: timeout.as_millis() as u64,
                 }),
-                None => answered(rx.await),
+                None => answered((&mut parked.rx).await),
             },
             _ = self.shutdown.cancelled() => match stream.cancel(token) {
                 Some(_) => Err(Error::ShuttingDown),
-                None => answered(rx.await),
+                None => answered((&mut parked.rx).await),
             },
-        }
+        };
+        parked.done = true;
+        got
     }
 
     /// Waits on the host for `points` (AcquireRequest.host_wait).
@@ -496,14 +570,18 @@ impl Daemon {
         let stream = self.roles.stream(handle, caller.uid())?;
         let timeout = self.wait_timeout(Some(ask.timeout), None);
         let direct = if ask.host_wait { None } else { direct };
+        let back = stream.clone();
         let answer = self
             .parked(
                 &stream,
                 timeout,
                 "free slot",
                 |w| stream.acquire_slot(handle, w),
-                stream::into_slot,
-                direct,
+                Handover {
+                    convert: stream::into_slot,
+                    direct,
+                    undo: Arc::new(move |g| back.return_slot(g)),
+                },
             )
             .await?;
         if let (Answer::Reply(g), true) = (&answer, ask.host_wait) {
@@ -523,14 +601,18 @@ impl Daemon {
         let stream = self.roles.stream(handle, caller.uid())?;
         let timeout = self.wait_timeout(Some(ask.timeout), None);
         let direct = if ask.host_wait { None } else { direct };
+        let (back, owner) = (stream.clone(), handle.to_owned());
         let answer = self
             .parked(
                 &stream,
                 timeout,
                 "frame",
                 |w| stream.acquire_frame(handle, w),
-                stream::into_frame,
-                direct,
+                Handover {
+                    convert: stream::into_frame,
+                    direct,
+                    undo: Arc::new(move |f| back.return_frame(&owner, f)),
+                },
             )
             .await?;
         if let (Answer::Reply(f), true) = (&answer, ask.host_wait) {

@@ -331,6 +331,48 @@ impl<W> Book<W> {
         None
     }
 
+    /// Undoes a slot grant that never reached the producer (its connection went while the
+    /// grant was on its way): the slot is free again, with its release points, and served to
+    /// the next waiter.
+    pub(crate) fn return_slot(&mut self, grant: SlotGrant) -> Vec<Delivery<W>> {
+        let mut out = Vec::new();
+        if let Some(s) = self.slots.get_mut(grant.slot as usize) {
+            if s.state == SlotState::Producing {
+                s.state = SlotState::Free;
+                s.release = grant.wait;
+                self.settle(&mut out);
+            }
+        }
+        out
+    }
+
+    /// Undoes a frame delivery that never reached consumer `key`: the frame goes back to the
+    /// front of its queue (a FIFO consumer still gets every frame; a mailbox consumer's newer
+    /// frame, if one came meanwhile, stays the only one and this one is dropped).
+    pub(crate) fn return_frame(&mut self, key: ConsumerKey, frame: Frame) -> Vec<Delivery<W>> {
+        let mut out = Vec::new();
+        let Some(c) = self.consumers.get_mut(&key) else {
+            return out;
+        };
+        if c.held.remove(&frame.slot).is_none() {
+            return out;
+        }
+        c.acquired = c.acquired.saturating_sub(1);
+        let requeue = c.mode == Mode::Fifo || c.queue.is_empty();
+        if requeue {
+            c.queue.push_front(frame.clone());
+        } else {
+            c.dropped += 1;
+        }
+        let s = &mut self.slots[frame.slot as usize];
+        s.readers.remove(&key);
+        if requeue {
+            s.queued += 1;
+        }
+        self.settle(&mut out);
+        out
+    }
+
     /// Whether the producer may present into `slot` now.
     pub(crate) fn check_present(&self, slot: u32) -> Result<(), Refused> {
         if let Some(why) = &self.ended {

@@ -583,6 +583,50 @@ impl Stream {
         Ok(value)
     }
 
+    /// Gives back a slot granted to the producer that never reached it (see
+    /// [`book::Book::return_slot`]).
+    pub(crate) fn return_slot(&self, g: Granted) {
+        let out = {
+            let mut s = self.lock();
+            let wait = g
+                .wait
+                .iter()
+                .filter_map(|p| {
+                    s.consumers
+                        .iter()
+                        .find(|(_, c)| c.release.id == p.timeline.id)
+                        .map(|(k, _)| (*k, p.value))
+                })
+                .collect();
+            let out = s.book.return_slot(book::SlotGrant { slot: g.slot, wait });
+            self.finish(&mut s, out)
+        };
+        deliver(out);
+    }
+
+    /// Gives back a frame delivered to consumer `handle` that never reached it (see
+    /// [`book::Book::return_frame`]).
+    pub(crate) fn return_frame(&self, handle: &str, f: Delivered) {
+        let out = {
+            let mut s = self.lock();
+            let Some(key) = Self::consumer_key(&s, handle) else {
+                return;
+            };
+            if let Some(c) = s.consumers.get_mut(&key) {
+                c.held_since.remove(&f.slot);
+            }
+            let frame = book::Frame {
+                slot: f.slot,
+                seq: f.seq,
+                ready: f.ready.value,
+                meta: f.meta,
+            };
+            let out = s.book.return_frame(key, frame);
+            self.finish(&mut s, out)
+        };
+        deliver(out);
+    }
+
     /// Takes back a parked acquire whose time ran out; `None` when it was answered already
     /// (its waiter has been or is being called).
     pub(crate) fn cancel(&self, token: u64) -> Option<Waiter> {

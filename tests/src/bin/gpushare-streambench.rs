@@ -71,7 +71,10 @@ fn main() -> ExitCode {
         return match role(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("gpushare-streambench {}: {e}", args.get(1).map_or("", |s| s));
+                eprintln!(
+                    "gpushare-streambench {}: {e}",
+                    args.get(1).map_or("", |s| s)
+                );
                 ExitCode::from(3)
             }
         };
@@ -197,7 +200,10 @@ fn fd_calls(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<
         con.release_frame(f.slot, 0)?;
         let t5 = Instant::now();
         if i >= 100 {
-            for (k, d) in [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4].into_iter().enumerate() {
+            for (k, d) in [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4]
+                .into_iter()
+                .enumerate()
+            {
                 t[k].push(us(d));
             }
         }
@@ -231,7 +237,10 @@ fn fd_calls(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<
     out.fields.insert("fd_wait_p50_us".into(), json!(wait50));
     out.fields.insert(
         "fd_call_p50_us".into(),
-        json!(calls.iter().map(|(n, v)| (n.to_string(), json!(v))).collect::<Map<_, _>>()),
+        json!(calls
+            .iter()
+            .map(|(n, v)| (n.to_string(), json!(v)))
+            .collect::<Map<_, _>>()),
     );
     out.fields.insert("fd_call_ratio".into(), json!(ratio));
     rt.block_on(con.detach())?;
@@ -369,7 +378,9 @@ struct Side {
 impl Side {
     async fn new(dir: &str, name: &str) -> Res<Side> {
         let client = Client::connect_with_session(dir, name).await?;
-        let sem = client.create_semaphore(0, &CreateOptions::default()).await?;
+        let sem = client
+            .create_semaphore(0, &CreateOptions::default())
+            .await?;
         let device = cuda_device_for(&client.export(sem.id()).await?)?;
         sem.release().await?;
         Ok(Side {
@@ -581,13 +592,22 @@ fn role(args: &[String]) -> Res<()> {
         }
         [side @ ("stream-a" | "stream-b"), dir, ab, ba] => {
             let mut me = rt.block_on(Side::new(dir, side))?;
-            let (mine, theirs) = if *side == "stream-a" { (ab, ba) } else { (ba, ab) };
+            let (mine, theirs) = if *side == "stream-a" {
+                (ab, ba)
+            } else {
+                (ba, ab)
+            };
             let p = rt.block_on(me.client.attach_producer(mine))?;
             let c = rt.block_on(me.client.attach_consumer(theirs, v1::DeliveryMode::Fifo, 1))?;
             rt.block_on(me.producer(&p))?;
             rt.block_on(me.consumer(&c))?;
             let ready = p.attachment().ready.clone().unwrap_or_default().resource_id;
-            let release = c.attachment().release.clone().unwrap_or_default().resource_id;
+            let release = c
+                .attachment()
+                .release
+                .clone()
+                .unwrap_or_default()
+                .resource_id;
             say("ready");
             read_stdin_line()?;
             let mut times = Vec::new();
@@ -640,7 +660,10 @@ fn role(args: &[String]) -> Res<()> {
                     check_frame(&device, &b, &mut host, n)?;
                 }
             }
-            say(&format!("{:.1}", FRAMES as f64 / t0.elapsed().as_secs_f64()));
+            say(&format!(
+                "{:.1}",
+                FRAMES as f64 / t0.elapsed().as_secs_f64()
+            ));
         }
         ["producer", dir, s1] => {
             let mut me = rt.block_on(Side::new(dir, "producer"))?;
@@ -684,7 +707,12 @@ fn role(args: &[String]) -> Res<()> {
             for e in rt.block_on(p.import_slots())? {
                 me.slots.push(InteropBuffer::import(&me.device, e)?);
             }
-            let release = c.attachment().release.clone().unwrap_or_default().resource_id;
+            let release = c
+                .attachment()
+                .release
+                .clone()
+                .unwrap_or_default()
+                .resource_id;
             let ready = p.attachment().ready.clone().unwrap_or_default().resource_id;
             say("ready");
             let mut n = 0u64;
@@ -723,7 +751,12 @@ fn role(args: &[String]) -> Res<()> {
             for e in rt.block_on(c.import_slots())? {
                 me.slots.push(InteropBuffer::import(&me.device, e)?);
             }
-            let release = c.attachment().release.clone().unwrap_or_default().resource_id;
+            let release = c
+                .attachment()
+                .release
+                .clone()
+                .unwrap_or_default()
+                .resource_id;
             let mut host = PinnedBuffer::new(&me.device, 8)?;
             say("ready");
             let mut n = 0u64;
