@@ -5,6 +5,7 @@ from gpushare._common import Exported, GpushareError, ProtocolError
 from gpushare.aio import AsyncClient
 from gpushare.client import SESSION_HEADER, Client, Watch, default_runtime_dir
 from gpushare.host_buffer import HostBuffer
+from gpushare.stream import Consumer, Producer
 from gpushare.image import (
     IMAGE_FORMATS,
     USAGE_COLOR_ATTACHMENT,
@@ -19,12 +20,14 @@ from gpushare import _pb as pb
 __all__ = [
     "AsyncClient",
     "Client",
+    "Consumer",
     "Exported",
     "GpushareError",
     "HostBuffer",
     "IMAGE_FORMATS",
     "Image",
     "ImageFormatInfo",
+    "Producer",
     "ProtocolError",
     "USAGE_COLOR_ATTACHMENT",
     "USAGE_SAMPLED",
