@@ -2,7 +2,7 @@
 host buffers shared between processes). See :class:`gpushare.Client`."""
 
 from gpushare._common import Exported, GpushareError, ProtocolError
-from gpushare.aio import AsyncClient
+from gpushare.aio import AsyncClient, AsyncConsumer, AsyncProducer
 from gpushare.client import SESSION_HEADER, Client, Watch, default_runtime_dir
 from gpushare.host_buffer import HostBuffer
 from gpushare.stream import Consumer, Producer
@@ -19,6 +19,8 @@ from gpushare import _pb as pb
 
 __all__ = [
     "AsyncClient",
+    "AsyncConsumer",
+    "AsyncProducer",
     "Client",
     "Consumer",
     "Exported",

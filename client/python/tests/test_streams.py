@@ -222,3 +222,71 @@ def test_attach_producer_and_image_slots(client, second):
             frame = con.acquire_frame(1000)
             assert client.image(con.slot_ids[frame.slot]).read() == pixels
             con.release_frame(frame)
+
+
+def test_kept_connection_outlives_the_daemons_idle_timeout(client, second):
+    # conftest sets fd_idle_timeout_ms = 500: the daemon closes each role's idle connection,
+    # and the next call goes out again, once, on a new one.
+    from conftest import FD_IDLE_TIMEOUT_MS
+
+    with client.create_stream(2, buffer_size=SLOT_BYTES) as p, \
+            second.attach_consumer(p.id, "fifo") as con:
+        assert code(con.acquire_frame, 0) == grpc.StatusCode.DEADLINE_EXCEEDED
+        p.present(p.acquire_slot(1000), number=1)
+        before = (p._role._sock, con._role._sock)
+        assert None not in before
+        time.sleep(FD_IDLE_TIMEOUT_MS / 1000 + 0.3)
+        p.present(p.acquire_slot(1000), number=2)
+        frame = con.acquire_frame(1000)
+        assert frame.metadata.number == 1
+        con.release_frame(frame)
+        # Both went out on new connections.
+        assert p._role._sock is not before[0] and con._role._sock is not before[1]
+
+
+def test_async_producer_and_consumer(daemon):
+    import asyncio
+
+    frames = 100
+
+    async def main():
+        async with gpushare.AsyncClient(daemon.runtime_dir, client_name="aio producer") as pc, \
+                gpushare.AsyncClient(daemon.runtime_dir, client_name="aio consumer") as cc:
+            async with await pc.create_stream(3, buffer_size=SLOT_BYTES) as p:
+                assert (await cc.describe_stream(p.id)).id == p.id
+                assert p.id in [s.id for s in await cc.streams()]
+                unknown = "str-" + "0" * 32
+                with pytest.raises(gpushare.GpushareError) as e:
+                    await cc.attach_consumer(unknown)
+                assert e.value.code == grpc.StatusCode.NOT_FOUND
+                con = await cc.attach_consumer(p.id, "fifo", limit=2)
+                async with con:
+                    with pytest.raises(gpushare.GpushareError) as e:
+                        await con.acquire_frame(0)
+                    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+                    async def produce():
+                        for n in range(1, frames + 1):
+                            grant = await p.acquire_slot(5000)
+                            await pc.write(p.slot_ids[grant.slot], 0, payload(n))
+                            await p.present(grant, number=n)
+                        await p.detach()
+
+                    async def consume():
+                        seen = []
+                        while True:
+                            try:
+                                frame = await con.acquire_frame(5000)
+                            except gpushare.GpushareError as e:
+                                assert e.code == grpc.StatusCode.ABORTED
+                                return seen
+                            data = await cc.read(con.slot_ids[frame.slot], 0, SLOT_BYTES)
+                            assert data == payload(frame.metadata.number)
+                            seen.append(frame.metadata.number)
+                            await con.release_frame(frame)
+
+                    _, seen = await asyncio.gather(produce(), consume())
+                    assert seen == list(range(1, frames + 1))
+                assert con.detached and p.detached
+
+    asyncio.run(asyncio.wait_for(main(), 30))
