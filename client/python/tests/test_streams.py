@@ -290,3 +290,22 @@ def test_async_producer_and_consumer(daemon):
                 assert con.detached and p.detached
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_readme_stream_examples(daemon):
+    examples = os.path.join(os.path.dirname(HERE), "examples")
+    env = dict(os.environ, GPUSHARE_RUNTIME_DIR=daemon.runtime_dir,
+               PYTHONPATH=os.path.dirname(HERE))
+    prod = subprocess.Popen([sys.executable, os.path.join(examples, "stream_producer.py")],
+                            env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        stream_id = line(prod, "stream id")
+        cons = subprocess.run([sys.executable, os.path.join(examples, "stream_consumer.py"),
+                               stream_id], env=env, capture_output=True, text=True, timeout=30)
+        assert prod.wait(10) == 0
+    finally:
+        if prod.poll() is None:
+            prod.kill()
+            prod.wait()
+    assert cons.returncode == 0, cons.stderr
+    assert cons.stdout.splitlines() == [f"{n}: frame {n}" for n in range(1, 6)]
