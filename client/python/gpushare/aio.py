@@ -17,7 +17,7 @@ import array
 import asyncio
 import os
 import socket
-from typing import Any, AsyncIterator, List, Literal, Mapping, Optional, Sequence, Tuple, Union, overload
+from typing import Any, AsyncIterator, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union, overload
 
 import grpc
 import grpc.aio
@@ -490,6 +490,12 @@ class AsyncClient:
             sock.close()  # descriptors never received die with it
 
 
+def _retrieve(task: "asyncio.Future[Any]") -> None:
+    """Marks a dropped task's outcome seen (no "exception was never retrieved" warning)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _Closed(GpushareError):
     """The daemon closed the connection without a reply."""
 
@@ -530,7 +536,8 @@ async def _send_recv(sock: socket.socket, path: str, request: bytes) -> Tuple[by
 
 class _AsyncRole:
     """An attachment of an :class:`AsyncClient`: its handle and kept fd.sock connection (a
-    non-blocking socket served on the event loop; one call at a time, under a lock)."""
+    non-blocking socket served on the event loop; a call made while another of the role is in
+    flight uses a connection of its own)."""
 
     def __init__(self, client: AsyncClient, attachment: Any) -> None:
         if not attachment.handle:
@@ -539,7 +546,8 @@ class _AsyncRole:
         self.attachment = attachment
         self.detached: Optional[Any] = None
         self._sock: Optional[socket.socket] = None
-        self._lock = asyncio.Lock()
+        # A cancelled acquire's exchange, by call kind: its answer is the next call's.
+        self._pending: Dict[str, "asyncio.Future[Any]"] = {}
 
     async def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -564,37 +572,71 @@ class _AsyncRole:
             ) from None
 
     async def call(self, which: str, request: Any, timeout: float) -> Any:
+        """One StreamCall; its StreamReply's answer.
+
+        The exchange runs as a task of its own, shielded from the caller's cancellation: the
+        daemon hands a frame (or a slot) to an acquire even when the connection that asked for it
+        closed meanwhile, so a cancelled acquire (``asyncio.wait_for``, a task cancelled) is not
+        abandoned. Its reply is kept and is the answer to the role's next call of that kind
+        (which waits for it first); a present's or release's reply is dropped."""
         if self.client._closed:
             raise ValueError("gpushare AsyncClient is closed")
         data = gpushare_pb2.FdRequest(
             stream=gpushare_pb2.StreamCall(**{which: request})
         ).SerializeToString()
-        async with self._lock:
-            kept, self._sock = self._sock, None
-            reply = None
-            sock: Optional[socket.socket] = None
-            if kept is not None:
-                try:
-                    reply = await self._once(kept, data, timeout)
-                    sock = kept
-                except BaseException as e:
-                    # Cancelled or timed out mid-exchange: the connection is out of step.
-                    kept.close()
-                    # Closed by the daemon while idle: the request went unread; sent again once.
-                    if not isinstance(e, (_Closed, BrokenPipeError, ConnectionResetError)):
-                        raise
-            if sock is None:
-                sock = await self._connect()
-                try:
-                    reply = await self._once(sock, data, timeout)
-                except BaseException as e:
-                    sock.close()
-                    if isinstance(e, OSError):
-                        raise GpushareError(
-                            grpc.StatusCode.UNAVAILABLE, f"fd.sock {self.client.fd_path}: {e}"
-                        ) from None
+        pending = self._pending.pop(which, None)
+        if pending is not None:
+            try:
+                earlier = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    self._pending[which] = pending  # still the next call's
+                raise
+            except Exception:
+                earlier = None  # the cancelled call's refusal (a deadline, say): not this call's
+            if earlier is not None:
+                return earlier
+        task = asyncio.ensure_future(self._roundtrip(data, timeout))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                if which in ("acquire_slot", "acquire_frame"):
+                    self._pending[which] = task
+                else:
+                    task.add_done_callback(_retrieve)
+            raise
+
+    async def _roundtrip(self, data: bytes, timeout: float) -> Any:
+        # The kept connection, when no other call of this role is using it; else a new one.
+        kept, self._sock = self._sock, None
+        reply = None
+        sock: Optional[socket.socket] = None
+        if kept is not None:
+            try:
+                reply = await self._once(kept, data, timeout)
+                sock = kept
+            except BaseException as e:
+                # Cancelled or timed out mid-exchange: the connection is out of step.
+                kept.close()
+                # Closed by the daemon while idle: the request went unread; sent again once.
+                if not isinstance(e, (_Closed, BrokenPipeError, ConnectionResetError)):
                     raise
+        if sock is None:
+            sock = await self._connect()
+            try:
+                reply = await self._once(sock, data, timeout)
+            except BaseException as e:
+                sock.close()
+                if isinstance(e, OSError):
+                    raise GpushareError(
+                        grpc.StatusCode.UNAVAILABLE, f"fd.sock {self.client.fd_path}: {e}"
+                    ) from None
+                raise
+        if self._sock is None and self.detached is None:
             self._sock = sock
+        else:
+            sock.close()
         assert reply is not None
         return _decode_fd_reply(*reply, want="stream")
 

@@ -7,8 +7,8 @@ Creating, attaching, detaching and describing are gRPC calls; the frame calls
 (:meth:`Producer.acquire_slot`, :meth:`Producer.present`, :meth:`Consumer.acquire_frame`,
 :meth:`Consumer.release_frame`) go over ``fd.sock``, one message each, answered by the daemon
 thread whose call decided them. They block the calling thread (as :meth:`Client.fd_wait` does);
-each role keeps its own ``fd.sock`` connection, used by one thread at a time (a lock serializes
-calls from several threads). Errors are :class:`GpushareError` with the daemon's code: ABORTED
+each role keeps its own ``fd.sock`` connection (calls from several threads at once each get one
+of their own: a release never waits behind an acquire parked on the same role). Errors are :class:`GpushareError` with the daemon's code: ABORTED
 once the stream ended, DEADLINE_EXCEEDED at an acquire's timeout, FAILED_PRECONDITION,
 INVALID_ARGUMENT, NOT_FOUND.
 
@@ -41,6 +41,8 @@ __all__ = ["Consumer", "Producer", "delivery_mode"]
 # Seconds a frame call may go past its own timeout before the client gives up on the daemon's
 # answer (the daemon answers at the timeout itself; this only catches one that does not).
 REPLY_GRACE_S = 10.0
+# Idle fd.sock connections a role keeps (calls from several threads at once each use their own).
+ROLE_CONNECTIONS_KEPT = 2
 # Largest timeout_ms the wire carries.
 _MAX_U32 = (1 << 32) - 1
 
@@ -75,7 +77,11 @@ def _timeout_ms(timeout_ms: int) -> int:
 
 
 class _Role:
-    """One attachment: its handle, the client that made it, and its kept fd.sock connection."""
+    """One attachment: its handle, the client that made it, and its kept fd.sock connections.
+
+    A call takes an idle connection (or makes one) and gives it back once its exchange is
+    complete, so calls from several threads never queue behind each other (a release is not held
+    up by an acquire parked on the same role); up to ``ROLE_CONNECTIONS_KEPT`` stay open."""
 
     def __init__(self, client: "Client", attachment: Any) -> None:
         if not attachment.handle:
@@ -83,24 +89,23 @@ class _Role:
         self.client = client
         self.attachment = attachment
         self.detached: Optional[Any] = None
-        self._sock: Optional[socket.socket] = None
+        self._idle: List[socket.socket] = []
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
-    def _take(self) -> Optional[socket.socket]:
-        # A process forked since the connection was made must not use it (a reply could reach
-        # the wrong process): the child drops its copy and connects afresh.
+    def _pool(self) -> List[socket.socket]:
+        # A process forked since the connections were made must not use them (a reply could
+        # reach the wrong process): the child drops its copies and connects afresh.
         if self._pid != os.getpid():
-            if self._sock is not None:
-                self._sock.close()
-            self._sock = None
+            inherited, self._idle = self._idle, []
             self._lock = threading.Lock()
             self._pid = os.getpid()
-        sock, self._sock = self._sock, None
-        return sock
+            for conn in inherited:
+                conn.close()
+        return self._idle
 
     def call(self, which: str, request: Any, timeout_s: float) -> Any:
-        """One StreamCall on the kept connection; its StreamReply's answer."""
+        """One StreamCall on a kept connection; its StreamReply's answer."""
         from gpushare.client import _decode_fd_reply, _exchange, _no_reply, _Stale
 
         if self.client._closed:
@@ -110,37 +115,44 @@ class _Role:
         ).SerializeToString()
         path = self.client.fd_path
         with self._lock:
-            kept = self._take()
-            sock, reply = None, None
-            if kept is not None:
-                try:
-                    reply = _exchange(kept, data, timeout_s, path)
-                    sock = kept
-                except BaseException as e:
-                    kept.close()
-                    # A connection the daemon closed meanwhile (its idle timeout): the request
-                    # was never read, so it is sent once more on a new connection.
-                    if not isinstance(e, _Stale):
-                        raise
-            if sock is None:
-                sock = self.client._fd_connect(timeout_s)
-                try:
-                    reply = _exchange(sock, data, timeout_s, path)
-                except BaseException as e:
-                    sock.close()
-                    if isinstance(e, _Stale):
-                        raise _no_reply(path) from None
+            pool = self._pool()
+            kept = pool.pop() if pool else None
+        sock, reply = None, None
+        if kept is not None:
+            try:
+                reply = _exchange(kept, data, timeout_s, path)
+                sock = kept
+            except BaseException as e:
+                kept.close()
+                # A connection the daemon closed meanwhile (its idle timeout): the request was
+                # never read, so it is sent once more on a new connection.
+                if not isinstance(e, _Stale):
                     raise
-            # The exchange completed (even with the daemon's error): the connection is in step.
-            self._sock = sock
+        if sock is None:
+            sock = self.client._fd_connect(timeout_s)
+            try:
+                reply = _exchange(sock, data, timeout_s, path)
+            except BaseException as e:
+                sock.close()
+                if isinstance(e, _Stale):
+                    raise _no_reply(path) from None
+                raise
+        # The exchange completed (even with the daemon's error): the connection is in step.
+        with self._lock:
+            pool = self._pool()
+            if self.detached is None and len(pool) < ROLE_CONNECTIONS_KEPT:
+                pool.append(sock)
+                sock = None
+        if sock is not None:
+            sock.close()
         assert reply is not None
         return _decode_fd_reply(*reply, want="stream")
 
     def close(self) -> None:
         with self._lock:
-            sock = self._take()
-        if sock is not None:
-            sock.close()
+            conns, self._idle = list(self._pool()), []
+        for conn in conns:
+            conn.close()
 
     def detach(self) -> Any:
         if self.detached is None:

@@ -177,6 +177,26 @@ def test_a_parked_acquire_ends_with_the_stream(client, second):
         assert time.monotonic() - start < 2
 
 
+def test_a_release_does_not_wait_behind_a_parked_acquire(client, second):
+    with client.create_stream(2, buffer_size=SLOT_BYTES) as p, \
+            second.attach_consumer(p.id, "fifo", limit=2) as con:
+        p.present(p.acquire_slot(1000), number=1)
+        frame = con.acquire_frame(1000)
+        # Another thread parks an acquire on the same consumer...
+        got = []
+        t = threading.Thread(target=lambda: got.append(con.acquire_frame(5000)))
+        t.start()
+        time.sleep(0.2)
+        # ...while this one releases its frame: answered at once, on a connection of its own.
+        start = time.monotonic()
+        con.release_frame(frame)
+        assert time.monotonic() - start < 1.0 and not got
+        p.present(p.acquire_slot(1000), number=2)
+        t.join(5)
+        assert got and got[0].metadata.number == 2
+        con.release_frame(got[0])
+
+
 def test_killed_consumer_frees_the_producer(daemon, client):
     p = client.create_stream(2, buffer_size=SLOT_BYTES)
     holder = peer("holder", daemon.runtime_dir, p.id, 2)
@@ -233,15 +253,15 @@ def test_kept_connection_outlives_the_daemons_idle_timeout(client, second):
             second.attach_consumer(p.id, "fifo") as con:
         assert code(con.acquire_frame, 0) == grpc.StatusCode.DEADLINE_EXCEEDED
         p.present(p.acquire_slot(1000), number=1)
-        before = (p._role._sock, con._role._sock)
-        assert None not in before
+        before = (p._role._idle[0], con._role._idle[0])
         time.sleep(FD_IDLE_TIMEOUT_MS / 1000 + 0.3)
         p.present(p.acquire_slot(1000), number=2)
         frame = con.acquire_frame(1000)
         assert frame.metadata.number == 1
         con.release_frame(frame)
         # Both went out on new connections.
-        assert p._role._sock is not before[0] and con._role._sock is not before[1]
+        assert before[0] not in p._role._idle and before[1] not in con._role._idle
+        assert before[0].fileno() == -1 and before[1].fileno() == -1  # closed
 
 
 def test_async_producer_and_consumer(daemon):
@@ -309,3 +329,36 @@ def test_readme_stream_examples(daemon):
             prod.wait()
     assert cons.returncode == 0, cons.stderr
     assert cons.stdout.splitlines() == [f"{n}: frame {n}" for n in range(1, 6)]
+
+
+def test_async_release_while_an_acquire_is_parked(daemon):
+    import asyncio
+
+    async def main():
+        async with gpushare.AsyncClient(daemon.runtime_dir) as pc, \
+                gpushare.AsyncClient(daemon.runtime_dir) as cc:
+            async with await pc.create_stream(2, buffer_size=SLOT_BYTES) as p, \
+                    await cc.attach_consumer(p.id, "fifo", limit=2) as con:
+                await p.present(await p.acquire_slot(1000), number=1)
+                frame = await con.acquire_frame(1000)
+                parked = asyncio.ensure_future(con.acquire_frame(5000))
+                await asyncio.sleep(0.2)
+                await asyncio.wait_for(con.release_frame(frame), 1.0)
+                assert not parked.done()
+                await p.present(await p.acquire_slot(1000), number=2)
+                assert (await asyncio.wait_for(parked, 5)).metadata.number == 2
+                # A cancelled acquire: the daemon still hands the next frame to it (even were
+                # its connection closed: the frame would be held and lost); the client keeps
+                # that reply for the next acquire.
+                waiting = asyncio.ensure_future(con.acquire_frame(5000))
+                await asyncio.sleep(0.1)
+                waiting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiting
+                await p.present(await p.acquire_slot(1000), number=3)
+                await con.release_frame((await asyncio.wait_for(parked, 1)).slot)
+                assert (await con.acquire_frame(1000)).metadata.number == 3
+                held = (await cc.describe_stream(p.id)).consumers[0].held
+                assert held == 1
+
+    asyncio.run(asyncio.wait_for(main(), 30))
