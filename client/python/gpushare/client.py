@@ -881,15 +881,23 @@ class _Stale(Exception):
 
 
 def _exchange(
-    sock: socket.socket, request: bytes, timeout: Optional[float], path: str
+    sock: socket.socket,
+    request: Optional[bytes],
+    timeout: Optional[float],
+    path: str,
+    sent: Optional[List[bool]] = None,
 ) -> Tuple[bytes, Any, int]:
     """Sends one request on ``sock`` and receives its reply: recvmsg's data, ancdata, flags.
     Raises _Stale when the daemon had closed the connection (the send fails with a broken pipe
     or a reset, or the receive sees the hang-up), GpushareError for a timeout or another socket
-    error."""
+    error. ``request`` None: the reply of a request sent earlier; ``sent`` gets True appended
+    once the request is out."""
     sock.settimeout(timeout)
     try:
-        sock.sendall(request)
+        if request is not None:
+            sock.sendall(request)
+            if sent is not None:
+                sent.append(True)
         data, ancdata, flags, _ = sock.recvmsg(
             MAX_FD_REPLY_BYTES,
             socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * array.array("i").itemsize),

@@ -20,6 +20,12 @@ points (:attr:`Producer.gpu_points`) a GPU pipeline imports the slots and timeli
 :meth:`Consumer.import_release`), waits for a grant's or frame's points on its queue or stream,
 signals its own point there, and presents or releases with that value.
 
+An acquire interrupted once its request is out (KeyboardInterrupt, an exception raised by a
+signal handler; on :class:`~gpushare.AsyncClient`, a cancelled task) is not abandoned: the daemon
+hands the next frame or slot to it even if its connection were closed (that frame would count as
+held, and be lost), so the client keeps the connection and the role's next acquire of that kind
+answers with that reply first.
+
 Both roles are context managers: leaving the ``with`` block detaches (a producer's detach ends
 the stream; consumers drain the frames presented; a consumer's releases what it holds).
 """
@@ -29,7 +35,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, List, Optional, Union
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 from gpushare._common import Exported, GpushareError, ProtocolError, gpushare_pb2
 
@@ -90,6 +97,8 @@ class _Role:
         self.attachment = attachment
         self.detached: Optional[Any] = None
         self._idle: List[socket.socket] = []
+        # An interrupted acquire's connection and deadline, by call kind (see _send).
+        self._pending: Dict[str, Tuple[socket.socket, float]] = {}
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
@@ -98,59 +107,124 @@ class _Role:
         # reach the wrong process): the child drops its copies and connects afresh.
         if self._pid != os.getpid():
             inherited, self._idle = self._idle, []
+            inherited += [sock for sock, _ in self._pending.values()]
+            self._pending = {}
             self._lock = threading.Lock()
             self._pid = os.getpid()
             for conn in inherited:
                 conn.close()
         return self._idle
 
-    def call(self, which: str, request: Any, timeout_s: float) -> Any:
-        """One StreamCall on a kept connection; its StreamReply's answer."""
-        from gpushare.client import _decode_fd_reply, _exchange, _no_reply, _Stale
-
-        if self.client._closed:
-            raise ValueError("gpushare Client is closed")
-        data = gpushare_pb2.FdRequest(
-            stream=gpushare_pb2.StreamCall(**{which: request})
-        ).SerializeToString()
-        path = self.client.fd_path
-        with self._lock:
-            pool = self._pool()
-            kept = pool.pop() if pool else None
-        sock, reply = None, None
-        if kept is not None:
-            try:
-                reply = _exchange(kept, data, timeout_s, path)
-                sock = kept
-            except BaseException as e:
-                kept.close()
-                # A connection the daemon closed meanwhile (its idle timeout): the request was
-                # never read, so it is sent once more on a new connection.
-                if not isinstance(e, _Stale):
-                    raise
-        if sock is None:
-            sock = self.client._fd_connect(timeout_s)
-            try:
-                reply = _exchange(sock, data, timeout_s, path)
-            except BaseException as e:
-                sock.close()
-                if isinstance(e, _Stale):
-                    raise _no_reply(path) from None
-                raise
-        # The exchange completed (even with the daemon's error): the connection is in step.
+    def _give_back(self, sock: socket.socket) -> None:
+        """Keeps a connection whose exchange completed (it is in step), or closes it."""
         with self._lock:
             pool = self._pool()
             if self.detached is None and len(pool) < ROLE_CONNECTIONS_KEPT:
                 pool.append(sock)
-                sock = None
-        if sock is not None:
+                return
+        sock.close()
+
+    def _send(
+        self, which: str, sock: socket.socket, data: bytes, timeout_s: float
+    ) -> Tuple[bytes, Any, int]:
+        """One exchange on ``sock``; raises _Stale as _exchange does (``sock`` is the caller's to
+        close). Interrupted (KeyboardInterrupt, an exception from a signal handler) once the
+        request was out, an acquire's connection is kept pending: the daemon answers it even
+        were it closed (the frame or slot would be handed over, and lost), so its reply is the
+        answer to the role's next call of that kind."""
+        from gpushare.client import _exchange, _Stale
+
+        sent: List[bool] = []
+        try:
+            return _exchange(sock, data, timeout_s, self.client.fd_path, sent)
+        except (GpushareError, _Stale):
+            raise
+        except BaseException:
+            if sent and which in ("acquire_slot", "acquire_frame"):
+                with self._lock:
+                    self._pending[which] = (sock, time.monotonic() + timeout_s)
+            raise
+
+    def _drop(self, sock: socket.socket) -> None:
+        """Closes a connection whose exchange failed, unless it was kept pending."""
+        with self._lock:
+            if any(sock is kept for kept, _ in self._pending.values()):
+                return
+        sock.close()
+
+    def _earlier(self, which: str) -> Any:
+        """The reply of an interrupted call of this kind, if one is pending: its answer, or None
+        (it was refused: not this call's error)."""
+        from gpushare.client import _decode_fd_reply, _exchange
+
+        with self._lock:
+            self._pool()
+            pending = self._pending.pop(which, None)
+        if pending is None:
+            return None
+        sock, deadline = pending
+        try:
+            reply = _exchange(sock, None, max(0.0, deadline - time.monotonic()) + 1.0,
+                              self.client.fd_path)
+        except GpushareError:
             sock.close()
+            return None
+        except BaseException:
+            with self._lock:
+                self._pending[which] = pending  # interrupted again: still the next call's
+            raise
+        self._give_back(sock)
+        try:
+            return _decode_fd_reply(*reply, want="stream")
+        except GpushareError:
+            return None
+
+    def call(self, which: str, request: Any, timeout_s: float) -> Any:
+        """One StreamCall on a kept connection; its StreamReply's answer."""
+        from gpushare.client import _decode_fd_reply, _no_reply, _Stale
+
+        if self.client._closed:
+            raise ValueError("gpushare Client is closed")
+        earlier = self._earlier(which)
+        if earlier is not None:
+            return earlier
+        data = gpushare_pb2.FdRequest(
+            stream=gpushare_pb2.StreamCall(**{which: request})
+        ).SerializeToString()
+        with self._lock:
+            pool = self._pool()
+            kept = pool.pop() if pool else None
+        reply: Optional[Tuple[bytes, Any, int]] = None
+        if kept is not None:
+            try:
+                reply = self._send(which, kept, data, timeout_s)
+            except _Stale:
+                # The daemon closed it meanwhile (its idle timeout): the request was never read,
+                # so it is sent once more on a new connection.
+                kept.close()
+            except BaseException:
+                self._drop(kept)
+                raise
+            else:
+                self._give_back(kept)
+        if reply is None:
+            sock = self.client._fd_connect(timeout_s)
+            try:
+                reply = self._send(which, sock, data, timeout_s)
+            except BaseException as e:
+                self._drop(sock)
+                if isinstance(e, _Stale):
+                    raise _no_reply(self.client.fd_path) from None
+                raise
+            self._give_back(sock)
         assert reply is not None
         return _decode_fd_reply(*reply, want="stream")
 
     def close(self) -> None:
         with self._lock:
             conns, self._idle = list(self._pool()), []
+            conns += [sock for sock, _ in self._pending.values()]
+            self._pending = {}
         for conn in conns:
             conn.close()
 

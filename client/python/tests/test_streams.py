@@ -197,6 +197,36 @@ def test_a_release_does_not_wait_behind_a_parked_acquire(client, second):
         con.release_frame(got[0])
 
 
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_acquire_loses_no_frame(client, second):
+    """A signal handler's exception (KeyboardInterrupt, say) in a parked acquire: the daemon
+    still hands it the next frame, so the client keeps the connection and the next acquire
+    answers with that frame."""
+
+    def interrupt(signum, frame):
+        raise Interrupted()
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with client.create_stream(2, buffer_size=SLOT_BYTES) as p, \
+                second.attach_consumer(p.id, "fifo", limit=1) as con:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(Interrupted):
+                con.acquire_frame(5000)
+            p.present(p.acquire_slot(1000), number=1)
+            frame = con.acquire_frame(1000)
+            assert frame.metadata.number == 1
+            con.release_frame(frame)
+            p.present(p.acquire_slot(1000), number=2)
+            assert con.acquire_frame(1000).metadata.number == 2
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def test_killed_consumer_frees_the_producer(daemon, client):
     p = client.create_stream(2, buffer_size=SLOT_BYTES)
     holder = peer("holder", daemon.runtime_dir, p.id, 2)
