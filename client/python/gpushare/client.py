@@ -17,6 +17,10 @@ memory (a sealed memfd) mapped both here and in the daemon; :meth:`Client.write_
 Images (:meth:`Client.create_image`) are handles (:class:`Image`) with their shape and their
 daemon-executed operations: write, read (as bytes or a numpy array), clear, generate_mips, export.
 
+Frame streams (:meth:`Client.create_stream`, :meth:`Client.attach_producer`,
+:meth:`Client.attach_consumer`) hand out a :class:`~gpushare.stream.Producer` or
+:class:`~gpushare.stream.Consumer`, whose frame calls go over fd.sock (:mod:`gpushare.stream`).
+
 :class:`HostBuffer` lives in :mod:`gpushare.host_buffer`, :class:`Image` and the image formats in
 :mod:`gpushare.image`, the errors and :class:`Exported` in ``gpushare._common``; this module
 re-exports them.
