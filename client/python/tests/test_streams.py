@@ -391,5 +391,14 @@ def test_async_release_while_an_acquire_is_parked(daemon):
                 assert (await con.acquire_frame(1000)).metadata.number == 3
                 held = (await cc.describe_stream(p.id)).consumers[0].held
                 assert held == 1
+                # The kept connections outlive the daemon's idle timeout (sent again, once).
+                from conftest import FD_IDLE_TIMEOUT_MS
+
+                kept = (p._role._sock, con._role._sock)
+                assert None not in kept
+                await asyncio.sleep(FD_IDLE_TIMEOUT_MS / 1000 + 0.3)
+                await p.present(await p.acquire_slot(1000), number=4)
+                assert (await con.acquire_frame(1000)).metadata.number == 4
+                assert p._role._sock is not kept[0] and con._role._sock is not kept[1]
 
     asyncio.run(asyncio.wait_for(main(), 30))
