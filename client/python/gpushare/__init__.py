@@ -2,9 +2,10 @@
 host buffers shared between processes). See :class:`gpushare.Client`."""
 
 from gpushare._common import Exported, GpushareError, ProtocolError
-from gpushare.aio import AsyncClient
+from gpushare.aio import AsyncClient, AsyncConsumer, AsyncProducer
 from gpushare.client import SESSION_HEADER, Client, Watch, default_runtime_dir
 from gpushare.host_buffer import HostBuffer
+from gpushare.stream import Consumer, Producer
 from gpushare.image import (
     IMAGE_FORMATS,
     USAGE_COLOR_ATTACHMENT,
@@ -18,13 +19,17 @@ from gpushare import _pb as pb
 
 __all__ = [
     "AsyncClient",
+    "AsyncConsumer",
+    "AsyncProducer",
     "Client",
+    "Consumer",
     "Exported",
     "GpushareError",
     "HostBuffer",
     "IMAGE_FORMATS",
     "Image",
     "ImageFormatInfo",
+    "Producer",
     "ProtocolError",
     "USAGE_COLOR_ATTACHMENT",
     "USAGE_SAMPLED",

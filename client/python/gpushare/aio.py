@@ -17,7 +17,7 @@ import array
 import asyncio
 import os
 import socket
-from typing import Any, AsyncIterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, AsyncIterator, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union, overload
 
 import grpc
 import grpc.aio
@@ -37,14 +37,22 @@ from gpushare.client import (
     MAX_FDS_PER_MESSAGE,
     MAX_MESSAGE_BYTES,
     SESSION_HEADER,
+    _create_stream_request,
     _decode_fd_reply,
     _grant_request,
     default_runtime_dir,
 )
 from gpushare.host_buffer import HostBuffer
 from gpushare.image import _image_kind, image_format
+from gpushare.stream import (
+    REPLY_GRACE_S,
+    _answer,
+    _slot_index,
+    _timeout_ms,
+    delivery_mode,
+)
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "AsyncConsumer", "AsyncProducer"]
 
 
 class AsyncClient:
@@ -388,6 +396,67 @@ class AsyncClient:
             dst_buffer_id=_rid(dst), dst_offset=dst_offset, length=length,
             sync=_sync(wait, signal, timeout_ms)))
 
+    # ---- frame streams ----
+
+    @overload
+    async def create_stream(
+        self, slots: int, buffer_size: Optional[int] = None,
+        image: Union[Mapping[str, Any], Any, None] = None, name: str = "", pin: bool = False,
+        device: int = 0, no_producer: Literal[False] = False,
+    ) -> "AsyncProducer": ...
+
+    @overload
+    async def create_stream(
+        self, slots: int, buffer_size: Optional[int] = None,
+        image: Union[Mapping[str, Any], Any, None] = None, name: str = "", pin: bool = False,
+        device: int = 0, *, no_producer: Literal[True],
+    ) -> Any: ...
+
+    @overload
+    async def create_stream(
+        self, slots: int, buffer_size: Optional[int] = None,
+        image: Union[Mapping[str, Any], Any, None] = None, name: str = "", pin: bool = False,
+        device: int = 0, no_producer: bool = False,
+    ) -> Union["AsyncProducer", Any]: ...
+
+    async def create_stream(
+        self, slots: int, buffer_size: Optional[int] = None,
+        image: Union[Mapping[str, Any], Any, None] = None, name: str = "", pin: bool = False,
+        device: int = 0, no_producer: bool = False,
+    ) -> Union["AsyncProducer", Any]:
+        """:meth:`Client.create_stream`: an :class:`AsyncProducer` (``no_producer``: the
+        ``StreamInfo``)."""
+        request = _create_stream_request(slots, buffer_size, image, name, pin, device, no_producer)
+        attachment = await self.call("CreateStream", request)
+        if no_producer:
+            return attachment.stream
+        return AsyncProducer(self, attachment)
+
+    async def attach_producer(self, stream: ResourceId) -> "AsyncProducer":
+        """:meth:`Client.attach_producer`."""
+        attachment = await self.call(
+            "AttachProducer", gpushare_pb2.AttachProducerRequest(stream_id=_rid(stream))
+        )
+        return AsyncProducer(self, attachment)
+
+    async def attach_consumer(
+        self, stream: ResourceId, mode: Union[str, int] = "fifo", limit: int = 1
+    ) -> "AsyncConsumer":
+        """:meth:`Client.attach_consumer`."""
+        attachment = await self.call(
+            "AttachConsumer",
+            gpushare_pb2.AttachConsumerRequest(
+                stream_id=_rid(stream), mode=delivery_mode(mode), limit=limit
+            ),
+        )
+        return AsyncConsumer(self, attachment)
+
+    async def describe_stream(self, stream: ResourceId) -> Any:
+        return await self.call("DescribeStream", gpushare_pb2.ResourceRef(id=_rid(stream)))
+
+    async def streams(self) -> List[Any]:
+        return list((await self.call("ListStreams", gpushare_pb2.ListStreamsRequest())).streams)
+
     # ---- descriptors ----
 
     async def export_ticket(self, resource: ResourceId) -> Any:
@@ -421,9 +490,25 @@ class AsyncClient:
             sock.close()  # descriptors never received die with it
 
 
+def _retrieve(task: "asyncio.Future[Any]") -> None:
+    """Marks a dropped task's outcome seen (no "exception was never retrieved" warning)."""
+    if not task.cancelled():
+        task.exception()
+
+
+class _Closed(GpushareError):
+    """The daemon closed the connection without a reply."""
+
+
 async def _exchange(sock: socket.socket, path: str, request: bytes) -> Tuple[bytes, Any, int]:
     loop = asyncio.get_running_loop()
     await loop.sock_connect(sock, path)
+    return await _send_recv(sock, path, request)
+
+
+async def _send_recv(sock: socket.socket, path: str, request: bytes) -> Tuple[bytes, Any, int]:
+    """One request and its reply on a connected non-blocking socket."""
+    loop = asyncio.get_running_loop()
     await loop.sock_sendall(sock, request)
     ancbufsize = socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * array.array("i").itemsize)
     while True:
@@ -445,5 +530,257 @@ async def _exchange(sock: socket.socket, path: str, request: bytes) -> Tuple[byt
                 loop.remove_reader(sock.fileno())
             continue
         if not data and not ancdata:
-            raise GpushareError(grpc.StatusCode.UNAVAILABLE, f"fd.sock {path} closed without a reply")
+            raise _Closed(grpc.StatusCode.UNAVAILABLE, f"fd.sock {path} closed without a reply")
         return data, ancdata, flags
+
+
+class _AsyncRole:
+    """An attachment of an :class:`AsyncClient`: its handle and kept fd.sock connection (a
+    non-blocking socket served on the event loop; a call made while another of the role is in
+    flight uses a connection of its own)."""
+
+    def __init__(self, client: AsyncClient, attachment: Any) -> None:
+        if not attachment.handle:
+            raise GpushareError(grpc.StatusCode.INTERNAL, "StreamAttachment has no handle")
+        self.client = client
+        self.attachment = attachment
+        self.detached: Optional[Any] = None
+        self._sock: Optional[socket.socket] = None
+        # A cancelled acquire's exchange, by call kind: its answer is the next call's.
+        self._pending: Dict[str, "asyncio.Future[Any]"] = {}
+
+    async def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, self.client.fd_path)
+        except BaseException as e:
+            sock.close()
+            if isinstance(e, OSError):
+                raise GpushareError(
+                    grpc.StatusCode.UNAVAILABLE, f"fd.sock {self.client.fd_path}: {e}"
+                ) from None
+            raise
+        return sock
+
+    async def _once(self, sock: socket.socket, data: bytes, timeout: float) -> Tuple[bytes, Any, int]:
+        try:
+            return await asyncio.wait_for(_send_recv(sock, self.client.fd_path, data), timeout)
+        except asyncio.TimeoutError:
+            raise GpushareError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply on {self.client.fd_path}"
+            ) from None
+
+    async def call(self, which: str, request: Any, timeout: float) -> Any:
+        """One StreamCall; its StreamReply's answer.
+
+        The exchange runs as a task of its own, shielded from the caller's cancellation: the
+        daemon hands a frame (or a slot) to an acquire even when the connection that asked for it
+        closed meanwhile, so a cancelled acquire (``asyncio.wait_for``, a task cancelled) is not
+        abandoned. Its reply is kept and is the answer to the role's next call of that kind
+        (which waits for it first); a present's or release's reply is dropped."""
+        if self.client._closed:
+            raise ValueError("gpushare AsyncClient is closed")
+        data = gpushare_pb2.FdRequest(
+            stream=gpushare_pb2.StreamCall(**{which: request})
+        ).SerializeToString()
+        pending = self._pending.pop(which, None)
+        if pending is not None:
+            try:
+                earlier = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    self._pending[which] = pending  # still the next call's
+                raise
+            except Exception:
+                earlier = None  # the cancelled call's refusal (a deadline, say): not this call's
+            if earlier is not None:
+                return earlier
+        task = asyncio.ensure_future(self._roundtrip(data, timeout))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                if which in ("acquire_slot", "acquire_frame"):
+                    self._pending[which] = task
+                else:
+                    task.add_done_callback(_retrieve)
+            raise
+
+    async def _roundtrip(self, data: bytes, timeout: float) -> Any:
+        # The kept connection, when no other call of this role is using it; else a new one.
+        kept, self._sock = self._sock, None
+        reply = None
+        sock: Optional[socket.socket] = None
+        if kept is not None:
+            try:
+                reply = await self._once(kept, data, timeout)
+                sock = kept
+            except BaseException as e:
+                # Cancelled or timed out mid-exchange: the connection is out of step.
+                kept.close()
+                # Closed by the daemon while idle: the request went unread; sent again once.
+                if not isinstance(e, (_Closed, BrokenPipeError, ConnectionResetError)):
+                    raise
+        if sock is None:
+            sock = await self._connect()
+            try:
+                reply = await self._once(sock, data, timeout)
+            except BaseException as e:
+                sock.close()
+                if isinstance(e, OSError):
+                    raise GpushareError(
+                        grpc.StatusCode.UNAVAILABLE, f"fd.sock {self.client.fd_path}: {e}"
+                    ) from None
+                raise
+        if self._sock is None and self.detached is None:
+            self._sock = sock
+        else:
+            sock.close()
+        assert reply is not None
+        return _decode_fd_reply(*reply, want="stream")
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    async def detach(self) -> Any:
+        if self.detached is None:
+            self.detached = await self.client.call(
+                "Detach", gpushare_pb2.StreamHandle(handle=self.attachment.handle)
+            )
+            self.close()
+        return self.detached
+
+    async def redeem(self, part: Any) -> Optional[Exported]:
+        if part is None or not part.ticket:
+            return None
+        return await self.client.redeem(part.ticket)
+
+
+class _AsyncRoleBase:
+    _role: _AsyncRole
+
+    @property
+    def info(self) -> Any:
+        """The stream as it was at attach."""
+        return self._role.attachment.stream
+
+    @property
+    def id(self) -> str:
+        return str(self._role.attachment.stream.id)
+
+    @property
+    def attachment(self) -> Any:
+        return self._role.attachment
+
+    @property
+    def handle(self) -> str:
+        return str(self._role.attachment.handle)
+
+    @property
+    def gpu_points(self) -> bool:
+        return bool(self._role.attachment.stream.points == gpushare_pb2.STREAM_POINTS_GPU)
+
+    @property
+    def slot_ids(self) -> List[str]:
+        return [str(p.resource_id) for p in self._role.attachment.slots]
+
+    @property
+    def detached(self) -> bool:
+        return self._role.detached is not None
+
+    async def import_slots(self) -> List[Exported]:
+        out: List[Exported] = []
+        try:
+            for part in self._role.attachment.slots:
+                exported = await self._role.redeem(part)
+                if exported is None:
+                    raise GpushareError(grpc.StatusCode.INTERNAL, "a slot's StreamPart has no ticket")
+                out.append(exported)
+        except BaseException:
+            for e in out:
+                e.close()
+            raise
+        return out
+
+    async def import_ready(self) -> Optional[Exported]:
+        a = self._role.attachment
+        return await self._role.redeem(a.ready if a.HasField("ready") else None)
+
+    async def detach(self) -> Any:
+        return await self._role.detach()
+
+    def close(self) -> None:
+        self._role.close()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._role.detached is not None:
+            return
+        try:
+            await self.detach()
+        except GpushareError:
+            self._role.close()
+            if exc_type is None and self._role.client.session_active:
+                raise
+
+
+class AsyncProducer(_AsyncRoleBase):
+    """:class:`gpushare.stream.Producer` for :class:`AsyncClient`: the frame calls are
+    coroutines on the event loop (``async with`` detaches at exit)."""
+
+    def __init__(self, client: AsyncClient, attachment: Any) -> None:
+        self._role = _AsyncRole(client, attachment)
+
+    async def __aenter__(self) -> "AsyncProducer":
+        return self
+
+    async def acquire_slot(self, timeout_ms: int, host_wait: bool = False, spin_us: int = 0) -> Any:
+        request = gpushare_pb2.AcquireRequest(
+            handle=self._role.attachment.handle, timeout_ms=_timeout_ms(timeout_ms),
+            host_wait=host_wait, spin_us=spin_us,
+        )
+        reply = await self._role.call("acquire_slot", request, timeout_ms / 1000.0 + REPLY_GRACE_S)
+        return _answer(reply, "slot")
+
+    async def present(
+        self, slot: Any, ready_value: int = 0, number: int = 0, timestamp_ns: int = 0,
+        user_data: bytes = b"",
+    ) -> Any:
+        request = gpushare_pb2.PresentRequest(
+            handle=self._role.attachment.handle, slot=_slot_index(slot), ready_value=ready_value,
+            metadata=gpushare_pb2.FrameMetadata(
+                number=number, timestamp_ns=timestamp_ns, user_data=bytes(user_data)
+            ),
+        )
+        return _answer(await self._role.call("present", request, REPLY_GRACE_S), "presented")
+
+
+class AsyncConsumer(_AsyncRoleBase):
+    """:class:`gpushare.stream.Consumer` for :class:`AsyncClient`."""
+
+    def __init__(self, client: AsyncClient, attachment: Any) -> None:
+        self._role = _AsyncRole(client, attachment)
+
+    async def __aenter__(self) -> "AsyncConsumer":
+        return self
+
+    async def import_release(self) -> Optional[Exported]:
+        a = self._role.attachment
+        return await self._role.redeem(a.release if a.HasField("release") else None)
+
+    async def acquire_frame(self, timeout_ms: int, host_wait: bool = False, spin_us: int = 0) -> Any:
+        request = gpushare_pb2.AcquireRequest(
+            handle=self._role.attachment.handle, timeout_ms=_timeout_ms(timeout_ms),
+            host_wait=host_wait, spin_us=spin_us,
+        )
+        reply = await self._role.call("acquire_frame", request, timeout_ms / 1000.0 + REPLY_GRACE_S)
+        return _answer(reply, "frame")
+
+    async def release_frame(self, slot: Any, release_value: int = 0) -> int:
+        request = gpushare_pb2.ReleaseFrameRequest(
+            handle=self._role.attachment.handle, slot=_slot_index(slot), release_value=release_value,
+        )
+        reply = await self._role.call("release", request, REPLY_GRACE_S)
+        return int(_answer(reply, "released").release_value)

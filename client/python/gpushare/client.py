@@ -17,6 +17,10 @@ memory (a sealed memfd) mapped both here and in the daemon; :meth:`Client.write_
 Images (:meth:`Client.create_image`) are handles (:class:`Image`) with their shape and their
 daemon-executed operations: write, read (as bytes or a numpy array), clear, generate_mips, export.
 
+Frame streams (:meth:`Client.create_stream`, :meth:`Client.attach_producer`,
+:meth:`Client.attach_consumer`) hand out a :class:`~gpushare.stream.Producer` or
+:class:`~gpushare.stream.Consumer`, whose frame calls go over fd.sock (:mod:`gpushare.stream`).
+
 :class:`HostBuffer` lives in :mod:`gpushare.host_buffer`, :class:`Image` and the image formats in
 :mod:`gpushare.image`, the errors and :class:`Exported` in ``gpushare._common``; this module
 re-exports them.
@@ -29,7 +33,20 @@ import contextlib
 import os
 import socket
 import threading
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Iterable,
+    Iterator,
+    List,
+    Literal,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+    overload,
+)
 
 import grpc
 
@@ -55,6 +72,9 @@ from gpushare.image import (
     _image_kind,
     image_format,
 )
+
+if TYPE_CHECKING:
+    from gpushare.stream import Consumer, Producer
 
 __all__ = [
     "Client",
@@ -93,6 +113,60 @@ def _grant_request(
     if uid is not None:
         return gpushare_pb2.GrantRequest(id=_rid(resource), uid=uid)
     return gpushare_pb2.GrantRequest(id=_rid(resource), gid=gid)
+
+
+def _image_request(
+    format: Union[str, int],
+    width: int,
+    height: int,
+    depth: int = 1,
+    kind: Union[str, int, None] = None,
+    mip_levels: int = 1,
+    array_layers: int = 1,
+    usage: int = 0,
+    device: int = 0,
+    name: str = "",
+    pin: bool = False,
+) -> "gpushare_pb2.CreateImageRequest":
+    return gpushare_pb2.CreateImageRequest(
+        format=image_format(format).value,
+        kind=_image_kind(kind, depth),
+        width=width,
+        height=height,
+        depth=depth,
+        mip_levels=mip_levels,
+        array_layers=array_layers,
+        usage=usage,
+        device=device,
+        name=name,
+        pin=pin,
+    )
+
+
+def _create_stream_request(
+    slots: int,
+    buffer_size: Optional[int],
+    image: Union[Mapping[str, Any], Any, None],
+    name: str,
+    pin: bool,
+    device: int,
+    no_producer: bool,
+) -> "gpushare_pb2.CreateStreamRequest":
+    """A CreateStreamRequest; ``image`` is a ``CreateImageRequest`` or a mapping of
+    :meth:`Client.create_image`'s arguments (``{"format": "rgba8unorm", "width": 64,
+    "height": 64}``)."""
+    if (buffer_size is None) == (image is None):
+        raise ValueError("a stream's slots are buffer_size= or image=, exactly one")
+    request = gpushare_pb2.CreateStreamRequest(
+        device=device, name=name, pin=pin, slots=slots, no_producer=no_producer
+    )
+    if buffer_size is not None:
+        request.buffer_size = buffer_size
+    elif isinstance(image, Mapping):
+        request.image.CopyFrom(_image_request(**image))
+    else:
+        request.image.CopyFrom(image)
+    return request
 
 
 def default_runtime_dir() -> str:
@@ -353,18 +427,9 @@ class Client:
         lists the formats it takes as 2D images with the default usage), RESOURCE_EXHAUSTED when
         memory runs out.
         """
-        request = gpushare_pb2.CreateImageRequest(
-            format=image_format(format).value,
-            kind=_image_kind(kind, depth),
-            width=width,
-            height=height,
-            depth=depth,
-            mip_levels=mip_levels,
-            array_layers=array_layers,
-            usage=usage,
-            device=device,
-            name=name,
-            pin=pin,
+        request = _image_request(
+            format, width, height, depth=depth, kind=kind, mip_levels=mip_levels,
+            array_layers=array_layers, usage=usage, device=device, name=name, pin=pin,
         )
         return Image(self, self._call("CreateImage", request))
 
@@ -645,6 +710,110 @@ class Client:
             ),
         )
 
+    # ---- frame streams ----
+
+    @overload
+    def create_stream(
+        self,
+        slots: int,
+        buffer_size: Optional[int] = None,
+        image: Union[Mapping[str, Any], Any, None] = None,
+        name: str = "",
+        pin: bool = False,
+        device: int = 0,
+        no_producer: Literal[False] = False,
+    ) -> "Producer": ...
+
+    @overload
+    def create_stream(
+        self,
+        slots: int,
+        buffer_size: Optional[int] = None,
+        image: Union[Mapping[str, Any], Any, None] = None,
+        name: str = "",
+        pin: bool = False,
+        device: int = 0,
+        *,
+        no_producer: Literal[True],
+    ) -> "gpushare_pb2.StreamInfo": ...
+
+    @overload
+    def create_stream(
+        self,
+        slots: int,
+        buffer_size: Optional[int] = None,
+        image: Union[Mapping[str, Any], Any, None] = None,
+        name: str = "",
+        pin: bool = False,
+        device: int = 0,
+        no_producer: bool = False,
+    ) -> Union["Producer", "gpushare_pb2.StreamInfo"]: ...
+
+    def create_stream(
+        self,
+        slots: int,
+        buffer_size: Optional[int] = None,
+        image: Union[Mapping[str, Any], Any, None] = None,
+        name: str = "",
+        pin: bool = False,
+        device: int = 0,
+        no_producer: bool = False,
+    ) -> Union["Producer", "gpushare_pb2.StreamInfo"]:
+        """Creates a frame stream of ``slots`` (2 to 64) alike slots: buffers of ``buffer_size``
+        bytes, or images (``image``: a ``CreateImageRequest``, or a mapping of
+        :meth:`create_image`'s arguments such as ``{"format": "rgba8unorm", "width": 64,
+        "height": 64}``). This client's session is its producer: returns the
+        :class:`~gpushare.stream.Producer`. With ``no_producer``, another session attaches as
+        the producer (:meth:`attach_producer`) and this returns the ``StreamInfo``.
+
+        INVALID_ARGUMENT: slots outside 2..=64, a slot spec the daemon would refuse;
+        RESOURCE_EXHAUSTED: a quota or GPU memory; FAILED_PRECONDITION: no session (``pin``
+        alone needs ``no_producer``); ALREADY_EXISTS: the name is taken."""
+        from gpushare.stream import Producer
+
+        request = _create_stream_request(slots, buffer_size, image, name, pin, device, no_producer)
+        attachment = self._call("CreateStream", request)
+        if no_producer:
+            info: Any = attachment.stream
+            return info
+        return Producer(self, attachment)
+
+    def attach_producer(self, stream: ResourceId) -> "Producer":
+        """Attaches this session as the producer of a stream created with ``no_producer``.
+        NOT_FOUND; FAILED_PRECONDITION (it has a producer, or no session); ABORTED (ended)."""
+        from gpushare.stream import Producer
+
+        attachment = self._call(
+            "AttachProducer", gpushare_pb2.AttachProducerRequest(stream_id=_rid(stream))
+        )
+        return Producer(self, attachment)
+
+    def attach_consumer(
+        self, stream: ResourceId, mode: Union[str, int] = "fifo", limit: int = 1
+    ) -> "Consumer":
+        """Attaches this session as a consumer of ``stream`` in ``mode`` (``"fifo"``: every
+        frame, in order, and the producer waits for it; ``"mailbox"``: the newest frame only),
+        holding at most ``limit`` frames at once. It receives the frames presented from now on.
+        INVALID_ARGUMENT: limit 0; NOT_FOUND; FAILED_PRECONDITION (no session); ABORTED (ended);
+        RESOURCE_EXHAUSTED (its release timeline is over the semaphore quota)."""
+        from gpushare.stream import Consumer, delivery_mode
+
+        attachment = self._call(
+            "AttachConsumer",
+            gpushare_pb2.AttachConsumerRequest(
+                stream_id=_rid(stream), mode=delivery_mode(mode), limit=limit
+            ),
+        )
+        return Consumer(self, attachment)
+
+    def describe_stream(self, stream: ResourceId) -> "gpushare_pb2.StreamInfo":
+        """The stream now: slots and their states, roles, counters. NOT_FOUND."""
+        return self._call("DescribeStream", gpushare_pb2.ResourceRef(id=_rid(stream)))
+
+    def streams(self) -> List["gpushare_pb2.StreamInfo"]:
+        """Every stream this caller may see, oldest first."""
+        return list(self._call("ListStreams", gpushare_pb2.ListStreamsRequest()).streams)
+
     # ---- descriptors ----
 
     def export_ticket(self, resource: ResourceId) -> "gpushare_pb2.ExportResponse":
@@ -716,15 +885,23 @@ class _Stale(Exception):
 
 
 def _exchange(
-    sock: socket.socket, request: bytes, timeout: Optional[float], path: str
+    sock: socket.socket,
+    request: Optional[bytes],
+    timeout: Optional[float],
+    path: str,
+    sent: Optional[List[bool]] = None,
 ) -> Tuple[bytes, Any, int]:
     """Sends one request on ``sock`` and receives its reply: recvmsg's data, ancdata, flags.
     Raises _Stale when the daemon had closed the connection (the send fails with a broken pipe
     or a reset, or the receive sees the hang-up), GpushareError for a timeout or another socket
-    error."""
+    error. ``request`` None: the reply of a request sent earlier; ``sent`` gets True appended
+    once the request is out."""
     sock.settimeout(timeout)
     try:
-        sock.sendall(request)
+        if request is not None:
+            sock.sendall(request)
+            if sent is not None:
+                sent.append(True)
         data, ancdata, flags, _ = sock.recvmsg(
             MAX_FD_REPLY_BYTES,
             socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * array.array("i").itemsize),
@@ -742,8 +919,8 @@ def _exchange(
 
 
 def _decode_fd_reply(data: bytes, ancdata: Any, flags: int, want: str = "exported") -> Any:
-    """Turns one recvmsg result into an Exported (``want="exported"``) or a wait's value
-    (``want="waited"``), closing every received fd that is not returned, on every path."""
+    """Turns one recvmsg result into an Exported (``want="exported"``), a wait's value
+    (``want="waited"``) or a frame call's StreamReply (``want="stream"``), closing every received fd that is not returned, on every path."""
     fds: List[int] = []
     try:
         for level, kind, payload in ancdata:
@@ -767,10 +944,10 @@ def _decode_fd_reply(data: bytes, ancdata: Any, flags: int, want: str = "exporte
             raise GpushareError.from_code_value(reply.error.code, reply.error.message)
         if which != want:
             raise ProtocolError(f"FdReply has neither `{want}` nor `error`")
-        if want == "waited":
+        if want in ("waited", "stream"):
             if fds:
-                raise ProtocolError(f"a wait's reply carried {len(fds)} descriptors")
-            return reply.waited.value
+                raise ProtocolError(f"a {want} reply carried {len(fds)} descriptors")
+            return reply.waited.value if want == "waited" else reply.stream
         if len(fds) != 1:
             raise ProtocolError(f"expected exactly one descriptor, got {len(fds)}")
         fd = fds.pop()

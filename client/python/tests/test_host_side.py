@@ -254,7 +254,7 @@ def test_cuda_imports_take_a_resource_with_its_client(client):
 def test_readme_shows_the_example_files_as_they_are():
     with open(os.path.join(PKG_ROOT, "README.md")) as f:
         readme = f.read()
-    for name in ("producer.py", "consumer.py"):
+    for name in ("producer.py", "consumer.py", "stream_producer.py", "stream_consumer.py"):
         with open(os.path.join(PKG_ROOT, "examples", name)) as f:
             text = f.read().rstrip()
         assert text in readme, f"README's copy of examples/{name} is stale"
