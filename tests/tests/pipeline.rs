@@ -63,6 +63,7 @@ fn pipeline_moves_and_checks_every_frame() {
         "producer present -> filter acquire:",
         "filter present -> sink acquire:",
         "producer present -> sink acquire:",
+        "producer present -> sink read back:",
     ] {
         assert!(out.contains(stage), "no {stage:?} latency in the output");
     }

@@ -789,7 +789,8 @@ async fn sink(common: &Common, stream: &str, frames: u64, png: &Path, png_frame:
     let consumer = Arc::new(consumer);
     let len = common.pixels() as usize * 4;
     let (mut count, mut bad, mut last, mut out_of_order) = (0u64, 0u64, 0u64, 0u64);
-    let (mut hop1, mut hop2, mut filter_time, mut total) = (
+    let (mut hop1, mut hop2, mut filter_time, mut total, mut read_back) = (
+        Samples::default(),
         Samples::default(),
         Samples::default(),
         Samples::default(),
@@ -804,6 +805,7 @@ async fn sink(common: &Common, stream: &str, frames: u64, png: &Path, png_frame:
         last_at = at;
         let meta = frame.metadata.clone().unwrap_or_default();
         let n = meta.number;
+        let mut produced_at = None;
         if n != last + 1 {
             out_of_order += 1;
         }
@@ -817,6 +819,7 @@ async fn sink(common: &Common, stream: &str, frames: u64, png: &Path, png_frame:
             hop1.push(produced, filter_acquired);
             filter_time.push(filter_acquired, meta.timestamp_ns);
             total.push(produced, acquired);
+            produced_at = Some(produced);
         }
         hop2.push(meta.timestamp_ns, acquired);
         let (wait, signal) = match (gpu_points, &frame.ready) {
@@ -827,6 +830,10 @@ async fn sink(common: &Common, stream: &str, frames: u64, png: &Path, png_frame:
             _ => (Vec::new(), Vec::new()),
         };
         let data = gpu.read(s, frame.slot, &wait, &signal)?;
+        let read = now_ns();
+        if let Some(p) = produced_at {
+            read_back.push(p, read);
+        }
         let want = filtered(pixel(n)).to_le_bytes();
         let wrong = if data.len() < len {
             Some(data.len() / 4)
@@ -883,6 +890,10 @@ async fn sink(common: &Common, stream: &str, frames: u64, png: &Path, png_frame:
     say(&format!(
         "sink: producer present -> sink acquire:   {}",
         total.summary()
+    ));
+    say(&format!(
+        "sink: producer present -> sink read back: {}",
+        read_back.summary()
     ));
     match png_written {
         Some(n) => say(&format!("sink: frame {n} written to {}", png.display())),
