@@ -506,3 +506,29 @@ def test_image_slots_have_no_tensor_view(client, fake):
     producer.detach()
     for fd in fake.imported_fds:
         os.close(fd)
+
+
+def test_warm_up_makes_a_cupy_stream_current(client, fake):
+    class CupyStream:  # what gpushare.cuda sees of a cupy.cuda.Stream: module, ptr, `with`
+        __module__ = "cupy.cuda.stream"
+        ptr = 0x9000
+        current = False
+
+        def __enter__(self):
+            CupyStream.current = True
+            return self
+
+        def __exit__(self, *exc):
+            CupyStream.current = False
+
+    producer = client.create_stream(2, buffer_size=64)
+    cp = gcuda.CudaProducer(producer, host_fallback=True)
+    seen = []
+    cp.warm_up(lambda: seen.append(CupyStream.current), stream=CupyStream())
+    assert seen == [True] and not CupyStream.current and fake.last_sync == 0x9000
+    cp.warm_up(lambda: seen.append("raw"), stream=0x9100)  # a raw handle: nothing to enter
+    assert seen[-1] == "raw" and fake.last_sync == 0x9100
+    cp.close()
+    producer.detach()
+    for fd in fake.imported_fds:
+        os.close(fd)
