@@ -1265,6 +1265,8 @@ class CudaProducer(_CudaRole):
         its points are reached)."""
         if semaphore_id in self._timelines:
             return self._timelines[semaphore_id]
+        if self.ready is not None and semaphore_id == self.ready.id:
+            return self.ready  # imported already (and closed with the role)
         from gpushare._common import GpushareError
 
         sem: Optional[CudaSemaphore]

@@ -464,6 +464,7 @@ def test_producer_skips_a_timeline_gone(client, fake, gpu_points):
     assert cp._timeline("sem-gone") is None and cp._timeline("sem-gone") is None
     assert cp._timeline("sem-here") is cp._timeline("sem-here") is not None
     assert exported["sem-here"] == 1
+    assert cp._timeline(cp.ready.id) is cp.ready  # its own timeline is not imported twice
     cp.close()
     cp.producer.detach()
     for fd in fake.imported_fds:
