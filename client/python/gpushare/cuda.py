@@ -12,6 +12,9 @@ Importing this module needs nothing; the first call that needs CUDA raises
   block.
 - :func:`import_image` -> :class:`CudaImage`: the mipmapped array, per-level arrays, surface
   and texture objects.
+- :class:`CudaProducer` / :class:`CudaConsumer`: a frame stream's roles on the GPU (the slots
+  and timelines imported once; grant, ready and release points waited for and signaled on a
+  torch or CuPy stream).
 
 The device is chosen by the UUID in the descriptor's metadata (``cuDeviceGetUuid``), so it is
 right under any ``CUDA_VISIBLE_DEVICES``; :class:`DeviceNotVisible` names the UUID when this
@@ -24,21 +27,29 @@ The lazy-loading pitfall: see :func:`warm_up` and the README ("CUDA lazy loading
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from gpushare import _dlpack
 from gpushare._common import Exported, gpushare_pb2
 
 __all__ = [
     "CudaBuffer",
+    "CudaConsumer",
     "CudaError",
+    "CudaFrame",
     "CudaImage",
+    "CudaProducer",
     "CudaSemaphore",
+    "CudaSlot",
     "CudaUnavailable",
     "DeviceNotVisible",
+    "HostPointsError",
+    "LazyLoadingWarning",
     "SurfaceObject",
     "TextureObject",
     "device_for_uuid",
@@ -949,3 +960,489 @@ def warm_up(*fns: Any) -> None:
             torch.cuda.synchronize()
     except ImportError:
         pass
+
+
+# ---- frame streams on the GPU ----
+
+
+class HostPointsError(ValueError):
+    """The stream has HOST points (its device cannot export timeline semaphores): there is no
+    timeline to wait for or signal on a CUDA stream. Pass ``host_fallback=True`` to synchronize
+    the stream on the host at each present / release instead, or move frames with
+    :meth:`Client.write` / :meth:`Client.read`."""
+
+
+class LazyLoadingWarning(RuntimeWarning):
+    """A GPU-points stream role enqueues its first semaphore wait without :meth:`warm_up` under
+    CUDA lazy loading (see :func:`warm_up` and the README, "CUDA lazy loading")."""
+
+
+def _stream_context(stream: Stream) -> Any:
+    """``stream`` made current for a block: torch's ``torch.cuda.stream``, CuPy's ``with``;
+    nothing for None or a raw handle."""
+    if stream is None or isinstance(stream, int):
+        return contextlib.nullcontext()
+    module = type(stream).__module__ or ""
+    if module.startswith("torch"):
+        import torch
+
+        return torch.cuda.stream(stream)
+    if module.startswith("cupy") and hasattr(stream, "__enter__"):
+        return stream
+    return contextlib.nullcontext()
+
+
+def _import_slot(exported: Exported) -> Union[CudaBuffer, CudaImage]:
+    if exported.info.kind == gpushare_pb2.RESOURCE_KIND_IMAGE:
+        return import_image(exported)
+    return import_buffer(exported)
+
+
+class CudaSlot:
+    """A slot the producer acquired (:meth:`CudaProducer.acquire`): ``index``, the ``grant``
+    (``SlotGrant``), the ``waits`` enqueued on the stream (``(timeline id, value)``), and the
+    slot's memory: :attr:`buffer` (a :class:`CudaBuffer`, or a :class:`CudaImage` for image
+    slots), :meth:`tensor`, :meth:`array`."""
+
+    def __init__(self, role: "_CudaRole", index: int, grant: Any, waits: List[Tuple[str, int]]):
+        self._role = role
+        self.index = index
+        self.grant = grant
+        self.waits = waits
+
+    @property
+    def slot(self) -> int:
+        """The slot index (so that a CudaSlot goes wherever a slot index does)."""
+        return self.index
+
+    @property
+    def buffer(self) -> Any:
+        return self._role.buffers[self.index]
+
+    def tensor(self, dtype: Any = None, shape: Union[int, Sequence[int], None] = None,
+               offset: int = 0) -> Any:
+        """The slot as a torch tensor (see :meth:`CudaProducer.tensor`)."""
+        return self._role.tensor(self.index, dtype, shape, offset)
+
+    def array(self, dtype: Any = "uint8", shape: Union[int, Sequence[int], None] = None,
+              offset: int = 0) -> Any:
+        """The slot as a CuPy array (see :meth:`CudaProducer.array`)."""
+        return self._role.array(self.index, dtype, shape, offset)
+
+    def __repr__(self) -> str:
+        return f"CudaSlot(index={self.index}, waits={self.waits})"
+
+
+class CudaFrame(CudaSlot):
+    """A frame the consumer acquired (:meth:`CudaConsumer.acquire`): ``index`` (its slot),
+    ``frame`` (the ``Frame``: ``ready``, ``metadata``, ``sequence``), ``number``, ``sequence``,
+    ``metadata``, and the slot's memory as :class:`CudaSlot` has it."""
+
+    def __init__(self, role: "_CudaRole", index: int, frame: Any, waits: List[Tuple[str, int]]):
+        super().__init__(role, index, frame, waits)
+        self.frame = frame
+
+    @property
+    def metadata(self) -> Any:
+        return self.frame.metadata
+
+    @property
+    def number(self) -> int:
+        return int(self.frame.metadata.number)
+
+    @property
+    def sequence(self) -> int:
+        return int(self.frame.sequence)
+
+    def __repr__(self) -> str:
+        return f"CudaFrame(index={self.index}, number={self.number}, sequence={self.sequence})"
+
+
+class _CudaRole:
+    """What both GPU roles share: the slots imported (once), the ready timeline, tensor views,
+    the host fallback, warm-up."""
+
+    def __init__(self, role: Any, host_fallback: bool):
+        from gpushare.stream import _RoleBase
+
+        if not isinstance(role, _RoleBase):
+            raise TypeError(f"expected a gpushare Producer or Consumer, not {type(role).__name__}")
+        if role.detached:
+            raise ValueError(f"the stream role is detached: {role!r}")
+        self.gpu_points = bool(role.gpu_points)
+        if not self.gpu_points and not host_fallback:
+            raise HostPointsError(
+                f"stream {role.id} has HOST points (its device cannot export timeline "
+                f"semaphores): nothing to wait for or signal on a CUDA stream. Pass "
+                f"host_fallback=True to synchronize the stream on the host at each present / "
+                f"release, or move frames with Client.write / Client.read"
+            )
+        self._r = role
+        self._client = role._role.client
+        self._warmed = False
+        self._warned = False
+        self._views: Dict[Tuple[Any, ...], Any] = {}
+        self.buffers: List[Any] = []
+        self.ready: Optional[CudaSemaphore] = None
+        try:
+            for part in role.attachment.slots:
+                self.buffers.append(_import_slot(self._redeem(part, "slot")))
+            if self.gpu_points:
+                exported = self._redeem(role.attachment.ready, "ready timeline")
+                self._ready_start = int(exported.info.semaphore.value)
+                self.ready = import_semaphore(exported)
+        except BaseException:
+            self.close()
+            raise
+
+    def _redeem(self, part: Any, what: str) -> Exported:
+        """The part's descriptor: its ticket redeemed, else (a ticket expired, or redeemed
+        already in this process) a fresh export of the resource."""
+        from gpushare._common import GpushareError, ProtocolError
+
+        if part.ticket:
+            try:
+                return self._client.redeem(part.ticket)
+            except GpushareError as e:
+                first: Optional[BaseException] = e
+        else:
+            first = None
+        try:
+            result: Exported = self._client.export(part.resource_id)
+            return result
+        except GpushareError as e:
+            if first is None:
+                raise ProtocolError(f"the stream's {what} {part.resource_id} has no ticket") from e
+            raise first from e
+
+    @property
+    def slot_count(self) -> int:
+        return len(self.buffers)
+
+    def _index(self, slot: Any) -> int:
+        from gpushare.stream import _slot_index
+
+        index = _slot_index(slot)
+        if not 0 <= index < len(self.buffers):
+            raise ValueError(f"slot {index} outside 0..{len(self.buffers) - 1}")
+        return index
+
+    def _buffer(self, index: int) -> CudaBuffer:
+        buf = self.buffers[index]
+        if not isinstance(buf, CudaBuffer):
+            raise TypeError(f"slot {index} is an image (a CudaImage): no tensor view")
+        return buf
+
+    def tensor(self, slot: Any, dtype: Any = None, shape: Union[int, Sequence[int], None] = None,
+               offset: int = 0) -> Any:
+        """Slot ``slot`` (an index, a :class:`CudaSlot` / :class:`CudaFrame`, a grant or a
+        frame) as a torch tensor of ``dtype`` (default torch.uint8) and ``shape`` (default: as
+        many elements as fit) at byte ``offset``, without a copy. Made once per slot and view,
+        then the same tensor is returned."""
+        index = self._index(slot)
+        key = ("torch", index, str(dtype), shape if shape is None else _shape_key(shape), offset)
+        view = self._views.get(key)
+        if view is None:
+            view = self._buffer(index).as_tensor(dtype, shape, offset)
+            self._views[key] = view
+        return view
+
+    def array(self, slot: Any, dtype: Any = "uint8", shape: Union[int, Sequence[int], None] = None,
+              offset: int = 0) -> Any:
+        """Slot ``slot`` as a CuPy array (as :meth:`tensor`)."""
+        index = self._index(slot)
+        key = ("cupy", index, str(dtype), shape if shape is None else _shape_key(shape), offset)
+        view = self._views.get(key)
+        if view is None:
+            view = self._buffer(index).as_cupy(dtype, shape, offset)
+            self._views[key] = view
+        return view
+
+    def warm_up(self, *fns: Callable[[], Any], stream: Stream = None) -> None:
+        """Runs each callable once with ``stream`` current (torch or CuPy), then synchronizes:
+        the kernels the loop launches are loaded before the first semaphore wait is pending
+        (:func:`warm_up`; the lazy-loading pitfall). Call it before the first :meth:`acquire`
+        with the kernels of the loop, on scratch tensors of the slots' shape (not the slots:
+        a free slot may still be read by a consumer). Without it, the first GPU-points
+        acquire warns (:class:`LazyLoadingWarning`) unless ``CUDA_MODULE_LOADING=EAGER``."""
+        with _stream_context(stream):
+            for fn in fns:
+                fn()
+        self._synchronize(stream)
+        self._warmed = True
+
+    def _lazy_check(self) -> None:
+        if self._warmed or self._warned or not self.gpu_points:
+            return
+        self._warned = True
+        if os.environ.get("CUDA_MODULE_LOADING", "").upper() == "EAGER":
+            return
+        warnings.warn(
+            "a semaphore wait is enqueued before warm_up(): under CUDA lazy loading the first "
+            "launch of a kernel behind a pending wait blocks until the wait is satisfied (a "
+            "deadlock when this process sends that signal). Call warm_up(kernels..., "
+            "stream=...) first, or set CUDA_MODULE_LOADING=EAGER (README: CUDA lazy loading)",
+            LazyLoadingWarning,
+            stacklevel=3,
+        )
+
+    def _synchronize(self, stream: Stream) -> None:
+        """Waits on the host for the work enqueued on ``stream`` (the HOST-points fallback)."""
+        d = _drv()
+        device = self._device()
+        with device:
+            _check("cuStreamSynchronize", d.cuStreamSynchronize(_cu_stream(stream)))
+
+    def _device(self) -> _Device:
+        if self.ready is not None:
+            return self.ready._device
+        buf = self.buffers[0]
+        memory = buf._memory
+        device: _Device = memory.device
+        return device
+
+    def _semaphores(self) -> List[CudaSemaphore]:
+        return [self.ready] if self.ready is not None else []
+
+    def close(self) -> None:
+        """Closes the imported timelines (once the operations enqueued on them completed: see
+        :meth:`CudaSemaphore.close`) and drops the cached views; the slots' imports are freed
+        when the last tensor over them is gone. Synchronize the streams first."""
+        self._views.clear()
+        for sem in self._semaphores():
+            sem.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _shape_key(shape: Union[int, Sequence[int]]) -> Tuple[int, ...]:
+    return (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+
+
+class CudaProducer(_CudaRole):
+    """A stream's producer on the GPU. ``CudaProducer(producer)`` imports the slots (as
+    :class:`CudaBuffer`, or :class:`CudaImage` for image slots) and the ready timeline once
+    (redeeming the attachment's tickets: do not call ``producer.import_slots()`` too); the
+    consumers' release timelines are imported the first time a grant names them.
+
+    - :meth:`acquire` (``stream``): a free slot (the daemon's AcquireSlot, blocking the host
+      thread up to ``timeout_ms`` for backpressure), then the grant's release points waited
+      for on ``stream`` (enqueued; no host block): work enqueued on ``stream`` afterwards may
+      write the slot.
+    - :meth:`tensor` / :meth:`CudaSlot.tensor`: the slot as a tensor.
+    - :meth:`present` (``slot``, ``stream``): the next ready value signaled on ``stream``
+      (after the work that wrote the slot), then Present with that value.
+
+    Use one stream for the acquires' waits, the writes and the presents (with torch:
+    ``with torch.cuda.stream(s):`` around the loop, so the kernels go to ``s`` too), and one
+    thread at a time. With HOST points it raises :class:`HostPointsError` unless
+    ``host_fallback``: then acquire enqueues nothing (the points are reached) and present
+    synchronizes ``stream`` on the host and presents "ready now" (0)."""
+
+    def __init__(self, producer: Any, host_fallback: bool = False):
+        from gpushare.stream import Producer
+
+        if not isinstance(producer, Producer):
+            raise TypeError(f"expected a gpushare Producer, not {type(producer).__name__}")
+        self._timelines: Dict[str, Optional[CudaSemaphore]] = {}
+        super().__init__(producer, host_fallback)
+        self.producer = producer
+        self._last_ready = self._ready_start if self.gpu_points else 0
+        self._acquired: Dict[int, CudaSlot] = {}
+
+    @property
+    def last_ready_value(self) -> int:
+        """The last ready value signaled (0 before the first GPU-points present)."""
+        return self._last_ready
+
+    def _timeline(self, semaphore_id: str) -> Optional[CudaSemaphore]:
+        """A consumer's release timeline, imported the first time a grant names it; None when
+        it is gone (NOT_FOUND: its consumer detached or died, and the daemon ended it first:
+        its points are reached)."""
+        if semaphore_id in self._timelines:
+            return self._timelines[semaphore_id]
+        if self.ready is not None and semaphore_id == self.ready.id:
+            return self.ready  # imported already (and closed with the role)
+        from gpushare._common import GpushareError
+
+        sem: Optional[CudaSemaphore]
+        try:
+            ticket = self._client.export_ticket(semaphore_id).ticket
+            sem = import_semaphore(self._client.redeem(ticket))
+        except GpushareError as e:
+            if getattr(e.code, "name", "") != "NOT_FOUND":
+                raise
+            sem = None
+        self._timelines[semaphore_id] = sem
+        return sem
+
+    def acquire(self, stream: Stream, timeout_ms: int = 10_000) -> CudaSlot:
+        """A free slot: AcquireSlot (waiting up to ``timeout_ms`` on the host for one), then
+        a wait for each of the grant's release points enqueued on ``stream``. DEADLINE_EXCEEDED
+        (no slot in time) and ABORTED (the stream ended) as :meth:`Producer.acquire_slot`."""
+        if timeout_ms < 0:
+            raise ValueError("timeout_ms must be >= 0")
+        stream_handle(stream)  # a bad stream fails before a slot is taken
+        self._lazy_check()
+        grant = self.producer.acquire_slot(timeout_ms)
+        index = int(grant.slot)
+        waits: List[Tuple[str, int]] = []
+        if self.gpu_points:
+            for point in grant.wait:
+                if not point.value:
+                    continue
+                sem = self._timeline(point.semaphore_id)
+                if sem is None:
+                    continue
+                sem.wait(int(point.value), stream)
+                waits.append((str(point.semaphore_id), int(point.value)))
+        slot = CudaSlot(self, index, grant, waits)
+        self._acquired[index] = slot
+        return slot
+
+    def present(
+        self,
+        slot: Any,
+        stream: Stream,
+        number: int = 0,
+        timestamp_ns: int = 0,
+        user_data: bytes = b"",
+    ) -> Any:
+        """Presents the frame written into ``slot`` (a :class:`CudaSlot` or its index) by the
+        work enqueued on ``stream``: the next ready value is signaled on ``stream``, then
+        Present names it. Returns the ``Presented`` answer (``ready_value``, ``sequence``).
+        FAILED_PRECONDITION, ABORTED as :meth:`Producer.present`."""
+        index = self._index(slot)
+        if index not in self._acquired:
+            raise ValueError(f"slot {index} is not acquired: acquire() it first")
+        if number < 0 or timestamp_ns < 0:
+            raise ValueError("number and timestamp_ns must be >= 0")
+        if len(user_data) > 256:
+            raise ValueError(f"user_data has {len(user_data)} bytes; at most 256")
+        if self.gpu_points:
+            assert self.ready is not None
+            value = self._last_ready + 1
+            self.ready.signal(value, stream)
+            self._last_ready = value  # the GPU signals it whatever Present answers
+        else:
+            self._synchronize(stream)
+            value = 0
+        del self._acquired[index]
+        return self.producer.present(
+            index, ready_value=value, number=number, timestamp_ns=timestamp_ns,
+            user_data=user_data,
+        )
+
+    def _semaphores(self) -> List[CudaSemaphore]:
+        return super()._semaphores() + [s for s in self._timelines.values() if s is not None]
+
+    def __enter__(self) -> "CudaProducer":
+        return self
+
+    def __repr__(self) -> str:
+        return (f"CudaProducer(stream={self.producer.id!r}, slots={self.slot_count}, "
+                f"gpu_points={self.gpu_points})")
+
+
+class CudaConsumer(_CudaRole):
+    """A stream's consumer on the GPU. ``CudaConsumer(consumer)`` imports the slots, the ready
+    timeline and its own release timeline once (redeeming the attachment's tickets).
+
+    - :meth:`acquire` (``stream``): the next frame (the daemon's AcquireFrame, blocking the
+      host thread up to ``timeout_ms``), then its ready point waited for on ``stream``
+      (enqueued): work enqueued on ``stream`` afterwards may read the slot.
+    - :meth:`tensor` / :meth:`CudaFrame.tensor`: the frame's slot as a tensor.
+    - :meth:`release` (``frame``, ``stream``): the next value of its release timeline signaled
+      on ``stream`` (after the work that read the slot), then ReleaseFrame with that value.
+
+    One stream for the waits, the reads and the releases (release signals must reach the GPU
+    in the order of the calls). With HOST points it raises :class:`HostPointsError` unless
+    ``host_fallback``: then acquire enqueues nothing (the ready point is reached) and release
+    synchronizes ``stream`` on the host and releases "done now" (0)."""
+
+    def __init__(self, consumer: Any, host_fallback: bool = False):
+        from gpushare.stream import Consumer
+
+        if not isinstance(consumer, Consumer):
+            raise TypeError(f"expected a gpushare Consumer, not {type(consumer).__name__}")
+        self.release_timeline: Optional[CudaSemaphore] = None
+        super().__init__(consumer, host_fallback)
+        self.consumer = consumer
+        self._last_release = 0
+        self._held: Dict[int, CudaFrame] = {}
+        if self.gpu_points:
+            try:
+                exported = self._redeem(consumer.attachment.release, "release timeline")
+                self._last_release = int(exported.info.semaphore.value)
+                self.release_timeline = import_semaphore(exported)
+            except BaseException:
+                self.close()
+                raise
+
+    @property
+    def last_release_value(self) -> int:
+        """The last release value signaled (0 before the first GPU-points release)."""
+        return self._last_release
+
+    @property
+    def held(self) -> List[CudaFrame]:
+        """The frames acquired and not released yet."""
+        return list(self._held.values())
+
+    def acquire(self, stream: Stream, timeout_ms: int = 10_000) -> CudaFrame:
+        """The next frame (FIFO: the oldest not taken; mailbox: the newest): AcquireFrame
+        (waiting up to ``timeout_ms`` on the host), then a wait for its ready point enqueued on
+        ``stream``. FAILED_PRECONDITION (at ``limit`` frames), DEADLINE_EXCEEDED, ABORTED (the
+        stream ended) as :meth:`Consumer.acquire_frame`."""
+        if timeout_ms < 0:
+            raise ValueError("timeout_ms must be >= 0")
+        stream_handle(stream)
+        self._lazy_check()
+        frame = self.consumer.acquire_frame(timeout_ms)
+        index = int(frame.slot)
+        waits: List[Tuple[str, int]] = []
+        if self.gpu_points and frame.HasField("ready") and frame.ready.value:
+            assert self.ready is not None
+            if frame.ready.semaphore_id and frame.ready.semaphore_id != self.ready.id:
+                raise ValueError(
+                    f"frame {frame.sequence}: ready point on {frame.ready.semaphore_id}, not the "
+                    f"stream's ready timeline {self.ready.id}"
+                )
+            self.ready.wait(int(frame.ready.value), stream)
+            waits.append((self.ready.id, int(frame.ready.value)))
+        held = CudaFrame(self, index, frame, waits)
+        self._held[index] = held
+        return held
+
+    def release(self, frame: Any, stream: Stream) -> int:
+        """Done with ``frame`` (a :class:`CudaFrame` or its slot index) once the work enqueued
+        on ``stream`` completes: the next release value is signaled on ``stream``, then
+        ReleaseFrame names it. Returns the release value."""
+        index = self._index(frame)
+        if index not in self._held:
+            raise ValueError(f"no frame held in slot {index}: acquire() one first")
+        if self.gpu_points:
+            assert self.release_timeline is not None
+            value = self._last_release + 1
+            self.release_timeline.signal(value, stream)
+            self._last_release = value
+        else:
+            self._synchronize(stream)
+            value = 0
+        del self._held[index]
+        return self.consumer.release_frame(index, value)
+
+    def _semaphores(self) -> List[CudaSemaphore]:
+        own = [self.release_timeline] if self.release_timeline is not None else []
+        return super()._semaphores() + own
+
+    def __enter__(self) -> "CudaConsumer":
+        return self
+
+    def __repr__(self) -> str:
+        return (f"CudaConsumer(stream={self.consumer.id!r}, slots={self.slot_count}, "
+                f"gpu_points={self.gpu_points})")

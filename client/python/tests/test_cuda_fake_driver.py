@@ -9,6 +9,7 @@ in order. What it cannot: that the real driver accepts them (the GPU suite does 
 
 import os
 
+import grpc
 import pytest
 
 import gpushare
@@ -151,6 +152,11 @@ class FakeDriver:
     def cuEventDestroy(self, event):
         assert self.live.pop(int(event)) == "event"
         return self._call("cuEventDestroy")
+
+    def cuStreamSynchronize(self, stream):
+        assert isinstance(stream, real.CUstream)
+        self.last_sync = int(stream)
+        return self._call("cuStreamSynchronize")
 
     def cuStreamWaitEvent(self, stream, event, flags):
         assert isinstance(stream, real.CUstream) and self.live[int(event)] == "event"
@@ -315,5 +321,215 @@ def test_image_array_surface_texture(client, fake):
     assert fake.last_array[:5] == (8, 8, 4, real.CUarray_format.CU_AD_FORMAT_UNSIGNED_INT32, 1)
     cvol.texture()
     assert fake.last_tex[1] & real.CU_TRSF_READ_AS_INTEGER
+    for fd in fake.imported_fds:
+        os.close(fd)
+
+
+# ---- frame streams on the GPU (CudaProducer / CudaConsumer) ----
+
+
+class TorchStream:
+    def __init__(self, handle):
+        self.cuda_stream = handle
+
+
+def _fake_semaphore(sem_id, uuid, value=0):
+    """A timeline's Exported as the daemon sends it (lavapipe cannot export timeline
+    semaphores: a descriptor of /dev/null; the fake driver only checks that it is open)."""
+    info = pb.ExportedFd(
+        resource_id=sem_id, kind=pb.RESOURCE_KIND_SEMAPHORE,
+        handle_type=pb.HANDLE_TYPE_OPAQUE_FD, device_uuid=uuid,
+        semaphore=pb.SemaphoreImport(timeline=True, value=value),
+    )
+    return gpushare.Exported(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), info)
+
+
+@pytest.fixture
+def second(daemon):
+    with daemon.client(client_name="pytest second") as c:
+        yield c
+
+
+@pytest.fixture
+def gpu_points(monkeypatch, fake):
+    """Makes HOST-points roles look like GPU-points ones to gpushare.cuda: the attachment says
+    GPU, and timelines (which lavapipe cannot export) redeem as fake descriptors. The daemon
+    still books the slots and points (HOST points take nonzero values, signaled at the call),
+    so the sequence of frame calls is the real one. Returns the timelines exported by id."""
+    exported = {}
+    real_redeem = gcuda._CudaRole._redeem
+
+    def redeem(self, part, what):
+        if part.resource_id.startswith("sem-"):
+            exported[part.resource_id] = exported.get(part.resource_id, 0) + 1
+            return _fake_semaphore(part.resource_id, fake.uuid)
+        return real_redeem(self, part, what)
+
+    monkeypatch.setattr(gcuda._CudaRole, "_redeem", redeem)
+
+    def make_gpu(role):
+        role._role.attachment.stream.points = pb.STREAM_POINTS_GPU
+        assert role.gpu_points
+        return role
+
+    def lazy_timelines(client, gone=()):
+        def export_ticket(sem_id):
+            if sem_id in gone:
+                raise gpushare.GpushareError(grpc.StatusCode.NOT_FOUND, f"{sem_id} is gone")
+            exported[sem_id] = exported.get(sem_id, 0) + 1
+            return pb.ExportResponse(ticket=b"fake:" + sem_id.encode())
+
+        real_client_redeem = client.redeem
+
+        def redeem_ticket(ticket, timeout=10.0):
+            if ticket.startswith(b"fake:"):
+                return _fake_semaphore(ticket[5:].decode(), fake.uuid)
+            return real_client_redeem(ticket, timeout)
+
+        monkeypatch.setattr(client, "export_ticket", export_ticket)
+        monkeypatch.setattr(client, "redeem", redeem_ticket)
+
+    return make_gpu, lazy_timelines, exported
+
+
+def test_stream_roles_gpu_points_call_sequence(client, second, fake, gpu_points):
+    make_gpu, lazy_timelines, exported = gpu_points
+    lazy_timelines(client)
+    producer = make_gpu(client.create_stream(2, buffer_size=4096))
+    consumer = make_gpu(second.attach_consumer(producer.id, "fifo", 1))
+    ps, cs = TorchStream(0x5000), TorchStream(0x6000)
+    cp = gcuda.CudaProducer(producer)
+    cc = gcuda.CudaConsumer(consumer)
+    assert cp.slot_count == 2 and all(isinstance(b, gcuda.CudaBuffer) for b in cp.buffers)
+    assert cp.buffers[0].ptr != cp.buffers[1].ptr and cp.buffers[0].nbytes == 4096
+    assert cp.ready.id == producer.info.ready_timeline_id == cc.ready.id
+    assert cc.release_timeline.id == consumer.attachment.release.resource_id
+    # The lazy-loading guard: the first acquire without warm_up warns; warm_up runs the
+    # kernels and synchronizes the stream.
+    with pytest.warns(gcuda.LazyLoadingWarning):
+        first = cp.acquire(ps)
+    ran = []
+    cc.warm_up(lambda: ran.append(1), stream=cs)
+    assert ran == [1] and fake.last_sync == 0x6000
+    release_id = consumer.attachment.release.resource_id
+    for n in range(1, 5):
+        slot = first if n == 1 else cp.acquire(ps, timeout_ms=1000)
+        # Slot 0 comes back at frame 3 with the consumer's release point of frame 1 to wait for
+        # (its timeline imported then, once); fresh slots have none.
+        if n == 3:
+            assert slot.index == 0 and slot.waits == [(release_id, 1)]
+            assert fake.last_op == ("cuWaitExternalSemaphoresAsync", 1, 0x5000)
+        elif n == 4:
+            assert slot.waits == [(release_id, 2)]
+        else:
+            assert slot.waits == []
+        assert slot.buffer is cp.buffers[slot.index]
+        presented = cp.present(slot, ps, number=n, user_data=b"x")
+        assert fake.last_op == ("cuSignalExternalSemaphoresAsync", n, 0x5000)
+        assert presented.ready_value == n and presented.sequence == n
+        frame = cc.acquire(cs, timeout_ms=1000)
+        assert fake.last_op == ("cuWaitExternalSemaphoresAsync", n, 0x6000)
+        assert (frame.number, frame.sequence, frame.index) == (n, n, slot.index)
+        assert frame.waits == [(cp.ready.id, n)] and cc.held == [frame]
+        assert cc.release(frame, cs) == n
+        assert fake.last_op == ("cuSignalExternalSemaphoresAsync", n, 0x6000)
+    # Its timeline redeemed twice: by the consumer at its import, by the producer once.
+    assert exported[release_id] == 2 and cp.last_ready_value == 4 and cc.last_release_value == 4
+    # Refused locally, before anything is signaled.
+    with pytest.raises(ValueError, match="not acquired"):
+        cp.present(0, ps)
+    with pytest.raises(ValueError, match="no frame held"):
+        cc.release(1, cs)
+    with pytest.raises(ValueError, match="outside"):
+        cp.tensor(2)
+    slot = cp.acquire(ps)
+    with pytest.raises(ValueError, match="256"):
+        cp.present(slot, ps, user_data=bytes(257))
+    with pytest.raises(TypeError):
+        cp.acquire(object())
+    assert cp.last_ready_value == 4
+    cp.close()
+    cc.close()
+    consumer.detach()
+    producer.detach()
+    assert "sem" not in fake.live.values() and "event" not in fake.live.values()
+    for fd in fake.imported_fds:
+        os.close(fd)
+
+
+def test_producer_skips_a_timeline_gone(client, fake, gpu_points):
+    make_gpu, lazy_timelines, exported = gpu_points
+    lazy_timelines(client, gone=("sem-gone",))
+    cp = gcuda.CudaProducer(make_gpu(client.create_stream(2, buffer_size=64)))
+    assert cp._timeline("sem-gone") is None and cp._timeline("sem-gone") is None
+    assert cp._timeline("sem-here") is cp._timeline("sem-here") is not None
+    assert exported["sem-here"] == 1
+    assert cp._timeline(cp.ready.id) is cp.ready  # its own timeline is not imported twice
+    cp.close()
+    cp.producer.detach()
+    for fd in fake.imported_fds:
+        os.close(fd)
+
+
+def test_stream_roles_host_fallback(client, second, fake):
+    producer = client.create_stream(2, buffer_size=256)
+    consumer = second.attach_consumer(producer.id, "fifo", 1)
+    with pytest.raises(gcuda.HostPointsError):
+        gcuda.CudaProducer(producer)
+    cp = gcuda.CudaProducer(producer, host_fallback=True)
+    cc = gcuda.CudaConsumer(consumer, host_fallback=True)
+    assert cp.ready is None and cc.release_timeline is None and not cp.gpu_points
+    for n in range(1, 4):
+        slot = cp.acquire(TorchStream(0x7000))
+        fake.last_sync = None
+        assert cp.present(slot, TorchStream(0x7000), number=n).ready_value == n
+        assert fake.last_sync == 0x7000  # synchronized on the host, then "ready now"
+        frame = cc.acquire(None)
+        assert frame.number == n and frame.waits == []
+        assert cc.release(frame, TorchStream(0x8000)) == n and fake.last_sync == 0x8000
+    assert not any(c.startswith("cuWaitExternal") or c.startswith("cuSignalExternal")
+                   for c in fake.calls)
+    cp.close()
+    cc.close()
+    consumer.detach()
+    producer.detach()
+    for fd in fake.imported_fds:
+        os.close(fd)
+
+
+def test_image_slots_have_no_tensor_view(client, fake):
+    producer = client.create_stream(2, image={"format": "rgba8unorm", "width": 8, "height": 8})
+    cp = gcuda.CudaProducer(producer, host_fallback=True)
+    assert all(isinstance(b, gcuda.CudaImage) for b in cp.buffers)
+    with pytest.raises(TypeError, match="image"):
+        cp.tensor(0)
+    cp.close()
+    producer.detach()
+    for fd in fake.imported_fds:
+        os.close(fd)
+
+
+def test_warm_up_makes_a_cupy_stream_current(client, fake):
+    class CupyStream:  # what gpushare.cuda sees of a cupy.cuda.Stream: module, ptr, `with`
+        __module__ = "cupy.cuda.stream"
+        ptr = 0x9000
+        current = False
+
+        def __enter__(self):
+            CupyStream.current = True
+            return self
+
+        def __exit__(self, *exc):
+            CupyStream.current = False
+
+    producer = client.create_stream(2, buffer_size=64)
+    cp = gcuda.CudaProducer(producer, host_fallback=True)
+    seen = []
+    cp.warm_up(lambda: seen.append(CupyStream.current), stream=CupyStream())
+    assert seen == [True] and not CupyStream.current and fake.last_sync == 0x9000
+    cp.warm_up(lambda: seen.append("raw"), stream=0x9100)  # a raw handle: nothing to enter
+    assert seen[-1] == "raw" and fake.last_sync == 0x9100
+    cp.close()
+    producer.detach()
     for fd in fake.imported_fds:
         os.close(fd)

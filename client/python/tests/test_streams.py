@@ -402,3 +402,27 @@ def test_async_release_while_an_acquire_is_parked(daemon):
                 assert p._role._sock is not kept[0] and con._role._sock is not kept[1]
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_cuda_roles_refuse_host_points_and_check_their_arguments(client, second):
+    """gpushare.cuda's GPU-side roles without a GPU (no driver needed): HOST points are refused
+    before anything is redeemed (the tickets stay good), as are the wrong role and a detached
+    one. test_cuda_fake_driver.py has their call sequences; test_gpu_streams.py the GPU."""
+    import gpushare.cuda as gcuda
+
+    with client.create_stream(2, buffer_size=64) as producer:
+        consumer = second.attach_consumer(producer.id)
+        assert not producer.gpu_points  # lavapipe: HOST points
+        for cls, role in ((gcuda.CudaProducer, producer), (gcuda.CudaConsumer, consumer)):
+            with pytest.raises(gcuda.HostPointsError, match="HOST points.*host_fallback=True"):
+                cls(role)
+        with pytest.raises(TypeError, match="Producer"):
+            gcuda.CudaProducer(consumer)
+        with pytest.raises(TypeError, match="Consumer"):
+            gcuda.CudaConsumer(producer)
+        assert issubclass(gcuda.HostPointsError, ValueError)
+        for exported in producer.import_slots() + consumer.import_slots():
+            exported.close()  # nothing was redeemed by the refusals
+        consumer.detach()
+        with pytest.raises(ValueError, match="detached"):
+            gcuda.CudaConsumer(consumer, host_fallback=True)
