@@ -7,6 +7,7 @@ descriptors it fills are the types the driver functions take with the fields the
 sets, descriptors pass to "CUDA" on success and are closed on failure, and things are destroyed
 in order. What it cannot: that the real driver accepts them (the GPU suite does that)."""
 
+import gc
 import os
 
 import grpc
@@ -199,8 +200,18 @@ class FakeDriver:
         return self._call("cuTexObjectDestroy")
 
 
+@pytest.fixture(autouse=True)
+def _collect_under_the_fake(monkeypatch):
+    """Objects made against the fake driver must be destroyed while it is still installed:
+    collected later, on a machine with a real driver (the GPU suite), their fake handles would
+    reach the real one (a segfault in cuCtxPushCurrent, seen on the H100). Set up after
+    monkeypatch, this teardown runs before monkeypatch restores the real driver module."""
+    yield
+    gc.collect()
+
+
 @pytest.fixture
-def fake(monkeypatch, info):
+def fake(monkeypatch, info, _collect_under_the_fake):
     uuid = bytes(info.devices[0].device_uuid)
     drv = FakeDriver(uuid)
     monkeypatch.setattr(gcuda, "_driver_module", drv)
@@ -253,7 +264,7 @@ def test_buffer_import_failure_closes_the_descriptor(client, fake):
         os.close(fd)
 
 
-def test_another_gpu_is_named(client, monkeypatch):
+def test_another_gpu_is_named(client, monkeypatch, _collect_under_the_fake):
     drv = FakeDriver(b"\xee" * 16)
     monkeypatch.setattr(gcuda, "_driver_module", drv)
     monkeypatch.setattr(gcuda, "_devices", {})

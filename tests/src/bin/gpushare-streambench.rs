@@ -48,6 +48,8 @@ const KILLS: usize = 100;
 const HOP_ROUNDS: u64 = 2000;
 const FRAMES: u64 = 1000;
 const FRAME_BYTES: u64 = 1920 * 1080 * 4;
+/// Slots per stream in the throughput run: frames in flight between the processes.
+const SLOTS: u32 = 16;
 const LONG: Duration = Duration::from_secs(20);
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -497,9 +499,12 @@ fn hops(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<()> 
     out.fields.insert("hop_ratio".into(), json!(ratio));
     out.notes.push(format!(
         "hops: {HOP_ROUNDS} lockstep round trips between two processes, each half a round trip; \
-         stream rounds: A acquires a slot of AB, waits for its release points and signals the \
-         ready point on its CUDA stream, presents, acquires B's frame of BA, waits for its ready \
-         point, signals its release point, releases, and synchronizes; B mirrors it. The bare \
+         stream rounds: A signals the ready point of the slot of AB it acquired before the round \
+         (and whose release points its CUDA stream already waits for), presents, acquires B's \
+         frame of BA, waits for its ready point, signals its release point and synchronizes \
+         (then releases and books its next slot, outside the timing); B acquires A's frame, \
+         waits for its ready point, signals its release point and its own ready point, presents \
+         and releases. The bare \
          rounds do the same through one shared semaphore. The Vulkan -> CUDA hop is not \
          measured here (gpushare-streamer moves Vulkan frames in the GPU suite's stream test)."
     ));
@@ -513,12 +518,12 @@ fn throughput(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Re
     let one = Peer::spawn(&["single", &dir])?.finish()?;
     let single: f64 = one.parse()?;
     let s1 = rt.block_on(owner.create_stream_unproduced(
-        4,
+        SLOTS,
         &SlotKind::Buffer(FRAME_BYTES),
         &StreamOptions::default(),
     ))?;
     let s2 = rt.block_on(owner.create_stream_unproduced(
-        4,
+        SLOTS,
         &SlotKind::Buffer(FRAME_BYTES),
         &StreamOptions::default(),
     ))?;
@@ -552,7 +557,7 @@ fn throughput(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Re
     out.notes.push(format!(
         "throughput: {FRAMES} frames of {FRAME_BYTES} bytes; the producer fills each with its \
          number (cuMemsetD32), the filter copies it into its own stream's slot (device to \
-         device), the sink reads back the first and last word and checks them; 4 slots per \
+         device), the sink reads back the first and last word and checks them; {SLOTS} slots per \
          stream; every hand-off on the GPUs (GPU points). One process: the same three steps on \
          one CUDA stream, with the sink's check synchronizing each frame as in the pipeline."
     ));
@@ -611,32 +616,38 @@ fn role(args: &[String]) -> Res<()> {
             say("ready");
             read_stdin_line()?;
             let mut times = Vec::new();
-            let produce = |me: &mut Side, k: u64| -> Res<()> {
+            // The booking of each role's next slot happens off the critical path, as a
+            // pipelined producer does: the slot is acquired (and its release points waited
+            // for on the stream) before the round starts; in the round, the GPU signal comes
+            // first and the host calls after it.
+            let next_slot = |me: &mut Side| -> Res<u32> {
                 let g = p.acquire_slot(LONG, false)?;
                 rt.block_on(me.wait_all(&g.wait))?;
-                me.signal(&ready, k + 1)?;
-                p.present(g.slot, k + 1, meta(k))?;
-                Ok(())
+                Ok(g.slot)
             };
-            let consume = |me: &mut Side, k: u64| -> Res<()> {
-                let f = c.acquire_frame(LONG, false)?;
-                let r = f.ready.clone().unwrap_or_default();
-                rt.block_on(me.wait_all(&[r]))?;
-                me.signal(&release, k + 1)?;
-                c.release_frame(f.slot, k + 1)?;
-                Ok(())
-            };
+            let mut slot = next_slot(&mut me)?;
             for k in 0..HOP_ROUNDS {
                 let t0 = Instant::now();
                 if *side == "stream-a" {
-                    produce(&mut me, k)?;
-                    consume(&mut me, k)?;
+                    me.signal(&ready, k + 1)?;
+                    p.present(slot, k + 1, meta(k))?;
+                    let f = c.acquire_frame(LONG, false)?;
+                    rt.block_on(me.wait_all(&[f.ready.clone().unwrap_or_default()]))?;
+                    me.signal(&release, k + 1)?;
+                    me.device.synchronize_stream()?;
+                    times.push(us(t0.elapsed()));
+                    c.release_frame(f.slot, k + 1)?;
                 } else {
-                    consume(&mut me, k)?;
-                    produce(&mut me, k)?;
+                    let f = c.acquire_frame(LONG, false)?;
+                    rt.block_on(me.wait_all(&[f.ready.clone().unwrap_or_default()]))?;
+                    me.signal(&release, k + 1)?;
+                    me.signal(&ready, k + 1)?;
+                    p.present(slot, k + 1, meta(k))?;
+                    c.release_frame(f.slot, k + 1)?;
+                    me.device.synchronize_stream()?;
+                    times.push(us(t0.elapsed()));
                 }
-                me.device.synchronize_stream()?;
-                times.push(us(t0.elapsed()));
+                slot = next_slot(&mut me)?;
             }
             let line: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
             say(&line.join(" "));
@@ -696,7 +707,7 @@ fn role(args: &[String]) -> Res<()> {
         }
         ["filter", dir, s1, s2] => {
             let mut me = rt.block_on(Side::new(dir, "filter"))?;
-            let c = rt.block_on(me.client.attach_consumer(s1, v1::DeliveryMode::Fifo, 2))?;
+            let c = rt.block_on(me.client.attach_consumer(s1, v1::DeliveryMode::Fifo, SLOTS))?;
             let p = rt.block_on(me.client.attach_producer(s2))?;
             rt.block_on(me.consumer(&c))?;
             rt.block_on(me.producer(&p))?;
@@ -746,7 +757,7 @@ fn role(args: &[String]) -> Res<()> {
         }
         ["sink", dir, s2] => {
             let mut me = rt.block_on(Side::new(dir, "sink"))?;
-            let c = rt.block_on(me.client.attach_consumer(s2, v1::DeliveryMode::Fifo, 2))?;
+            let c = rt.block_on(me.client.attach_consumer(s2, v1::DeliveryMode::Fifo, SLOTS))?;
             rt.block_on(me.consumer(&c))?;
             for e in rt.block_on(c.import_slots())? {
                 me.slots.push(InteropBuffer::import(&me.device, e)?);
