@@ -140,10 +140,11 @@ pub fn machine_info() -> Value {
                 .ok()
                 .map(|n| n.get() as u64)
         });
-    // In a GPU bundle there is no git checkout: the bundle names its commit.
-    let commit = command_output("git", &["rev-parse", "HEAD"])
-        .or_else(|| read(".gpu/COMMIT"))
-        .or_else(|| read(".gpu-gb/COMMIT"));
+    // A GPU bundle names the commit it was built from; the GPU machine's copy of the tree may
+    // carry a stale git checkout (seen: its HEAD was an older commit), so the bundle comes first.
+    let commit = read(".gpu/COMMIT")
+        .or_else(|| read(".gpu-gb/COMMIT"))
+        .or_else(|| command_output("git", &["rev-parse", "HEAD"]));
     let dirty = commit
         .as_ref()
         .and_then(|_| command_output_raw("git", &["status", "--porcelain"]))
