@@ -31,7 +31,7 @@ use gpushare_tests::{bin_copy_in, TempDir, TestDaemon};
 use hostile_fd::HostileFdServer;
 
 /// The scenarios, in the contract's order.
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "connect",
     "session",
     "resources",
@@ -42,6 +42,7 @@ const SCENARIOS: [&str; 10] = [
     "tickets",
     "foreign",
     "extra-fds",
+    "stream",
 ];
 
 /// The daemon's `limits.ticket_ttl_ms`, passed to the CLIs.
