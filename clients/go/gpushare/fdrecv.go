@@ -9,7 +9,7 @@ package gpushare
 //     this one by itself on Linux, golang/go #42765); calling syscall.Recvmsg through the
 //     connection's RawConn keeps the flag explicit and the read under Go's poller and deadlines.
 //   - The control buffer is sized with syscall.CmsgSpace for the descriptors the reply may
-//     carry: one for a reply to an export or a redemption, none for a wait.
+//     carry: one for a reply to an export or a redemption, none for a wait or a stream call.
 //   - Every descriptor of every SCM_RIGHTS header is taken (ParseSocketControlMessage over
 //     the whole control data) and owned at once as an *os.File.
 //   - MSG_TRUNC, MSG_CTRUNC, a reply that does not decode, one of the wrong kind, or one with
@@ -36,7 +36,20 @@ type replyKind int
 const (
 	expectExported replyKind = iota // redeem, export: ExportedFd with one descriptor
 	expectWaited                    // wait: SemaphoreValue, no descriptor
+	expectStream                    // stream call: StreamReply, no descriptor
 )
+
+// String names what a request of the kind is, for protocol errors.
+func (k replyKind) String() string {
+	switch k {
+	case expectExported:
+		return "an export or redemption"
+	case expectWaited:
+		return "a wait"
+	default:
+		return "a stream call"
+	}
+}
 
 func (k replyKind) maxFds() int {
 	if k == expectExported {
@@ -142,12 +155,16 @@ func recvReply(conn syscall.Conn, want replyKind) (*pb.FdReply, *os.File, error)
 	switch r := reply.Reply.(type) {
 	case *pb.FdReply_Exported:
 		if want != expectExported {
-			return nil, nil, closeWith(files, "an exported descriptor in reply to a wait")
+			return nil, nil, closeWith(files, fmt.Sprintf("an exported descriptor in reply to %s", want))
 		}
 		carries = 1
 	case *pb.FdReply_Waited:
 		if want != expectWaited {
-			return nil, nil, closeWith(files, "a wait's reply to an export or redemption")
+			return nil, nil, closeWith(files, fmt.Sprintf("a wait's reply to %s", want))
+		}
+	case *pb.FdReply_Stream:
+		if want != expectStream {
+			return nil, nil, closeWith(files, fmt.Sprintf("a stream call's reply to %s", want))
 		}
 	case *pb.FdReply_Error:
 		if len(files) != 0 {

@@ -30,6 +30,7 @@ var scenarios = map[string]func(*env) error{
 	"tickets":       scenarioTickets,
 	"foreign":       scenarioForeign,
 	"extra-fds":     scenarioExtraFds,
+	"stream":        scenarioStream,
 }
 
 // env is what a scenario runs with: the daemon's runtime directory and a context bounding the
