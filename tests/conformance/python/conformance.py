@@ -10,7 +10,9 @@ The scenarios, the environment the harness sets and the exit statuses (0 pass, 1
 through the ``gpushare`` package's public API (``gpushare.Client``), except one half of
 ``extra-fds``: the package opens a fresh fd.sock connection for every redeem, so the hostile
 server's 2nd and 3rd replies on one connection are reached with the package's own fd.sock
-exchange (``gpushare.client._exchange`` and ``_decode_fd_reply``, what ``Client.redeem`` runs).
+exchange (``gpushare.client._exchange`` and ``_decode_fd_reply``, what ``Client.redeem`` runs);
+and ``stream``'s AcquireSlot on a made-up handle, which a ``Producer`` cannot name, goes through
+the same exchange.
 
 What this is not: a test of the daemon's corner cases; it checks that this client does what the
 contract says every client does.
@@ -467,6 +469,112 @@ def extra_fds() -> None:
             )
 
 
+def stream_round_pattern(n: int) -> bytes:
+    return bytes((i + n) % 251 for i in range(4096))
+
+
+def raw_acquire_slot(handle: str) -> None:
+    """An AcquireSlot naming ``handle`` on a fresh fd.sock connection. ``Producer`` only ever
+    names its own attachment's handle, so a made-up one goes through the package's own fd.sock
+    exchange (``gpushare.client._exchange`` and ``_decode_fd_reply``, what a role's call runs):
+    raises the daemon's refusal as GpushareError, returns the StreamReply otherwise."""
+    from gpushare.client import _decode_fd_reply, _exchange
+
+    path = os.path.join(runtime_dir(), "fd.sock")
+    request = pb.FdRequest(
+        stream=pb.StreamCall(acquire_slot=pb.AcquireRequest(handle=handle, timeout_ms=2000))
+    ).SerializeToString()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.connect(path)
+        return _decode_fd_reply(*_exchange(s, request, 10.0, path), want="stream")
+
+
+def stream_scenario() -> None:
+    producer_session = session()
+    consumer_session = None
+    producer = consumer = None
+    try:
+        try:
+            producer = producer_session.create_stream(2, buffer_size=4096)
+        except gpushare.GpushareError as e:
+            raise Fail(f"CreateStream (2 slots of 4096 bytes): {e}") from None
+        slots = producer.slot_ids
+        if len(slots) != 2:
+            raise Fail(f"CreateStream: expected 2 slots, got {len(slots)}")
+        consumer_session = session()
+        try:
+            consumer = consumer_session.attach_consumer(producer.id, "fifo", 1)
+        except gpushare.GpushareError as e:
+            raise Fail(f"AttachConsumer (FIFO, limit 1): {e}") from None
+
+        for n in (1, 2, 3):
+            try:
+                grant = producer.acquire_slot(2000)
+            except gpushare.GpushareError as e:
+                raise Fail(f"round {n}: AcquireSlot (timeout_ms 2000): {e}") from None
+            if not 0 <= grant.slot < len(slots):
+                raise Fail(f"round {n}: AcquireSlot: expected a slot below {len(slots)}, "
+                           f"got slot {grant.slot}")
+            want = stream_round_pattern(n)
+            producer_session.write(slots[grant.slot], 0, want)
+            try:
+                presented = producer.present(grant.slot, ready_value=0, number=n)
+            except gpushare.GpushareError as e:
+                raise Fail(f"round {n}: Present slot {grant.slot}: {e}") from None
+            if presented.sequence != n:
+                raise Fail(f"round {n}: Present: expected sequence {n}, got {presented.sequence}")
+            try:
+                frame = consumer.acquire_frame(2000)
+            except gpushare.GpushareError as e:
+                raise Fail(f"round {n}: AcquireFrame (timeout_ms 2000): {e}") from None
+            if frame.metadata.number != n:
+                raise Fail(f"round {n}: AcquireFrame: expected metadata.number {n}, "
+                           f"got {frame.metadata.number}")
+            if frame.slot != grant.slot:
+                raise Fail(f"round {n}: AcquireFrame: expected slot {grant.slot} (the presented "
+                           f"one), got {frame.slot}")
+            got = consumer_session.read(slots[frame.slot], 0, 4096)
+            expect_bytes(f"round {n}: Read slot {frame.slot}", got, want)
+            try:
+                consumer.release_frame(frame.slot, 0)
+            except gpushare.GpushareError as e:
+                raise Fail(f"round {n}: ReleaseFrame slot {frame.slot}: {e}") from None
+
+        expect_code(
+            "AcquireFrame with timeout_ms 0 and no frame",
+            lambda: consumer.acquire_frame(0),
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        )
+        expect_code(
+            "ReleaseFrame of slot 0, which the consumer does not hold",
+            lambda: consumer.release_frame(0, 0),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        unknown = "role-" + "0" * 32
+        expect_code(
+            f"AcquireSlot naming the handle {unknown}",
+            lambda: raw_acquire_slot(unknown),
+            grpc.StatusCode.NOT_FOUND,
+        )
+        try:
+            producer.detach()
+        except gpushare.GpushareError as e:
+            raise Fail(f"Detach the producer: {e}") from None
+        expect_code(
+            "AcquireFrame (timeout_ms 2000) after the producer detached",
+            lambda: consumer.acquire_frame(2000),
+            grpc.StatusCode.ABORTED,
+        )
+    finally:
+        # Closing the roles' fd.sock connections and both sessions (which detach what is left).
+        for role in (consumer, producer):
+            if role is not None:
+                role.close()
+        if consumer_session is not None:
+            consumer_session.close()
+        producer_session.close()
+
+
 SCENARIOS = {
     "connect": connect,
     "session": session_scenario,
@@ -478,6 +586,7 @@ SCENARIOS = {
     "tickets": tickets,
     "foreign": foreign,
     "extra-fds": extra_fds,
+    "stream": stream_scenario,
 }
 
 

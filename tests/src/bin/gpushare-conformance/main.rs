@@ -8,15 +8,17 @@
 //! The scenarios, the environment the harness sets and the exit statuses (0 pass, 1 fail with a
 //! `FAIL:` line, 77 skip with a `SKIP:` line) are the contract in `tests/conformance/README.md`;
 //! the harness is `tests/tests/conformance.rs`. Every scenario here goes through the
-//! `gpushare-client` crate's API: the `extra-fds` scenario points a client at the hostile
-//! fd.sock through a directory of symbolic links (its `control.sock` the daemon's, its `fd.sock`
-//! the hostile server's), since a client names its sockets by runtime directory.
+//! `gpushare-client` crate's API (but for one raw fd.sock call in `stream`, see there): the
+//! `extra-fds` scenario points a client at the hostile fd.sock through a directory of symbolic
+//! links (its `control.sock` the daemon's, its `fd.sock` the hostile server's), since a client
+//! names its sockets by runtime directory.
 //!
 //! What this is not: a test of the daemon's corner cases (the integration tests do that); it
 //! checks that this client does what the contract says every client does.
 
 mod descriptors;
 mod lifecycle;
+mod stream;
 mod sync_ops;
 
 use std::fmt;
@@ -210,6 +212,7 @@ async fn run(args: &[String]) -> Outcome {
             "tickets" => descriptors::tickets(&env).await?,
             "foreign" => descriptors::foreign(&env).await?,
             "extra-fds" => descriptors::extra_fds(&env).await?,
+            "stream" => stream::stream(&env).await?,
             other => fail!("unknown scenario {other:?}"),
         },
         [cmd, ticket, id, size] if cmd == "redeem-child" => {
