@@ -36,6 +36,7 @@ constexpr Scenario kScenarios[] = {
     {"tickets", conformance::scenario_tickets},
     {"foreign", conformance::scenario_foreign},
     {"extra-fds", conformance::scenario_extra_fds},
+    {"stream", conformance::scenario_stream},
 };
 
 int usage() {

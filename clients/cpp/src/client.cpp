@@ -342,6 +342,68 @@ void Client::copy(const std::string& src_id, std::uint64_t src_offset, const std
 
 // ---- fd.sock ----
 
+// ---- frame streams ----
+
+v1::StreamAttachment Client::create_stream(std::uint32_t slots, std::uint64_t buffer_size,
+                                           const CreateOptions& options, bool no_producer) {
+  v1::CreateStreamRequest request;
+  request.set_device(options.device);
+  request.set_name(options.name);
+  request.set_pin(options.pin);
+  request.set_slots(slots);
+  request.set_buffer_size(buffer_size);
+  request.set_no_producer(no_producer);
+  return create_stream(request);
+}
+
+v1::StreamAttachment Client::create_stream(const v1::CreateStreamRequest& request) {
+  v1::StreamAttachment response;
+  check("CreateStream", stub_->CreateStream(context().get(), request, &response));
+  return response;
+}
+
+v1::StreamAttachment Client::attach_producer(const std::string& stream_id) {
+  v1::AttachProducerRequest request;
+  request.set_stream_id(stream_id);
+  v1::StreamAttachment response;
+  check("AttachProducer", stub_->AttachProducer(context().get(), request, &response));
+  return response;
+}
+
+v1::StreamAttachment Client::attach_consumer(const std::string& stream_id,
+                                             v1::DeliveryMode mode, std::uint32_t limit) {
+  v1::AttachConsumerRequest request;
+  request.set_stream_id(stream_id);
+  request.set_mode(mode);
+  request.set_limit(limit);
+  v1::StreamAttachment response;
+  check("AttachConsumer", stub_->AttachConsumer(context().get(), request, &response));
+  return response;
+}
+
+v1::StreamInfo Client::detach(const std::string& handle) {
+  v1::StreamHandle request;
+  request.set_handle(handle);
+  v1::StreamInfo response;
+  check("Detach", stub_->Detach(context().get(), request, &response));
+  return response;
+}
+
+v1::StreamInfo Client::describe_stream(const std::string& stream_id) {
+  v1::ResourceRef request;
+  request.set_id(stream_id);
+  v1::StreamInfo response;
+  check("DescribeStream", stub_->DescribeStream(context().get(), request, &response));
+  return response;
+}
+
+std::vector<v1::StreamInfo> Client::list_streams() {
+  v1::ListStreamsResponse response;
+  check("ListStreams",
+        stub_->ListStreams(context().get(), v1::ListStreamsRequest(), &response));
+  return {response.streams().begin(), response.streams().end()};
+}
+
 FdSocket Client::connect_fd() const {
   return FdSocket::connect(socket_path(runtime_dir_, kFdSocket));
 }

@@ -140,6 +140,26 @@ class Client {
   void copy(const std::string& src_id, std::uint64_t src_offset, const std::string& dst_id,
             std::uint64_t dst_offset, std::uint64_t length, const Sync& sync = {});
 
+  // ---- frame streams (the frame calls themselves go over fd.sock: FdSocket::acquire_slot,
+  // present, acquire_frame, release_frame, stream_call) ----
+
+  /// Creates a stream of `slots` buffers of `buffer_size` bytes (2 to 64 slots); the caller's
+  /// session produces unless `no_producer`. The attachment's handle names the role in every
+  /// frame call; `slots(i).resource_id()` is slot i's buffer.
+  v1::StreamAttachment create_stream(std::uint32_t slots, std::uint64_t buffer_size,
+                                     const CreateOptions& options = {}, bool no_producer = false);
+  /// CreateStream with the whole request (image slots, ...).
+  v1::StreamAttachment create_stream(const v1::CreateStreamRequest& request);
+  /// Attaches the caller's session as the producer of a stream created with no_producer.
+  v1::StreamAttachment attach_producer(const std::string& stream_id);
+  /// Attaches the caller's session as a consumer (`limit`: frames it may hold at once, >= 1).
+  v1::StreamAttachment attach_consumer(const std::string& stream_id, v1::DeliveryMode mode,
+                                       std::uint32_t limit);
+  /// Detaches a role: a producer's detach ends the stream (consumers drain, then ABORTED).
+  v1::StreamInfo detach(const std::string& handle);
+  v1::StreamInfo describe_stream(const std::string& stream_id);
+  std::vector<v1::StreamInfo> list_streams();
+
   // ---- fd.sock, one connection per call (keep an FdSocket for many requests) ----
 
   /// Connects to this daemon's fd.sock.

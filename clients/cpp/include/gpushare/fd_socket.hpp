@@ -1,6 +1,6 @@
 // fd.sock: the daemon's SOCK_SEQPACKET socket that hands out descriptors (ticket redeem, direct
-// export) and serves low-latency host waits. One FdRequest protobuf per message, one FdReply
-// per message back, the descriptor as SCM_RIGHTS.
+// export), serves low-latency host waits and a frame stream's frame calls. One FdRequest
+// protobuf per message, one FdReply per message back, the descriptor as SCM_RIGHTS.
 //
 // gRPC cannot carry descriptors, so this is raw sendmsg/recvmsg, with the receiving rules every
 // gpushare client keeps (see fdpass.hpp). Not thread-safe: one request at a time per FdSocket
@@ -57,6 +57,34 @@ class FdSocket {
   std::uint64_t wait(std::string_view id, std::uint64_t value, std::uint32_t timeout_ms,
                      std::uint32_t spin_us = 0);
 
+  // ---- a frame stream's frame calls (FdRequest.stream; see Client::create_stream) ----
+
+  /// Sends one frame call (`StreamCall`: AcquireSlot, Present, AcquireFrame or ReleaseFrame)
+  /// and returns its `StreamReply`, which must answer the call's kind. No descriptor travels
+  /// either way: a reply carrying one is a protocol error (ErrorSource::kProtocol; what arrived
+  /// is closed). The daemon's refusals come as ErrorSource::kFdReply with the FdError's code
+  /// (DEADLINE_EXCEEDED: no slot or frame in time; NOT_FOUND: no such handle;
+  /// FAILED_PRECONDITION: a slot the role does not hold; ABORTED: the stream ended; ...).
+  /// `reply_timeout` bounds the wait for the reply like set_reply_timeout (0: the socket's);
+  /// an acquire's own `timeout_ms` is the daemon's, so leave room above it.
+  v1::StreamReply stream_call(
+      const v1::StreamCall& call,
+      std::chrono::milliseconds reply_timeout = std::chrono::milliseconds{0});
+
+  /// The producer's AcquireSlot: a free slot within `timeout_ms` (0 answers at once).
+  v1::SlotGrant acquire_slot(std::string_view handle, std::uint32_t timeout_ms,
+                             bool host_wait = false);
+  /// The producer's Present of `slot` (its ready point `ready_value`; 0: the daemon signals).
+  v1::Presented present(std::string_view handle, std::uint32_t slot, std::uint64_t ready_value,
+                        const v1::FrameMetadata& metadata = {});
+  /// A consumer's AcquireFrame: the next frame within `timeout_ms` (0 answers at once).
+  v1::Frame acquire_frame(std::string_view handle, std::uint32_t timeout_ms,
+                          bool host_wait = false);
+  /// A consumer's ReleaseFrame of `slot` (its release point `release_value`; 0: the daemon
+  /// signals). Returns the release point's value.
+  std::uint64_t release_frame(std::string_view handle, std::uint32_t slot,
+                              std::uint64_t release_value);
+
   /// Bounds how long a request waits for its reply (0, the default: no bound). A request whose
   /// reply does not come in time fails with DEADLINE_EXCEEDED (ErrorSource::kSystem, ETIMEDOUT)
   /// and closes the connection, since a late reply would otherwise answer the next request.
@@ -69,6 +97,9 @@ class FdSocket {
   explicit FdSocket(UniqueFd sock) noexcept : sock_(std::move(sock)) {}
   /// Sends `request` and returns the exported descriptor of its reply.
   Exported request_export(const v1::FdRequest& request);
+  /// Sends `request` and receives its reply, which carries no descriptor (room for none).
+  v1::FdReply request_plain(const v1::FdRequest& request, v1::FdReply::ReplyCase expected,
+                            std::chrono::milliseconds reply_timeout);
 
   UniqueFd sock_;
   std::chrono::milliseconds reply_timeout_{0};
