@@ -401,3 +401,39 @@ fn memops_on_an_imported_word() {
     a.synchronize().unwrap();
     exercise_memops(&env.cu, base);
 }
+
+/// The daemon's word kernel raises a word and never lowers it, and a stream waiting on the word
+/// passes once it raised it; the device reports 64-bit memory operations (the H100 does).
+#[test]
+fn the_word_kernel_only_raises() {
+    let Some(env) = env() else { return };
+    assert_eq!(memops::support(&env.cu).unwrap(), memops::Support::Yes);
+    let words = DeviceAllocation::new(&env.cu, 16).unwrap();
+    let a = env.cu.stream();
+    let b = env.cu.context().new_stream().unwrap();
+    let max = memops::WordMax::load(&env.cu).unwrap();
+    let read = |a: &Arc<cudarc::driver::CudaStream>| {
+        let mut back = [0u8; 8];
+        // SAFETY: the allocation outlives the call; `back` is read after the synchronize.
+        unsafe { copy_dtoh(a, words.ptr(), &mut back).unwrap() };
+        a.synchronize().unwrap();
+        u64::from_le_bytes(back)
+    };
+    // SAFETY: 4 words of 4 bytes lie in the allocation, which outlives every synchronize.
+    unsafe { memset_d32(a, words.ptr(), 0, 4).unwrap() };
+    // SAFETY: as above; `max` outlives the synchronizes.
+    unsafe {
+        memops::wait_value64_geq(&b, words.ptr(), 5).unwrap();
+        max.raise(a, words.ptr(), 5).unwrap();
+    }
+    b.synchronize().unwrap();
+    assert_eq!(read(a), 5);
+    // SAFETY: as above.
+    unsafe { max.raise(a, words.ptr(), 3).unwrap() };
+    assert_eq!(read(a), 5, "raised to 3 from 5: unchanged");
+    // SAFETY: as above.
+    unsafe { max.raise(a, words.ptr(), u64::MAX).unwrap() };
+    assert_eq!(read(a), u64::MAX);
+    // SAFETY: rejected before any driver call.
+    assert!(unsafe { max.raise(a, words.ptr() + 4, 1) }.is_err());
+}

@@ -3,16 +3,123 @@
 //! fast CUDA-to-CUDA hand-off between processes (~3 µs per hop on the H100, against ~136 µs
 //! through external semaphores; see GPU.md).
 //!
-//! Thin wrappers only: the word's memory, its lifetime and its protocol belong to the caller. The
-//! word must be in imported memory or in a [`DeviceAllocation`](super::DeviceAllocation)
+//! Thin wrappers, a support check ([`support`]) and [`WordMax`], the one kernel that raises a
+//! word to at least a value atomically (what the daemon writes with, so that its writes never
+//! move a word back past a client's). The word's memory, its lifetime and its protocol belong
+//! to the caller. The word must be in imported memory or in a [`DeviceAllocation`](super::DeviceAllocation)
 //! (`cuMemAlloc`): the driver rejects stream-ordered pool memory, which is what cudarc's
 //! `alloc_zeros` returns on devices with memory pools (`CUDA_ERROR_INVALID_VALUE`, seen on the
 //! H100).
 
+use std::ffi::{c_void, CStr};
+use std::sync::Arc;
+
 use cudarc::driver::{sys, CudaStream};
 
-use super::device::bind;
+use super::device::{bind, CudaDevice};
 use super::error::{check, Error, Result};
+use super::module::{launch, Module};
+
+/// Whether a device can run the 64-bit stream memory operations of this module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Support {
+    /// `CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS` is set: 64-bit writes and waits
+    /// (GEQ) work.
+    Yes,
+    /// It is not; the reason names the attribute and its value.
+    No(String),
+}
+
+/// Reads the device's memory-operation attributes (`CAN_USE_64_BIT_STREAM_MEM_OPS`, and
+/// `CAN_USE_STREAM_WAIT_VALUE_NOR` for the record) and says whether the 64-bit operations work.
+pub fn support(device: &CudaDevice) -> Result<Support> {
+    let ops64 = device
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS)?;
+    let nor = device
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_WAIT_VALUE_NOR)?;
+    Ok(judge(ops64, nor))
+}
+
+/// The verdict on the attributes' values.
+fn judge(ops64: i32, nor: i32) -> Support {
+    if ops64 == 1 {
+        Support::Yes
+    } else {
+        Support::No(format!(
+            "the device reports CAN_USE_64_BIT_STREAM_MEM_OPS = {ops64} \
+             (CAN_USE_STREAM_WAIT_VALUE_NOR = {nor})"
+        ))
+    }
+}
+
+/// The kernel: one thread raises the word at `p` to at least `v` (`atom.global.max.u64`), after
+/// a system-wide fence (whatever the stream did before is visible first).
+const WORD_MAX_PTX: &CStr = c".version 7.0
+.target sm_70
+.address_size 64
+
+.visible .entry gpushare_word_max(
+\t.param .u64 gpushare_word_max_param_0,
+\t.param .u64 gpushare_word_max_param_1
+)
+{
+\t.reg .b64 %rd<5>;
+
+\tld.param.u64 %rd1, [gpushare_word_max_param_0];
+\tld.param.u64 %rd2, [gpushare_word_max_param_1];
+\tcvta.to.global.u64 %rd3, %rd1;
+\tmembar.sys;
+\tatom.global.max.u64 %rd4, [%rd3], %rd2;
+\tmembar.sys;
+\tret;
+}
+";
+
+/// The name of [`WORD_MAX_PTX`]'s kernel.
+const WORD_MAX_NAME: &CStr = c"gpushare_word_max";
+
+/// The word-raising kernel, loaded on one device: [`WordMax::raise`] enqueues "word = max(word,
+/// value)" on a stream. A plain 64-bit write (`cuStreamWriteValue64`) could move a word back
+/// below a value another process wrote meanwhile; this cannot.
+#[derive(Debug)]
+pub struct WordMax {
+    module: Module,
+}
+
+impl WordMax {
+    /// Loads the kernel on `device` (a JIT compile of a few lines of PTX).
+    pub fn load(device: &Arc<CudaDevice>) -> Result<WordMax> {
+        let module = Module::load(device, WORD_MAX_PTX)?;
+        module.function(WORD_MAX_NAME)?;
+        Ok(WordMax { module })
+    }
+
+    /// The device it is loaded on.
+    pub fn device(&self) -> &Arc<CudaDevice> {
+        self.module.device()
+    }
+
+    /// Enqueues on `stream` (of this device's context) the raising of the 64-bit word at `ptr`
+    /// to at least `value`, ordered after the stream's earlier work.
+    ///
+    /// # Safety
+    ///
+    /// As [`write_value64`]; the module must outlive the launch's execution (the caller keeps
+    /// the [`WordMax`] alive until the stream passed it).
+    pub unsafe fn raise(&self, stream: &CudaStream, ptr: u64, value: u64) -> Result<()> {
+        check_word(ptr)?;
+        let function = self.module.function(WORD_MAX_NAME)?;
+        let mut p = ptr;
+        let mut v = value;
+        let mut params: [*mut c_void; 2] = [
+            (&raw mut p).cast::<c_void>(),
+            (&raw mut v).cast::<c_void>(),
+        ];
+        // SAFETY: two parameters, u64 and u64, as the kernel declares; `cuLaunchKernel` copies
+        // their values before returning; the caller guarantees the word and the module.
+        unsafe { launch(&function, (1, 1, 1), (1, 1, 1), &mut params, stream) }
+    }
+}
 
 /// [`Error::InvalidValue`] unless `ptr` is a non-null, 8-byte aligned device address.
 fn check_word(ptr: u64) -> Result<()> {
@@ -72,6 +179,23 @@ pub unsafe fn wait_value64_geq(stream: &CudaStream, ptr: u64, value: u64) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn support_needs_the_64_bit_attribute() {
+        assert_eq!(judge(1, 0), Support::Yes);
+        match judge(0, 1) {
+            Support::No(why) => assert!(why.contains("CAN_USE_64_BIT_STREAM_MEM_OPS = 0"), "{why}"),
+            Support::Yes => panic!("no 64-bit memops judged supported"),
+        }
+    }
+
+    #[test]
+    fn the_word_kernel_is_well_formed_ptx_text() {
+        let text = WORD_MAX_PTX.to_str().unwrap();
+        assert!(text.starts_with(".version 7.0\n.target sm_70\n"));
+        assert!(text.contains(".entry gpushare_word_max("));
+        assert!(text.contains("atom.global.max.u64"));
+    }
 
     #[test]
     fn words_must_be_aligned_and_non_null() {

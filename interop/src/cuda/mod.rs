@@ -21,6 +21,7 @@ mod loader;
 mod matching;
 pub mod memops;
 mod memory;
+pub mod module;
 mod texture;
 
 pub use array::{array3d_descriptor, ArrayLevel, MipmappedArray};
