@@ -30,6 +30,14 @@ pub struct CreateOptions {
     /// Keep a reference owned by the uid until [`Client::release`], beyond any session. Required
     /// when the client has no session.
     pub pin: bool,
+    /// Semaphores: mirror it in a memop word for CUDA users (the CUDA fast path) where the
+    /// device offers it (`SemaphoreDetails.word_unavailable` says why not). Ignored for buffers.
+    pub word: bool,
+    /// Semaphores: how this session signals it. [`v1::SignalPath::Word`] when it signals
+    /// through a [`CudaSemaphore`](crate::cuda::CudaSemaphore) on the fast path or through the
+    /// daemon only; otherwise the daemon bridges the semaphore into its word. Ignored for
+    /// buffers.
+    pub signal_path: v1::SignalPath,
 }
 
 /// A connection to the daemon. Cheap to clone: clones share the channel and the session.
@@ -225,6 +233,8 @@ impl Client {
             device: opts.device,
             name: opts.name.clone(),
             pin: opts.pin,
+            word: opts.word,
+            signal_path: opts.signal_path as i32,
         };
         let resource = self
             .grpc()
@@ -296,7 +306,18 @@ impl Client {
     /// returns a fresh descriptor and its import metadata. To hand a descriptor to another
     /// process, give it a ticket from [`Client::export_ticket`] instead.
     pub async fn export(&self, id: &str) -> Result<Exported> {
-        let exported = self.fd.export(id).await?;
+        self.export_impl(id, false).await
+    }
+
+    /// As [`Client::export`], and for a semaphore that has a memop word, the word's buffer too
+    /// ([`Exported::word`]): what [`CudaSemaphore::import`](crate::cuda::CudaSemaphore::import)
+    /// needs for the fast path.
+    pub async fn export_with_word(&self, id: &str) -> Result<Exported> {
+        self.export_impl(id, true).await
+    }
+
+    async fn export_impl(&self, id: &str, word: bool) -> Result<Exported> {
+        let exported = self.fd.export(id, word).await?;
         if exported.info.resource_id != id {
             return Err(Error::WrongResource {
                 expected: id.to_owned(),
@@ -315,7 +336,12 @@ impl Client {
 
     /// Redeems an export ticket on the descriptor socket.
     pub async fn redeem(&self, ticket: &[u8]) -> Result<Exported> {
-        self.fd.redeem(ticket).await
+        self.fd.redeem(ticket, false).await
+    }
+
+    /// As [`Client::redeem`], with a semaphore's word buffer (see [`Client::export_with_word`]).
+    pub async fn redeem_with_word(&self, ticket: &[u8]) -> Result<Exported> {
+        self.fd.redeem(ticket, true).await
     }
 
     /// Owner only: lets `who` (a uid, or a group's members) use the resource `id`.
@@ -357,6 +383,18 @@ impl Client {
     /// Adds a reference to this client's session (it needs one) to the resource `target`
     /// names; with `signal`, for a semaphore, the session also becomes one of its signalers.
     pub async fn open(&self, target: OpenTarget, signal: bool) -> Result<v1::Resource> {
+        self.open_with(target, signal, v1::SignalPath::Unspecified)
+            .await
+    }
+
+    /// As [`Client::open`]; with `signal`, `path` says how this session signals the semaphore
+    /// (see [`CreateOptions::signal_path`]).
+    pub async fn open_with(
+        &self,
+        target: OpenTarget,
+        signal: bool,
+        path: v1::SignalPath,
+    ) -> Result<v1::Resource> {
         use v1::open_request::Target;
         let target = match target {
             OpenTarget::Id(id) => Target::Id(id),
@@ -368,6 +406,7 @@ impl Client {
         let request = v1::OpenRequest {
             target: Some(target),
             signal,
+            signal_path: path as i32,
         };
         Ok(self.grpc().open(self.request(request)).await?.into_inner())
     }

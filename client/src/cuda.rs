@@ -15,11 +15,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use gpushare_interop::cuda::{
-    ArrayLevel, CudaDevice, ExternalMemory, ExternalSemaphore, MipmappedArray, SurfaceObject,
-    TextureObject, TextureOptions,
+    ArrayLevel, CudaDevice, ExternalMemory, MipmappedArray, SurfaceObject, TextureObject,
+    TextureOptions,
 };
 use gpushare_interop::image::ImageDesc;
 
+pub use crate::cuda_sync::{CudaSemaphore, Path, SyncPath};
 use crate::{Buffer, Client, CreateOptions, Error, Exported, Image, ImageSpec, Result};
 
 /// Opens the CUDA device that is the GPU which exported `exported`, chosen by the device UUID in
@@ -70,7 +71,7 @@ impl InteropBuffer {
     pub fn import(device: &Arc<CudaDevice>, exported: Exported) -> Result<InteropBuffer> {
         let desc = exported.buffer_import_desc()?;
         check_device(&desc.device_uuid, device)?;
-        let Exported { fd, info } = exported;
+        let Exported { fd, info, .. } = exported;
         let memory =
             ExternalMemory::import_opaque_fd(device, fd, desc.allocation_size, desc.dedicated)?;
         let ptr = memory.device_ptr()?;
@@ -140,7 +141,7 @@ impl InteropImage {
     pub fn import(device: &Arc<CudaDevice>, exported: Exported) -> Result<InteropImage> {
         let desc = exported.image_import_desc()?;
         check_device(&desc.device_uuid, device)?;
-        let Exported { fd, info } = exported;
+        let Exported { fd, info, .. } = exported;
         let memory = ExternalMemory::import_opaque_fd(device, fd, desc.allocation_size, true)?;
         let array = memory.mipmapped_array(&desc.desc, desc.usage)?;
         Ok(InteropImage {
@@ -207,15 +208,21 @@ impl Client {
 }
 
 /// Imports an exported timeline semaphore into `device` (the exporting GPU: see
-/// [`cuda_device_for`]), to signal and wait on in stream order. The descriptor's ownership passes
-/// to the driver only on success; on any failure it is closed.
+/// [`cuda_device_for`]), to signal and wait on in stream order: on the CUDA fast path when the
+/// semaphore came with its memop word and this device runs 64-bit stream memory operations,
+/// else through the semaphore ([`SyncPath::Auto`]; [`CudaSemaphore::path`] and
+/// [`CudaSemaphore::fallback`] tell which and why). The descriptors' ownership passes to the
+/// driver only on success; on any failure they are closed.
 pub fn import_semaphore_cuda(
     device: &Arc<CudaDevice>,
     exported: Exported,
-) -> Result<ExternalSemaphore> {
-    exported.check_timeline_semaphore()?;
-    check_device(&exported.device_uuid()?, device)?;
-    Ok(ExternalSemaphore::import_timeline_fd(device, exported.fd)?)
+) -> Result<CudaSemaphore> {
+    CudaSemaphore::import(device, exported, SyncPath::Auto)
+}
+
+/// [`Error::WrongDevice`] unless `device` is the GPU that exported `exported`.
+pub(crate) fn check_exporter(exported: &Exported, device: &CudaDevice) -> Result<()> {
+    check_device(&exported.device_uuid()?, device)
 }
 
 impl Client {

@@ -72,9 +72,24 @@ pub enum Error {
     /// A reply lacks a field the protocol requires.
     #[error("daemon reply lacks {0}")]
     MissingField(&'static str),
-    /// A descriptor reply carried a number of descriptors other than one (all were closed).
-    #[error("descriptor reply carried {0} descriptors instead of 1")]
-    FdCount(usize),
+    /// A descriptor reply carried another number of descriptors than its metadata announces
+    /// (one, or two with a semaphore's word; all were closed).
+    #[error("descriptor reply carried {got} descriptors instead of {expected}")]
+    FdCount {
+        /// How many arrived.
+        got: usize,
+        /// How many the metadata announces.
+        expected: usize,
+    },
+    /// The CUDA fast path was required ([`SyncPath::Word`](crate::cuda::SyncPath::Word)) but
+    /// cannot be used for this semaphore: why.
+    #[error("the CUDA fast path cannot be used for semaphore {id:?}: {why}")]
+    FastPathUnavailable {
+        /// The semaphore.
+        id: String,
+        /// Why.
+        why: String,
+    },
     /// A reply is about another resource than the one asked for.
     #[error("daemon replied about resource {found:?} instead of {expected:?}")]
     WrongResource {

@@ -19,6 +19,10 @@ pub struct Exported {
     pub fd: OwnedFd,
     /// Its metadata: kind, handle type, device and driver UUIDs, buffer or semaphore details.
     pub info: v1::ExportedFd,
+    /// A semaphore's memop word buffer (the CUDA fast path), when it was asked for
+    /// ([`Client::export_with_word`](crate::Client::export_with_word)) and the semaphore has one;
+    /// `SemaphoreImport.word` describes it.
+    pub word: Option<OwnedFd>,
 }
 
 impl Exported {
@@ -73,23 +77,25 @@ impl FdChannel {
         &self.path
     }
 
-    /// Exports the caller's own resource `id` directly (one round trip, no ticket).
-    pub(crate) async fn export(&self, id: &str) -> Result<Exported> {
-        self.request(v1::fd_request::Request::Export(id.to_owned()))
+    /// Exports the caller's own resource `id` directly (one round trip, no ticket); with
+    /// `word`, a semaphore's word buffer too.
+    pub(crate) async fn export(&self, id: &str, word: bool) -> Result<Exported> {
+        self.request(v1::fd_request::Request::Export(id.to_owned()), word)
             .await
     }
 
-    /// Redeems `ticket`.
-    pub(crate) async fn redeem(&self, ticket: &[u8]) -> Result<Exported> {
-        self.request(v1::fd_request::Request::Redeem(ticket.to_vec()))
+    /// Redeems `ticket`; with `word`, a semaphore's word buffer too.
+    pub(crate) async fn redeem(&self, ticket: &[u8], word: bool) -> Result<Exported> {
+        self.request(v1::fd_request::Request::Redeem(ticket.to_vec()), word)
             .await
     }
 
     /// Sends one request and reads its reply. A kept connection that the daemon closed meanwhile (its idle timeout)
     /// is replaced once: a request the daemon never read consumed no ticket.
-    async fn request(&self, request: v1::fd_request::Request) -> Result<Exported> {
+    async fn request(&self, request: v1::fd_request::Request, word: bool) -> Result<Exported> {
         let request = v1::FdRequest {
             request: Some(request),
+            word,
         }
         .encode_to_vec();
         let mut conn = self.conn.lock().await;
@@ -129,10 +135,25 @@ fn parse_reply(received: Received) -> Result<Exported> {
     let Received { bytes, mut fds } = received;
     let reply = v1::FdReply::decode(bytes.as_slice())?;
     match reply.reply {
-        Some(v1::fd_reply::Reply::Exported(info)) => match (fds.pop(), fds.is_empty()) {
-            (Some(fd), true) => Ok(Exported { fd, info }),
-            (fd, _) => Err(Error::FdCount(fds.len() + usize::from(fd.is_some()))),
-        },
+        Some(v1::fd_reply::Reply::Exported(info)) => {
+            // A semaphore's word buffer comes second, when its metadata says it is there.
+            let with_word = matches!(
+                &info.details,
+                Some(v1::exported_fd::Details::Semaphore(s)) if s.word.is_some()
+            );
+            let expected = 1 + usize::from(with_word);
+            if fds.len() != expected {
+                return Err(Error::FdCount {
+                    got: fds.len(),
+                    expected,
+                });
+            }
+            let word = if with_word { fds.pop() } else { None };
+            match fds.pop() {
+                Some(fd) => Ok(Exported { fd, info, word }),
+                None => Err(Error::FdCount { got: 0, expected }),
+            }
+        }
         Some(v1::fd_reply::Reply::Error(e)) => Err(Error::Redeem {
             code: tonic::Code::from_i32(e.code),
             message: e.message,
@@ -155,7 +176,11 @@ pub(crate) mod fixtures {
         let fd = std::fs::File::open("/dev/null")
             .expect("open /dev/null")
             .into();
-        Exported { fd, info }
+        Exported {
+            fd,
+            info,
+            word: None,
+        }
     }
 
     /// A dedicated OPAQUE_FD buffer (memory type 2, usage 0x3) on device 3…, driver 4….
@@ -232,8 +257,61 @@ mod tests {
                 fds: (0..n).map(|_| devnull()).collect(),
             })
             .expect_err("wrong count");
-            assert!(matches!(err, Error::FdCount(c) if c == n), "{err:?}");
+            assert!(
+                matches!(err, Error::FdCount { got, expected: 1 } if got == n),
+                "{err:?}"
+            );
         }
+    }
+
+    /// A semaphore whose metadata describes its word comes with two descriptors, the word's
+    /// second; one alone is a protocol error, and so is a word without its metadata.
+    #[test]
+    fn a_word_comes_second_when_announced() {
+        let reply = |word: bool| {
+            v1::FdReply {
+                reply: Some(v1::fd_reply::Reply::Exported(v1::ExportedFd {
+                    resource_id: "sem".into(),
+                    kind: v1::ResourceKind::Semaphore as i32,
+                    details: Some(v1::exported_fd::Details::Semaphore(v1::SemaphoreImport {
+                        timeline: true,
+                        has_word: true,
+                        word: word.then(v1::BufferImport::default),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })),
+            }
+            .encode_to_vec()
+        };
+        let got = parse_reply(Received {
+            bytes: reply(true),
+            fds: vec![devnull(), devnull()],
+        })
+        .expect("two descriptors");
+        assert!(got.word.is_some());
+        let one = parse_reply(Received {
+            bytes: reply(true),
+            fds: vec![devnull()],
+        });
+        assert!(matches!(
+            one,
+            Err(Error::FdCount {
+                got: 1,
+                expected: 2
+            })
+        ));
+        let unannounced = parse_reply(Received {
+            bytes: reply(false),
+            fds: vec![devnull(), devnull()],
+        });
+        assert!(matches!(
+            unannounced,
+            Err(Error::FdCount {
+                got: 2,
+                expected: 1
+            })
+        ));
     }
 
     #[test]

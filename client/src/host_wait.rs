@@ -65,6 +65,7 @@ impl HostWaiter {
                 timeout_ms: timeout.as_millis().try_into().unwrap_or(u32::MAX),
                 spin_us: spin.as_micros().try_into().unwrap_or(u32::MAX),
             })),
+            word: false,
         }
         .encode_to_vec();
         parse_waited(self.call(&request, timeout, spin)?)

@@ -22,6 +22,7 @@
 mod buffer;
 mod client;
 pub mod cuda;
+mod cuda_sync;
 mod error;
 mod export;
 mod host;

@@ -42,6 +42,12 @@ pub struct StreamOptions {
     pub name: String,
     /// Keep it alive beyond the session (see [`crate::CreateOptions::pin`]).
     pub pin: bool,
+    /// Mirror the timelines in memop words (the CUDA fast path; see
+    /// [`crate::CreateOptions::word`]).
+    pub word: bool,
+    /// How this session signals the ready timeline when it produces (see
+    /// [`crate::CreateOptions::signal_path`]).
+    pub signal_path: v1::SignalPath,
 }
 
 /// A frame's metadata.
@@ -84,6 +90,7 @@ impl Role {
             request: Some(v1::fd_request::Request::Stream(v1::StreamCall {
                 call: Some(call),
             })),
+            word: false,
         }
         .encode_to_vec();
         parse_reply(self.conn.call(&request, timeout, Duration::ZERO)?)
@@ -344,6 +351,8 @@ impl Client {
             slots,
             slot: Some(slot),
             no_producer,
+            word: opts.word,
+            signal_path: opts.signal_path as i32,
         };
         Ok(self
             .grpc()
@@ -354,10 +363,18 @@ impl Client {
 
     /// Attaches this session as the producer of stream `id` (created with no producer).
     pub async fn attach_producer(&self, id: &str) -> Result<Producer> {
+        self.attach_producer_with(id, v1::SignalPath::Unspecified)
+            .await
+    }
+
+    /// As [`Client::attach_producer`], signaling the ready timeline by `path` (see
+    /// [`crate::CreateOptions::signal_path`]).
+    pub async fn attach_producer_with(&self, id: &str, path: v1::SignalPath) -> Result<Producer> {
         let a = self
             .grpc()
             .attach_producer(self.request(v1::AttachProducerRequest {
                 stream_id: id.to_owned(),
+                signal_path: path as i32,
             }))
             .await?
             .into_inner();
@@ -374,12 +391,26 @@ impl Client {
         mode: v1::DeliveryMode,
         limit: u32,
     ) -> Result<Consumer> {
+        self.attach_consumer_with(id, mode, limit, v1::SignalPath::Unspecified)
+            .await
+    }
+
+    /// As [`Client::attach_consumer`], signaling the release timeline by `path` (see
+    /// [`crate::CreateOptions::signal_path`]).
+    pub async fn attach_consumer_with(
+        &self,
+        id: &str,
+        mode: v1::DeliveryMode,
+        limit: u32,
+        path: v1::SignalPath,
+    ) -> Result<Consumer> {
         let a = self
             .grpc()
             .attach_consumer(self.request(v1::AttachConsumerRequest {
                 stream_id: id.to_owned(),
                 mode: mode as i32,
                 limit,
+                signal_path: path as i32,
             }))
             .await?
             .into_inner();

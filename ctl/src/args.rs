@@ -394,6 +394,10 @@ pub(crate) enum SemCommand {
         /// Device index (see `info`).
         #[arg(long, default_value_t = 0)]
         device: u32,
+        /// Mirror it in a memop word for CUDA users (the CUDA fast path), where the device
+        /// offers it (`info` shows whether; `show` says why a semaphore has none).
+        #[arg(long)]
+        word: bool,
     },
     /// Signal to a value (must exceed the current value); prints the new value.
     Signal {

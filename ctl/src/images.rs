@@ -67,6 +67,7 @@ pub(crate) async fn run(client: &Client, out: &Out, command: ImageCommand) -> Re
                 device,
                 name,
                 pin: true,
+                ..CreateOptions::default()
             };
             let image = client
                 .create_image(&spec, &opts)

@@ -164,6 +164,7 @@ async fn buffer(client: &Client, out: &Out, command: BufferCommand) -> Result<()
                 device,
                 name,
                 pin: true,
+                ..CreateOptions::default()
             };
             let buffer = client
                 .create_buffer(size, &opts)
@@ -321,11 +322,14 @@ async fn semaphore(
             initial,
             name,
             device,
+            word,
         } => {
             let opts = CreateOptions {
                 device,
                 name,
                 pin: true,
+                word,
+                ..CreateOptions::default()
             };
             let sem = client
                 .create_semaphore(initial, &opts)

@@ -570,6 +570,7 @@ mod tests {
             details: Some(v1::resource::Details::Semaphore(v1::SemaphoreDetails {
                 value: 17,
                 exportable: false,
+                ..Default::default()
             })),
             ..Default::default()
         };

@@ -170,6 +170,7 @@ pub(crate) async fn run(
                 device,
                 name,
                 pin: true,
+                ..StreamOptions::default()
             };
             let info = client
                 .create_stream_unproduced(slots, &SlotKind::Buffer(size), &opts)

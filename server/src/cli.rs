@@ -202,21 +202,26 @@ async fn serve(
     let fail = |e: &dyn std::error::Error| (1, chain(e));
     let dir = RuntimeDir::lock(&config.runtime_dir).map_err(|e| fail(&e))?;
     notifier.status("opening devices");
-    let opened = devices::open(&config.device, &config.executor, config.strict_device_match)
-        .map_err(|e| {
-            let code = match &e {
-                devices::DevicesError::Vulkan(
-                    vulkan::Error::Loader(_) | vulkan::Error::NoDevice,
-                ) => EXIT_NO_DEVICE,
-                devices::DevicesError::Vulkan(vulkan::Error::Call { result, .. })
-                    if *result == vulkan::vk::Result::ERROR_INCOMPATIBLE_DRIVER =>
-                {
-                    EXIT_NO_DEVICE
-                }
-                _ => 1,
-            };
-            (code, chain(&e))
-        })?;
+    let opened = devices::open(
+        &config.device,
+        &config.executor,
+        config.strict_device_match,
+        config.fast_path,
+    )
+    .map_err(|e| {
+        let code = match &e {
+            devices::DevicesError::Vulkan(vulkan::Error::Loader(_) | vulkan::Error::NoDevice) => {
+                EXIT_NO_DEVICE
+            }
+            devices::DevicesError::Vulkan(vulkan::Error::Call { result, .. })
+                if *result == vulkan::vk::Result::ERROR_INCOMPATIBLE_DRIVER =>
+            {
+                EXIT_NO_DEVICE
+            }
+            _ => 1,
+        };
+        (code, chain(&e))
+    })?;
     let activated_sockets = activated.is_some();
     let (control, fd) = match activated {
         Some(sockets) => adopt(sockets).map_err(|e| fail(&e))?,

@@ -9,6 +9,7 @@
 //! | socket mode | — | — | `socket_mode` | `0o660` |
 //! | executor | — | — | `executor` | `auto` (CUDA when present and matched, else Vulkan) |
 //! | strict device matching | — | — | `strict_device_match` | `false` |
+//! | CUDA fast path | — | — | `fast_path` | `true` (memop words where the device can; see `word.rs`) |
 //! | driver waits | — | — | `driver_waits` | `true` (see `waits/`) |
 //! | limits | — | — | `[limits]` | see [`Limits`] |
 //! | quotas | — | — | `[quotas]` | see [`Quotas`] |
@@ -157,6 +158,10 @@ pub(crate) struct Config {
     /// Forbid the device-matching fallbacks (by name, then first CUDA device of compute
     /// capability >= 7): only a UUID match pairs a Vulkan device with a CUDA device.
     pub(crate) strict_device_match: bool,
+    /// Offer the CUDA fast path: semaphores and streams created with `word` get a memop word
+    /// on devices whose CUDA device runs 64-bit stream memory operations. Off: none get one,
+    /// and GetInfo says the configuration turned it off.
+    pub(crate) fast_path: bool,
     /// Let one thread per device block in `vkWaitSemaphores` for the semaphores that have host
     /// waiters, besides polling their counters; the poller relaxes while that thread notices
     /// values first. Off: polling alone.
@@ -241,6 +246,7 @@ impl Default for Config {
             socket_mode: 0o660,
             executor: "auto".into(),
             strict_device_match: false,
+            fast_path: true,
             driver_waits: true,
             limits: Limits::default(),
             quotas: Quotas::default(),

@@ -11,8 +11,12 @@ use gpushare_interop::vulkan::{
     Transfer,
 };
 
+use crate::error::{Error, Result as DaemonResult};
 use crate::executor::{CudaExecutor, Executor, VulkanExecutor};
+use crate::ids;
 use crate::selection::{parse_selection, BadSelector, Selection};
+use crate::semaphore::{Observer, Semaphore, SEMAPHORE_PREFIX};
+use crate::word::{FastPath, Mirror, Word};
 
 /// The CUDA device paired with a served Vulkan device.
 #[derive(Debug)]
@@ -36,6 +40,8 @@ pub(crate) struct DeviceSlot {
     pub(crate) executor: Arc<dyn Executor>,
     /// The image formats it creates and exports as 2D images with the default usage.
     pub(crate) image_formats: Vec<ImageFormat>,
+    /// Whether it offers the CUDA fast path (memop words), and its word writer.
+    pub(crate) fast_path: FastPath,
     /// The transfer engine that prepares new images (their first layout transition and
     /// zeroing: Vulkan work, whichever the executor), made on first use.
     prepare: Mutex<Option<Transfer>>,
@@ -59,6 +65,51 @@ pub(crate) fn default_image_usage(format: ImageFormat) -> vk::ImageUsageFlags {
 
 impl DeviceSlot {
     /// What the driver reports about it.
+    /// Whether other processes can import its timeline semaphores.
+    pub(crate) fn exports_semaphores(&self) -> bool {
+        self.info()
+            .caps
+            .timeline_semaphore_export
+            .contains(&vulkan::HandleType::OpaqueFd)
+    }
+
+    /// A new semaphore on the device at `initial` (exportable where the device can), with a
+    /// memop word when `word` is asked and the device offers the fast path (otherwise without:
+    /// the semaphore's details say why). `what` names it in errors.
+    pub(crate) fn new_semaphore(
+        &self,
+        initial: u64,
+        word: bool,
+        observer: Arc<dyn Observer>,
+        what: &'static str,
+    ) -> DaemonResult<Semaphore> {
+        let timeline = self
+            .device
+            .create_timeline_semaphore(initial, self.exports_semaphores())
+            .map_err(Error::gpu(what))?;
+        let word = match (word, &self.fast_path) {
+            (false, _) => Mirror::None,
+            (true, _) if !timeline.exportable() => Mirror::Unavailable(
+                "the device cannot export timeline semaphores, so no other process signals \
+                 or waits on the GPU"
+                    .into(),
+            ),
+            (true, FastPath::Unavailable(why)) => Mirror::Unavailable(why.clone()),
+            (true, FastPath::Offered(writer)) => Mirror::Word(
+                Word::new(&self.device, writer, initial).map_err(|e| Error::Word {
+                    what,
+                    detail: crate::error::chain(&e),
+                })?,
+            ),
+        };
+        Ok(Semaphore::with_word(
+            ids::new_id(SEMAPHORE_PREFIX),
+            timeline,
+            word,
+            observer,
+        ))
+    }
+
     pub(crate) fn info(&self) -> &PhysicalDeviceInfo {
         self.device.info()
     }
@@ -206,7 +257,12 @@ pub(crate) struct Opened {
 
 /// Opens the Vulkan instance, the devices the `device` setting selects, their CUDA matches
 /// (per `executor`: "auto", "cuda" or "vulkan") and an executor for each.
-pub(crate) fn open(selector: &str, executor: &str, strict: bool) -> Result<Opened, DevicesError> {
+pub(crate) fn open(
+    selector: &str,
+    executor: &str,
+    strict: bool,
+    fast_path: bool,
+) -> Result<Opened, DevicesError> {
     let selection = parse_selection(selector)?;
     let instance = Instance::new("gpushared")?;
     let infos = instance.devices()?;
@@ -273,8 +329,10 @@ pub(crate) fn open(selector: &str, executor: &str, strict: bool) -> Result<Opene
             None => Arc::new(VulkanExecutor::start(&device)?),
         };
         let info = device.info();
+        let fast = FastPath::of(cuda.as_ref().map(|c| &c.device), fast_path);
         tracing::info!(
             index,
+            fast_path = fast.unavailable().unwrap_or("offered"),
             name = %info.name,
             driver = %info.driver_name,
             uuid = %hex::encode(info.device_uuid),
@@ -286,6 +344,7 @@ pub(crate) fn open(selector: &str, executor: &str, strict: bool) -> Result<Opene
         slots.push(DeviceSlot {
             index,
             image_formats: image_formats(&device),
+            fast_path: fast,
             device,
             cuda,
             executor,

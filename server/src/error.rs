@@ -202,6 +202,9 @@ pub(crate) enum Error {
     /// A Grant or Revoke that names no uid or gid.
     #[error("a grant names a uid or a gid")]
     BadGrant,
+    /// A SignalPath value the daemon does not know.
+    #[error("unknown signal path {0} (SIGNAL_PATH_SEMAPHORE or SIGNAL_PATH_WORD)")]
+    BadSignalPath(i32),
     /// An Open that names nothing.
     #[error("Open names an id, a token, or an owner uid and a name")]
     BadOpen,
@@ -245,6 +248,15 @@ pub(crate) enum Error {
     /// An image request that names no valid image, region or color.
     #[error("{0}")]
     BadImage(String),
+    /// Making a semaphore's memop word failed (allocating it, or importing it into the
+    /// daemon's CUDA context).
+    #[error("{what}: making its memop word failed: {detail}")]
+    Word {
+        /// What the daemon was making.
+        what: &'static str,
+        /// The cause chain.
+        detail: String,
+    },
     /// A GPU driver call failed.
     #[error("{op} failed")]
     Gpu {
@@ -307,11 +319,12 @@ impl Error {
             Quota { .. } => Code::ResourceExhausted,
             NameTaken(_) => Code::AlreadyExists,
             NotOwner(_) => Code::PermissionDenied,
-            BadToken | BadGrant | BadOpen => Code::InvalidArgument,
+            BadToken | BadGrant | BadOpen | BadSignalPath(_) => Code::InvalidArgument,
             UnknownToken => Code::NotFound,
             BadHostRange(_) | BadImage(_) => Code::InvalidArgument,
             Cuda { source, .. } if source.is_out_of_memory() => Code::ResourceExhausted,
             Cuda { .. } => Code::Internal,
+            Word { .. } => Code::Internal,
         }
     }
 }

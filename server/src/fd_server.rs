@@ -127,11 +127,11 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
                         Waited::Gone => return,
                     }
                 }
-                Ok(FdRequest::Export(ask)) => match d.in_flight.admit(Some(&calls)) {
+                Ok(FdRequest::Export { ask, word }) => match d.in_flight.admit(Some(&calls)) {
                     Err(refused) => (wire::fd_error(&refused), None),
                     Ok(guard) => {
                         admitted = Some(guard);
-                        match export(&d, &peer, ask).await {
+                        match export(&d, &peer, ask, word).await {
                             Ok(e) => (wire::fd_exported(&e), Some(e)),
                             Err(e) => (wire::fd_error(&e), None),
                         }
@@ -141,7 +141,11 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
             },
         };
         let bytes = reply.encode_to_vec();
-        let fds: Vec<_> = exported.iter().map(|e| e.fd.as_fd()).collect();
+        let fds: Vec<_> = exported
+            .iter()
+            .flat_map(|e| std::iter::once(&e.fd).chain(e.word.as_ref()))
+            .map(|fd| fd.as_fd())
+            .collect();
         if let Err(e) = conn.send(&bytes, &fds).await {
             tracing::debug!(uid, error = %chain(&e), "fd.sock: reply not delivered");
             return;
@@ -164,8 +168,9 @@ async fn export(
     d: &Daemon,
     peer: &Peer,
     ask: ExportAsk,
+    word: bool,
 ) -> Result<crate::daemon::export::Exported> {
-    d.export(&caller(d, peer)?, ask).await
+    d.export(&caller(d, peer)?, ask, word).await
 }
 
 /// How an fd.sock wait ended for its connection.
@@ -340,8 +345,13 @@ async fn stream_call(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FdRequest {
     /// Export a descriptor: redeem a ticket, or export a resource by id (well formed, not yet
-    /// looked up).
-    Export(ExportAsk),
+    /// looked up); `word`: a semaphore's word buffer too.
+    Export {
+        /// What to export.
+        ask: ExportAsk,
+        /// Send a semaphore's word buffer as a second descriptor.
+        word: bool,
+    },
     /// Wait for a semaphore value (the id well formed, not yet looked up).
     Wait(v1::FdWait),
     /// A frame-stream call (its handle well formed, not yet looked up).
@@ -358,16 +368,23 @@ pub(crate) fn parse_request(bytes: &[u8]) -> Result<FdRequest> {
         return Err(Error::BadFdRequest("message too large"));
     }
     let req = v1::FdRequest::decode(bytes).map_err(|_| Error::BadFdRequest("not an FdRequest"))?;
+    let word = req.word;
     match req.request {
-        Some(v1::fd_request::Request::Redeem(ticket)) => Ok(FdRequest::Export(ExportAsk::Ticket(
-            ticket
-                .as_slice()
-                .try_into()
-                .map_err(|_| Error::BadFdRequest("a ticket is 16 bytes"))?,
-        ))),
+        Some(v1::fd_request::Request::Redeem(ticket)) => Ok(FdRequest::Export {
+            ask: ExportAsk::Ticket(
+                ticket
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::BadFdRequest("a ticket is 16 bytes"))?,
+            ),
+            word,
+        }),
         Some(v1::fd_request::Request::Export(id)) => {
             check_resource_id(&id)?;
-            Ok(FdRequest::Export(ExportAsk::Id(id)))
+            Ok(FdRequest::Export {
+                ask: ExportAsk::Id(id),
+                word,
+            })
         }
         Some(v1::fd_request::Request::Wait(w)) => {
             check_resource_id(&w.id)?;
@@ -401,16 +418,27 @@ mod tests {
 
     #[test]
     fn requests_parse_or_are_refused_as_invalid() {
-        let encode =
-            |r: v1::fd_request::Request| v1::FdRequest { request: Some(r) }.encode_to_vec();
+        let encode = |r: v1::fd_request::Request| {
+            v1::FdRequest {
+                request: Some(r),
+                word: false,
+            }
+            .encode_to_vec()
+        };
         let id = crate::ids::new_id("buf");
         assert_eq!(
             parse_request(&encode(v1::fd_request::Request::Export(id.clone()))).unwrap(),
-            FdRequest::Export(ExportAsk::Id(id))
+            FdRequest::Export {
+                ask: ExportAsk::Id(id),
+                word: false
+            }
         );
         assert_eq!(
             parse_request(&encode(v1::fd_request::Request::Redeem(vec![7; 16]))).unwrap(),
-            FdRequest::Export(ExportAsk::Ticket([7; 16]))
+            FdRequest::Export {
+                ask: ExportAsk::Ticket([7; 16]),
+                word: false
+            }
         );
         let wait = v1::FdWait {
             id: crate::ids::new_id("sem"),
@@ -431,7 +459,11 @@ mod tests {
                 id: "sem-nothex".into(),
                 ..Default::default()
             })),
-            v1::FdRequest { request: None }.encode_to_vec(),
+            v1::FdRequest {
+                request: None,
+                word: false,
+            }
+            .encode_to_vec(),
             vec![0x0a; gpushare_proto::fdpass::MAX_MESSAGE + 1],
         ] {
             let e = parse_request(&bad).unwrap_err();

@@ -130,6 +130,7 @@ mod tests {
         let buf = ids::new_id(BUFFER_PREFIX);
         let export = v1::FdRequest {
             request: Some(v1::fd_request::Request::Export(buf.clone())),
+            word: true,
         };
         assert!(fd_request(&export.encode_to_vec()));
         assert!(!fd_request(b"\xff garbage"));

@@ -14,7 +14,7 @@
 //! | layer | modules | what they are |
 //! |---|---|---|
 //! | 0 | error, ids, log_budget, peer, selection, config, runtime_dir, systemd | foundations: status codes, ids, settings, sockets' directory, service-manager glue |
-//! | 1 | buffer, host_buffer, image, semaphore | the shared objects and the rules of their state |
+//! | 1 | buffer, host_buffer, image, word, semaphore | the shared objects and the rules of their state |
 //! | 2 | waits, executor, stream | host waits on semaphores; GPU work on buffers and images; frame streams' booking |
 //! | 3 | quota, resource, usage, access, session, tickets, inflight, devices, requests | what a resource is, who may use it, what it costs; sessions, tickets, call admission; devices; request fields |
 //! | 4 | registry | the table of resources and sessions |
@@ -38,6 +38,7 @@ mod buffer;
 mod host_buffer;
 mod image;
 mod semaphore;
+mod word;
 
 mod executor;
 mod stream;

@@ -190,6 +190,32 @@ impl Metrics {
             &host_bytes,
         );
         self.render_streams(&mut out, d);
+        let fast: Vec<(String, f64)> = d
+            .devices
+            .iter()
+            .map(|s| {
+                let offered = s.fast_path.writer().is_some();
+                (
+                    format!("device=\"{}\"", s.index),
+                    f64::from(u8::from(offered)),
+                )
+            })
+            .collect();
+        labeled(
+            &mut out,
+            "gpushare_fast_path_offered",
+            "gauge",
+            "1 where the device offers the CUDA fast path (memop words), 0 where not (GetInfo \
+             says why).",
+            &fast,
+        );
+        gauge(
+            &mut out,
+            "gpushare_word_bridges",
+            "Semaphores whose memop word the daemon bridges (a live session signals them through \
+             the semaphore alone).",
+            d.bridges.len() as f64,
+        );
         gauge(
             &mut out,
             "gpushare_pending_waits",

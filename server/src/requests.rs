@@ -15,6 +15,7 @@ use gpushare_proto::v1;
 use crate::access::{Grantee, OpenTarget};
 use crate::devices::default_image_usage;
 use crate::error::{Error, Result};
+use crate::session::SignalPath;
 
 /// The image a CreateImage asks for (shape only; the device's limits are checked by the driver
 /// query at creation).
@@ -223,6 +224,15 @@ pub(crate) fn delivery_mode(mode: i32) -> Result<Mode> {
         _ => Err(Error::BadStream(format!(
             "unknown or missing delivery mode {mode} (DELIVERY_MODE_FIFO or DELIVERY_MODE_MAILBOX)"
         ))),
+    }
+}
+
+/// How a session signals a semaphore (unspecified: through the semaphore).
+pub(crate) fn signal_path(path: i32) -> Result<SignalPath> {
+    match v1::SignalPath::try_from(path) {
+        Ok(v1::SignalPath::Unspecified | v1::SignalPath::Semaphore) => Ok(SignalPath::Semaphore),
+        Ok(v1::SignalPath::Word) => Ok(SignalPath::Word),
+        Err(_) => Err(Error::BadSignalPath(path)),
     }
 }
 

@@ -8,8 +8,11 @@
 //! wait service hears of every change made here through [`Observer`] (it rescans), and learns
 //! why a semaphore ended from [`Semaphore::ended`], read after its value (see there).
 //!
+//! A semaphore may carry a memop [`Word`] (the CUDA fast path): every value this type signals
+//! (host signals, poison) raises the word too, after the semaphore.
+//!
 //! Not here: waiting (`waits`), who may signal (`access`, `session`), where the semaphore is
-//! listed (`registry`).
+//! listed (`registry`), the word itself (`word`).
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -20,6 +23,7 @@ use gpushare_interop::vulkan::{Device, TimelineSemaphore};
 use crate::buffer::CudaViewError;
 use crate::error::{Error, Result};
 use crate::ids;
+use crate::word::{Mirror, Word, WORD_POISON};
 
 /// The id prefix of semaphores (`sem-…`).
 pub(crate) const SEMAPHORE_PREFIX: &str = "sem";
@@ -49,6 +53,8 @@ pub(crate) struct Semaphore {
     /// The semaphore imported into its device's CUDA context, made by the CUDA executor on
     /// first use (stream-ordered waits and signals); dropped with the semaphore.
     cuda: OnceLock<Arc<ExternalSemaphore>>,
+    /// Its memop word, for a semaphore created with one on a device that offers the fast path.
+    word: Mirror,
     /// Weak: the wait service holds semaphores while they have waiters, and must never be
     /// dropped by one of its own threads.
     observer: Weak<dyn Observer>,
@@ -67,10 +73,22 @@ struct SignalState {
 }
 
 impl Semaphore {
-    /// Wraps `timeline` as the semaphore `id`; `observer` hears of its changes while it lives.
+    /// Wraps `timeline` as the semaphore `id`, without a word; `observer` hears of its changes
+    /// while it lives. (The daemon makes its semaphores with `DeviceSlot::new_semaphore`.)
+    #[cfg(test)]
     pub(crate) fn new(
         id: String,
         timeline: TimelineSemaphore,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
+        Self::with_word(id, timeline, Mirror::None, observer)
+    }
+
+    /// As [`Semaphore::new`], mirrored in `word` (set to the timeline's value by its maker).
+    pub(crate) fn with_word(
+        id: String,
+        timeline: TimelineSemaphore,
+        word: Mirror,
         observer: Arc<dyn Observer>,
     ) -> Self {
         Self {
@@ -78,7 +96,24 @@ impl Semaphore {
             timeline: Arc::new(timeline),
             state: Mutex::new(SignalState::default()),
             cuda: OnceLock::new(),
+            word,
             observer: Arc::downgrade(&observer),
+        }
+    }
+
+    /// Its memop word, if it has one.
+    pub(crate) fn word(&self) -> Option<&Word> {
+        match &self.word {
+            Mirror::Word(w) => Some(w),
+            Mirror::None | Mirror::Unavailable(_) => None,
+        }
+    }
+
+    /// Why it has no word although one was asked for.
+    pub(crate) fn word_unavailable(&self) -> Option<&str> {
+        match &self.word {
+            Mirror::Unavailable(why) => Some(why),
+            Mirror::None | Mirror::Word(_) => None,
         }
     }
 
@@ -196,6 +231,9 @@ impl Semaphore {
             self.timeline
                 .signal(value)
                 .map_err(Error::gpu("signaling a semaphore"))?;
+            if let Some(word) = self.word() {
+                word.raise(value);
+            }
         }
         self.changed();
         Ok(value)
@@ -256,8 +294,12 @@ impl Semaphore {
         poisoned
     }
 
-    /// Signals the poison value; called with the state locked.
+    /// Signals the poison value, and raises the word to [`WORD_POISON`]; called with the
+    /// state locked.
     fn poison(&self) -> Option<u64> {
+        if let Some(word) = self.word() {
+            word.raise(WORD_POISON);
+        }
         match self.timeline.signal_max() {
             Ok(value) => Some(value),
             Err(e) => {

@@ -161,10 +161,13 @@ impl GpuShare for Service {
             name: r.name,
             pin: r.pin,
         };
+        let path = requests::signal_path(r.signal_path)?;
         ok(wire::resource(&self.d.create_semaphore(
             &caller,
             at,
             r.initial_value,
+            r.word,
+            path,
         )?))
     }
 
@@ -267,7 +270,10 @@ impl GpuShare for Service {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
         let target = requests::open_target(r.target)?;
-        ok(wire::resource(&self.d.open(&caller, &target, r.signal)?))
+        let path = requests::signal_path(r.signal_path)?;
+        ok(wire::resource(
+            &self.d.open(&caller, &target, r.signal, path)?,
+        ))
     }
 
     async fn release_resource(
@@ -410,6 +416,7 @@ impl GpuShare for Service {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
         let spec = requests::slot_spec(&r)?;
+        let path = requests::signal_path(r.signal_path)?;
         let at = Placement {
             device: r.device,
             name: r.name,
@@ -417,7 +424,7 @@ impl GpuShare for Service {
         };
         let a = self
             .d
-            .create_stream(&caller, at, r.slots, spec, !r.no_producer)?;
+            .create_stream(&caller, at, r.slots, spec, !r.no_producer, r.word, path)?;
         ok(self.attached(&a))
     }
 
@@ -426,7 +433,9 @@ impl GpuShare for Service {
         req: Request<v1::AttachProducerRequest>,
     ) -> Reply<v1::StreamAttachment> {
         let caller = self.caller(&req)?;
-        let a = self.d.attach_producer(&caller, &req.get_ref().stream_id)?;
+        let r = req.get_ref();
+        let path = requests::signal_path(r.signal_path)?;
+        let a = self.d.attach_producer(&caller, &r.stream_id, path)?;
         ok(self.attached(&a))
     }
 
@@ -437,9 +446,10 @@ impl GpuShare for Service {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
         let mode = requests::delivery_mode(r.mode)?;
+        let path = requests::signal_path(r.signal_path)?;
         let a = self
             .d
-            .attach_consumer(&caller, &r.stream_id, mode, r.limit)?;
+            .attach_consumer(&caller, &r.stream_id, mode, r.limit, path)?;
         ok(self.attached(&a))
     }
 

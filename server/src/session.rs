@@ -29,6 +29,21 @@ pub(crate) struct Session {
     pub(crate) resources: HashSet<String>,
     /// The semaphores it signals: those it created and those it opened to signal.
     pub(crate) signals: HashSet<String>,
+    /// Those of `signals` it said it signals through their memop word (`SignalPath::Word`);
+    /// the others it signals through the semaphore alone.
+    pub(crate) word_signals: HashSet<String>,
+}
+
+/// How a session signals a semaphore (the proto's `SignalPath`): it matters for a semaphore
+/// with a memop word, which the daemon bridges while a session signals it through the
+/// semaphore alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum SignalPath {
+    /// Through the timeline semaphore alone (unspecified, too).
+    #[default]
+    Semaphore,
+    /// Through the word (a CUDA fast-path signaler), or through the daemon only.
+    Word,
 }
 
 impl Session {
@@ -99,6 +114,7 @@ impl Sessions {
                 started: Instant::now(),
                 resources: HashSet::new(),
                 signals: HashSet::new(),
+                word_signals: HashSet::new(),
             },
         );
         Ok(id)
@@ -147,6 +163,14 @@ impl Sessions {
     /// Whether any live session signals semaphore `id`.
     pub(crate) fn signaled(&self, id: &str) -> bool {
         self.map.values().any(|s| s.signals.contains(id))
+    }
+
+    /// Whether a live session signals semaphore `id` through the semaphore alone (the bridge
+    /// must run for a semaphore with a word).
+    pub(crate) fn signaled_without_word(&self, id: &str) -> bool {
+        self.map
+            .values()
+            .any(|s| s.signals.contains(id) && !s.word_signals.contains(id))
     }
 
     /// For each semaphore that a live session signals, one such session.

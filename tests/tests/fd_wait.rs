@@ -174,6 +174,7 @@ async fn fd_waits_keep_one_reply_per_request() {
                 timeout_ms: 20_000,
                 spin_us: 0,
             })),
+            word: false,
         }
         .encode_to_vec()
     };
@@ -196,6 +197,7 @@ async fn fd_waits_keep_one_reply_per_request() {
     until_pending(&c, 1).await;
     let export = v1::FdRequest {
         request: Some(v1::fd_request::Request::Export(buf.id().to_owned())),
+        word: false,
     }
     .encode_to_vec();
     fdpass::send(s.as_fd(), &export, &[]).unwrap();

@@ -253,12 +253,14 @@ async fn fd_socket_survives_garbage_and_refuses_descriptors() {
     let redeem = |t: Vec<u8>| {
         v1::FdRequest {
             request: Some(v1::fd_request::Request::Redeem(t)),
+            word: false,
         }
         .encode_to_vec()
     };
     let export = |id: String| {
         v1::FdRequest {
             request: Some(v1::fd_request::Request::Export(id)),
+            word: true,
         }
         .encode_to_vec()
     };
@@ -277,7 +279,11 @@ async fn fd_socket_survives_garbage_and_refuses_descriptors() {
         ),
         (
             "no request set",
-            v1::FdRequest { request: None }.encode_to_vec(),
+            v1::FdRequest {
+                request: None,
+                word: true,
+            }
+            .encode_to_vec(),
             Code::InvalidArgument,
         ),
         ("short ticket", redeem(vec![1, 2, 3]), Code::InvalidArgument),

@@ -502,6 +502,7 @@ async fn connections_per_uid_are_bounded_on_both_sockets() {
     let path = d.runtime_dir().join(gpushare_proto::FD_SOCKET);
     let request = v1::FdRequest {
         request: Some(v1::fd_request::Request::Redeem(vec![0; 16])),
+        word: false,
     }
     .encode_to_vec();
     // Each connection is admitted when the daemon starts serving it: a round trip on the

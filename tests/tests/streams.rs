@@ -911,6 +911,7 @@ async fn an_acquire_abandoned_by_its_caller_loses_nothing() {
             request: Some(v1::fd_request::Request::Stream(v1::StreamCall {
                 call: Some(call),
             })),
+            word: false,
         };
         fdpass::send(std::os::fd::AsFd::as_fd(&sock), &req.encode_to_vec(), &[]).unwrap();
         sock

@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::Arc;
 
+use gpushare_client::cuda::CudaSemaphore;
 use gpushare_client::cuda::InteropBuffer;
 use gpushare_client::{import, v1, Client, Consumer, Exported, Producer};
 use gpushare_interop::cuda::kernels::{launch, Module};
-use gpushare_interop::cuda::{CudaDevice, ExternalSemaphore};
+use gpushare_interop::cuda::CudaDevice;
 use gpushare_interop::vulkan::{
     Device, ImportedBuffer, Instance, SyncPoints, TimelineSemaphore, Transfer,
 };
@@ -73,7 +74,7 @@ pub(crate) enum Gpu {
         device: Arc<CudaDevice>,
         module: Module,
         slots: Vec<Vec<InteropBuffer>>,
-        timelines: HashMap<String, ExternalSemaphore>,
+        timelines: HashMap<String, CudaSemaphore>,
     },
 }
 

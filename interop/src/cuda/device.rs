@@ -192,6 +192,13 @@ impl CudaDevice {
         synchronize_stream(&self.stream)
     }
 
+    /// A new stream of the device's primary context (`cuStreamCreate`, non-blocking with
+    /// respect to the legacy default stream).
+    pub fn new_stream(&self) -> Result<Arc<CudaStream>> {
+        bind(&self.context)?;
+        self.context.new_stream().map_err(driver("cuStreamCreate"))
+    }
+
     /// A device attribute (`cuDeviceGetAttribute`).
     pub fn attribute(&self, attr: sys::CUdevice_attribute) -> Result<i32> {
         let mut v = 0;
@@ -259,8 +266,8 @@ pub(crate) fn bind(context: &CudaContext) -> Result<()> {
     Ok(())
 }
 
-/// Waits until all work on `stream` has completed.
-pub(crate) fn synchronize_stream(stream: &CudaStream) -> Result<()> {
+/// Waits until all work on `stream` has completed (`cuStreamSynchronize`).
+pub fn synchronize_stream(stream: &CudaStream) -> Result<()> {
     bind(stream.context())?;
     // SAFETY: the stream is live (borrowed) and its context current.
     check("cuStreamSynchronize", unsafe {

@@ -8,17 +8,13 @@
 
 use std::fmt;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use cudarc::driver::{sys, CudaEvent, CudaStream};
+use cudarc::driver::{sys, CudaStream};
 
 use super::device::CudaDevice;
-use super::error::{driver, Error, Result};
-
-/// How long `Drop` waits for enqueued signals and waits to complete before leaking the handle.
-const DROP_WAIT: Duration = Duration::from_secs(2);
+use super::error::{Error, Result};
+use super::uses::Uses;
 
 /// Thin wrappers, one per driver call.
 mod raw {
@@ -110,10 +106,8 @@ mod raw {
 pub struct ExternalSemaphore {
     device: Arc<CudaDevice>,
     raw: sys::CUexternalSemaphore,
-    /// Events recorded after the enqueued signals and waits; completed ones are reused.
-    uses: Mutex<Vec<CudaEvent>>,
-    /// Set when an operation was enqueued but its event could not be recorded.
-    untracked: AtomicBool,
+    /// Events recorded after the enqueued signals and waits.
+    uses: Uses,
 }
 
 // SAFETY: `raw` is a driver handle; the driver API is thread-safe and every call here makes the
@@ -161,8 +155,7 @@ impl ExternalSemaphore {
         Ok(ExternalSemaphore {
             device: Arc::clone(device),
             raw,
-            uses: Mutex::new(Vec::new()),
-            untracked: AtomicBool::new(false),
+            uses: Uses::new(device),
         })
     }
 
@@ -178,52 +171,23 @@ impl ExternalSemaphore {
             });
         }
         self.device.check_stream("signal stream", stream)?;
-        let event = self.event()?;
+        let event = self.uses.event()?;
         self.device.bind()?;
         // SAFETY: the context is current; the stream is live (borrowed) and of this context
         // (checked); `raw` is live.
         unsafe { raw::signal(self.raw, value, stream.cu_stream()) }?;
-        self.track(event, stream)
+        self.uses.track(event, stream)
     }
 
     /// Enqueues on `stream` a wait until the semaphore reaches `value`: later work on the stream
     /// starts only then.
     pub fn wait(&self, value: u64, stream: &CudaStream) -> Result<()> {
         self.device.check_stream("wait stream", stream)?;
-        let event = self.event()?;
+        let event = self.uses.event()?;
         self.device.bind()?;
         // SAFETY: as in `signal`.
         unsafe { raw::wait(self.raw, value, stream.cu_stream()) }?;
-        self.track(event, stream)
-    }
-
-    /// An event to record after the next operation: a completed one, or a new one.
-    fn event(&self) -> Result<CudaEvent> {
-        let mut uses = self.uses.lock().unwrap_or_else(|e| e.into_inner());
-        match uses
-            .iter()
-            .position(|e| matches!(e.try_is_complete(), Ok(true)))
-        {
-            Some(i) => Ok(uses.swap_remove(i)),
-            None => self
-                .device
-                .context()
-                .new_event(None)
-                .map_err(driver("cuEventCreate")),
-        }
-    }
-
-    /// Records `event` on `stream` after an enqueued operation and keeps it for `Drop`.
-    fn track(&self, event: CudaEvent, stream: &CudaStream) -> Result<()> {
-        if let Err(e) = event.record(stream) {
-            self.untracked.store(true, Ordering::Relaxed);
-            return Err(driver("cuEventRecord")(e));
-        }
-        self.uses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(event);
-        Ok(())
+        self.uses.track(event, stream)
     }
 
     /// The device it was imported into.
@@ -234,20 +198,10 @@ impl ExternalSemaphore {
 
 impl Drop for ExternalSemaphore {
     fn drop(&mut self) {
-        let uses = std::mem::take(self.uses.get_mut().unwrap_or_else(|e| e.into_inner()));
-        let deadline = Instant::now() + DROP_WAIT;
-        let mut pending = uses;
-        loop {
-            // An error (a broken context) will not complete later either: stop waiting for it.
-            pending.retain(|e| matches!(e.try_is_complete(), Ok(false)));
-            if pending.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if !pending.is_empty() || *self.untracked.get_mut() {
+        let pending = self.uses.settle();
+        if pending > 0 {
             tracing::error!(
-                pending = pending.len(),
+                pending,
                 "leaking a CUDA external semaphore: signals or waits on it have not completed"
             );
             return;

@@ -12,13 +12,16 @@
 //! H100).
 
 use std::ffi::{c_void, CStr};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use cudarc::driver::{sys, CudaStream};
 
 use super::device::{bind, CudaDevice};
 use super::error::{check, Error, Result};
+use super::external_memory::ExternalMemory;
 use super::module::{launch, Module};
+use super::uses::Uses;
 
 /// Whether a device can run the 64-bit stream memory operations of this module.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,10 +114,8 @@ impl WordMax {
         let function = self.module.function(WORD_MAX_NAME)?;
         let mut p = ptr;
         let mut v = value;
-        let mut params: [*mut c_void; 2] = [
-            (&raw mut p).cast::<c_void>(),
-            (&raw mut v).cast::<c_void>(),
-        ];
+        let mut params: [*mut c_void; 2] =
+            [(&raw mut p).cast::<c_void>(), (&raw mut v).cast::<c_void>()];
         // SAFETY: two parameters, u64 and u64, as the kernel declares; `cuLaunchKernel` copies
         // their values before returning; the caller guarantees the word and the module.
         unsafe { launch(&function, (1, 1, 1), (1, 1, 1), &mut params, stream) }
@@ -174,6 +175,88 @@ pub unsafe fn wait_value64_geq(stream: &CudaStream, ptr: u64, value: u64) -> Res
             sys::CUstreamWaitValue_flags::CU_STREAM_WAIT_VALUE_GEQ as u32,
         )
     })
+}
+
+/// A 64-bit word of memory another process shares (a gpushare semaphore's word buffer),
+/// imported into this process's CUDA context: stream-ordered writes and GEQ waits on it, each
+/// followed by an event, so that the import is released only once they all completed (or
+/// leaked, never freed under the GPU, when some never complete).
+pub struct SharedWord {
+    device: Arc<CudaDevice>,
+    /// `None` once leaked in `Drop`.
+    memory: Option<Arc<ExternalMemory>>,
+    ptr: u64,
+    uses: Uses,
+}
+
+impl std::fmt::Debug for SharedWord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedWord")
+            .field("ptr", &self.ptr)
+            .field("device", &self.device.info().ordinal)
+            .finish()
+    }
+}
+
+impl SharedWord {
+    /// Imports the word's buffer, exported as `OPAQUE_FD` with `allocation_size` bytes
+    /// (`dedicated` as exported); the word is its first 8 bytes. The descriptor passes to the
+    /// driver only on success.
+    pub fn import(
+        device: &Arc<CudaDevice>,
+        fd: OwnedFd,
+        allocation_size: u64,
+        dedicated: bool,
+    ) -> Result<SharedWord> {
+        let memory = ExternalMemory::import_opaque_fd(device, fd, allocation_size, dedicated)?;
+        let ptr = memory.device_ptr()?;
+        check_word(ptr)?;
+        Ok(SharedWord {
+            device: Arc::clone(device),
+            memory: Some(memory),
+            ptr,
+            uses: Uses::new(device),
+        })
+    }
+
+    /// The word's device address (for kernels of the caller's own; memory operations through
+    /// [`SharedWord::write`] and [`SharedWord::wait_geq`] are tracked, raw ones are not).
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Enqueues on `stream` a write of `value` (see [`write_value64`]).
+    pub fn write(&self, stream: &CudaStream, value: u64) -> Result<()> {
+        self.device.check_stream("word write stream", stream)?;
+        let event = self.uses.event()?;
+        // SAFETY: `ptr` addresses the import's first 8 bytes, which stay mapped until the
+        // tracked operations completed (`Drop`); the stream is of this context (checked).
+        unsafe { write_value64(stream, self.ptr, value) }?;
+        self.uses.track(event, stream)
+    }
+
+    /// Enqueues on `stream` a wait until the word is at least `value` (see
+    /// [`wait_value64_geq`]).
+    pub fn wait_geq(&self, stream: &CudaStream, value: u64) -> Result<()> {
+        self.device.check_stream("word wait stream", stream)?;
+        let event = self.uses.event()?;
+        // SAFETY: as in `write`.
+        unsafe { wait_value64_geq(stream, self.ptr, value) }?;
+        self.uses.track(event, stream)
+    }
+}
+
+impl Drop for SharedWord {
+    fn drop(&mut self) {
+        let pending = self.uses.settle();
+        if pending > 0 {
+            tracing::error!(
+                pending,
+                "leaking a shared word's import: writes or waits on it have not completed"
+            );
+            std::mem::forget(self.memory.take());
+        }
+    }
 }
 
 #[cfg(test)]

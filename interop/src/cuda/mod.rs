@@ -23,12 +23,13 @@ pub mod memops;
 mod memory;
 pub mod module;
 mod texture;
+mod uses;
 
 pub use array::{array3d_descriptor, ArrayLevel, MipmappedArray};
 pub use array_copy::{
     copy_array_to_device, copy_array_to_host, copy_device_to_array, copy_host_to_array,
 };
-pub use device::{devices, CudaDevice, CudaDeviceInfo};
+pub use device::{devices, synchronize_stream, CudaDevice, CudaDeviceInfo};
 pub use error::{Error, Result};
 pub use external_memory::{ExternalMemory, MappedBuffer};
 pub use external_semaphore::ExternalSemaphore;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gpushare_interop::image::ImageDesc;
-use gpushare_interop::vulkan::{vk, HandleType};
+use gpushare_interop::vulkan::vk;
 use gpushare_proto::SESSION_HEADER;
 
 use super::Daemon;
@@ -22,7 +22,7 @@ use crate::ids;
 use crate::image::{SharedImage, IMAGE_PREFIX};
 use crate::registry::Snapshot;
 use crate::resource::{Object, Resource};
-use crate::semaphore::{Semaphore, SEMAPHORE_PREFIX};
+use crate::session::SignalPath;
 use crate::usage::Usage;
 
 /// Where a new resource goes and what holds it.
@@ -102,30 +102,31 @@ impl Daemon {
     }
 
     /// CreateSemaphore: a timeline semaphore at `initial`, exportable where the device can
-    /// export timeline semaphores.
+    /// export timeline semaphores, with a memop word when `word` is asked and the device offers
+    /// the fast path; the caller's session signals it by `path`.
     pub(crate) fn create_semaphore(
         &self,
         caller: &Caller,
         at: Placement,
         initial: u64,
+        word: bool,
+        path: SignalPath,
     ) -> Result<Snapshot> {
         let estimate = Usage {
             semaphores: 1,
             ..Usage::default()
         };
         let slot = self.admit_new(caller, &at, &estimate)?;
-        let exportable = slot
-            .info()
-            .caps
-            .timeline_semaphore_export
-            .contains(&HandleType::OpaqueFd);
-        let timeline = slot
-            .device
-            .create_timeline_semaphore(initial, exportable)
-            .map_err(Error::gpu("creating a timeline semaphore"))?;
-        let id = ids::new_id(SEMAPHORE_PREFIX);
-        let sem = Semaphore::new(id.clone(), timeline, self.waits.clone());
-        self.register(caller, at, id, Object::Semaphore(Arc::new(sem)))
+        let sem = Arc::new(slot.new_semaphore(
+            initial,
+            word,
+            self.waits.clone(),
+            "creating a timeline semaphore",
+        )?);
+        let id = sem.id().to_owned();
+        let snap = self.register(caller, at, id, Object::Semaphore(sem.clone()))?;
+        self.declare_signal_path(caller, &sem, path)?;
+        Ok(snap)
     }
 
     /// CreateImage: an exportable image of `desc` with `usage`, prepared (zeros, resting

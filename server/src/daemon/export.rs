@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::Daemon;
 use crate::access::Caller;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids;
 use crate::registry::Snapshot;
 use crate::resource::{Object, Resource};
@@ -36,6 +36,8 @@ pub(crate) struct Exported {
     pub(crate) uuids: Option<([u8; 16], [u8; 16])>,
     /// A semaphore's value at export.
     pub(crate) value: Option<u64>,
+    /// A semaphore's word, when asked for and it has one: its buffer's descriptor, sent second.
+    pub(crate) word: Option<OwnedFd>,
 }
 
 impl Daemon {
@@ -43,7 +45,7 @@ impl Daemon {
     fn exportable(snap: Snapshot) -> Result<Snapshot> {
         if let Object::Semaphore(s) = &snap.resource.object {
             if !s.exportable() {
-                return Err(crate::error::Error::NotExportable(snap.resource.id.clone()));
+                return Err(Error::NotExportable(snap.resource.id.clone()));
             }
         }
         Ok(snap)
@@ -62,8 +64,14 @@ impl Daemon {
         )
     }
 
-    /// A descriptor for `ask`, by `caller` (fd.sock: its connection's peer, no session).
-    pub(crate) async fn export(&self, caller: &Caller, ask: ExportAsk) -> Result<Exported> {
+    /// A descriptor for `ask`, by `caller` (fd.sock: its connection's peer, no session); with
+    /// `word`, a semaphore's word buffer's too, when it has a word.
+    pub(crate) async fn export(
+        &self,
+        caller: &Caller,
+        ask: ExportAsk,
+        word: bool,
+    ) -> Result<Exported> {
         let snap = match ask {
             ExportAsk::Ticket(ticket) => {
                 let id = self.tickets.redeem(&ticket, caller.uid())?;
@@ -74,9 +82,19 @@ impl Daemon {
         };
         let resource = snap.resource;
         let fd = resource.descriptor().await?;
-        let value = match &resource.object {
-            Object::Semaphore(s) => Some(s.value()?),
-            _ => None,
+        let (value, word) = match &resource.object {
+            Object::Semaphore(s) => {
+                let word = match s.word() {
+                    Some(w) if word => Some(
+                        w.buffer()
+                            .export_fd()
+                            .map_err(Error::gpu("exporting a semaphore's word"))?,
+                    ),
+                    _ => None,
+                };
+                (Some(s.value()?), word)
+            }
+            _ => (None, None),
         };
         let uuids = match &resource.object {
             Object::HostBuffer(_) => None,
@@ -91,6 +109,7 @@ impl Daemon {
             fd,
             uuids,
             value,
+            word,
         })
     }
 }

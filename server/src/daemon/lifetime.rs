@@ -13,6 +13,7 @@ use crate::log_budget::LogBudget;
 use crate::registry::{EndedSession, Snapshot};
 use crate::resource::{check_resource_id, Object, Resource};
 use crate::semaphore::Ended;
+use crate::session::SignalPath;
 
 /// INFO lines for abandoned semaphores: a few a second (`left_out` counts the rest).
 static ABANDONED_LOG: LogBudget = LogBudget::new(10);
@@ -118,6 +119,7 @@ impl Daemon {
         caller: &Caller,
         target: &OpenTarget,
         signal: bool,
+        path: SignalPath,
     ) -> Result<Snapshot> {
         match target {
             OpenTarget::Id(id) => check_resource_id(id)?,
@@ -125,6 +127,9 @@ impl Daemon {
             OpenTarget::Token(_) => {}
         }
         let snap = self.registry.open(target, signal, caller)?;
+        if let (true, Object::Semaphore(sem)) = (signal, &snap.resource.object) {
+            self.declare_signal_path(caller, sem, path)?;
+        }
         tracing::debug!(id = %snap.resource.id, uid = caller.uid(), "opened");
         Ok(snap)
     }

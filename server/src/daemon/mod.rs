@@ -13,6 +13,7 @@
 //!
 //! Not here: wire formats (`wire`), transport (`service`, `fd_server`, `server`).
 
+pub(crate) mod bridge;
 pub(crate) mod create;
 pub(crate) mod export;
 pub(crate) mod introspect;
@@ -57,7 +58,7 @@ pub(crate) struct Daemon {
     /// `(major, minor)` of the host's CUDA driver, if it has one.
     pub(crate) cuda_version: Option<(u32, u32)>,
     /// Resources and sessions.
-    pub(crate) registry: Registry,
+    pub(crate) registry: Arc<Registry>,
     /// Export tickets.
     pub(crate) tickets: Tickets,
     /// Host waits.
@@ -78,6 +79,8 @@ pub(crate) struct Daemon {
     pub(crate) in_flight: Arc<InFlight>,
     /// Frame streams' role handles.
     roles: Roles,
+    /// The semaphores whose word the daemon bridges.
+    pub(crate) bridges: Arc<bridge::Bridges>,
 }
 
 impl Daemon {
@@ -99,7 +102,7 @@ impl Daemon {
         let tickets = Tickets::new(std::time::Duration::from_millis(
             config.limits.ticket_ttl_ms.into(),
         ));
-        let registry = Registry::new(config.quotas.clone());
+        let registry = Arc::new(Registry::new(config.quotas.clone()));
         let in_flight = Arc::new(InFlight::with_limits(
             usize::try_from(config.quotas.calls_in_flight).unwrap_or(usize::MAX),
             usize::try_from(config.quotas.calls_in_flight_per_uid).unwrap_or(usize::MAX),
@@ -118,6 +121,7 @@ impl Daemon {
             held: Arc::new(Counters::default()),
             in_flight,
             roles: Roles::default(),
+            bridges: Arc::default(),
         }
     }
 

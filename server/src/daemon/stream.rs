@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gpushare_interop::vulkan::HandleType;
 use tokio::sync::oneshot;
 
 use super::create::Placement;
@@ -21,7 +20,7 @@ use crate::ids;
 use crate::image::{SharedImage, IMAGE_PREFIX};
 use crate::registry::Snapshot;
 use crate::resource::{Object, Resource};
-use crate::semaphore::{Semaphore, SEMAPHORE_PREFIX};
+use crate::session::SignalPath;
 use crate::stream::book::{FrameMeta, Mode};
 use crate::stream::{
     self, Acquired, Delivered, Granted, Holder, Served, SlotSpec, Stream, Timeline, Waiter,
@@ -144,7 +143,9 @@ impl Daemon {
     }
 
     /// CreateStream: `slots` slots like `spec`, the ready timeline, the stream; with
-    /// `produce`, the caller's session is its producer.
+    /// `produce`, the caller's session is its producer, signaling by `path`. With `word`, the
+    /// timelines get memop words where the device offers the fast path.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn create_stream(
         &self,
         caller: &Caller,
@@ -152,6 +153,8 @@ impl Daemon {
         slots: u32,
         spec: SlotSpec,
         produce: bool,
+        word: bool,
+        path: SignalPath,
     ) -> Result<Attachment> {
         if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
             return Err(Error::BadStream(format!(
@@ -226,7 +229,7 @@ impl Daemon {
             slot_ids.push(id.clone());
             parts.push(Resource::new(id, String::new(), at.device, uid, object));
         }
-        let ready = self.new_timeline(at.device)?;
+        let ready = self.new_timeline(at.device, word)?;
         parts.push(Resource::new(
             ready.id.clone(),
             String::new(),
@@ -263,6 +266,7 @@ impl Daemon {
         )?;
         tracing::debug!(id = %id, uid, slots, gpu_points = stream.gpu_points(), "stream created");
         let handle = if produce {
+            self.declare_signal_path(caller, &ready.sem, path)?;
             Some(self.attach_role(caller, &stream, None)?)
         } else {
             None
@@ -270,21 +274,19 @@ impl Daemon {
         self.attachment(caller, snap, &stream, handle, None)
     }
 
-    /// A new timeline semaphore at 0 on `device`, exportable where the device can.
-    fn new_timeline(&self, device: u32) -> Result<Timeline> {
-        let slot = self.device(device)?;
-        let exportable = slot
-            .info()
-            .caps
-            .timeline_semaphore_export
-            .contains(&HandleType::OpaqueFd);
-        let timeline = slot
-            .device
-            .create_timeline_semaphore(0, exportable)
-            .map_err(Error::gpu("creating a stream timeline"))?;
-        let id = ids::new_id(SEMAPHORE_PREFIX);
-        let sem = Arc::new(Semaphore::new(id.clone(), timeline, self.waits.clone()));
-        Ok(Timeline { id, sem })
+    /// A new timeline semaphore at 0 on `device`, exportable where the device can, with a
+    /// memop word when `word` is asked and the device offers the fast path.
+    fn new_timeline(&self, device: u32, word: bool) -> Result<Timeline> {
+        let sem = Arc::new(self.device(device)?.new_semaphore(
+            0,
+            word,
+            self.waits.clone(),
+            "creating a stream timeline",
+        )?);
+        Ok(Timeline {
+            id: sem.id().to_owned(),
+            sem,
+        })
     }
 
     /// Records the caller's session in a role of `stream`: the producer (`consumer` None) or a
@@ -349,8 +351,13 @@ impl Daemon {
         })
     }
 
-    /// AttachProducer.
-    pub(crate) fn attach_producer(&self, caller: &Caller, id: &str) -> Result<Attachment> {
+    /// AttachProducer: the caller's session signals the ready timeline by `path`.
+    pub(crate) fn attach_producer(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: SignalPath,
+    ) -> Result<Attachment> {
         let session = session_of(caller)?.to_owned();
         let (_, stream) = self.stream(id, caller)?;
         let snap = self
@@ -358,17 +365,20 @@ impl Daemon {
             .open(&OpenTarget::Id(id.to_owned()), false, caller)?;
         let handle = self.attach_role(caller, &stream, None)?;
         self.registry.add_signaler(&session, &stream.ready().id)?;
+        self.declare_signal_path(caller, &stream.ready().sem, path)?;
         tracing::debug!(id, uid = caller.uid(), "stream producer attached");
         self.attachment(caller, snap, &stream, Some(handle), None)
     }
 
-    /// AttachConsumer: its release timeline is made here, signaled by the caller's session.
+    /// AttachConsumer: its release timeline is made here (with a word when the stream's ready
+    /// timeline was asked for one), signaled by the caller's session by `path`.
     pub(crate) fn attach_consumer(
         &self,
         caller: &Caller,
         id: &str,
         mode: Mode,
         limit: u32,
+        path: SignalPath,
     ) -> Result<Attachment> {
         let session = session_of(caller)?.to_owned();
         if limit == 0 {
@@ -378,7 +388,9 @@ impl Daemon {
         let snap = self
             .registry
             .open(&OpenTarget::Id(id.to_owned()), false, caller)?;
-        let release = self.new_timeline(stream.device())?;
+        let ready = &stream.ready().sem;
+        let word = ready.word().is_some() || ready.word_unavailable().is_some();
+        let release = self.new_timeline(stream.device(), word)?;
         self.registry.insert_part(
             Resource::new(
                 release.id.clone(),
@@ -398,6 +410,7 @@ impl Daemon {
                 return Err(e);
             }
         };
+        self.declare_signal_path(caller, &release.sem, path)?;
         tracing::debug!(
             id,
             uid = caller.uid(),

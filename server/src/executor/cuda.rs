@@ -172,6 +172,12 @@ fn enqueue_ordered(
     if let Some(signals) = &sync.signal {
         for (sem, value) in signals.points() {
             sem.cuda(device)?.signal(value, stream)?;
+            if let Some(word) = sem.word() {
+                // SAFETY: the word's writer is this device's (a semaphore's word lives on its
+                // own device, whose executor this is); the reservation holds the semaphore
+                // until the stream has passed the raise.
+                unsafe { word.raise_on(stream, value) }?;
+            }
         }
     }
     Ok(after)

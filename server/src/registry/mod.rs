@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::ids;
 use crate::log_budget::LogBudget;
 use crate::resource::{Object, Resource};
-use crate::session::{SessionView, Sessions};
+use crate::session::{SessionView, Sessions, SignalPath};
 use crate::usage::{self, Usage};
 
 /// INFO lines for resources the admin group releases: a few a second (`left_out` counts the
@@ -643,6 +643,22 @@ impl Registry {
             .signals
             .insert(id.to_owned());
         Ok(())
+    }
+
+    /// Records how session `session`, a signaler of semaphore `id`, signals it.
+    pub(crate) fn set_signal_path(&self, session: &str, id: &str, path: SignalPath) -> Result<()> {
+        let mut inner = self.lock();
+        let s = inner.sessions.get_mut(session)?;
+        match path {
+            SignalPath::Word => s.word_signals.insert(id.to_owned()),
+            SignalPath::Semaphore => s.word_signals.remove(id),
+        };
+        Ok(())
+    }
+
+    /// Whether a live session signals semaphore `id` through the semaphore alone.
+    pub(crate) fn signaled_without_word(&self, id: &str) -> bool {
+        self.lock().sessions.signaled_without_word(id)
     }
 
     /// Drops every resource and session (shutdown). Returns the resources.

@@ -12,7 +12,7 @@ pub(crate) mod stream;
 use std::time::Duration;
 
 use gpushare_interop::cuda::MatchMethod;
-use gpushare_interop::vulkan::{DeviceType, HandleType};
+use gpushare_interop::vulkan::{DeviceType, ExportableBuffer, HandleType};
 use gpushare_proto::v1;
 
 use crate::daemon::export::Exported;
@@ -52,6 +52,10 @@ fn device_info(slot: &DeviceSlot) -> v1::DeviceInfo {
     v1::DeviceInfo {
         index,
         vulkan_index: i.index,
+        fast_path: Some(v1::FastPath {
+            offered: slot.fast_path.writer().is_some(),
+            unavailable: slot.fast_path.unavailable().unwrap_or_default().to_owned(),
+        }),
         executor: slot.executor.name().into(),
         image_formats: slot
             .image_formats
@@ -152,6 +156,8 @@ pub(crate) fn resource(s: &Snapshot) -> v1::Resource {
                 // A failed read shows 0; GetValue reports the error itself.
                 value: sem.value().unwrap_or(0),
                 exportable: sem.exportable(),
+                word: sem.word().is_some(),
+                word_unavailable: sem.word_unavailable().unwrap_or_default().to_owned(),
             })),
         ),
         Object::Image(i) => (
@@ -191,19 +197,24 @@ pub(crate) fn resources(list: &[Snapshot]) -> v1::ListResourcesResponse {
 }
 
 /// What an importer needs besides the descriptor: ExportedFd.
+/// What an importer of a buffer needs besides its descriptor.
+fn buffer_import(b: &ExportableBuffer) -> v1::BufferImport {
+    v1::BufferImport {
+        size: b.size(),
+        allocation_size: b.allocation_size(),
+        dedicated: b.dedicated(),
+        memory_type_index: b.memory_type_index(),
+        usage: b.usage(),
+    }
+}
+
 pub(crate) fn exported(e: &Exported) -> v1::ExportedFd {
     let r = &e.resource;
     let mut handle_type = handle_type(HandleType::OpaqueFd);
     let (kind, details) = match &r.object {
         Object::Buffer(b) => (
             v1::ResourceKind::Buffer,
-            v1::exported_fd::Details::Buffer(v1::BufferImport {
-                size: b.size(),
-                allocation_size: b.allocation_size(),
-                dedicated: b.dedicated(),
-                memory_type_index: b.memory_type_index(),
-                usage: b.usage(),
-            }),
+            v1::exported_fd::Details::Buffer(buffer_import(b)),
         ),
         Object::Image(i) => (
             v1::ResourceKind::Image,
@@ -216,11 +227,16 @@ pub(crate) fn exported(e: &Exported) -> v1::ExportedFd {
                 v1::exported_fd::Details::HostBuffer(v1::HostBufferImport { size: h.size() }),
             )
         }
-        Object::Semaphore(_) => (
+        Object::Semaphore(s) => (
             v1::ResourceKind::Semaphore,
             v1::exported_fd::Details::Semaphore(v1::SemaphoreImport {
                 timeline: true,
                 value: e.value.unwrap_or(0),
+                has_word: s.word().is_some(),
+                word: s
+                    .word()
+                    .filter(|_| e.word.is_some())
+                    .map(|w| buffer_import(w.buffer())),
             }),
         ),
         // Never exported (`Resource::descriptor` refuses it): nothing to describe.

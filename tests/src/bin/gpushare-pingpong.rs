@@ -447,7 +447,7 @@ struct MainStats {
 fn main_rounds(
     device: &Arc<CudaDevice>,
     shared: &InteropBuffer,
-    sem: &cuda::ExternalSemaphore,
+    sem: &gpushare_client::cuda::CudaSemaphore,
     opts: &Options,
     dog: &Watchdog,
 ) -> Res<MainStats> {
@@ -549,7 +549,7 @@ fn run_peer(dir: &str, opts: &Options) -> Res<u64> {
 fn peer_rounds_cuda(
     device: &Arc<CudaDevice>,
     shared: &InteropBuffer,
-    sem: &cuda::ExternalSemaphore,
+    sem: &gpushare_client::cuda::CudaSemaphore,
     opts: &Options,
     dog: &Watchdog,
     first: &mut Option<String>,

@@ -31,12 +31,13 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gpushare_client::cuda::CudaSemaphore;
 use gpushare_client::cuda::{cuda_device_for, import_semaphore_cuda, InteropBuffer};
 use gpushare_client::{
     v1, Client, Consumer, CreateOptions, FrameMetadata, HostWaiter, Producer, SlotKind,
     StreamOptions,
 };
-use gpushare_interop::cuda::{self, CudaDevice, ExternalSemaphore, PinnedBuffer};
+use gpushare_interop::cuda::{self, CudaDevice, PinnedBuffer};
 use gpushare_tests::report::{self, Row};
 use gpushare_tests::{bin, TestDaemon};
 use serde_json::{json, Map, Value};
@@ -373,7 +374,7 @@ fn read_stdin_line() -> Res<String> {
 struct Side {
     client: Client,
     device: Arc<CudaDevice>,
-    timelines: std::collections::HashMap<String, ExternalSemaphore>,
+    timelines: std::collections::HashMap<String, CudaSemaphore>,
     slots: Vec<InteropBuffer>,
 }
 

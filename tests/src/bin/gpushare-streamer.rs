@@ -33,9 +33,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gpushare_client::cuda::CudaSemaphore;
 use gpushare_client::cuda::InteropBuffer;
 use gpushare_client::{import, v1, Client, FrameMetadata};
-use gpushare_interop::cuda::{CudaDevice, ExternalSemaphore};
+use gpushare_interop::cuda::CudaDevice;
 use gpushare_interop::vulkan::{
     Device, ImportedBuffer, Instance, SyncPoints, TimelineSemaphore, Transfer,
 };
@@ -71,7 +72,7 @@ enum Backend {
     Cuda {
         device: Arc<CudaDevice>,
         buffers: Vec<InteropBuffer>,
-        timelines: HashMap<String, ExternalSemaphore>,
+        timelines: HashMap<String, CudaSemaphore>,
     },
 }
 
@@ -262,7 +263,7 @@ fn vk_sync<'a>(
 
 fn cuda_waits(
     device: &Arc<CudaDevice>,
-    timelines: &HashMap<String, ExternalSemaphore>,
+    timelines: &HashMap<String, CudaSemaphore>,
     wait: &Points,
 ) -> Result<(), Box<dyn std::error::Error>> {
     for (id, v) in wait {
@@ -276,7 +277,7 @@ fn cuda_waits(
 
 fn cuda_signals(
     device: &Arc<CudaDevice>,
-    timelines: &HashMap<String, ExternalSemaphore>,
+    timelines: &HashMap<String, CudaSemaphore>,
     signal: &Points,
 ) -> Result<(), Box<dyn std::error::Error>> {
     for (id, v) in signal {

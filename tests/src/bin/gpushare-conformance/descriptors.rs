@@ -209,7 +209,7 @@ pub(crate) async fn foreign(env: &Env) -> Outcome {
 fn is_protocol_error(e: &Error) -> bool {
     matches!(
         e,
-        Error::FdCount(_)
+        Error::FdCount { .. }
             | Error::Decode(_)
             | Error::MissingField(_)
             | Error::FdSocket(

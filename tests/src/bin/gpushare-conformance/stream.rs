@@ -113,6 +113,7 @@ fn raw_acquire_slot(env: &Env, handle: &str) -> Result<Result<Code, String>, Fai
                 spin_us: 0,
             })),
         })),
+        word: false,
     }
     .encode_to_vec();
     fdpass::send(socket.as_fd(), &request, &[]).map_err(|e| io("send", &e))?;
