@@ -7,7 +7,7 @@
 //! gpushare-peer <runtime-dir> image-write  <ticket-hex> <level> <hex>      # Vulkan image import; writes the level (all layers)
 //! gpushare-peer <runtime-dir> cuda-image-fill   <sem-ticket> <value> <seed> <image-ticket>...  # CUDA surfaces: every level of every image, then a stream-ordered signal
 //! gpushare-peer <runtime-dir> cuda-image-sample <sem-ticket> <value> <image-ticket>...         # stream-ordered wait, then tex2DLod of every level; prints one hex line of float4s per level
-//! gpushare-peer <runtime-dir> hold <buffer-size> [pin]                     # session + buffer + semaphore, then sleeps
+//! gpushare-peer <runtime-dir> hold <buffer-size> [pin|word]                # session + buffer + semaphore (pinned, or with a memop word), then sleeps
 //! gpushare-peer <runtime-dir> cuda-wait <ticket-hex> <value>                # GPU-side wait on an imported semaphore
 //! gpushare-peer <runtime-dir> sem-signal <ticket-hex> <value> [<delay-ms>]   # imports a semaphore, host-signals it
 //! gpushare-peer <runtime-dir> cuda-read <ticket-hex> <offset> <length>      # CUDA import by UUID; prints the device and the bytes
@@ -88,8 +88,13 @@ async fn main() -> ExitCode {
         ("cuda-image-sample", [sem, value, images @ ..]) => {
             cuda_image_sample(dir, sem, value.parse().unwrap(), images).await
         }
-        ("hold", [size]) => hold(dir, size.parse().unwrap(), false).await,
-        ("hold", [size, pin]) if pin == "pin" => hold(dir, size.parse().unwrap(), true).await,
+        ("hold", [size]) => hold(dir, size.parse().unwrap(), false, false).await,
+        ("hold", [size, pin]) if pin == "pin" => {
+            hold(dir, size.parse().unwrap(), true, false).await
+        }
+        ("hold", [size, word]) if word == "word" => {
+            hold(dir, size.parse().unwrap(), false, true).await
+        }
         ("cuda-wait", [ticket, value]) => cuda_wait(dir, ticket, value.parse().unwrap()).await,
         ("open-read", [target, offset, len]) => {
             open_read(dir, target, offset.parse().unwrap(), len.parse().unwrap()).await
@@ -167,14 +172,24 @@ async fn image_rw(
     Ok(())
 }
 
-async fn hold(dir: &str, size: u64, pin: bool) -> Result<(), Box<dyn std::error::Error>> {
+async fn hold(
+    dir: &str,
+    size: u64,
+    pin: bool,
+    word: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect_with_session(dir, "gpushare-peer hold").await?;
     let opts = CreateOptions {
         pin,
         ..Default::default()
     };
     let buffer = client.create_buffer(size, &opts).await?;
-    let sem = client.create_semaphore(0, &opts).await?;
+    let sem_opts = CreateOptions {
+        word,
+        signal_path: gpushare_proto::v1::SignalPath::Word,
+        ..opts
+    };
+    let sem = client.create_semaphore(0, &sem_opts).await?;
     let mut out = std::io::stdout();
     writeln!(out, "{} {}", buffer.id(), sem.id())?;
     out.flush()?;

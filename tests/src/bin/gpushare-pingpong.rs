@@ -3,10 +3,16 @@
 //! queues, with no host round trip between them.
 //!
 //! ```text
-//! gpushare-pingpong <runtime-dir> [--peer-api cuda|vulkan] [--rounds N] [--seed S] [--json PATH]
-//! gpushare-pingpong <runtime-dir> peer --api cuda|vulkan --buffer-ticket HEX --sem-ticket HEX
-//!                   --rounds N --seed S
+//! gpushare-pingpong <runtime-dir> [--peer-api cuda|vulkan] [--path semaphore|word] [--rounds N]
+//!                   [--seed S] [--json PATH]
+//! gpushare-pingpong <runtime-dir> peer --api cuda|vulkan --path semaphore|word
+//!                   --buffer-ticket HEX --sem-ticket HEX --rounds N --seed S
 //! ```
+//!
+//! `--path word` runs on the CUDA fast path: the semaphore is created with a memop word and
+//! every CUDA side signals and waits on the word (`CudaSemaphore`, `SyncPath::Word`). A Vulkan
+//! peer keeps the semaphore: it opens it to signal through the semaphore alone, so the daemon
+//! bridges its signals into the word that A waits on (mixed users of one semaphore).
 //!
 //! The first form is process A (CUDA). It opens a session, creates a 64 MiB buffer and a timeline
 //! semaphore, exports both to itself and imports them into the CUDA device named by their UUID,
@@ -35,8 +41,8 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use gpushare_client::cuda::{cuda_device_for, import_semaphore_cuda, InteropBuffer};
-use gpushare_client::{import, Client, CreateOptions};
+use gpushare_client::cuda::{cuda_device_for, CudaSemaphore, InteropBuffer, SyncPath};
+use gpushare_client::{import, v1, Client, CreateOptions, OpenTarget};
 use gpushare_interop::cuda::{self, CudaDevice, PinnedBuffer};
 use gpushare_interop::vulkan::{DeviceBuffer, Instance, SyncPoints, Transfer};
 use gpushare_tests::rng::SplitMix64;
@@ -59,7 +65,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: gpushare-pingpong <runtime-dir> [--peer-api cuda|vulkan] [--rounds N] [--seed S] [--json PATH]\n\
+        "usage: gpushare-pingpong <runtime-dir> [--peer-api cuda|vulkan] [--path semaphore|word] [--rounds N] [--seed S] [--json PATH]\n\
          \x20      gpushare-pingpong <runtime-dir> peer --api cuda|vulkan --buffer-ticket HEX --sem-ticket HEX --rounds N --seed S"
     );
     ExitCode::from(EXIT_USAGE)
@@ -123,6 +129,8 @@ impl Api {
 
 struct Options {
     api: Api,
+    /// The CUDA fast path (`--path word`).
+    word: bool,
     rounds: u64,
     seed: u64,
     json: Option<String>,
@@ -134,6 +142,7 @@ impl Options {
     fn parse(args: &[String], role: Role) -> Option<Options> {
         let mut o = Options {
             api: Api::Cuda,
+            word: false,
             rounds: DEFAULT_ROUNDS,
             seed: DEFAULT_SEED,
             json: None,
@@ -148,6 +157,13 @@ impl Options {
                     o.api = match value.as_str() {
                         "cuda" => Api::Cuda,
                         "vulkan" => Api::Vulkan,
+                        _ => return None,
+                    }
+                }
+                (_, "--path") => {
+                    o.word = match value.as_str() {
+                        "semaphore" => false,
+                        "word" => true,
                         _ => return None,
                     }
                 }
@@ -317,12 +333,12 @@ fn run_main(dir: &str, opts: &Options) -> Res<u64> {
     let (client, buffer, sem, device, shared, ext_sem) = rt.block_on(async {
         let client = Client::connect_with_session(dir, "gpushare-pingpong A").await?;
         let sem = client
-            .create_semaphore(0, &CreateOptions::default())
+            .create_semaphore(0, &sem_options(opts.word))
             .await?;
-        let exported = client.export(sem.id()).await?;
+        let exported = client.export_with_word(sem.id()).await?;
         let device = cuda_device_for(&exported)?;
         dog.tick();
-        let ext_sem = import_semaphore_cuda(&device, exported)?;
+        let ext_sem = CudaSemaphore::import(&device, exported, sync_path(opts.word))?;
         let (buffer, shared) = client
             .create_interop_buffer(BUFFER_SIZE, &CreateOptions::default(), &device)
             .await?;
@@ -339,6 +355,7 @@ fn run_main(dir: &str, opts: &Options) -> Res<u64> {
         .arg(dir)
         .arg("peer")
         .args(["--api", opts.api.name()])
+        .args(["--path", path_name(opts.word)])
         .args(["--buffer-ticket", &hex::encode(buffer_ticket)])
         .args(["--sem-ticket", &hex::encode(sem_ticket)])
         .args(["--rounds", &opts.rounds.to_string()])
@@ -384,6 +401,7 @@ fn run_main(dir: &str, opts: &Options) -> Res<u64> {
     let summary = serde_json::json!({
         "test": "pingpong",
         "peer_api": opts.api.name(),
+        "path": path_name(opts.word),
         "rounds": stats.rounds,
         "peer_rounds": peer.rounds,
         "seed": opts.seed,
@@ -505,20 +523,64 @@ fn parse_peer(out: &str) -> PeerReport {
     }
 }
 
+/// Creation options of the shared semaphore: with a memop word on the fast path, A signaling
+/// through it.
+fn sem_options(word: bool) -> CreateOptions {
+    CreateOptions {
+        word,
+        signal_path: if word {
+            v1::SignalPath::Word
+        } else {
+            v1::SignalPath::Semaphore
+        },
+        ..CreateOptions::default()
+    }
+}
+
+/// The CUDA sides' path: the word, or the semaphore.
+fn sync_path(word: bool) -> SyncPath {
+    if word {
+        SyncPath::Word
+    } else {
+        SyncPath::Semaphore
+    }
+}
+
+fn path_name(word: bool) -> &'static str {
+    if word {
+        "word"
+    } else {
+        "semaphore"
+    }
+}
+
 fn run_peer(dir: &str, opts: &Options) -> Res<u64> {
     // Die with A, whatever becomes of it.
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
     let dog = Watchdog::spawn("B");
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // One worker thread keeps the session (and its HTTP/2 connection) served while this thread
+    // blocks in the driver: the session lives until B returns.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?;
-    let (buffer, sem) = rt.block_on(async {
-        let client = Client::connect(dir).await?;
+    let (buffer, sem, _session) = rt.block_on(async {
+        let client = Client::connect_with_session(dir, "gpushare-pingpong B").await?;
         let b = client.redeem(&opts.buffer_ticket).await?;
-        let s = client.redeem(&opts.sem_ticket).await?;
-        Res::Ok((b, s))
+        let s = client.redeem_with_word(&opts.sem_ticket).await?;
+        if opts.word && opts.api == Api::Vulkan {
+            // B signals on its Vulkan queue, through the semaphore alone: say so, and the
+            // daemon bridges those signals into the word A waits on.
+            client
+                .open_with(
+                    OpenTarget::Id(s.info.resource_id.clone()),
+                    true,
+                    v1::SignalPath::Semaphore,
+                )
+                .await?;
+        }
+        Res::Ok((b, s, client))
     })?;
-    drop(rt);
     dog.tick();
     let mut first = None;
     let (rounds, mismatches) = match opts.api {
@@ -526,7 +588,7 @@ fn run_peer(dir: &str, opts: &Options) -> Res<u64> {
             let device = cuda_device_for(&buffer)?;
             dog.tick();
             let shared = InteropBuffer::import(&device, buffer)?;
-            let sem = import_semaphore_cuda(&device, sem)?;
+            let sem = CudaSemaphore::import(&device, sem, sync_path(opts.word))?;
             peer_rounds_cuda(&device, &shared, &sem, opts, &dog, &mut first)?
         }
         Api::Vulkan => {
