@@ -25,6 +25,7 @@ macro_rules! daemon_or_skip {
     };
 }
 
+pub mod lines;
 pub mod mips;
 pub mod report;
 pub mod rng;

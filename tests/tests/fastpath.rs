@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gpushare_client::cuda::{cuda_device_for, CudaSemaphore, Path, SyncPath};
-use gpushare_client::{import, v1, Client, CreateOptions, OpenTarget, StreamOptions};
 use gpushare_client::SlotKind;
+use gpushare_client::{import, v1, Client, CreateOptions, OpenTarget, StreamOptions};
 use gpushare_interop::cuda::cudarc::driver::CudaStream;
 use gpushare_interop::cuda::{self, CudaDevice};
 use gpushare_interop::vulkan::Instance;
@@ -62,7 +62,10 @@ async fn words_are_made_where_offered_and_said_why_not_elsewhere() {
     if fast.offered {
         assert!(fast.unavailable.is_empty(), "{fast:?}");
     } else {
-        assert!(!fast.unavailable.is_empty(), "an unoffered fast path says why");
+        assert!(
+            !fast.unavailable.is_empty(),
+            "an unoffered fast path says why"
+        );
     }
 
     let plain = client
@@ -70,7 +73,10 @@ async fn words_are_made_where_offered_and_said_why_not_elsewhere() {
         .await
         .unwrap();
     let details = semaphore_details(&client.describe(plain.id()).await.unwrap());
-    assert!(!details.word && details.word_unavailable.is_empty(), "{details:?}");
+    assert!(
+        !details.word && details.word_unavailable.is_empty(),
+        "{details:?}"
+    );
     let exportable = details.exportable;
     if exportable {
         let exported = client.export_with_word(plain.id()).await.unwrap();
@@ -89,7 +95,13 @@ async fn words_are_made_where_offered_and_said_why_not_elsewhere() {
         );
         let err = client.export_with_word(sem.id()).await.unwrap_err();
         assert!(
-            matches!(err, gpushare_client::Error::Redeem { code: Code::FailedPrecondition, .. }),
+            matches!(
+                err,
+                gpushare_client::Error::Redeem {
+                    code: Code::FailedPrecondition,
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }
@@ -102,7 +114,10 @@ async fn words_are_made_where_offered_and_said_why_not_elsewhere() {
         assert_eq!(import.value, 5);
         assert!(details.word, "{details:?}");
         assert!(import.has_word && import.word.is_some(), "{import:?}");
-        assert!(exported.word.is_some(), "the word's descriptor comes second");
+        assert!(
+            exported.word.is_some(),
+            "the word's descriptor comes second"
+        );
         // Without asking, one descriptor, and the metadata says a word exists.
         let one = client.export(sem.id()).await.unwrap();
         assert!(one.word.is_none());
@@ -184,11 +199,7 @@ async fn signal_paths_are_checked() {
         signal: true,
         signal_path: -1,
     };
-    let err = other
-        .grpc()
-        .open(other.request(request))
-        .await
-        .unwrap_err();
+    let err = other.grpc().open(other.request(request)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     // Host signals go through the daemon, which keeps the semaphore (and any word) in step.
     sem.signal(4).await.unwrap();
@@ -221,18 +232,17 @@ async fn gpu_setup(name: &str) -> Option<(TestDaemon, Client)> {
                 fast.unavailable
             );
         }
-        println!("SKIP: the daemon does not offer the fast path: {}", fast.unavailable);
+        println!(
+            "SKIP: the daemon does not offer the fast path: {}",
+            fast.unavailable
+        );
         return None;
     }
     Some((d, client))
 }
 
 /// Imports semaphore `id` (with its word) on `path`.
-async fn import(
-    client: &Client,
-    id: &str,
-    path: SyncPath,
-) -> (Arc<CudaDevice>, CudaSemaphore) {
+async fn import(client: &Client, id: &str, path: SyncPath) -> (Arc<CudaDevice>, CudaSemaphore) {
     let exported = client.export_with_word(id).await.unwrap();
     let device = cuda_device_for(&exported).unwrap();
     let sem = CudaSemaphore::import(&device, exported, path).unwrap();
@@ -272,17 +282,26 @@ async fn every_path_sees_every_signal() {
     // Word → semaphore: CUDA on the semaphore, and Vulkan.
     slow.wait(1, &b).unwrap();
     fast.signal(1, &a).unwrap();
-    assert!(passes_within(&b, Duration::from_secs(5)).is_some(), "semaphore waiter");
+    assert!(
+        passes_within(&b, Duration::from_secs(5)).is_some(),
+        "semaphore waiter"
+    );
     let exported = client.export(sem.id()).await.unwrap();
     let instance = Instance::new("fastpath").unwrap();
     let vk = import::vulkan_device_for(&instance, &exported).unwrap();
     let vk_sem = import::import_semaphore_vulkan(&vk, exported).unwrap();
-    assert!(vk_sem.wait(1, Duration::from_secs(5)).unwrap(), "Vulkan waiter");
+    assert!(
+        vk_sem.wait(1, Duration::from_secs(5)).unwrap(),
+        "Vulkan waiter"
+    );
 
     // Host → word.
     fast.wait(2, &a).unwrap();
     sem.signal(2).await.unwrap();
-    assert!(passes_within(&a, Duration::from_secs(5)).is_some(), "host signal on the word");
+    assert!(
+        passes_within(&a, Duration::from_secs(5)).is_some(),
+        "host signal on the word"
+    );
 
     // Semaphore path → word, through the bridge: a second session declares it signals through
     // the semaphore alone.

@@ -35,9 +35,9 @@
 //! a Vulkan device is missing; 4 when the watchdog fired.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -88,7 +88,7 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_NO_DEVICE: u8 = 3;
 const EXIT_WATCHDOG: i32 = 4;
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+use gpushare_tests::lines::{LinePeer, Res};
 
 /// The daemon's pid, for the watchdog to kill it.
 static DAEMON_PID: AtomicU32 = AtomicU32::new(0);
@@ -709,7 +709,7 @@ fn sharing(ctx: &Ctx, out: &mut Out) -> Res<()> {
         }
         handles.push(hex::encode(h.reserved.map(|c| c as u8)));
     }
-    let mut peer = Peer::spawn(&["ipc-open", "--uuid", &hex::encode(ctx.device.info().uuid)])?;
+    let mut peer = LinePeer::spawn(&["ipc-open", "--uuid", &hex::encode(ctx.device.info().uuid)])?;
     peer.expect("ready")?;
     for h in &handles {
         peer.send(h)?;
@@ -724,7 +724,7 @@ fn sharing(ctx: &Ctx, out: &mut Out) -> Res<()> {
             .ok_or_else(|| format!("ipc-open child said {line:?}"))?;
         open.push(v);
     }
-    peer.finish()?;
+    peer.close()?;
     drop(allocs);
     let first_open = open[0];
     let open: Vec<u64> = open[SHARE_WARMUP..].to_vec();
@@ -777,12 +777,13 @@ fn wakeup(ctx: &Ctx, out: &mut Out) -> Res<()> {
     let sem = rt.block_on(ctx.client.create_semaphore(0, &CreateOptions::default()))?;
     let ticket = rt.block_on(ctx.client.export_ticket(sem.id()))?.ticket;
     let dir = ctx.dir.display().to_string();
-    let mut peer = Peer::spawn(&["signaler", "--dir", &dir, "--ticket", &hex::encode(ticket)])?;
+    let mut peer = LinePeer::spawn(&["signaler", "--dir", &dir, "--ticket", &hex::encode(ticket)])?;
     peer.expect("ready")?;
     // Baseline: vkWaitSemaphores in a second child that imports the semaphore into Vulkan only
     // (no CUDA context: the case of GPU.md's ~10 ms figure).
     let ticket = rt.block_on(ctx.client.export_ticket(sem.id()))?.ticket;
-    let mut vk_peer = Peer::spawn(&["vk-waiter", "--dir", &dir, "--ticket", &hex::encode(ticket)])?;
+    let mut vk_peer =
+        LinePeer::spawn(&["vk-waiter", "--dir", &dir, "--ticket", &hex::encode(ticket)])?;
     vk_peer.expect("ready")?;
     let mut rng = SplitMix64(0x6770_7562_656e_6368);
     let mut pending_time = move || WAKE_PENDING + Duration::from_nanos(rng.next() % 1_000_000);
@@ -975,9 +976,9 @@ fn wakeup(ctx: &Ctx, out: &mut Out) -> Res<()> {
         }
     }
     vk_peer.send("quit")?;
-    vk_peer.finish()?;
+    vk_peer.close()?;
     peer.send("quit")?;
-    peer.finish()?;
+    peer.close()?;
     drop(vk_sem);
     rt.block_on(sem.release())?;
 
@@ -1261,7 +1262,7 @@ fn run_pingpong(ctx: &Ctx, mode: Mode) -> Res<(Duration, Duration)> {
         }
     }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut peer = Peer::spawn(&argv)?;
+    let mut peer = LinePeer::spawn(&argv)?;
     let ready = peer.line()?;
     let peer_event = match (mode, ready.strip_prefix("ready ")) {
         (Mode::Event, Some(h)) => Some(IpcEvent::open(&ctx.device, h)?),
@@ -1309,7 +1310,7 @@ fn run_pingpong(ctx: &Ctx, mode: Mode) -> Res<(Duration, Duration)> {
     ctx.device.synchronize_stream()?;
     let total = t0.elapsed();
     peer.expect("done")?;
-    peer.finish()?;
+    peer.close()?;
     drop(peer_event);
     drop(event);
     if let Some((s, ext)) = sem {
@@ -1632,54 +1633,14 @@ fn expect_line(next_line: &mut impl FnMut() -> Res<String>, want: &str) -> Res<(
     Ok(())
 }
 
-/// A child process of this program in one role, spoken to by lines.
-struct Peer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+/// The signaler peer's protocol (`--role signaler`).
+trait Signaler {
+    fn signal(&mut self, value: u64) -> Res<u64>;
+    fn signal_nosync(&mut self, value: u64) -> Res<u64>;
+    fn signaled(&mut self, value: u64) -> Res<u64>;
 }
 
-impl Peer {
-    fn spawn(args: &[&str]) -> Res<Peer> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("--role")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Ok(Peer {
-            child,
-            stdin,
-            stdout,
-        })
-    }
-
-    fn send(&mut self, line: &str) -> Res<()> {
-        self.stdin.write_all(format!("{line}\n").as_bytes())?;
-        self.stdin.flush()?;
-        Ok(())
-    }
-
-    fn line(&mut self) -> Res<String> {
-        let mut s = String::new();
-        if self.stdout.read_line(&mut s)? == 0 {
-            let status = self.child.wait()?;
-            return Err(format!("the child process ended early ({status})").into());
-        }
-        Ok(s.trim_end().to_owned())
-    }
-
-    fn expect(&mut self, want: &str) -> Res<()> {
-        let line = self.line()?;
-        if line != want {
-            return Err(format!("the child said {line:?}, not {want:?}").into());
-        }
-        Ok(())
-    }
-
+impl Signaler for LinePeer {
     /// Asks the signaler for `value`; returns its CLOCK_MONOTONIC after the signal was done.
     fn signal(&mut self, value: u64) -> Res<u64> {
         self.send(&value.to_string())?;
@@ -1700,18 +1661,6 @@ impl Peer {
             (Some("signaled"), Some(v), Some(t)) if v == value.to_string() => Ok(t.parse()?),
             _ => Err(format!("the signaler said {line:?}").into()),
         }
-    }
-
-    fn finish(self) -> Res<()> {
-        let Peer {
-            mut child, stdin, ..
-        } = self;
-        drop(stdin);
-        let status = child.wait()?;
-        if !status.success() {
-            return Err(format!("the child process failed ({status})").into());
-        }
-        Ok(())
     }
 }
 

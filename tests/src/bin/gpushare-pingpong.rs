@@ -332,9 +332,7 @@ fn run_main(dir: &str, opts: &Options) -> Res<u64> {
         .build()?;
     let (client, buffer, sem, device, shared, ext_sem) = rt.block_on(async {
         let client = Client::connect_with_session(dir, "gpushare-pingpong A").await?;
-        let sem = client
-            .create_semaphore(0, &sem_options(opts.word))
-            .await?;
+        let sem = client.create_semaphore(0, &sem_options(opts.word)).await?;
         let exported = client.export_with_word(sem.id()).await?;
         let device = cuda_device_for(&exported)?;
         dog.tick();

@@ -21,28 +21,35 @@
 //!    against the same three stages in one process on one stream. Target ≥ 0.95×
 //!    (`fps_ratio`).
 //!
-//! Parts 3 and 4 need CUDA and a device that exports timeline semaphores; elsewhere they are
+//! 5. **The CUDA fast path** (CUDA, the daemon's FastPath offered), written to its own file
+//!    (`--fastpath-json PATH`, default `bench/results/fastpath-latest.json`): the lockstep round
+//!    trip through a worded semaphore on its word, against raw stream memory operations on a
+//!    word of a shared buffer (the floor, target p50 ≤ 1.2×: `fast_ratio`) and against the
+//!    semaphore path (`sem_speedup`), all from one pair of processes; the round trip through two
+//!    worded streams against the floor (target ≤ 1.3×: `stream_hop_ratio`); part 4's pipeline
+//!    with worded streams against part 4's own figure (`pipeline_fps_fast`, `pipeline_fps_sem`).
+//!
+//! Parts 3 to 5 need CUDA and a device that exports timeline semaphores; elsewhere they are
 //! reported as skipped (and fail under `GPUSHARE_REQUIRE_GPU=1`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gpushare_client::cuda::CudaSemaphore;
-use gpushare_client::cuda::{cuda_device_for, import_semaphore_cuda, InteropBuffer};
+use gpushare_client::cuda::{cuda_device_for, CudaSemaphore, InteropBuffer, SyncPath};
 use gpushare_client::{
     v1, Client, Consumer, CreateOptions, FrameMetadata, HostWaiter, Producer, SlotKind,
     StreamOptions,
 };
-use gpushare_interop::cuda::{self, CudaDevice, PinnedBuffer};
+use gpushare_interop::cuda::{self, memops, CudaDevice, PinnedBuffer};
 use gpushare_tests::report::{self, Row};
 use gpushare_tests::{bin, TestDaemon};
 use serde_json::{json, Map, Value};
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+use gpushare_tests::lines::{read_stdin_line, say, LinePeer, Res};
 
 const CALLS: usize = 2000;
 const KILLS: usize = 100;
@@ -83,17 +90,19 @@ fn main() -> ExitCode {
         };
     }
     let mut json_path = PathBuf::from("bench/results/streams-latest.json");
+    let mut fast_path = PathBuf::from("bench/results/fastpath-latest.json");
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match (a.as_str(), it.next()) {
             ("--json", Some(p)) => json_path = PathBuf::from(p),
+            ("--fastpath-json", Some(p)) => fast_path = PathBuf::from(p),
             _ => {
-                eprintln!("usage: gpushare-streambench [--json PATH]");
+                eprintln!("usage: gpushare-streambench [--json PATH] [--fastpath-json PATH]");
                 return ExitCode::from(2);
             }
         }
     }
-    match run(&json_path) {
+    match run(&json_path, &fast_path) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -103,7 +112,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(json_path: &std::path::Path) -> Res<bool> {
+fn run(json_path: &std::path::Path, fast_path_json: &std::path::Path) -> Res<bool> {
     let d = TestDaemon::start().ok_or("no Vulkan device")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -118,9 +127,25 @@ fn run(json_path: &std::path::Path) -> Res<bool> {
     stalls(&rt, &d, &mut out)?;
     let gpu = rt.block_on(gpu_points(&d))?;
     let cuda = cuda::is_present();
+    let mut fast = Out {
+        rows: Vec::new(),
+        fields: Map::new(),
+        notes: Vec::new(),
+    };
+    let mut fast_ran = false;
     if gpu && cuda {
         hops(&rt, &d, &mut out)?;
-        throughput(&rt, &d, &mut out)?;
+        let fps_sem = throughput(&rt, &d, &mut out)?;
+        match rt.block_on(fast_path_offered(&d))? {
+            Ok(()) => {
+                fast_path(&rt, &d, fps_sem, &mut fast)?;
+                fast_ran = true;
+            }
+            Err(why) if gpushare_tests::gpu_required() => {
+                return Err(format!("GPUSHARE_REQUIRE_GPU=1 but no fast path: {why}").into())
+            }
+            Err(why) => println!("SKIP: the CUDA fast path: {why}"),
+        }
     } else {
         let why = if cuda {
             "the device exports no timeline semaphore (HOST points)"
@@ -133,11 +158,44 @@ fn run(json_path: &std::path::Path) -> Res<bool> {
         println!("SKIP: GPU hop latency and throughput: {why}");
         out.notes.push(format!("GPU parts skipped: {why}"));
     }
+    let mut failed = write(out, json_path)?;
+    if fast_ran {
+        println!();
+        failed.extend(write(fast, fast_path_json)?);
+    }
+    if !failed.is_empty() {
+        println!("targets missed: {failed:?}");
+    }
+    Ok(failed.is_empty())
+}
+
+/// Whether device 0 offers the CUDA fast path (`Err`: why not).
+async fn fast_path_offered(d: &TestDaemon) -> Res<Result<(), String>> {
+    let c = Client::connect(d.runtime_dir()).await?;
+    let info = c.info().await?;
+    let fast = info
+        .devices
+        .first()
+        .and_then(|dev| dev.fast_path.clone())
+        .unwrap_or_default();
+    Ok(if fast.offered {
+        Ok(())
+    } else {
+        Err(fast.unavailable)
+    })
+}
+
+/// Prints `out`'s table and notes and writes it with the run's metadata to `json_path`.
+/// Returns the targets missed.
+fn write(out: Out, json_path: &std::path::Path) -> Res<Vec<String>> {
     report::print_table(&out.rows);
     for n in &out.notes {
         println!("- {n}");
     }
-    let failed = report::failed(&out.rows);
+    let failed: Vec<String> = report::failed(&out.rows)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
     let mut doc = out.fields;
     doc.insert("machine".into(), report::machine_info());
     doc.insert("date".into(), json!(report::utc_now()));
@@ -159,10 +217,7 @@ fn run(json_path: &std::path::Path) -> Res<bool> {
     doc.insert("notes".into(), json!(out.notes));
     report::write_json(json_path, &Value::Object(doc))?;
     println!("wrote {}", json_path.display());
-    if !failed.is_empty() {
-        println!("targets missed: {failed:?}");
-    }
-    Ok(failed.is_empty())
+    Ok(failed)
 }
 
 async fn gpu_points(d: &TestDaemon) -> Res<bool> {
@@ -309,77 +364,18 @@ fn stalls(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<()
     Ok(())
 }
 
-/// A child process of this binary, spoken to by lines.
-struct Peer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Peer {
-    fn spawn(args: &[&str]) -> Res<Peer> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("--role")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdin = child.stdin.take().ok_or("stdin")?;
-        let stdout = BufReader::new(child.stdout.take().ok_or("stdout")?);
-        Ok(Peer {
-            child,
-            stdin,
-            stdout,
-        })
-    }
-
-    fn send(&mut self, line: &str) -> Res<()> {
-        writeln!(self.stdin, "{line}")?;
-        self.stdin.flush()?;
-        Ok(())
-    }
-
-    fn line(&mut self) -> Res<String> {
-        let mut s = String::new();
-        if self.stdout.read_line(&mut s)? == 0 {
-            let status = self.child.wait()?;
-            return Err(format!("a child process ended early ({status})").into());
-        }
-        Ok(s.trim_end().to_owned())
-    }
-
-    fn finish(mut self) -> Res<String> {
-        let last = self.line()?;
-        let status = self.child.wait()?;
-        if !status.success() {
-            return Err(format!("a child process failed ({status})").into());
-        }
-        Ok(last)
-    }
-}
-
-fn say(line: &str) {
-    let mut o = std::io::stdout();
-    let _ = writeln!(o, "{line}");
-    let _ = o.flush();
-}
-
-fn read_stdin_line() -> Res<String> {
-    let mut s = String::new();
-    std::io::stdin().read_line(&mut s)?;
-    Ok(s.trim().to_owned())
-}
-
 /// One side's GPU state for the stream roles: the CUDA device and the timelines it met.
 struct Side {
     client: Client,
+    /// On the CUDA fast path: timelines imported with their words, signaled through them.
+    word: bool,
     device: Arc<CudaDevice>,
     timelines: std::collections::HashMap<String, CudaSemaphore>,
     slots: Vec<InteropBuffer>,
 }
 
 impl Side {
-    async fn new(dir: &str, name: &str) -> Res<Side> {
+    async fn new(dir: &str, name: &str, word: bool) -> Res<Side> {
         let client = Client::connect_with_session(dir, name).await?;
         let sem = client
             .create_semaphore(0, &CreateOptions::default())
@@ -388,6 +384,7 @@ impl Side {
         sem.release().await?;
         Ok(Side {
             client,
+            word,
             device,
             timelines: Default::default(),
             slots: Vec::new(),
@@ -402,10 +399,30 @@ impl Side {
             Some(t) => t,
             None => self.client.export_ticket(id).await?.ticket,
         };
-        let e = self.client.redeem(&ticket).await?;
+        let (e, path) = if self.word {
+            (self.client.redeem_with_word(&ticket).await?, SyncPath::Word)
+        } else {
+            (self.client.redeem(&ticket).await?, SyncPath::Semaphore)
+        };
         self.timelines
-            .insert(id.to_owned(), import_semaphore_cuda(&self.device, e)?);
+            .insert(id.to_owned(), CudaSemaphore::import(&self.device, e, path)?);
         Ok(())
+    }
+
+    /// How this side signals its timelines.
+    fn path(&self) -> v1::SignalPath {
+        signal_path(self.word)
+    }
+
+    async fn attach_producer(&self, id: &str) -> Res<Producer> {
+        Ok(self.client.attach_producer_with(id, self.path()).await?)
+    }
+
+    async fn attach_consumer(&self, id: &str, limit: u32) -> Res<Consumer> {
+        Ok(self
+            .client
+            .attach_consumer_with(id, v1::DeliveryMode::Fifo, limit, self.path())
+            .await?)
     }
 
     async fn producer(&mut self, p: &Producer) -> Res<()> {
@@ -440,47 +457,94 @@ impl Side {
     }
 }
 
-/// Part 3: GPU→GPU hops in lockstep, through streams and through a bare semaphore.
-fn hops(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<()> {
+/// The lockstep round trips of the bare runs, by mode, from one pair of processes: through a
+/// shared timeline semaphore (`sem`), and with the fast path offered, through a worded
+/// semaphore's word (`word`) and through raw stream memory operations on a word of a shared
+/// buffer (`memop`, the floor).
+fn bare_rounds(
+    rt: &tokio::runtime::Runtime,
+    d: &TestDaemon,
+    fast: bool,
+) -> Res<std::collections::HashMap<String, Vec<f64>>> {
     let dir = d.runtime_dir().display().to_string();
     let owner = rt.block_on(Client::connect_with_session(&dir, "hops"))?;
-    // Bare: one semaphore, A signals 2k+1 and waits for 2k+2, B the other way round.
     let sem = rt.block_on(owner.create_semaphore(0, &CreateOptions::default()))?;
-    let t_b = hex::encode(rt.block_on(owner.export_ticket(sem.id()))?.ticket);
-    let t_a = hex::encode(rt.block_on(owner.export_ticket(sem.id()))?.ticket);
-    let mut b = Peer::spawn(&["bare-b", &dir, &t_b])?;
-    let mut a = Peer::spawn(&["bare-a", &dir, &t_a])?;
+    let worded = CreateOptions {
+        word: true,
+        signal_path: v1::SignalPath::Word,
+        ..CreateOptions::default()
+    };
+    let word = rt.block_on(owner.create_semaphore(0, &worded))?;
+    let buffer = rt.block_on(owner.create_buffer(4096, &CreateOptions::default()))?;
+    // Zeroed through the daemon: the floor's word starts at 0.
+    rt.block_on(buffer.write(0, &[0; 64], &gpushare_client::Sync::none()))?;
+    let tickets =
+        |id: &str| -> Res<String> { Ok(hex::encode(rt.block_on(owner.export_ticket(id))?.ticket)) };
+    let args = |side: &str| -> Res<Vec<String>> {
+        let mut v = vec![side.to_owned(), dir.clone(), tickets(sem.id())?];
+        if fast {
+            v.push(tickets(word.id())?);
+            v.push(tickets(buffer.id())?);
+        }
+        Ok(v)
+    };
+    let (args_b, args_a) = (args("bare-b")?, args("bare-a")?);
+    let refs_b: Vec<&str> = args_b.iter().map(String::as_str).collect();
+    let refs_a: Vec<&str> = args_a.iter().map(String::as_str).collect();
+    let mut b = LinePeer::spawn(&refs_b)?;
+    let mut a = LinePeer::spawn(&refs_a)?;
     b.line()?;
     a.line()?;
     b.send("go")?;
     a.send("go")?;
-    let bare = a.finish()?;
+    let mut rounds = std::collections::HashMap::new();
+    let modes = if fast { 3 } else { 1 };
+    for _ in 0..modes {
+        let line = a.line()?;
+        let (mode, times) = line.split_once(' ').ok_or("an empty line from bare-a")?;
+        rounds.insert(mode.to_owned(), parse_times(times)?);
+    }
+    a.finish()?;
     b.finish()?;
-    // Streams: AB (A produces) and BA (B produces).
-    let ab = rt.block_on(owner.create_stream_unproduced(
-        2,
-        &SlotKind::Buffer(4096),
-        &StreamOptions::default(),
-    ))?;
-    let ba = rt.block_on(owner.create_stream_unproduced(
-        2,
-        &SlotKind::Buffer(4096),
-        &StreamOptions::default(),
-    ))?;
-    let mut b = Peer::spawn(&["stream-b", &dir, &ab.id, &ba.id])?;
-    let mut a = Peer::spawn(&["stream-a", &dir, &ab.id, &ba.id])?;
+    Ok(rounds)
+}
+
+/// Space-separated microseconds.
+fn parse_times(s: &str) -> Res<Vec<f64>> {
+    Ok(s.split_whitespace()
+        .map(|x| x.parse::<f64>())
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The lockstep round trips through two streams (AB, BA) between two processes; with `word`,
+/// streams whose timelines have memop words, on the fast path.
+fn stream_rounds(rt: &tokio::runtime::Runtime, d: &TestDaemon, word: bool) -> Res<Vec<f64>> {
+    let dir = d.runtime_dir().display().to_string();
+    let owner = rt.block_on(Client::connect_with_session(&dir, "hops"))?;
+    let opts = StreamOptions {
+        word,
+        ..StreamOptions::default()
+    };
+    let ab = rt.block_on(owner.create_stream_unproduced(2, &SlotKind::Buffer(4096), &opts))?;
+    let ba = rt.block_on(owner.create_stream_unproduced(2, &SlotKind::Buffer(4096), &opts))?;
+    let path = path_arg(word);
+    let mut b = LinePeer::spawn(&["stream-b", &dir, &ab.id, &ba.id, path])?;
+    let mut a = LinePeer::spawn(&["stream-a", &dir, &ab.id, &ba.id, path])?;
     b.line()?;
     a.line()?;
     b.send("go")?;
     a.send("go")?;
     let streamed = a.finish()?;
     b.finish()?;
-    let parse = |s: &str| -> Res<Vec<f64>> {
-        Ok(s.split_whitespace()
-            .map(|x| x.parse::<f64>())
-            .collect::<Result<Vec<_>, _>>()?)
-    };
-    let (mut bare, mut streamed) = (parse(&bare)?, parse(&streamed)?);
+    parse_times(&streamed)
+}
+
+/// Part 3: GPU→GPU hops in lockstep, through streams and through a bare semaphore.
+fn hops(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<()> {
+    let mut bare = bare_rounds(rt, d, false)?
+        .remove("sem")
+        .ok_or("no semaphore rounds")?;
+    let mut streamed = stream_rounds(rt, d, false)?;
     // A round trip is two hops.
     let bare50 = pct(&mut bare, 0.5) / 2.0;
     let hop50 = pct(&mut streamed, 0.5) / 2.0;
@@ -512,27 +576,25 @@ fn hops(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<()> 
     Ok(())
 }
 
-/// Part 4: 1080p RGBA8 frames through three processes, against one process.
-fn throughput(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<()> {
+/// 1080p RGBA8 frames per second through producer → filter → sink in three processes; with
+/// `word`, on the fast path. Every frame is checked by the sink.
+fn pipeline_fps(rt: &tokio::runtime::Runtime, d: &TestDaemon, word: bool) -> Res<f64> {
     let dir = d.runtime_dir().display().to_string();
     let owner = rt.block_on(Client::connect_with_session(&dir, "throughput"))?;
-    let one = Peer::spawn(&["single", &dir])?.finish()?;
-    let single: f64 = one.parse()?;
-    let s1 = rt.block_on(owner.create_stream_unproduced(
-        SLOTS,
-        &SlotKind::Buffer(FRAME_BYTES),
-        &StreamOptions::default(),
-    ))?;
-    let s2 = rt.block_on(owner.create_stream_unproduced(
-        SLOTS,
-        &SlotKind::Buffer(FRAME_BYTES),
-        &StreamOptions::default(),
-    ))?;
-    let mut sink = Peer::spawn(&["sink", &dir, &s2.id])?;
+    let opts = StreamOptions {
+        word,
+        ..StreamOptions::default()
+    };
+    let s1 =
+        rt.block_on(owner.create_stream_unproduced(SLOTS, &SlotKind::Buffer(FRAME_BYTES), &opts))?;
+    let s2 =
+        rt.block_on(owner.create_stream_unproduced(SLOTS, &SlotKind::Buffer(FRAME_BYTES), &opts))?;
+    let path = path_arg(word);
+    let mut sink = LinePeer::spawn(&["sink", &dir, &s2.id, path])?;
     sink.line()?;
-    let mut filter = Peer::spawn(&["filter", &dir, &s1.id, &s2.id])?;
+    let mut filter = LinePeer::spawn(&["filter", &dir, &s1.id, &s2.id, path])?;
     filter.line()?;
-    let mut producer = Peer::spawn(&["producer", &dir, &s1.id])?;
+    let mut producer = LinePeer::spawn(&["producer", &dir, &s1.id, path])?;
     producer.line()?;
     let t0 = Instant::now();
     producer.send("go")?;
@@ -543,6 +605,16 @@ fn throughput(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Re
     if checked != FRAMES {
         return Err(format!("the sink checked {checked} of {FRAMES} frames").into());
     }
+    Ok(fps)
+}
+
+/// Part 4: 1080p RGBA8 frames through three processes, against one process. Returns the
+/// pipeline's frames per second.
+fn throughput(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<f64> {
+    let dir = d.runtime_dir().display().to_string();
+    let one = LinePeer::spawn(&["single", &dir])?.finish()?;
+    let single: f64 = one.parse()?;
+    let fps = pipeline_fps(rt, d, false)?;
     let ratio = fps / single;
     out.rows.push(Row::new(
         "1080p RGBA8 frames/s, producer -> filter -> sink, 3 processes",
@@ -562,7 +634,107 @@ fn throughput(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Re
          stream; every hand-off on the GPUs (GPU points). One process: the same three steps on \
          one CUDA stream, with the sink's check synchronizing each frame as in the pipeline."
     ));
+    Ok(fps)
+}
+
+/// Part 5: the CUDA fast path (`fastpath.json`): the lockstep round trip through a worded
+/// semaphore's word against raw memory operations on a shared word (the floor) and against
+/// the semaphore, all three from one pair of processes; the round trip through two worded
+/// streams against the floor; the three-stage pipeline on the fast path against part 4's.
+fn fast_path(
+    rt: &tokio::runtime::Runtime,
+    d: &TestDaemon,
+    fps_sem: f64,
+    fast: &mut Out,
+) -> Res<()> {
+    let mut bare = bare_rounds(rt, d, true)?;
+    let mut take = |mode: &str| bare.remove(mode).ok_or(format!("no {mode} rounds"));
+    let (mut sem, mut word, mut floor) = (take("sem")?, take("word")?, take("memop")?);
+    let mut streamed = stream_rounds(rt, d, true)?;
+    let fps_fast = pipeline_fps(rt, d, true)?;
+    let (sem50, word50, floor50) = (
+        pct(&mut sem, 0.5),
+        pct(&mut word, 0.5),
+        pct(&mut floor, 0.5),
+    );
+    let (word99, stream50) = (pct(&mut word, 0.99), pct(&mut streamed, 0.5));
+    let fast_ratio = word50 / floor50;
+    let hop_ratio = stream50 / floor50;
+    let fps_ratio = fps_fast / fps_sem;
+    fast.rows.push(Row::new(
+        "GPU->GPU round trip, gpushare semaphore on the fast path, p50",
+        format!("{word50:.1} us (p99 {word99:.1} us)"),
+        format!("{floor50:.1} us raw memops (floor)"),
+        Some(fast_ratio),
+        "<= 1.2x".into(),
+        Some(fast_ratio <= 1.2),
+    ));
+    fast.rows.push(Row::info(
+        "GPU->GPU round trip, the same semaphore path, p50",
+        format!("{sem50:.1} us"),
+        format!("{word50:.1} us fast path"),
+        Some(sem50 / word50),
+    ));
+    fast.rows.push(Row::new(
+        "GPU->GPU round trip through two streams on the fast path, p50",
+        format!("{stream50:.1} us"),
+        format!("{floor50:.1} us raw memops (floor)"),
+        Some(hop_ratio),
+        "<= 1.3x".into(),
+        Some(hop_ratio <= 1.3),
+    ));
+    fast.rows.push(Row::info(
+        "1080p RGBA8 frames/s, 3 processes, fast path",
+        format!("{fps_fast:.0}"),
+        format!("{fps_sem:.0} semaphore path"),
+        Some(fps_ratio),
+    ));
+    for (k, v) in [
+        ("fast_rtt_p50_us", word50),
+        ("fast_rtt_p99_us", word99),
+        ("memop_floor_p50_us", floor50),
+        ("fast_ratio", fast_ratio),
+        ("sem_rtt_p50_us", sem50),
+        ("sem_speedup", sem50 / word50),
+        ("stream_rtt_p50_us", stream50),
+        ("stream_hop_ratio", hop_ratio),
+        ("pipeline_fps_fast", fps_fast),
+        ("pipeline_fps_sem", fps_sem),
+        ("pipeline_fps_ratio", fps_ratio),
+    ] {
+        fast.fields.insert(k.into(), json!(v));
+    }
+    fast.notes.push(format!(
+        "fast path: {HOP_ROUNDS} lockstep round trips per mode between the same two processes \
+         (A signals 2k+1 and waits for 2k+2 on its CUDA stream, B the other way round, each \
+         round timed on the host from A's first enqueue to its stream synchronized): through a \
+         worded semaphore on the word (CudaSemaphore, SyncPath::Word: a cuStreamWriteValue64 on \
+         the caller's stream, the semaphore signaled on the import's own stream behind it, a \
+         cuStreamWaitValue64 to wait, each followed by a tracking event), through raw \
+         cuStreamWriteValue64/cuStreamWaitValue64 on a word of a shared buffer (the floor), and \
+         through a plain semaphore. Streams: part 3's stream rounds with worded timelines (one \
+         round trip is two hops, each with its fd.sock calls). Pipeline: part 4 with worded \
+         timelines, against part 4's own run (the semaphore path, same daemon)."
+    ));
     Ok(())
+}
+
+/// The role argument naming the path.
+fn path_arg(word: bool) -> &'static str {
+    if word {
+        "word"
+    } else {
+        "semaphore"
+    }
+}
+
+/// How a side on `word` signals its timelines.
+fn signal_path(word: bool) -> v1::SignalPath {
+    if word {
+        v1::SignalPath::Word
+    } else {
+        v1::SignalPath::Semaphore
+    }
 }
 
 /// The child processes.
@@ -572,39 +744,79 @@ fn role(args: &[String]) -> Res<()> {
         .build()?;
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     match a.as_slice() {
-        [side @ ("bare-a" | "bare-b"), dir, ticket] => {
+        [side @ ("bare-a" | "bare-b"), dir, sem, fast @ ..] => {
             let client = rt.block_on(Client::connect(dir))?;
-            let e = rt.block_on(client.redeem(&hex::decode(ticket)?))?;
+            let e = rt.block_on(client.redeem(&hex::decode(sem)?))?;
             let device = cuda_device_for(&e)?;
-            let sem = import_semaphore_cuda(&device, e)?;
+            let sem = CudaSemaphore::import(&device, e, SyncPath::Semaphore)?;
+            let (word, floor) = match fast {
+                [word, floor] => {
+                    let e = rt.block_on(client.redeem_with_word(&hex::decode(word)?))?;
+                    let word = CudaSemaphore::import(&device, e, SyncPath::Word)?;
+                    let e = rt.block_on(client.redeem(&hex::decode(floor)?))?;
+                    (Some(word), Some(InteropBuffer::import(&device, e)?))
+                }
+                [] => (None, None),
+                _ => return Err(format!("bad bare arguments {a:?}").into()),
+            };
             let stream = device.stream();
             say("ready");
             read_stdin_line()?;
-            let mut times = Vec::new();
-            for k in 0..HOP_ROUNDS {
-                let t0 = Instant::now();
-                if *side == "bare-a" {
-                    sem.signal(2 * k + 1, stream)?;
-                    sem.wait(2 * k + 2, stream)?;
-                } else {
-                    sem.wait(2 * k + 1, stream)?;
-                    sem.signal(2 * k + 2, stream)?;
+            let a_side = *side == "bare-a";
+            // One mode: HOP_ROUNDS lockstep round trips; `signal` and `wait` enqueue.
+            let run = |signal: &dyn Fn(u64) -> Res<()>, wait: &dyn Fn(u64) -> Res<()>| {
+                let mut times = Vec::new();
+                for k in 0..HOP_ROUNDS {
+                    let t0 = Instant::now();
+                    if a_side {
+                        signal(2 * k + 1)?;
+                        wait(2 * k + 2)?;
+                    } else {
+                        wait(2 * k + 1)?;
+                        signal(2 * k + 2)?;
+                    }
+                    device.synchronize_stream()?;
+                    times.push(us(t0.elapsed()));
                 }
-                device.synchronize_stream()?;
-                times.push(us(t0.elapsed()));
+                Res::Ok(times)
+            };
+            let report = |mode: &str, times: Vec<f64>| {
+                if a_side {
+                    let line: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
+                    say(&format!("{mode} {}", line.join(" ")));
+                }
+            };
+            let times = run(&|v| Ok(sem.signal(v, stream)?), &|v| {
+                Ok(sem.wait(v, stream)?)
+            })?;
+            report("sem", times);
+            if let (Some(word), Some(floor)) = (&word, &floor) {
+                let times = run(&|v| Ok(word.signal(v, stream)?), &|v| {
+                    Ok(word.wait(v, stream)?)
+                })?;
+                report("word", times);
+                let ptr = floor.device_ptr();
+                // SAFETY (both closures): `ptr` is the 8-byte aligned first word of the
+                // imported buffer, zeroed by the parent, alive until the stream is
+                // synchronized at the end of every round; the peer writes the values waited
+                // for.
+                let times = run(
+                    &|v| Ok(unsafe { memops::write_value64(stream, ptr, v) }?),
+                    &|v| Ok(unsafe { memops::wait_value64_geq(stream, ptr, v) }?),
+                )?;
+                report("memop", times);
             }
-            let line: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
-            say(&line.join(" "));
+            say("done");
         }
-        [side @ ("stream-a" | "stream-b"), dir, ab, ba] => {
-            let mut me = rt.block_on(Side::new(dir, side))?;
+        [side @ ("stream-a" | "stream-b"), dir, ab, ba, path] => {
+            let mut me = rt.block_on(Side::new(dir, side, *path == "word"))?;
             let (mine, theirs) = if *side == "stream-a" {
                 (ab, ba)
             } else {
                 (ba, ab)
             };
-            let p = rt.block_on(me.client.attach_producer(mine))?;
-            let c = rt.block_on(me.client.attach_consumer(theirs, v1::DeliveryMode::Fifo, 1))?;
+            let p = rt.block_on(me.attach_producer(mine))?;
+            let c = rt.block_on(me.attach_consumer(theirs, 1))?;
             rt.block_on(me.producer(&p))?;
             rt.block_on(me.consumer(&c))?;
             let ready = p.attachment().ready.clone().unwrap_or_default().resource_id;
@@ -677,9 +889,9 @@ fn role(args: &[String]) -> Res<()> {
                 FRAMES as f64 / t0.elapsed().as_secs_f64()
             ));
         }
-        ["producer", dir, s1] => {
-            let mut me = rt.block_on(Side::new(dir, "producer"))?;
-            let p = rt.block_on(me.client.attach_producer(s1))?;
+        ["producer", dir, s1, path] => {
+            let mut me = rt.block_on(Side::new(dir, "producer", *path == "word"))?;
+            let p = rt.block_on(me.attach_producer(s1))?;
             rt.block_on(me.producer(&p))?;
             for e in rt.block_on(p.import_slots())? {
                 me.slots.push(InteropBuffer::import(&me.device, e)?);
@@ -706,10 +918,10 @@ fn role(args: &[String]) -> Res<()> {
             rt.block_on(p.detach())?;
             say("done");
         }
-        ["filter", dir, s1, s2] => {
-            let mut me = rt.block_on(Side::new(dir, "filter"))?;
-            let c = rt.block_on(me.client.attach_consumer(s1, v1::DeliveryMode::Fifo, SLOTS))?;
-            let p = rt.block_on(me.client.attach_producer(s2))?;
+        ["filter", dir, s1, s2, path] => {
+            let mut me = rt.block_on(Side::new(dir, "filter", *path == "word"))?;
+            let c = rt.block_on(me.attach_consumer(s1, SLOTS))?;
+            let p = rt.block_on(me.attach_producer(s2))?;
             rt.block_on(me.consumer(&c))?;
             rt.block_on(me.producer(&p))?;
             let mut inputs = Vec::new();
@@ -756,9 +968,9 @@ fn role(args: &[String]) -> Res<()> {
             rt.block_on(p.detach())?;
             say("done");
         }
-        ["sink", dir, s2] => {
-            let mut me = rt.block_on(Side::new(dir, "sink"))?;
-            let c = rt.block_on(me.client.attach_consumer(s2, v1::DeliveryMode::Fifo, SLOTS))?;
+        ["sink", dir, s2, path] => {
+            let mut me = rt.block_on(Side::new(dir, "sink", *path == "word"))?;
+            let c = rt.block_on(me.attach_consumer(s2, SLOTS))?;
             rt.block_on(me.consumer(&c))?;
             for e in rt.block_on(c.import_slots())? {
                 me.slots.push(InteropBuffer::import(&me.device, e)?);
