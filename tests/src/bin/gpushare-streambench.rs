@@ -796,14 +796,18 @@ fn role(args: &[String]) -> Res<()> {
                 })?;
                 report("word", times);
                 let ptr = floor.device_ptr();
-                // SAFETY (both closures): `ptr` is the 8-byte aligned first word of the
-                // imported buffer, zeroed by the parent, alive until the stream is
-                // synchronized at the end of every round; the peer writes the values waited
-                // for.
-                let times = run(
-                    &|v| Ok(unsafe { memops::write_value64(stream, ptr, v) }?),
-                    &|v| Ok(unsafe { memops::wait_value64_geq(stream, ptr, v) }?),
-                )?;
+                let write = |v| -> Res<()> {
+                    // SAFETY: `ptr` is the 8-byte aligned first word of the imported buffer,
+                    // alive until the stream is synchronized at the end of every round.
+                    unsafe { memops::write_value64(stream, ptr, v) }?;
+                    Ok(())
+                };
+                let wait = |v| -> Res<()> {
+                    // SAFETY: as for `write`; the peer writes the values waited for.
+                    unsafe { memops::wait_value64_geq(stream, ptr, v) }?;
+                    Ok(())
+                };
+                let times = run(&write, &wait)?;
                 report("memop", times);
             }
             say("done");
