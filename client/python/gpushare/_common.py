@@ -64,13 +64,18 @@ class Exported:
     The object owns ``fd`` and closes it on :meth:`close`, on leaving a ``with`` block, or when
     garbage-collected. An importer that takes ownership of the descriptor (Vulkan and CUDA do,
     on success only) should call :meth:`detach` after the import succeeded.
+
+    ``word_fd``: a semaphore's memop word buffer (the CUDA fast path), when the export asked for
+    it (``export(..., word=True)``) and the semaphore has one (``info.semaphore.word``
+    describes it); -1 otherwise. Owned and closed the same way (:meth:`detach_word`).
     """
 
-    __slots__ = ("fd", "info")
+    __slots__ = ("fd", "info", "word_fd")
 
-    def __init__(self, fd: int, info: "gpushare_pb2.ExportedFd"):
+    def __init__(self, fd: int, info: "gpushare_pb2.ExportedFd", word_fd: int = -1):
         self.fd = fd
         self.info = info
+        self.word_fd = word_fd
 
     def fileno(self) -> int:
         if self.fd < 0:
@@ -86,10 +91,18 @@ class Exported:
     def closed(self) -> bool:
         return self.fd < 0
 
+    def detach_word(self) -> int:
+        """Gives up ownership of the word's descriptor: returns it (-1 when none)."""
+        fd, self.word_fd = self.word_fd, -1
+        return fd
+
     def close(self) -> None:
         fd, self.fd = self.fd, -1
+        word, self.word_fd = getattr(self, "word_fd", -1), -1
         if fd >= 0:
             os.close(fd)
+        if word >= 0:
+            os.close(word)
 
     def __enter__(self) -> "Exported":
         return self
@@ -108,6 +121,17 @@ class Exported:
             f"Exported(fd={self.fd}, resource_id={self.info.resource_id!r}, "
             f"kind={gpushare_pb2.ResourceKind.Name(self.info.kind)})"
         )
+
+
+def signal_path_value(path: Union[str, int]) -> int:
+    """A ``SignalPath`` value from ``"semaphore"``, ``"word"`` or the enum's int."""
+    if isinstance(path, int):
+        return path
+    names = {"semaphore": gpushare_pb2.SIGNAL_PATH_SEMAPHORE, "word": gpushare_pb2.SIGNAL_PATH_WORD}
+    try:
+        return int(names[path])
+    except KeyError:
+        raise ValueError(f"signal path {path!r}: 'semaphore' or 'word'") from None
 
 
 def _enum_name(enum: Any, value: int) -> str:

@@ -31,6 +31,7 @@ from gpushare._common import (
     _sync,
     gpushare_pb2,
     gpushare_pb2_grpc,
+    signal_path_value,
 )
 from gpushare.client import (
     MAX_FD_REPLY_BYTES,
@@ -188,12 +189,24 @@ class AsyncClient:
         )
 
     async def create_semaphore(
-        self, initial: int = 0, name: str = "", pin: bool = False, device: int = 0
+        self,
+        initial: int = 0,
+        name: str = "",
+        pin: bool = False,
+        device: int = 0,
+        word: bool = False,
+        signal_path: Union[str, int] = "semaphore",
     ) -> Any:
+        """:meth:`Client.create_semaphore`."""
         return await self.call(
             "CreateSemaphore",
             gpushare_pb2.CreateSemaphoreRequest(
-                initial_value=initial, device=device, name=name, pin=pin
+                initial_value=initial,
+                device=device,
+                name=name,
+                pin=pin,
+                word=word,
+                signal_path=signal_path_value(signal_path),
             ),
         )
 
@@ -462,13 +475,17 @@ class AsyncClient:
     async def export_ticket(self, resource: ResourceId) -> Any:
         return await self.call("Export", gpushare_pb2.ResourceRef(id=_rid(resource)))
 
-    async def export(self, resource: ResourceId, timeout: Optional[float] = 10.0) -> Exported:
-        request = gpushare_pb2.FdRequest(export=_rid(resource)).SerializeToString()
+    async def export(
+        self, resource: ResourceId, timeout: Optional[float] = 10.0, word: bool = False
+    ) -> Exported:
+        request = gpushare_pb2.FdRequest(export=_rid(resource), word=word).SerializeToString()
         result: Exported = _decode_fd_reply(*await self._fd_exchange(request, timeout))
         return result
 
-    async def redeem(self, ticket: bytes, timeout: Optional[float] = 10.0) -> Exported:
-        request = gpushare_pb2.FdRequest(redeem=bytes(ticket)).SerializeToString()
+    async def redeem(
+        self, ticket: bytes, timeout: Optional[float] = 10.0, word: bool = False
+    ) -> Exported:
+        request = gpushare_pb2.FdRequest(redeem=bytes(ticket), word=word).SerializeToString()
         result: Exported = _decode_fd_reply(*await self._fd_exchange(request, timeout))
         return result
 

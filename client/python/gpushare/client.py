@@ -60,6 +60,7 @@ from gpushare._common import (
     _sync,
     gpushare_pb2,
     gpushare_pb2_grpc,
+    signal_path_value,
 )
 from gpushare.host_buffer import HostBuffer
 from gpushare.image import (
@@ -151,6 +152,8 @@ def _create_stream_request(
     pin: bool,
     device: int,
     no_producer: bool,
+    word: bool = False,
+    signal_path: Union[str, int] = "semaphore",
 ) -> "gpushare_pb2.CreateStreamRequest":
     """A CreateStreamRequest; ``image`` is a ``CreateImageRequest`` or a mapping of
     :meth:`Client.create_image`'s arguments (``{"format": "rgba8unorm", "width": 64,
@@ -158,7 +161,13 @@ def _create_stream_request(
     if (buffer_size is None) == (image is None):
         raise ValueError("a stream's slots are buffer_size= or image=, exactly one")
     request = gpushare_pb2.CreateStreamRequest(
-        device=device, name=name, pin=pin, slots=slots, no_producer=no_producer
+        device=device,
+        name=name,
+        pin=pin,
+        slots=slots,
+        no_producer=no_producer,
+        word=word,
+        signal_path=signal_path_value(signal_path),
     )
     if buffer_size is not None:
         request.buffer_size = buffer_size
@@ -365,12 +374,29 @@ class Client:
         )
 
     def create_semaphore(
-        self, initial: int = 0, name: str = "", pin: bool = False, device: int = 0
+        self,
+        initial: int = 0,
+        name: str = "",
+        pin: bool = False,
+        device: int = 0,
+        word: bool = False,
+        signal_path: Union[str, int] = "semaphore",
     ) -> "gpushare_pb2.Resource":
+        """A timeline semaphore at ``initial``. ``word``: mirror it in a memop word for CUDA
+        users (the CUDA fast path) where the device offers it (``SemaphoreDetails.word`` says
+        whether it got one, ``word_unavailable`` why not). ``signal_path``: how this session
+        signals it, ``"semaphore"`` (the daemon then bridges its signals into the word) or
+        ``"word"`` (through :class:`gpushare.cuda.CudaSemaphore` on the fast path, or through
+        the daemon only)."""
         return self._call(
             "CreateSemaphore",
             gpushare_pb2.CreateSemaphoreRequest(
-                initial_value=initial, device=device, name=name, pin=pin
+                initial_value=initial,
+                device=device,
+                name=name,
+                pin=pin,
+                word=word,
+                signal_path=signal_path_value(signal_path),
             ),
         )
 
@@ -481,10 +507,12 @@ class Client:
         owner_uid: Optional[int] = None,
         name: Optional[str] = None,
         signal: bool = False,
+        signal_path: Union[str, int] = "semaphore",
     ) -> "gpushare_pb2.Resource":
         """Adds a reference of this client's session (it needs one) to a resource named by
         id, by capability ``token``, or by ``owner_uid`` and ``name``. With ``signal``, for a
-        semaphore, the session also becomes one of its signalers. Idempotent per session."""
+        semaphore, the session also becomes one of its signalers, signaling by ``signal_path``
+        (see :meth:`create_semaphore`). Idempotent per session."""
         given = [resource is not None, token is not None, name is not None]
         if sum(given) != 1:
             raise ValueError("open() takes exactly one of: a resource, token=, or owner_uid= and name=")
@@ -498,6 +526,7 @@ class Client:
             request = gpushare_pb2.OpenRequest(
                 named=gpushare_pb2.NamedResource(owner_uid=owner_uid, name=name), signal=signal
             )
+        request.signal_path = signal_path_value(signal_path)
         return self._call("Open", request)
 
     # ---- semaphores ----
@@ -722,6 +751,8 @@ class Client:
         pin: bool = False,
         device: int = 0,
         no_producer: Literal[False] = False,
+        word: bool = False,
+        signal_path: Union[str, int] = "semaphore",
     ) -> "Producer": ...
 
     @overload
@@ -735,6 +766,8 @@ class Client:
         device: int = 0,
         *,
         no_producer: Literal[True],
+        word: bool = False,
+        signal_path: Union[str, int] = "semaphore",
     ) -> "gpushare_pb2.StreamInfo": ...
 
     @overload
@@ -747,6 +780,8 @@ class Client:
         pin: bool = False,
         device: int = 0,
         no_producer: bool = False,
+        word: bool = False,
+        signal_path: Union[str, int] = "semaphore",
     ) -> Union["Producer", "gpushare_pb2.StreamInfo"]: ...
 
     def create_stream(
@@ -758,6 +793,8 @@ class Client:
         pin: bool = False,
         device: int = 0,
         no_producer: bool = False,
+        word: bool = False,
+        signal_path: Union[str, int] = "semaphore",
     ) -> Union["Producer", "gpushare_pb2.StreamInfo"]:
         """Creates a frame stream of ``slots`` (2 to 64) alike slots: buffers of ``buffer_size``
         bytes, or images (``image``: a ``CreateImageRequest``, or a mapping of
@@ -768,28 +805,43 @@ class Client:
 
         INVALID_ARGUMENT: slots outside 2..=64, a slot spec the daemon would refuse;
         RESOURCE_EXHAUSTED: a quota or GPU memory; FAILED_PRECONDITION: no session (``pin``
-        alone needs ``no_producer``); ALREADY_EXISTS: the name is taken."""
+        alone needs ``no_producer``); ALREADY_EXISTS: the name is taken.
+
+        ``word``: the timelines get memop words (the CUDA fast path, GPU points only) where the
+        device offers it; ``signal_path``: how this session signals the ready timeline (see
+        :meth:`create_semaphore`)."""
         from gpushare.stream import Producer
 
-        request = _create_stream_request(slots, buffer_size, image, name, pin, device, no_producer)
+        request = _create_stream_request(
+            slots, buffer_size, image, name, pin, device, no_producer, word, signal_path
+        )
         attachment = self._call("CreateStream", request)
         if no_producer:
             info: Any = attachment.stream
             return info
         return Producer(self, attachment)
 
-    def attach_producer(self, stream: ResourceId) -> "Producer":
+    def attach_producer(
+        self, stream: ResourceId, signal_path: Union[str, int] = "semaphore"
+    ) -> "Producer":
         """Attaches this session as the producer of a stream created with ``no_producer``.
         NOT_FOUND; FAILED_PRECONDITION (it has a producer, or no session); ABORTED (ended)."""
         from gpushare.stream import Producer
 
         attachment = self._call(
-            "AttachProducer", gpushare_pb2.AttachProducerRequest(stream_id=_rid(stream))
+            "AttachProducer",
+            gpushare_pb2.AttachProducerRequest(
+                stream_id=_rid(stream), signal_path=signal_path_value(signal_path)
+            ),
         )
         return Producer(self, attachment)
 
     def attach_consumer(
-        self, stream: ResourceId, mode: Union[str, int] = "fifo", limit: int = 1
+        self,
+        stream: ResourceId,
+        mode: Union[str, int] = "fifo",
+        limit: int = 1,
+        signal_path: Union[str, int] = "semaphore",
     ) -> "Consumer":
         """Attaches this session as a consumer of ``stream`` in ``mode`` (``"fifo"``: every
         frame, in order, and the producer waits for it; ``"mailbox"``: the newest frame only),
@@ -801,7 +853,10 @@ class Client:
         attachment = self._call(
             "AttachConsumer",
             gpushare_pb2.AttachConsumerRequest(
-                stream_id=_rid(stream), mode=delivery_mode(mode), limit=limit
+                stream_id=_rid(stream),
+                mode=delivery_mode(mode),
+                limit=limit,
+                signal_path=signal_path_value(signal_path),
             ),
         )
         return Consumer(self, attachment)
@@ -820,16 +875,23 @@ class Client:
         """The Export RPC alone: a one-time ticket (and its TTL) to pass to :meth:`redeem`."""
         return self._call("Export", gpushare_pb2.ResourceRef(id=_rid(resource)))
 
-    def export(self, resource: ResourceId, timeout: Optional[float] = 10.0) -> Exported:
+    def export(
+        self, resource: ResourceId, timeout: Optional[float] = 10.0, word: bool = False
+    ) -> Exported:
         """The resource's descriptor and its import metadata, for this process: one request on
         fd.sock (no ticket). To hand a descriptor to another process, pass it a ticket from
-        :meth:`export_ticket`, which that process redeems with :meth:`redeem`."""
-        request = gpushare_pb2.FdRequest(export=_rid(resource)).SerializeToString()
+        :meth:`export_ticket`, which that process redeems with :meth:`redeem`. ``word``: for a
+        semaphore with a memop word, the word's buffer too (``Exported.word_fd``), which
+        :func:`gpushare.cuda.import_semaphore` uses for the CUDA fast path."""
+        request = gpushare_pb2.FdRequest(export=_rid(resource), word=word).SerializeToString()
         return self._fd_request(request, timeout)
 
-    def redeem(self, ticket: bytes, timeout: Optional[float] = 10.0) -> Exported:
-        """Redeems an Export ticket on fd.sock. Raises GpushareError with the daemon's code."""
-        request = gpushare_pb2.FdRequest(redeem=bytes(ticket)).SerializeToString()
+    def redeem(
+        self, ticket: bytes, timeout: Optional[float] = 10.0, word: bool = False
+    ) -> Exported:
+        """Redeems an Export ticket on fd.sock (``word``: as in :meth:`export`). Raises
+        GpushareError with the daemon's code."""
+        request = gpushare_pb2.FdRequest(redeem=bytes(ticket), word=word).SerializeToString()
         return self._fd_request(request, timeout)
 
     @contextlib.contextmanager
@@ -948,9 +1010,15 @@ def _decode_fd_reply(data: bytes, ancdata: Any, flags: int, want: str = "exporte
             if fds:
                 raise ProtocolError(f"a {want} reply carried {len(fds)} descriptors")
             return reply.waited.value if want == "waited" else reply.stream
-        if len(fds) != 1:
-            raise ProtocolError(f"expected exactly one descriptor, got {len(fds)}")
+        # A semaphore's word buffer comes second, when its metadata says it is there.
+        with_word = reply.exported.WhichOneof("details") == "semaphore" and (
+            reply.exported.semaphore.HasField("word")
+        )
+        expected = 2 if with_word else 1
+        if len(fds) != expected:
+            raise ProtocolError(f"expected {expected} descriptor(s), got {len(fds)}")
+        word = fds.pop() if with_word else -1
         fd = fds.pop()
-        return Exported(fd, reply.exported)
+        return Exported(fd, reply.exported, word)
     finally:
         _close_fds(fds)

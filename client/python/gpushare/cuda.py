@@ -9,7 +9,9 @@ Importing this module needs nothing; the first call that needs CUDA raises
   (torch) and :meth:`CudaBuffer.as_cupy` at offsets: one export, one import, many tensors.
 - :func:`import_semaphore` -> :class:`CudaSemaphore`: ``signal(value, stream)`` and
   ``wait(value, stream)`` enqueued on a torch or CuPy stream (or a raw ``CUstream``), no host
-  block.
+  block; on the CUDA fast path (the semaphore's memop word: ``cuStreamWriteValue64`` /
+  ``cuStreamWaitValue64``) where the semaphore has a word and this device runs 64-bit memory
+  operations (``CudaSemaphore.path``, ``CudaSemaphore.fallback``).
 - :func:`import_image` -> :class:`CudaImage`: the mipmapped array, per-level arrays, surface
   and texture objects.
 - :class:`CudaProducer` / :class:`CudaConsumer`: a frame stream's roles on the GPU (the slots
@@ -48,6 +50,7 @@ __all__ = [
     "CudaSlot",
     "CudaUnavailable",
     "DeviceNotVisible",
+    "FastPathUnavailable",
     "HostPointsError",
     "LazyLoadingWarning",
     "SurfaceObject",
@@ -253,9 +256,10 @@ def _take_fd(exported: Exported) -> int:
     return exported.fileno()
 
 
-def _exported(source: Any, client: Any) -> Exported:
+def _exported(source: Any, client: Any, word: bool = False) -> Exported:
     """``source`` itself when it is an :class:`Exported`; else its export: an ``Image`` (its
-    ``export()``), or a resource / id with ``client`` (``client.export(source)``)."""
+    ``export()``), or a resource / id with ``client`` (``client.export(source)``; ``word``: a
+    semaphore's word buffer too)."""
     if isinstance(source, Exported):
         return source
     export = getattr(source, "export", None)
@@ -267,7 +271,7 @@ def _exported(source: Any, client: Any) -> Exported:
             f"expected an Exported (client.export(...) or client.redeem(ticket)), or a resource "
             f"with client=, not {type(source).__name__}"
         )
-    result = client.export(source)
+    result = client.export(source, word=word) if word else client.export(source)
     return result
 
 
@@ -559,59 +563,170 @@ def import_buffer(source: Any, client: Any = None, stream: Stream = None) -> Cud
 _SEMAPHORE_CLOSE_WAIT_S = 2.0
 
 
+class FastPathUnavailable(RuntimeError):
+    """``path="word"`` was asked for but the CUDA fast path cannot be used for the semaphore:
+    the message says why (no word, exported without it, or this device lacks 64-bit memory
+    operations)."""
+
+
+_PATHS = ("auto", "semaphore", "word")
+
+
+def choose_path(
+    path: str,
+    meta: Any,
+    word_fd: bool,
+    support: Callable[[], Optional[str]],
+) -> Tuple[str, Optional[str]]:
+    """The path an import takes: ``("word" | "semaphore", why it fell back)``. ``path``:
+    ``"auto"`` (the word where it can be used), ``"semaphore"``, or ``"word"`` (or
+    :class:`FastPathUnavailable`); ``meta``: the export's ``SemaphoreImport``; ``word_fd``:
+    whether the word's descriptor came; ``support``: None when this device runs 64-bit stream
+    memory operations, else why not."""
+    if path not in _PATHS:
+        raise ValueError(f"path {path!r}: one of {', '.join(_PATHS)}")
+    if path == "semaphore":
+        return "semaphore", None
+    why: Optional[str]
+    if not meta.has_word:
+        why = (
+            "the semaphore has no memop word (create it with word=True on a device whose "
+            "fast_path is offered: see info())"
+        )
+    elif not word_fd or not meta.HasField("word"):
+        why = "it was exported without its word (export(..., word=True) / redeem(..., word=True))"
+    else:
+        why = support()
+    if why is None:
+        return "word", None
+    if path == "word":
+        raise FastPathUnavailable(why)
+    return "semaphore", why
+
+
+def _memop_support(device: _Device) -> Optional[str]:
+    """None when ``device`` runs 64-bit stream memory operations, else why not."""
+    d = _drv()
+    ops = device.attribute(d.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS)
+    if ops == 1:
+        return None
+    return f"this process's CUDA device reports CAN_USE_64_BIT_STREAM_MEM_OPS = {ops}"
+
+
 class CudaSemaphore:
     """A gpushare timeline semaphore imported into CUDA: :meth:`signal` and :meth:`wait`
     enqueue on a stream (no host block). Destroyed by :meth:`close` (or garbage collection)
     once the operations enqueued on it completed; leaked, not destroyed under the GPU, when
-    some are still pending after 2 s (a wait nobody signals)."""
+    some are still pending after 2 s (a wait nobody signals).
 
-    def __init__(self, device: _Device, handle: Any, resource_id: str):
+    ``path`` is ``"word"`` on the CUDA fast path: a signal writes the semaphore's memop word on
+    the caller's stream (``cuStreamWriteValue64``), then signals the semaphore on a stream of
+    its own that first waits for the word (Vulkan and host waiters see it there, microseconds
+    later); a wait waits on the word (``cuStreamWaitValue64``, GEQ). ``"semaphore"``: external
+    semaphore signal and wait; ``fallback`` then says why the word was not used, if it was
+    asked for (``path="auto"``)."""
+
+    def __init__(
+        self,
+        device: _Device,
+        handle: Any,
+        resource_id: str,
+        word: Optional[_ImportedMemory] = None,
+        fallback: Optional[str] = None,
+    ):
         self._device = device
         self._handle: Any = handle
         self.id = resource_id
+        self._word = word
+        self.fallback = fallback
+        self._mirror: Any = None
         # One event per stream used, re-recorded after each operation on it: the last record
         # on a stream covers every earlier operation there.
         self._events: Dict[int, Any] = {}
         self._lock = threading.Lock()
+        if word is not None:
+            d = _drv()
+            flags = int(d.CUstream_flags.CU_STREAM_NON_BLOCKING)
+            with device:
+                self._mirror = _check("cuStreamCreate", d.cuStreamCreate(flags))
 
     @property
     def device(self) -> int:
         return self._device.ordinal
 
-    def _enqueue(self, call: str, value: int, stream: Stream, signal: bool) -> None:
-        if self._handle is None:
-            raise ValueError("the CUDA semaphore is closed")
+    @property
+    def path(self) -> str:
+        """``"word"`` (the CUDA fast path) or ``"semaphore"``."""
+        return "word" if self._word is not None else "semaphore"
+
+    @property
+    def word_ptr(self) -> Optional[int]:
+        """The word's device address on the fast path (for kernels that poll or write it)."""
+        return self._word.ptr if self._word is not None else None
+
+    def _track(self, handle: int, cu_stream: Any) -> None:
+        """Records the stream's event after an enqueued operation; the device is current."""
         d = _drv()
-        handle = stream_handle(stream)
-        cu_stream = d.CUstream(handle)
+        with self._lock:
+            event = self._events.get(handle)
+            if event is None:
+                event = _check(
+                    "cuEventCreate", d.cuEventCreate(int(d.CUevent_flags.CU_EVENT_DISABLE_TIMING))
+                )
+                self._events[handle] = event
+            _check("cuEventRecord", d.cuEventRecord(event, cu_stream))
+
+    def _external(self, value: int, cu_stream: Any, signal: bool) -> None:
+        """An external-semaphore signal or wait on ``cu_stream``; the device is current."""
+        d = _drv()
         if signal:
             params = d.CUDA_EXTERNAL_SEMAPHORE_SIGNAL_PARAMS()
         else:
             params = d.CUDA_EXTERNAL_SEMAPHORE_WAIT_PARAMS()
         params.params.fence.value = int(value)
+        if signal:
+            call, fn = "cuSignalExternalSemaphoresAsync", d.cuSignalExternalSemaphoresAsync
+        else:
+            call, fn = "cuWaitExternalSemaphoresAsync", d.cuWaitExternalSemaphoresAsync
+        _check(call, fn([self._handle], [params], 1, cu_stream))
+
+    def _enqueue(self, value: int, stream: Stream, signal: bool) -> None:
+        if self._handle is None:
+            raise ValueError("the CUDA semaphore is closed")
+        d = _drv()
+        handle = stream_handle(stream)
+        cu_stream = d.CUstream(handle)
         with self._device:
-            fn = d.cuSignalExternalSemaphoresAsync if signal else d.cuWaitExternalSemaphoresAsync
-            _check(call, fn([self._handle], [params], 1, cu_stream))
-            with self._lock:
-                event = self._events.get(handle)
-                if event is None:
-                    event = _check(
-                        "cuEventCreate", d.cuEventCreate(int(d.CUevent_flags.CU_EVENT_DISABLE_TIMING))
-                    )
-                    self._events[handle] = event
-                _check("cuEventRecord", d.cuEventRecord(event, cu_stream))
+            if self._word is None:
+                self._external(value, cu_stream, signal)
+                self._track(handle, cu_stream)
+                return
+            word = d.CUdeviceptr(self._word.ptr)
+            geq = int(d.CUstreamWaitValue_flags.CU_STREAM_WAIT_VALUE_GEQ)
+            if not signal:
+                _check("cuStreamWaitValue64", d.cuStreamWaitValue64(cu_stream, word, int(value), geq))
+                self._track(handle, cu_stream)
+                return
+            write = int(d.CUstreamWriteValue_flags.CU_STREAM_WRITE_VALUE_DEFAULT)
+            _check("cuStreamWriteValue64", d.cuStreamWriteValue64(cu_stream, word, int(value), write))
+            self._track(handle, cu_stream)
+            # The semaphore, for Vulkan and host waiters, off the caller's stream.
+            mirror = self._mirror
+            _check("cuStreamWaitValue64", d.cuStreamWaitValue64(mirror, word, int(value), geq))
+            self._external(value, mirror, True)
+            self._track(int(mirror), mirror)
 
     def signal(self, value: int, stream: Stream = None) -> None:
         """Enqueues on ``stream`` a signal to ``value`` (above the value it will have then)."""
         if value <= 0:
             raise ValueError("a timeline signal value must exceed the current value (> 0)")
-        self._enqueue("cuSignalExternalSemaphoresAsync", value, stream, True)
+        self._enqueue(value, stream, True)
 
     def wait(self, value: int, stream: Stream = None) -> None:
         """Enqueues on ``stream`` a wait for the value to reach ``value``: later work on the
         stream starts only then. See the README on CUDA lazy loading before the first kernel
         launch after such a wait."""
-        self._enqueue("cuWaitExternalSemaphoresAsync", value, stream, False)
+        self._enqueue(value, stream, False)
 
     def pending(self) -> int:
         """How many streams still have an operation of this semaphore in flight."""
@@ -635,7 +750,13 @@ class CudaSemaphore:
             for event in self._events.values():
                 d.cuEventDestroy(event)
             self._events.clear()
+            mirror, self._mirror = self._mirror, None
+            if mirror is not None:
+                d.cuStreamDestroy(mirror)
             d.cuDestroyExternalSemaphore(handle)
+        word, self._word = self._word, None
+        if word is not None:
+            word.close()
 
     def __enter__(self) -> "CudaSemaphore":
         return self
@@ -650,12 +771,16 @@ class CudaSemaphore:
             pass
 
 
-def import_semaphore(source: Any, client: Any = None) -> CudaSemaphore:
+def import_semaphore(source: Any, client: Any = None, path: str = "auto") -> CudaSemaphore:
     """Imports a timeline semaphore into the CUDA device that exported it. ``source``: an
-    :class:`Exported`, or the semaphore with the ``client`` to export it. Takes the descriptor
-    (CUDA owns it on success; closed on failure)."""
-    exported = _exported(source, client)
+    :class:`Exported` (with its word: ``export(..., word=True)``), or the semaphore with the
+    ``client`` to export it (with its word). ``path``: ``"auto"`` (the CUDA fast path where the
+    semaphore has a word and this device runs 64-bit memory operations, else the semaphore,
+    ``fallback`` saying why), ``"semaphore"``, or ``"word"`` (:class:`FastPathUnavailable`
+    otherwise). Takes the descriptors (CUDA owns them on success; closed on failure)."""
+    exported = _exported(source, client, word=True)
     info = exported.info
+    word: Optional[_ImportedMemory] = None
     try:
         if info.kind != gpushare_pb2.RESOURCE_KIND_SEMAPHORE:
             raise ValueError(f"not a semaphore export: {exported!r}")
@@ -668,6 +793,18 @@ def import_semaphore(source: Any, client: Any = None) -> CudaSemaphore:
         )
         if not supported:
             raise CudaError("cuImportExternalSemaphore", 801, "no timeline semaphore interop")
+        meta = info.semaphore
+        try:
+            chosen, fallback = choose_path(
+                path, meta, exported.word_fd >= 0, lambda: _memop_support(device)
+            )
+        except FastPathUnavailable as e:
+            raise FastPathUnavailable(f"semaphore {info.resource_id}: {e}") from None
+        if chosen == "word":
+            buf = meta.word
+            word = _ImportedMemory(device, exported.word_fd, buf.allocation_size, buf.dedicated)
+            exported.detach_word()  # the driver owns it now
+            word.map_whole()
         desc = d.CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC()
         desc.type = (
             d.CUexternalSemaphoreHandleType.CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD
@@ -677,10 +814,13 @@ def import_semaphore(source: Any, client: Any = None) -> CudaSemaphore:
         with device:
             handle = _check("cuImportExternalSemaphore", d.cuImportExternalSemaphore(desc))
     except BaseException:
+        if word is not None:
+            word.close()
         exported.close()
         raise
     exported.detach()
-    return CudaSemaphore(device, handle, info.resource_id)
+    exported.close()  # a word descriptor that was not used
+    return CudaSemaphore(device, handle, info.resource_id, word, fallback)
 
 
 # ---- images ----
@@ -1088,27 +1228,28 @@ class _CudaRole:
             for part in role.attachment.slots:
                 self.buffers.append(_import_slot(self._redeem(part, "slot")))
             if self.gpu_points:
-                exported = self._redeem(role.attachment.ready, "ready timeline")
+                exported = self._redeem(role.attachment.ready, "ready timeline", word=True)
                 self._ready_start = int(exported.info.semaphore.value)
                 self.ready = import_semaphore(exported)
         except BaseException:
             self.close()
             raise
 
-    def _redeem(self, part: Any, what: str) -> Exported:
-        """The part's descriptor: its ticket redeemed, else (a ticket expired, or redeemed
-        already in this process) a fresh export of the resource."""
+    def _redeem(self, part: Any, what: str, word: bool = False) -> Exported:
+        """The part's descriptor (``word``: a timeline's word buffer too): its ticket
+        redeemed, else (a ticket expired, or redeemed already in this process) a fresh export
+        of the resource."""
         from gpushare._common import GpushareError, ProtocolError
 
         if part.ticket:
             try:
-                return self._client.redeem(part.ticket)
+                return self._client.redeem(part.ticket, word=word)
             except GpushareError as e:
                 first: Optional[BaseException] = e
         else:
             first = None
         try:
-            result: Exported = self._client.export(part.resource_id)
+            result: Exported = self._client.export(part.resource_id, word=word)
             return result
         except GpushareError as e:
             if first is None:
@@ -1272,7 +1413,7 @@ class CudaProducer(_CudaRole):
         sem: Optional[CudaSemaphore]
         try:
             ticket = self._client.export_ticket(semaphore_id).ticket
-            sem = import_semaphore(self._client.redeem(ticket))
+            sem = import_semaphore(self._client.redeem(ticket, word=True))
         except GpushareError as e:
             if getattr(e.code, "name", "") != "NOT_FOUND":
                 raise
@@ -1376,7 +1517,7 @@ class CudaConsumer(_CudaRole):
         self._held: Dict[int, CudaFrame] = {}
         if self.gpu_points:
             try:
-                exported = self._redeem(consumer.attachment.release, "release timeline")
+                exported = self._redeem(consumer.attachment.release, "release timeline", word=True)
                 self._last_release = int(exported.info.semaphore.value)
                 self.release_timeline = import_semaphore(exported)
             except BaseException:

@@ -26,8 +26,9 @@ def pattern(torch, base, r, salt):
 
 
 def redeem(c, *tickets):
-    """Redeemed before torch is imported: tickets expire (limits.ticket_ttl_ms)."""
-    return [c.redeem(bytes.fromhex(t)) for t in tickets]
+    """Redeemed before torch is imported: tickets expire (limits.ticket_ttl_ms). A semaphore
+    comes with its memop word when it has one (import_semaphore then takes the fast path)."""
+    return [c.redeem(bytes.fromhex(t), word=True) for t in tickets]
 
 
 def ping_pong(role, rounds, n, buf_ticket, sem_ticket):
@@ -71,7 +72,8 @@ def ping_pong(role, rounds, n, buf_ticket, sem_ticket):
         mismatches = int(bad.item())
         del x, y
         sem.close()
-        print(f"OK {role} rounds={rounds} mismatches={mismatches} seconds={elapsed:.3f}", flush=True)
+        print(f"OK {role} rounds={rounds} mismatches={mismatches} seconds={elapsed:.3f} "
+              f"path={sem.path}", flush=True)
         return 0 if mismatches == 0 else 1
 
 

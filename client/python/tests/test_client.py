@@ -718,7 +718,8 @@ def _fake_fd_server(path, reply: bytes, fds):
     [
         ("ctrunc", 6, "MSG_CTRUNC"),  # more fds than the client accepts
         ("trunc", 1, "MSG_TRUNC"),  # a reply longer than the receive buffer
-        ("two_fds", 2, "exactly one descriptor"),
+        ("two_fds", 2, "expected 1 descriptor"),
+        ("word_missing", 1, "expected 2 descriptor"),  # a semaphore whose word was announced
         ("error_with_fd", 1, "NOT_FOUND"),
         ("garbage", 1, "undecodable"),
     ],
@@ -729,6 +730,10 @@ def test_redeem_never_leaks_fds(tmp_path, case, nfds, expected):
         "ctrunc": exported.SerializeToString(),
         "trunc": exported.SerializeToString() + b"\0" * 20000,
         "two_fds": exported.SerializeToString(),
+        "word_missing": pb.FdReply(exported=pb.ExportedFd(
+            resource_id="sem-x", kind=pb.RESOURCE_KIND_SEMAPHORE,
+            semaphore=pb.SemaphoreImport(timeline=True, has_word=True, word=pb.BufferImport()),
+        )).SerializeToString(),
         "error_with_fd": pb.FdReply(error=pb.FdError(code=5, message="gone")).SerializeToString(),
         "garbage": b"\xff\xff\xff\xff",
     }[case]

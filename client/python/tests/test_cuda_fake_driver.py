@@ -67,7 +67,10 @@ class FakeDriver:
 
     def cuDeviceGetAttribute(self, attr, dev):
         assert isinstance(attr, real.CUdevice_attribute)
-        return self._call("cuDeviceGetAttribute", 1)
+        self.attributes_read = getattr(self, "attributes_read", []) + [attr]
+        return self._call("cuDeviceGetAttribute", self.attribute_values.get(attr, 1))
+
+    attribute_values = {}
 
     def cuDevicePrimaryCtxRetain(self, dev):
         return self._call("cuDevicePrimaryCtxRetain", real.CUcontext(0xC0))
@@ -158,6 +161,26 @@ class FakeDriver:
         assert isinstance(stream, real.CUstream)
         self.last_sync = int(stream)
         return self._call("cuStreamSynchronize")
+
+    def cuStreamCreate(self, flags):
+        assert isinstance(flags, int)
+        return self._call("cuStreamCreate", real.CUstream(self._new("stream")))
+
+    def cuStreamDestroy(self, stream):
+        assert isinstance(stream, real.CUstream) and self.live.pop(int(stream)) == "stream"
+        return self._call("cuStreamDestroy")
+
+    def _memop(self, name, stream, addr, value, flags):
+        assert isinstance(stream, real.CUstream) and isinstance(addr, real.CUdeviceptr)
+        assert self.live[int(addr)] == "ptr" and isinstance(value, int) and isinstance(flags, int)
+        self.memops = getattr(self, "memops", []) + [(name, int(stream), value, flags)]
+        return self._call(name)
+
+    def cuStreamWriteValue64(self, stream, addr, value, flags):
+        return self._memop("cuStreamWriteValue64", stream, addr, value, flags)
+
+    def cuStreamWaitValue64(self, stream, addr, value, flags):
+        return self._memop("cuStreamWaitValue64", stream, addr, value, flags)
 
     def cuStreamWaitEvent(self, stream, event, flags):
         assert isinstance(stream, real.CUstream) and self.live[int(event)] == "event"
@@ -370,10 +393,12 @@ def gpu_points(monkeypatch, fake):
     exported = {}
     real_redeem = gcuda._CudaRole._redeem
 
-    def redeem(self, part, what):
+    def redeem(self, part, what, word=False):
         if part.resource_id.startswith("sem-"):
+            assert word, "a timeline is redeemed with its word"
             exported[part.resource_id] = exported.get(part.resource_id, 0) + 1
             return _fake_semaphore(part.resource_id, fake.uuid)
+        assert not word
         return real_redeem(self, part, what)
 
     monkeypatch.setattr(gcuda._CudaRole, "_redeem", redeem)
@@ -392,10 +417,10 @@ def gpu_points(monkeypatch, fake):
 
         real_client_redeem = client.redeem
 
-        def redeem_ticket(ticket, timeout=10.0):
+        def redeem_ticket(ticket, timeout=10.0, word=False):
             if ticket.startswith(b"fake:"):
                 return _fake_semaphore(ticket[5:].decode(), fake.uuid)
-            return real_client_redeem(ticket, timeout)
+            return real_client_redeem(ticket, timeout, word)
 
         monkeypatch.setattr(client, "export_ticket", export_ticket)
         monkeypatch.setattr(client, "redeem", redeem_ticket)
@@ -542,5 +567,99 @@ def test_warm_up_makes_a_cupy_stream_current(client, fake):
     assert seen[-1] == "raw" and fake.last_sync == 0x9100
     cp.close()
     producer.detach()
+    for fd in fake.imported_fds:
+        os.close(fd)
+
+
+def _worded_export(fake, has_word=True, with_fd=True):
+    """A semaphore export as the daemon sends it for a semaphore with a memop word (lavapipe
+    makes none): descriptors of /dev/null, the word's second."""
+    info = pb.ExportedFd(
+        resource_id="sem-worded", kind=pb.RESOURCE_KIND_SEMAPHORE,
+        handle_type=pb.HANDLE_TYPE_OPAQUE_FD, device_uuid=fake.uuid,
+        semaphore=pb.SemaphoreImport(timeline=True, value=0, has_word=has_word),
+    )
+    if has_word and with_fd:
+        info.semaphore.word.CopyFrom(pb.BufferImport(size=64, allocation_size=65536, dedicated=True))
+    word_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) if with_fd and has_word else -1
+    return gpushare.Exported(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), info, word_fd)
+
+
+def test_the_fast_path_writes_and_waits_on_the_word(client, fake):
+    class TorchStream:
+        cuda_stream = 0x5000
+
+    exp = _worded_export(fake)
+    word_fd = exp.word_fd
+    csem = gcuda.import_semaphore(exp)
+    assert exp.closed and exp.word_fd == -1
+    assert csem.path == "word" and csem.fallback is None and csem.word_ptr
+    assert real.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS in (
+        fake.attributes_read
+    )
+    fd, size, flags = fake.last_import
+    assert fd == word_fd and size == 65536 and flags == real.CUDA_EXTERNAL_MEMORY_DEDICATED
+    fake.memops = []
+    csem.signal(3, TorchStream())
+    write, mirror_wait = fake.memops
+    assert write[:3] == ("cuStreamWriteValue64", 0x5000, 3)
+    geq = int(real.CUstreamWaitValue_flags.CU_STREAM_WAIT_VALUE_GEQ)
+    assert mirror_wait[0] == "cuStreamWaitValue64" and mirror_wait[2:] == (3, geq)
+    mirror = mirror_wait[1]
+    assert mirror != 0x5000 and fake.live[mirror] == "stream"
+    # The semaphore itself is signaled on the mirror stream, after the word.
+    assert fake.last_op == ("cuSignalExternalSemaphoresAsync", 3, mirror)
+    fake.memops = []
+    csem.wait(3, None)
+    assert fake.memops == [("cuStreamWaitValue64", 0, 3, geq)]
+    assert "cuWaitExternalSemaphoresAsync" not in fake.calls
+    csem.close()
+    assert not any(k in ("sem", "event", "stream", "extmem", "ptr") for k in fake.live.values())
+    for fd in fake.imported_fds:
+        os.close(fd)
+
+
+def test_the_path_falls_back_or_fails_and_says_why(client, fake):
+    # Asked for the semaphore path: the word's descriptor is closed, not imported.
+    exp = _worded_export(fake)
+    word_fd = exp.word_fd
+    csem = gcuda.import_semaphore(exp, path="semaphore")
+    assert csem.path == "semaphore" and csem.fallback is None and _closed(word_fd)
+    csem.close()
+    # No word at all: auto falls back, saying so; "word" refuses.
+    csem = gcuda.import_semaphore(_worded_export(fake, has_word=False))
+    assert csem.path == "semaphore" and "no memop word" in csem.fallback
+    csem.close()
+    with pytest.raises(gcuda.FastPathUnavailable, match="no memop word"):
+        gcuda.import_semaphore(_worded_export(fake, has_word=False), path="word")
+    # A word exported without its descriptor.
+    csem = gcuda.import_semaphore(_worded_export(fake, with_fd=False))
+    assert "word=True" in csem.fallback
+    csem.close()
+    # A device without 64-bit memory operations.
+    attr = real.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS
+    fake.attribute_values = {attr: 0}
+    csem = gcuda.import_semaphore(_worded_export(fake))
+    assert "CAN_USE_64_BIT_STREAM_MEM_OPS = 0" in csem.fallback
+    csem.close()
+    exp = _worded_export(fake)
+    fds = (exp.fd, exp.word_fd)
+    with pytest.raises(gcuda.FastPathUnavailable):
+        gcuda.import_semaphore(exp, path="word")
+    assert all(_closed(fd) for fd in fds)
+    with pytest.raises(ValueError, match="path"):
+        gcuda.import_semaphore(_worded_export(fake), path="fast")
+    for fd in fake.imported_fds:
+        os.close(fd)
+
+
+def test_a_failed_word_import_closes_both_descriptors(client, fake):
+    fake.fail.add("cuExternalMemoryGetMappedBuffer")
+    exp = _worded_export(fake)
+    fds = (exp.fd, exp.word_fd)
+    with pytest.raises(gcuda.CudaError):
+        gcuda.import_semaphore(exp)
+    assert _closed(fds[0])
+    assert not fake.live  # the word's import was destroyed again
     for fd in fake.imported_fds:
         os.close(fd)

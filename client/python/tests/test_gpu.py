@@ -81,6 +81,29 @@ def test_torch_ping_pong_both_directions_1000_rounds(gpu):
         assert c.value(sem) == 2 * ROUNDS
 
 
+def test_torch_ping_pong_on_the_fast_path(gpu):
+    """The same through a semaphore with a memop word: both torch processes signal and wait
+    on the word (the CUDA fast path), and the semaphore keeps up for the host."""
+    n = 1 << 16
+    with gpu.client() as c:
+        fast = c.info().devices[0].fast_path
+        if not fast.offered:
+            require_gpu(f"the daemon does not offer the fast path: {fast.unavailable}")
+        buf = c.create_buffer(2 * n * 4)
+        sem = c.create_semaphore(word=True, signal_path="word")
+        assert sem.semaphore.word, sem
+        a = peer(gpu, "ping", ROUNDS, n, *tickets(c, buf, sem))
+        b = peer(gpu, "pong", ROUNDS, n, *tickets(c, buf, sem))
+        out_b = finish(b)
+        out_a = finish(a)
+        assert "mismatches=0" in out_a and "mismatches=0" in out_b, out_a + out_b
+        assert "path=word" in out_a and "path=word" in out_b, out_a + out_b
+        deadline = time.monotonic() + 5
+        while c.value(sem) < 2 * ROUNDS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert c.value(sem) == 2 * ROUNDS
+
+
 def test_image_round_trip_through_a_cuda_surface(gpu):
     reason = _probe(["cupy", "numpy"])
     if reason:
