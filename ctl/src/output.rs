@@ -107,7 +107,12 @@ pub fn resource_json(r: &v1::Resource) -> Value {
             });
         }
         Some(v1::resource::Details::Semaphore(s)) => {
-            v["semaphore"] = json!({ "value": s.value, "exportable": s.exportable });
+            v["semaphore"] = json!({
+                "value": s.value,
+                "exportable": s.exportable,
+                "word": s.word,
+                "word_unavailable": s.word_unavailable,
+            });
         }
         Some(v1::resource::Details::HostBuffer(h)) => {
             v["host_buffer"] = json!({ "size": h.size, "registered": h.registered });
@@ -240,6 +245,11 @@ pub fn resource_table(r: &v1::Resource) -> Table {
         Some(v1::resource::Details::Semaphore(s)) => {
             t.row(["value", &s.value.to_string()]);
             t.row(["exportable", yes_no(s.exportable)]);
+            if s.word {
+                t.row(["memop word", "yes (the CUDA fast path)"]);
+            } else if !s.word_unavailable.is_empty() {
+                t.row(["memop word", &format!("none: {}", s.word_unavailable)]);
+            }
         }
         Some(v1::resource::Details::HostBuffer(h)) => {
             t.row(["size", &sized(h.size)]);
@@ -285,6 +295,10 @@ fn device_json(d: &v1::DeviceInfo) -> Value {
         "index": d.index,
         "vulkan_index": d.vulkan_index,
         "executor": d.executor,
+        "fast_path": d.fast_path.as_ref().map(|f| json!({
+            "offered": f.offered,
+            "unavailable": f.unavailable,
+        })),
         "name": d.name,
         "vendor_id": d.vendor_id,
         "device_id": d.device_id,
@@ -373,6 +387,15 @@ pub fn info_text(info: &v1::GetInfoResponse) -> String {
         t.row(["type", &device_type_name(d.device_type)]);
         t.row(["vulkan index", &d.vulkan_index.to_string()]);
         t.row(["executor", &d.executor]);
+        let fast = d.fast_path.clone().unwrap_or_default();
+        t.row([
+            "CUDA fast path",
+            &if fast.offered {
+                "offered".to_owned()
+            } else {
+                format!("not offered: {}", fast.unavailable)
+            },
+        ]);
         t.row([
             "vendor:device",
             &format!("{:04x}:{:04x}", d.vendor_id, d.device_id),
