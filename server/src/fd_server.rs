@@ -151,11 +151,10 @@ async fn serve_connection(d: Arc<Daemon>, conn: SeqPacket) {
             return;
         }
         drop(admitted);
-        if !fds.is_empty() {
-            d.descriptors_sent
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        // The daemon's copy of the descriptor closes here; the client holds its own.
+        // A semaphore's word buffer counts as a descriptor of its own.
+        d.descriptors_sent
+            .fetch_add(fds.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        // The daemon's copies of the descriptors close here; the client holds its own.
     }
 }
 

@@ -271,7 +271,8 @@ impl Metrics {
             &mut out,
             "gpushare_descriptors_sent_total",
             "counter",
-            "Descriptors sent on fd.sock (redeemed tickets and direct exports).",
+            "Descriptors sent on fd.sock (redeemed tickets and direct exports; a semaphore's word \
+             buffer counts as one more).",
             &[(
                 String::new(),
                 d.descriptors_sent.load(Ordering::Relaxed) as f64,

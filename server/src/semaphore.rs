@@ -294,6 +294,18 @@ impl Semaphore {
         poisoned
     }
 
+    /// Raises the word of a semaphore that ended to [`WORD_POISON`] once more: a word write a
+    /// dead signaler had enqueued may have landed after the first raise and lowered it. Does
+    /// nothing for a semaphore that lives, or has no word.
+    pub(crate) fn raise_poison_again(&self) {
+        let state = self.lock();
+        if state.ended.is_some() && !state.poison_deferred {
+            if let Some(word) = self.word() {
+                word.raise(WORD_POISON);
+            }
+        }
+    }
+
     /// Signals the poison value, and raises the word to [`WORD_POISON`]; called with the
     /// state locked.
     fn poison(&self) -> Option<u64> {

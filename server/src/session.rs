@@ -52,6 +52,11 @@ impl Session {
         self.uid
     }
 
+    /// The pid of the process that opened it.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// How it shows in introspection; `live` tells which of its semaphores still exist.
     fn view(&self, id: &str, now: Instant, live: impl Fn(&str) -> bool) -> SessionView {
         SessionView {

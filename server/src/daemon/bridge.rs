@@ -8,6 +8,9 @@
 //! One bridge per semaphore at most. It stops when the semaphore ends (its poison raised the
 //! word already), at shutdown, or at the first value it reads once no session signals the
 //! semaphore through the semaphore alone any more.
+//!
+//! Also here: raising a dead signaler's words once more when its process is gone
+//! ([`Daemon::raise_after_exit`]).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -121,4 +124,55 @@ async fn run(
     }
     bridges.lock().remove(sem.id());
     tracing::debug!(id = %sem.id(), "bridge stopped");
+}
+
+/// How long [`Daemon::raise_after_exit`] waits for a process to exit.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Daemon {
+    /// A signaler session of the worded semaphores `sems` ended and they were poisoned (their
+    /// words raised to the poison). A word write its process had enqueued and its GPU not run
+    /// yet may still land and lower a word: the driver stops a process's GPU work only as the
+    /// process exits, which can be after its sockets closed. So each word is raised once more
+    /// when process `pid` has exited (its pidfd turns readable; at once when it is gone
+    /// already, and after 30 s at most). The semaphores (their words' mappings) are kept until
+    /// then.
+    pub(crate) fn raise_after_exit(&self, pid: i32, sems: Vec<Arc<Semaphore>>) {
+        if sems.is_empty() {
+            return;
+        }
+        let again = move || {
+            for s in &sems {
+                s.raise_poison_again();
+            }
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            again();
+            return;
+        };
+        // None when the process is gone already (ESRCH), or the pid is unknown (0).
+        let pidfd = rustix::process::Pid::from_raw(pid).and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK).ok()
+        });
+        runtime.spawn(async move {
+            if let Some(fd) = pidfd {
+                // SAFETY: the `OwnedFd` moves into the `AsyncFd`, so the descriptor stays open
+                // and names the same pidfd for the `AsyncFd`'s whole lifetime, and
+                // `OwnedFd::as_raw_fd` always returns it.
+                let registered = unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        fd,
+                        tokio::io::Interest::READABLE,
+                    )
+                };
+                match registered {
+                    Ok(fd) => {
+                        let _ = tokio::time::timeout(EXIT_WAIT, fd.readable()).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot poll a pidfd"),
+                }
+            }
+            again();
+        });
+    }
 }

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::log_budget::LogBudget;
 use crate::registry::{EndedSession, Snapshot};
 use crate::resource::{check_resource_id, Object, Resource};
-use crate::semaphore::Ended;
+use crate::semaphore::{Ended, Semaphore};
 use crate::session::SignalPath;
 
 /// INFO lines for abandoned semaphores: a few a second (`left_out` counts the rest).
@@ -75,6 +75,17 @@ impl Daemon {
     /// What a session end left: abandons the semaphores that live on without a signaler, then
     /// frees what it freed.
     fn session_ended(&self, ended: EndedSession) {
+        // Worded semaphores of a signaler that ended: raised again once its process is gone.
+        let worded: Vec<Arc<Semaphore>> = ended
+            .orphaned
+            .iter()
+            .chain(&ended.freed)
+            .filter_map(|r| match &r.object {
+                Object::Semaphore(s) if s.word().is_some() => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        self.raise_after_exit(ended.pid, worded);
         for r in ended.orphaned {
             if let Object::Semaphore(sem) = &r.object {
                 if let Some(value) = sem.end(Ended::Abandoned) {

@@ -43,6 +43,8 @@ pub(crate) struct EndedSession {
     pub(crate) freed: Vec<Arc<Resource>>,
     /// Semaphores the session signaled that live on without any signaler.
     pub(crate) orphaned: Vec<Arc<Resource>>,
+    /// The pid of the process that opened the session (0 when unknown).
+    pub(crate) pid: i32,
 }
 
 /// A resource with its current references, as listings show it.
@@ -313,7 +315,11 @@ impl Registry {
             .filter_map(|id| inner.resources.get(id))
             .map(|e| e.resource.clone())
             .collect();
-        EndedSession { freed, orphaned }
+        EndedSession {
+            freed,
+            orphaned,
+            pid: s.pid(),
+        }
     }
 
     /// Adds a new resource referenced by `session` (checked by the caller) and/or pinned. The
