@@ -371,6 +371,28 @@ pub fn spawn(cmd: &mut Command) -> Child {
     }
 }
 
+/// `gpushare-peer <runtime_dir> hold <buffer_size> [pin|word]` started: a process with a
+/// session, a buffer and a semaphore, which sleeps until killed. Returns it, the buffer's id and
+/// the semaphore's.
+pub fn hold_peer(runtime_dir: &Path, buffer_size: u64, extra: &[&str]) -> (Child, String, String) {
+    use std::io::{BufRead, BufReader};
+    let mut peer = spawn(
+        Command::new(bin("gpushare-peer"))
+            .arg(runtime_dir)
+            .args(["hold", &buffer_size.to_string()])
+            .args(extra)
+            .stdout(std::process::Stdio::piped()),
+    );
+    let mut line = String::new();
+    BufReader::new(peer.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("the holder's line");
+    let ids: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(ids.len(), 2, "gpushare-peer hold said {line:?}");
+    let (buffer, semaphore) = (ids[0].to_owned(), ids[1].to_owned());
+    (peer, buffer, semaphore)
+}
+
 /// Copies the workspace binary `name` into `dir` (once) and returns its path:
 /// another uid may not be able to enter the target directory. Spawn the copy
 /// with [`spawn`] or [`run`], which wait out a transient ETXTBSY.

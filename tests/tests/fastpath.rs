@@ -12,8 +12,6 @@
 //! under `GPUSHARE_REQUIRE_GPU=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +21,7 @@ use gpushare_client::{import, v1, Client, CreateOptions, OpenTarget, StreamOptio
 use gpushare_interop::cuda::cudarc::driver::CudaStream;
 use gpushare_interop::cuda::{self, CudaDevice};
 use gpushare_interop::vulkan::Instance;
-use gpushare_tests::{bin, gpu_required, TestDaemon};
+use gpushare_tests::{gpu_required, TestDaemon};
 use tonic::Code;
 
 fn worded() -> CreateOptions {
@@ -331,16 +329,7 @@ async fn a_killed_signaler_releases_a_wait_on_the_word() {
     let Some((d, client)) = gpu_setup("fastpath kill").await else {
         return;
     };
-    let mut peer = Command::new(bin("gpushare-peer"))
-        .args([d.runtime_dir().to_str().unwrap(), "hold", "4096", "word"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(peer.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let sem_id = line.split_whitespace().nth(1).unwrap().to_owned();
+    let (mut peer, _, sem_id) = gpushare_tests::hold_peer(d.runtime_dir(), 4096, &["word"]);
     // Held here too, so that it is abandoned (not freed) when the peer goes.
     client
         .open(OpenTarget::Id(sem_id.clone()), false)

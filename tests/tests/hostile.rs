@@ -431,21 +431,11 @@ async fn sigkilled_client_session_ends_and_frees_what_it_held() {
     let base = stats(&c).await;
     let fds = d.settled_fd_count();
     for round in 0..3 {
-        let mut peer = Command::new(bin("gpushare-peer"))
-            .args([d.runtime_dir().to_str().unwrap(), "hold", "4194304"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(peer.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ids: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(ids.len(), 2, "{line}");
+        let (mut peer, buffer, _) = gpushare_tests::hold_peer(d.runtime_dir(), 4 << 20, &[]);
         let s = stats(&c).await;
         assert_eq!(s.live_resources, base.live_resources + 2);
         assert_eq!(s.live_sessions, base.live_sessions + 1);
-        c.describe(ids[0]).await.unwrap();
+        c.describe(&buffer).await.unwrap();
 
         peer.kill().unwrap(); // SIGKILL
         let killed = Instant::now();
@@ -466,7 +456,7 @@ async fn sigkilled_client_session_ends_and_frees_what_it_held() {
             "session ended only after {took:?}"
         );
         assert_eq!(
-            c.describe(ids[0]).await.unwrap_err().code(),
+            c.describe(&buffer).await.unwrap_err().code(),
             Some(Code::NotFound)
         );
     }
@@ -543,16 +533,7 @@ async fn idle_fd_connections_are_dropped_and_clients_reconnect() {
 async fn a_dead_signalers_semaphore_is_abandoned_and_releases_its_waiters() {
     use futures_util::StreamExt;
     let d = gpushare_tests::daemon_or_skip!("");
-    let mut peer = Command::new(bin("gpushare-peer"))
-        .args([d.runtime_dir().to_str().unwrap(), "hold", "4096", "pin"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(peer.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let sem_id = line.split_whitespace().nth(1).unwrap().to_owned();
+    let (mut peer, _, sem_id) = gpushare_tests::hold_peer(d.runtime_dir(), 4096, &["pin"]);
     let c = Client::connect(d.runtime_dir()).await.unwrap();
     let sem = c.semaphore(&sem_id);
     let wait = tokio::spawn({

@@ -31,13 +31,13 @@ from gpushare._common import (
     _sync,
     gpushare_pb2,
     gpushare_pb2_grpc,
-    signal_path_value,
 )
 from gpushare.client import (
     MAX_FD_REPLY_BYTES,
     MAX_FDS_PER_MESSAGE,
     MAX_MESSAGE_BYTES,
     SESSION_HEADER,
+    _create_semaphore_request,
     _create_stream_request,
     _decode_fd_reply,
     _grant_request,
@@ -200,14 +200,7 @@ class AsyncClient:
         """:meth:`Client.create_semaphore`."""
         return await self.call(
             "CreateSemaphore",
-            gpushare_pb2.CreateSemaphoreRequest(
-                initial_value=initial,
-                device=device,
-                name=name,
-                pin=pin,
-                word=word,
-                signal_path=signal_path_value(signal_path),
-            ),
+            _create_semaphore_request(initial, name, pin, device, word, signal_path),
         )
 
     async def create_host_buffer(self, size: int, name: str = "", pin: bool = False) -> HostBuffer:

@@ -144,6 +144,20 @@ def _image_request(
     )
 
 
+def _create_semaphore_request(
+    initial: int, name: str, pin: bool, device: int, word: bool, signal_path: Union[str, int]
+) -> "gpushare_pb2.CreateSemaphoreRequest":
+    """A CreateSemaphoreRequest (see :meth:`Client.create_semaphore`)."""
+    return gpushare_pb2.CreateSemaphoreRequest(
+        initial_value=initial,
+        device=device,
+        name=name,
+        pin=pin,
+        word=word,
+        signal_path=signal_path_value(signal_path),
+    )
+
+
 def _create_stream_request(
     slots: int,
     buffer_size: Optional[int],
@@ -390,14 +404,7 @@ class Client:
         the daemon only)."""
         return self._call(
             "CreateSemaphore",
-            gpushare_pb2.CreateSemaphoreRequest(
-                initial_value=initial,
-                device=device,
-                name=name,
-                pin=pin,
-                word=word,
-                signal_path=signal_path_value(signal_path),
-            ),
+            _create_semaphore_request(initial, name, pin, device, word, signal_path),
         )
 
     def create_host_buffer(self, size: int, name: str = "", pin: bool = False) -> HostBuffer:
