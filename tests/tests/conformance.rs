@@ -31,7 +31,7 @@ use gpushare_tests::{bin_copy_in, TempDir, TestDaemon};
 use hostile_fd::HostileFdServer;
 
 /// The scenarios, in the contract's order.
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "connect",
     "session",
     "resources",
@@ -43,6 +43,7 @@ const SCENARIOS: [&str; 11] = [
     "foreign",
     "extra-fds",
     "stream",
+    "fast-path",
 ];
 
 /// The daemon's `limits.ticket_ttl_ms`, passed to the CLIs.

@@ -575,6 +575,63 @@ def stream_scenario() -> None:
         producer_session.close()
 
 
+def fast_path() -> None:
+    with session() as c, session() as other:
+        info = c.info()
+        offered0 = None
+        for d in info.devices:
+            if not d.HasField("fast_path"):
+                raise Fail(f"GetInfo: device {d.index} has no fast_path")
+            if not d.fast_path.offered and not d.fast_path.unavailable:
+                raise Fail(f"GetInfo: device {d.index}'s fast path is not offered and says not why")
+            if offered0 is None:
+                offered0 = d.fast_path.offered
+        sem = c.create_semaphore(2, word=True, signal_path="word")
+        r = c.describe(sem.id)
+        if r.kind != pb.RESOURCE_KIND_SEMAPHORE:
+            raise Fail(f"DescribeResource: expected a semaphore, got kind {r.kind}")
+        d = r.semaphore
+        if d.value != 2:
+            raise Fail(f"DescribeResource: expected value 2, got {d.value}")
+        if d.word != (not d.word_unavailable):
+            raise Fail(f"DescribeResource: word {d.word} with word_unavailable {d.word_unavailable!r}")
+        if d.word != bool(offered0 and d.exportable):
+            raise Fail(
+                f"DescribeResource: word {d.word}, but device 0 offers the fast path: "
+                f"{offered0}, exportable: {d.exportable}"
+            )
+        expect_code(
+            "CreateSemaphore with signal_path 7",
+            lambda: c._call("CreateSemaphore", pb.CreateSemaphoreRequest(signal_path=7)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        if not d.exportable:
+            expect_code(
+                "fd.sock export with word of an unexportable semaphore",
+                lambda: c.export(sem.id, word=True),
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+        else:
+            with c.export(sem.id, word=True) as e:
+                s = e.info.semaphore
+                if s.has_word != d.word or s.value != 2:
+                    raise Fail(
+                        f"fd.sock export with word: has_word {s.has_word} value {s.value}, "
+                        f"expected {d.word} and 2"
+                    )
+                if s.has_word:
+                    ok = e.word_fd >= 0 and s.HasField("word") and s.word.allocation_size >= 8
+                else:
+                    ok = e.word_fd < 0 and not s.HasField("word")
+                if not ok:
+                    raise Fail(
+                        f"fd.sock export with word: has_word {s.has_word}, word descriptor "
+                        f"{e.word_fd}, word metadata {s.word if s.HasField('word') else None}"
+                    )
+        other.open(sem.id, signal=True, signal_path="semaphore")
+        c.release(sem.id)
+
+
 SCENARIOS = {
     "connect": connect,
     "session": session_scenario,
@@ -587,6 +644,7 @@ SCENARIOS = {
     "foreign": foreign,
     "extra-fds": extra_fds,
     "stream": stream_scenario,
+    "fast-path": fast_path,
 }
 
 

@@ -17,6 +17,7 @@
 //! checks that this client does what the contract says every client does.
 
 mod descriptors;
+mod fast_path;
 mod lifecycle;
 mod stream;
 mod sync_ops;
@@ -213,6 +214,7 @@ async fn run(args: &[String]) -> Outcome {
             "foreign" => descriptors::foreign(&env).await?,
             "extra-fds" => descriptors::extra_fds(&env).await?,
             "stream" => stream::stream(&env).await?,
+            "fast-path" => fast_path::fast_path(&env).await?,
             other => fail!("unknown scenario {other:?}"),
         },
         [cmd, ticket, id, size] if cmd == "redeem-child" => {
