@@ -1,6 +1,7 @@
 // Package gpushare is the Go client of the gpushare daemon (gpushared): the gRPC control API on
 // control.sock (Dial, Client, Session) and the descriptor socket fd.sock (FdConn: ticket
-// redemption, direct export, host waits, and a frame stream's AcquireSlot, Present,
+// redemption and direct export, with a semaphore's memop word buffer when asked for (RedeemWord,
+// ExportWord: the CUDA fast path), host waits, and a frame stream's AcquireSlot, Present,
 // AcquireFrame and ReleaseFrame).
 //
 // The requests and replies are the generated protobuf types of gpushare.v1 (package

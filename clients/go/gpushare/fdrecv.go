@@ -9,12 +9,16 @@ package gpushare
 //     this one by itself on Linux, golang/go #42765); calling syscall.Recvmsg through the
 //     connection's RawConn keeps the flag explicit and the read under Go's poller and deadlines.
 //   - The control buffer is sized with syscall.CmsgSpace for the descriptors the reply may
-//     carry: one for a reply to an export or a redemption, none for a wait or a stream call.
+//     carry: two for a reply to an export or a redemption (one, or two for a semaphore whose
+//     memop word was asked for with FdRequest.word), none for a wait or a stream call.
 //   - Every descriptor of every SCM_RIGHTS header is taken (ParseSocketControlMessage over
 //     the whole control data) and owned at once as an *os.File.
 //   - MSG_TRUNC, MSG_CTRUNC, a reply that does not decode, one of the wrong kind, or one with
 //     more or fewer descriptors than its kind carries is a *ProtocolError, and every
-//     descriptor that arrived is closed before it is returned.
+//     descriptor that arrived is closed before it is returned. An `exported` reply carries two
+//     exactly when its metadata announces the word's buffer (ExportedFd.semaphore.word, which
+//     the daemon sets only when the request asked for the word), else one; a word announced
+//     in reply to a request that did not ask for it is a *ProtocolError too.
 
 import (
 	"fmt"
@@ -34,9 +38,10 @@ const maxReplySize = 64 << 10
 type replyKind int
 
 const (
-	expectExported replyKind = iota // redeem, export: ExportedFd with one descriptor
-	expectWaited                    // wait: SemaphoreValue, no descriptor
-	expectStream                    // stream call: StreamReply, no descriptor
+	expectExported     replyKind = iota // redeem, export: ExportedFd with one descriptor
+	expectExportedWord                  // the same with FdRequest.word: one, or two with semaphore.word
+	expectWaited                        // wait: SemaphoreValue, no descriptor
+	expectStream                        // stream call: StreamReply, no descriptor
 )
 
 // String names what a request of the kind is, for protocol errors.
@@ -44,6 +49,8 @@ func (k replyKind) String() string {
 	switch k {
 	case expectExported:
 		return "an export or redemption"
+	case expectExportedWord:
+		return "an export or redemption with the word"
 	case expectWaited:
 		return "a wait"
 	default:
@@ -51,12 +58,18 @@ func (k replyKind) String() string {
 	}
 }
 
+// maxFds is the room the control buffer makes: two descriptors for every export or
+// redemption (the most an `exported` reply carries: a semaphore and its word's buffer), so that
+// a second descriptor arrives, and is counted and closed, even where only one is due.
 func (k replyKind) maxFds() int {
-	if k == expectExported {
-		return 1
+	if k == expectExported || k == expectExportedWord {
+		return 2
 	}
 	return 0
 }
+
+// exported reports whether the kind expects an `exported` reply.
+func (k replyKind) exported() bool { return k == expectExported || k == expectExportedWord }
 
 // recvMsg reads one message of a SOCK_SEQPACKET connection into buf, with room for maxFds
 // descriptors, and returns its length and every descriptor that arrived, owned. A truncated
@@ -138,9 +151,10 @@ func closeAll(files []*os.File) {
 }
 
 // recvReply reads one FdReply answering a request of the given kind. It returns the reply and,
-// for `exported`, its descriptor (owned by the caller); an FdReply.error becomes an *FdError;
+// for `exported`, its descriptors (owned by the caller): the resource's first, then the word's
+// buffer when ExportedFd.semaphore.word announces it; an FdReply.error becomes an *FdError;
 // anything that breaks the rules above is a *ProtocolError with every descriptor closed.
-func recvReply(conn syscall.Conn, want replyKind) (*pb.FdReply, *os.File, error) {
+func recvReply(conn syscall.Conn, want replyKind) (*pb.FdReply, []*os.File, error) {
 	buf := make([]byte, maxReplySize)
 	n, files, err := recvMsg(conn, buf, want.maxFds())
 	if err != nil {
@@ -154,10 +168,16 @@ func recvReply(conn syscall.Conn, want replyKind) (*pb.FdReply, *os.File, error)
 	var carries int
 	switch r := reply.Reply.(type) {
 	case *pb.FdReply_Exported:
-		if want != expectExported {
+		if !want.exported() {
 			return nil, nil, closeWith(files, fmt.Sprintf("an exported descriptor in reply to %s", want))
 		}
 		carries = 1
+		if r.Exported.GetSemaphore().GetWord() != nil {
+			if want != expectExportedWord {
+				return nil, nil, closeWith(files, fmt.Sprintf("a word's buffer announced in reply to %s", want))
+			}
+			carries = 2
+		}
 	case *pb.FdReply_Waited:
 		if want != expectWaited {
 			return nil, nil, closeWith(files, fmt.Sprintf("a wait's reply to %s", want))
@@ -177,8 +197,8 @@ func recvReply(conn syscall.Conn, want replyKind) (*pb.FdReply, *os.File, error)
 	if len(files) != carries {
 		return nil, nil, closeWith(files, fmt.Sprintf("%d descriptors with a reply that carries %d", len(files), carries))
 	}
-	if carries == 1 {
-		return &reply, files[0], nil
+	if carries == 0 {
+		return &reply, nil, nil
 	}
-	return &reply, nil, nil
+	return &reply, files, nil
 }

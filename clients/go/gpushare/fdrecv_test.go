@@ -92,6 +92,21 @@ var (
 		Kind:       pb.ResourceKind_RESOURCE_KIND_BUFFER,
 		Details:    &pb.ExportedFd_Buffer{Buffer: &pb.BufferImport{Size: 4096, AllocationSize: 4096}},
 	}}}
+	// A semaphore exported with its memop word (FdRequest.word): two descriptors.
+	wordReply = &pb.FdReply{Reply: &pb.FdReply_Exported{Exported: &pb.ExportedFd{
+		ResourceId: "sem-0123456789abcdef0123456789abcdef",
+		Kind:       pb.ResourceKind_RESOURCE_KIND_SEMAPHORE,
+		Details: &pb.ExportedFd_Semaphore{Semaphore: &pb.SemaphoreImport{
+			Timeline: true, Value: 2, HasWord: true,
+			Word: &pb.BufferImport{Size: 8, AllocationSize: 65536, Dedicated: true},
+		}},
+	}}}
+	// A semaphore without a word (or exported without asking for it): one descriptor.
+	semReply = &pb.FdReply{Reply: &pb.FdReply_Exported{Exported: &pb.ExportedFd{
+		ResourceId: "sem-0123456789abcdef0123456789abcdef",
+		Kind:       pb.ResourceKind_RESOURCE_KIND_SEMAPHORE,
+		Details:    &pb.ExportedFd_Semaphore{Semaphore: &pb.SemaphoreImport{Timeline: true, Value: 2}},
+	}}}
 	waitedReply = &pb.FdReply{Reply: &pb.FdReply_Waited{Waited: &pb.SemaphoreValue{Value: 7}}}
 	errorReply  = &pb.FdReply{Reply: &pb.FdReply_Error{Error: &pb.FdError{Code: 5, Message: "no such ticket"}}}
 )
@@ -100,13 +115,28 @@ func TestExportedWithOneDescriptor(t *testing.T) {
 	before := openFds(t)
 	p := newPair(t)
 	p.send(t, marshal(t, exportedReply), 1)
-	reply, file, err := recvReply(p.client, expectExported)
+	reply, files, err := recvReply(p.client, expectExported)
 	if err != nil {
 		t.Fatalf("recvReply: %v", err)
 	}
 	if reply.GetExported().GetResourceId() != exportedReply.GetExported().GetResourceId() {
 		t.Errorf("resource id %q", reply.GetExported().GetResourceId())
 	}
+	if len(files) != 1 {
+		t.Fatalf("%d descriptors, want 1", len(files))
+	}
+	checkReceived(t, files[0])
+	files[0].Close()
+	p.client.Close()
+	syscall.Close(p.server)
+	if after := openFds(t); after != before {
+		t.Errorf("open descriptors %d before, %d after", before, after)
+	}
+}
+
+// checkReceived: the descriptor is open (fstat) and close-on-exec (MSG_CMSG_CLOEXEC).
+func checkReceived(t *testing.T, file *os.File) {
+	t.Helper()
 	var st syscall.Stat_t
 	if err := syscall.Fstat(int(file.Fd()), &st); err != nil {
 		t.Errorf("fstat: %v", err)
@@ -115,11 +145,45 @@ func TestExportedWithOneDescriptor(t *testing.T) {
 	if errno != 0 || flags&syscall.FD_CLOEXEC == 0 {
 		t.Errorf("FD_CLOEXEC not set (flags %#x, errno %v): MSG_CMSG_CLOEXEC missing", flags, errno)
 	}
-	file.Close()
-	p.client.Close()
-	syscall.Close(p.server)
-	if after := openFds(t); after != before {
-		t.Errorf("open descriptors %d before, %d after", before, after)
+}
+
+// A semaphore exported with FdRequest.word: the word's buffer comes second, and both are
+// returned exactly when the metadata announces the word; without it, one descriptor.
+func TestExportedWithWord(t *testing.T) {
+	cases := []struct {
+		name  string
+		reply *pb.FdReply
+		fds   int
+	}{
+		{"semaphore with its word: 2 descriptors", wordReply, 2},
+		{"semaphore without a word: 1 descriptor", semReply, 1},
+		{"buffer, word asked for: 1 descriptor", exportedReply, 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := openFds(t)
+			p := newPair(t)
+			p.send(t, marshal(t, tc.reply), tc.fds)
+			reply, files, err := recvReply(p.client, expectExportedWord)
+			if err != nil {
+				t.Fatalf("recvReply: %v", err)
+			}
+			if len(files) != tc.fds {
+				t.Errorf("%d descriptors, want %d", len(files), tc.fds)
+			}
+			if !proto.Equal(reply, tc.reply) {
+				t.Errorf("reply %v, want %v", reply, tc.reply)
+			}
+			for _, f := range files {
+				checkReceived(t, f)
+			}
+			closeAll(files)
+			p.client.Close()
+			syscall.Close(p.server)
+			if after := openFds(t); after != before {
+				t.Errorf("open descriptors %d before, %d after", before, after)
+			}
+		})
 	}
 }
 
@@ -136,6 +200,17 @@ func TestProtocolErrorsCloseEveryDescriptor(t *testing.T) {
 		{"exported with 3 descriptors (MSG_CTRUNC)", marshal(t, exportedReply), 3, expectExported, 2},
 		{"exported with 2 descriptors (fits the buffer)", marshal(t, exportedReply), 2, expectExported, 2},
 		{"exported with no descriptor", marshal(t, exportedReply), 0, expectExported, 0},
+		{"exported with 2 descriptors, word asked for (a buffer has none)", marshal(t, exportedReply), 2, expectExportedWord, 2},
+		{"exported with 3 descriptors, word asked for (MSG_CTRUNC)", marshal(t, exportedReply), 3, expectExportedWord, 2},
+		{"exported with 64 descriptors, word asked for (MSG_CTRUNC)", marshal(t, exportedReply), 64, expectExportedWord, 2},
+		{"semaphore without a word, 2 descriptors", marshal(t, semReply), 2, expectExportedWord, 2},
+		{"word announced, 1 descriptor", marshal(t, wordReply), 1, expectExportedWord, 1},
+		{"word announced, no descriptor", marshal(t, wordReply), 0, expectExportedWord, 0},
+		{"word announced, 3 descriptors (MSG_CTRUNC)", marshal(t, wordReply), 3, expectExportedWord, 2},
+		{"word announced, 64 descriptors (MSG_CTRUNC)", marshal(t, wordReply), 64, expectExportedWord, 2},
+		{"word announced, not asked for, 2 descriptors", marshal(t, wordReply), 2, expectExported, 2},
+		{"error with 2 descriptors, word asked for", marshal(t, errorReply), 2, expectExportedWord, 2},
+		{"exported with 2 descriptors answering a wait (MSG_CTRUNC)", marshal(t, wordReply), 2, expectWaited, 0},
 		{"exported with 64 descriptors (MSG_CTRUNC)", marshal(t, exportedReply), 64, expectExported, 2},
 		{"error with a descriptor", marshal(t, errorReply), 1, expectExported, 1},
 		{"waited with a descriptor (no room: MSG_CTRUNC)", marshal(t, waitedReply), 1, expectWaited, 0},
@@ -150,16 +225,15 @@ func TestProtocolErrorsCloseEveryDescriptor(t *testing.T) {
 			before := openFds(t)
 			p := newPair(t)
 			p.send(t, tc.msg, tc.fds)
-			_, file, err := recvReply(p.client, tc.want)
+			_, files, err := recvReply(p.client, tc.want)
 			var pe *ProtocolError
 			if !errors.As(err, &pe) {
-				if file != nil {
-					file.Close()
-				}
+				closeAll(files)
 				t.Fatalf("got %v, want a *ProtocolError", err)
 			}
-			if file != nil {
-				t.Errorf("a file came with the error")
+			if files != nil {
+				closeAll(files)
+				t.Errorf("files came with the error")
 			}
 			if pe.Closed != tc.closed {
 				t.Errorf("%d descriptors closed, want %d (%v)", pe.Closed, tc.closed, pe)
@@ -185,9 +259,9 @@ func TestErrorAndWaitedReplies(t *testing.T) {
 		t.Errorf("got %v, want an *FdError NOT_FOUND", err)
 	}
 	p.send(t, marshal(t, waitedReply), 0)
-	reply, file, err := recvReply(p.client, expectWaited)
-	if err != nil || file != nil || reply.GetWaited().GetValue() != 7 {
-		t.Errorf("got %v, %v, %v; want waited 7", reply, file, err)
+	reply, files, err := recvReply(p.client, expectWaited)
+	if err != nil || files != nil || reply.GetWaited().GetValue() != 7 {
+		t.Errorf("got %v, %v, %v; want waited 7", reply, files, err)
 	}
 	syscall.Shutdown(p.server, syscall.SHUT_WR)
 	if _, _, err := recvReply(p.client, expectWaited); err != io.EOF {
@@ -229,5 +303,100 @@ func TestFdConnStaysUsableAfterProtocolError(t *testing.T) {
 	f.Close()
 	if _, err := f.Export(ctx, "x"); err == nil {
 		t.Error("export on a closed connection succeeded")
+	}
+}
+
+// ExportWord and RedeemWord send FdRequest.word and hand out the word's buffer as Exported.Word;
+// Export and Redeem do not ask for it, and a word announced to them is a protocol error.
+func TestFdConnWord(t *testing.T) {
+	before := openFds(t)
+	p := newPair(t)
+	f := &FdConn{conn: p.client}
+	ctx := context.Background()
+	requests := make(chan *pb.FdRequest, 8)
+	serve := func(reply *pb.FdReply, fds int) {
+		buf := make([]byte, 1024)
+		n, err := syscall.Read(p.server, buf)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		var req pb.FdRequest
+		if err := proto.Unmarshal(buf[:n], &req); err != nil {
+			t.Error(err)
+		}
+		requests <- &req
+		p.send(t, marshal(t, reply), fds)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		serve(wordReply, 2)
+		serve(wordReply, 2)
+		serve(semReply, 1)
+		serve(wordReply, 2)
+		serve(wordReply, 1)
+	}()
+
+	exp, err := f.ExportWord(ctx, "sem-0123456789abcdef0123456789abcdef")
+	if err != nil {
+		t.Fatalf("ExportWord: %v", err)
+	}
+	if req := <-requests; !req.GetWord() || req.GetExport() == "" {
+		t.Errorf("ExportWord sent %v", req)
+	}
+	if exp.File == nil || exp.Word == nil {
+		t.Fatalf("ExportWord: File %v, Word %v", exp.File, exp.Word)
+	}
+	checkReceived(t, exp.File)
+	checkReceived(t, exp.Word)
+	if exp.Info.GetSemaphore().GetWord().GetAllocationSize() != 65536 {
+		t.Errorf("word metadata %v", exp.Info.GetSemaphore().GetWord())
+	}
+	if err := exp.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+
+	exp, err = f.RedeemWord(ctx, []byte("0123456789abcdef"))
+	if err != nil {
+		t.Fatalf("RedeemWord: %v", err)
+	}
+	if req := <-requests; !req.GetWord() || req.GetRedeem() == nil {
+		t.Errorf("RedeemWord sent %v", req)
+	}
+	if exp.File == nil || exp.Word == nil {
+		t.Errorf("RedeemWord: File %v, Word %v", exp.File, exp.Word)
+	}
+	exp.Close()
+
+	exp, err = f.ExportWord(ctx, "sem-0123456789abcdef0123456789abcdef")
+	if err != nil {
+		t.Fatalf("ExportWord of a semaphore without a word: %v", err)
+	}
+	<-requests
+	if exp.File == nil || exp.Word != nil {
+		t.Errorf("ExportWord of a semaphore without a word: File %v, Word %v", exp.File, exp.Word)
+	}
+	exp.Close()
+
+	_, err = f.Export(ctx, "sem-0123456789abcdef0123456789abcdef")
+	var pe *ProtocolError
+	if !errors.As(err, &pe) || pe.Closed != 2 {
+		t.Errorf("Export answered with a word: %v, want a *ProtocolError closing 2", err)
+	}
+	if req := <-requests; req.GetWord() {
+		t.Errorf("Export sent word: %v", req)
+	}
+
+	_, err = f.ExportWord(ctx, "sem-0123456789abcdef0123456789abcdef")
+	if !errors.As(err, &pe) || pe.Closed != 1 {
+		t.Errorf("a word announced with one descriptor: %v, want a *ProtocolError closing 1", err)
+	}
+	<-requests
+	<-done
+	f.Close()
+	syscall.Close(p.server)
+	if after := openFds(t); after != before {
+		t.Errorf("open descriptors %d before, %d after", before, after)
 	}
 }

@@ -31,6 +31,7 @@ var scenarios = map[string]func(*env) error{
 	"foreign":       scenarioForeign,
 	"extra-fds":     scenarioExtraFds,
 	"stream":        scenarioStream,
+	"fast-path":     scenarioFastPath,
 }
 
 // env is what a scenario runs with: the daemon's runtime directory and a context bounding the
