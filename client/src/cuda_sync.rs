@@ -73,7 +73,7 @@ fn usable(
     word: bool,
     support: impl FnOnce() -> std::result::Result<Support, String>,
 ) -> std::result::Result<(), String> {
-    if !details.has_word {
+    if !details.word_exists {
         return Err(
             "the semaphore has no memop word (create it with word = true on a device \
                     whose FastPath is offered: see GetInfo)"
@@ -220,7 +220,7 @@ mod tests {
     fn details(has_word: bool, described: bool) -> v1::SemaphoreImport {
         v1::SemaphoreImport {
             timeline: true,
-            has_word,
+            word_exists: has_word,
             word: described.then(v1::BufferImport::default),
             ..Default::default()
         }

@@ -275,7 +275,7 @@ mod tests {
                     kind: v1::ResourceKind::Semaphore as i32,
                     details: Some(v1::exported_fd::Details::Semaphore(v1::SemaphoreImport {
                         timeline: true,
-                        has_word: true,
+                        word_exists: true,
                         word: word.then(v1::BufferImport::default),
                         ..Default::default()
                     })),

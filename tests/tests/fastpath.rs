@@ -111,7 +111,7 @@ async fn words_are_made_where_offered_and_said_why_not_elsewhere() {
         };
         assert_eq!(import.value, 5);
         assert!(details.word, "{details:?}");
-        assert!(import.has_word && import.word.is_some(), "{import:?}");
+        assert!(import.word_exists && import.word.is_some(), "{import:?}");
         assert!(
             exported.word.is_some(),
             "the word's descriptor comes second"
@@ -121,7 +121,7 @@ async fn words_are_made_where_offered_and_said_why_not_elsewhere() {
         assert!(one.word.is_none());
         match &one.info.details {
             Some(v1::exported_fd::Details::Semaphore(s)) => {
-                assert!(s.has_word && s.word.is_none(), "{s:?}")
+                assert!(s.word_exists && s.word.is_none(), "{s:?}")
             }
             other => panic!("{other:?}"),
         }
@@ -131,7 +131,7 @@ async fn words_are_made_where_offered_and_said_why_not_elsewhere() {
         let exported = client.export_with_word(sem.id()).await.unwrap();
         match &exported.info.details {
             Some(v1::exported_fd::Details::Semaphore(s)) => {
-                assert!(!s.has_word && s.word.is_none(), "{s:?}")
+                assert!(!s.word_exists && s.word.is_none(), "{s:?}")
             }
             other => panic!("not a semaphore import: {other:?}"),
         }

@@ -588,7 +588,7 @@ def choose_path(
     if path == "semaphore":
         return "semaphore", None
     why: Optional[str]
-    if not meta.has_word:
+    if not meta.word_exists:
         why = (
             "the semaphore has no memop word (create it with word=True on a device whose "
             "fast_path is offered: see info())"

@@ -732,7 +732,7 @@ def test_redeem_never_leaks_fds(tmp_path, case, nfds, expected):
         "two_fds": exported.SerializeToString(),
         "word_missing": pb.FdReply(exported=pb.ExportedFd(
             resource_id="sem-x", kind=pb.RESOURCE_KIND_SEMAPHORE,
-            semaphore=pb.SemaphoreImport(timeline=True, has_word=True, word=pb.BufferImport()),
+            semaphore=pb.SemaphoreImport(timeline=True, word_exists=True, word=pb.BufferImport()),
         )).SerializeToString(),
         "error_with_fd": pb.FdReply(error=pb.FdError(code=5, message="gone")).SerializeToString(),
         "garbage": b"\xff\xff\xff\xff",

@@ -571,17 +571,17 @@ def test_warm_up_makes_a_cupy_stream_current(client, fake):
         os.close(fd)
 
 
-def _worded_export(fake, has_word=True, with_fd=True):
+def _worded_export(fake, word_exists=True, with_fd=True):
     """A semaphore export as the daemon sends it for a semaphore with a memop word (lavapipe
     makes none): descriptors of /dev/null, the word's second."""
     info = pb.ExportedFd(
         resource_id="sem-worded", kind=pb.RESOURCE_KIND_SEMAPHORE,
         handle_type=pb.HANDLE_TYPE_OPAQUE_FD, device_uuid=fake.uuid,
-        semaphore=pb.SemaphoreImport(timeline=True, value=0, has_word=has_word),
+        semaphore=pb.SemaphoreImport(timeline=True, value=0, word_exists=word_exists),
     )
-    if has_word and with_fd:
+    if word_exists and with_fd:
         info.semaphore.word.CopyFrom(pb.BufferImport(size=64, allocation_size=65536, dedicated=True))
-    word_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) if with_fd and has_word else -1
+    word_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) if with_fd and word_exists else -1
     return gpushare.Exported(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), info, word_fd)
 
 
@@ -627,11 +627,11 @@ def test_the_path_falls_back_or_fails_and_says_why(client, fake):
     assert csem.path == "semaphore" and csem.fallback is None and _closed(word_fd)
     csem.close()
     # No word at all: auto falls back, saying so; "word" refuses.
-    csem = gcuda.import_semaphore(_worded_export(fake, has_word=False))
+    csem = gcuda.import_semaphore(_worded_export(fake, word_exists=False))
     assert csem.path == "semaphore" and "no memop word" in csem.fallback
     csem.close()
     with pytest.raises(gcuda.FastPathUnavailable, match="no memop word"):
-        gcuda.import_semaphore(_worded_export(fake, has_word=False), path="word")
+        gcuda.import_semaphore(_worded_export(fake, word_exists=False), path="word")
     # A word exported without its descriptor.
     csem = gcuda.import_semaphore(_worded_export(fake, with_fd=False))
     assert "word=True" in csem.fallback

@@ -37,6 +37,7 @@ constexpr Scenario kScenarios[] = {
     {"foreign", conformance::scenario_foreign},
     {"extra-fds", conformance::scenario_extra_fds},
     {"stream", conformance::scenario_stream},
+    {"fast-path", conformance::scenario_fast_path},
 };
 
 int usage() {

@@ -30,6 +30,9 @@ void scenario_extra_fds(const Env& env);
 // scenarios_stream.cpp: a frame stream, over gRPC and fd.sock.
 void scenario_stream(const Env& env);
 
+// scenarios_fastpath.cpp: the CUDA fast path's surface (memop words, signal paths).
+void scenario_fast_path(const Env& env);
+
 /// The second process of export-redeem: redeems `ticket_hex` and checks what came back.
 void redeem_child(const Env& env, const std::string& ticket_hex, const std::string& id,
                   const std::string& size);

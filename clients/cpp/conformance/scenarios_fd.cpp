@@ -308,20 +308,24 @@ void scenario_extra_fds(const Env&) {
   const std::string path = env_var("GPUSHARE_CONFORMANCE_HOSTILE_FD_SOCK");
   expect(!path.empty(), "GPUSHARE_CONFORMANCE_HOSTILE_FD_SOCK is unset");
   // One connection: the server counts requests per connection (3, 0, then 64 descriptors).
-  gpushare::FdSocket fd = gpushare::FdSocket::connect(path);
-  fd.set_reply_timeout(std::chrono::seconds(5));
-  const char* what[] = {"1st redeem (3 descriptors)", "2nd redeem (no descriptor)",
-                        "3rd redeem (64 descriptors)"};
-  for (const char* attempt : what) {
-    expect_error(std::string("hostile fd.sock, ") + attempt, gpushare::ErrorSource::kProtocol, {},
-                 [&] {
-                   try {
-                     fd.redeem(random_bytes16());
-                   } catch (const gpushare::Error& e) {
-                     std::cout << attempt << ": " << e.what() << std::endl;
-                     throw;
-                   }
-                 });
+  // Then the same on a second connection with the word asked for (FdRequest.word), which makes
+  // room for two descriptors instead of one: 3 and 64 are still MSG_CTRUNC.
+  for (const bool word : {false, true}) {
+    gpushare::FdSocket fd = gpushare::FdSocket::connect(path);
+    fd.set_reply_timeout(std::chrono::seconds(5));
+    const char* what[] = {"1st redeem (3 descriptors)", "2nd redeem (no descriptor)",
+                          "3rd redeem (64 descriptors)"};
+    for (const char* attempt : what) {
+      const std::string name = std::string(attempt) + (word ? ", word asked for" : "");
+      expect_error("hostile fd.sock, " + name, gpushare::ErrorSource::kProtocol, {}, [&] {
+        try {
+          fd.redeem(random_bytes16(), word);
+        } catch (const gpushare::Error& e) {
+          std::cout << name << ": " << e.what() << std::endl;
+          throw;
+        }
+      });
+    }
   }
 }
 

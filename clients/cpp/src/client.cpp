@@ -141,6 +141,9 @@ v1::GetInfoResponse Client::get_info() {
 }
 
 v1::Resource Client::create_buffer(std::uint64_t size, const CreateOptions& options) {
+  if (options.word || options.signal_path != v1::SIGNAL_PATH_UNSPECIFIED) {
+    throw Error::usage("create_buffer: a buffer has no memop word and no signal path");
+  }
   v1::CreateBufferRequest request;
   request.set_size(size);
   request.set_device(options.device);
@@ -157,8 +160,28 @@ v1::Resource Client::create_semaphore(std::uint64_t initial_value, const CreateO
   request.set_device(options.device);
   request.set_name(options.name);
   request.set_pin(options.pin);
+  request.set_word(options.word);
+  request.set_signal_path(options.signal_path);
+  return create_semaphore(request);
+}
+
+v1::Resource Client::create_semaphore(const v1::CreateSemaphoreRequest& request) {
   v1::Resource response;
   check("CreateSemaphore", stub_->CreateSemaphore(context().get(), request, &response));
+  return response;
+}
+
+v1::Resource Client::open(const std::string& id, bool signal, v1::SignalPath signal_path) {
+  v1::OpenRequest request;
+  request.set_id(id);
+  request.set_signal(signal);
+  request.set_signal_path(signal_path);
+  return open(request);
+}
+
+v1::Resource Client::open(const v1::OpenRequest& request) {
+  v1::Resource response;
+  check("Open", stub_->Open(context().get(), request, &response));
   return response;
 }
 
@@ -353,6 +376,8 @@ v1::StreamAttachment Client::create_stream(std::uint32_t slots, std::uint64_t bu
   request.set_slots(slots);
   request.set_buffer_size(buffer_size);
   request.set_no_producer(no_producer);
+  request.set_word(options.word);
+  request.set_signal_path(options.signal_path);
   return create_stream(request);
 }
 
@@ -362,20 +387,24 @@ v1::StreamAttachment Client::create_stream(const v1::CreateStreamRequest& reques
   return response;
 }
 
-v1::StreamAttachment Client::attach_producer(const std::string& stream_id) {
+v1::StreamAttachment Client::attach_producer(const std::string& stream_id,
+                                             v1::SignalPath signal_path) {
   v1::AttachProducerRequest request;
   request.set_stream_id(stream_id);
+  request.set_signal_path(signal_path);
   v1::StreamAttachment response;
   check("AttachProducer", stub_->AttachProducer(context().get(), request, &response));
   return response;
 }
 
 v1::StreamAttachment Client::attach_consumer(const std::string& stream_id,
-                                             v1::DeliveryMode mode, std::uint32_t limit) {
+                                             v1::DeliveryMode mode, std::uint32_t limit,
+                                             v1::SignalPath signal_path) {
   v1::AttachConsumerRequest request;
   request.set_stream_id(stream_id);
   request.set_mode(mode);
   request.set_limit(limit);
+  request.set_signal_path(signal_path);
   v1::StreamAttachment response;
   check("AttachConsumer", stub_->AttachConsumer(context().get(), request, &response));
   return response;
@@ -408,10 +437,12 @@ FdSocket Client::connect_fd() const {
   return FdSocket::connect(socket_path(runtime_dir_, kFdSocket));
 }
 
-Exported Client::redeem(std::string_view ticket) const { return connect_fd().redeem(ticket); }
+Exported Client::redeem(std::string_view ticket, bool word) const {
+  return connect_fd().redeem(ticket, word);
+}
 
-Exported Client::export_fd(const std::string& id) const {
-  return connect_fd().export_resource(id);
+Exported Client::export_fd(const std::string& id, bool word) const {
+  return connect_fd().export_resource(id, word);
 }
 
 }  // namespace gpushare

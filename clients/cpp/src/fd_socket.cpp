@@ -9,10 +9,22 @@ namespace gpushare {
 
 namespace {
 
-/// The descriptors a reply of this kind carries.
-std::size_t fds_carried(v1::FdReply::ReplyCase kind) {
-  return kind == v1::FdReply::kExported ? 1 : 0;
+/// Whether an `exported` reply announces a semaphore's memop word buffer (its second
+/// descriptor): `SemaphoreImport.word`, the word buffer's metadata, is set.
+bool announces_word(const v1::FdReply& reply) {
+  return reply.has_exported() && reply.exported().has_semaphore() &&
+         reply.exported().semaphore().has_word();
 }
+
+/// The descriptors a reply carries: an `exported` one, or two with a semaphore's word buffer;
+/// every other reply none.
+std::size_t fds_carried(const v1::FdReply& reply) {
+  if (reply.reply_case() != v1::FdReply::kExported) return 0;
+  return announces_word(reply) ? 2 : 1;
+}
+
+/// The most descriptors a reply to `request` may carry: room made in the control buffer.
+std::size_t max_fds_for_export(const v1::FdRequest& request) { return request.word() ? 2 : 1; }
 
 const char* reply_name(v1::FdReply::ReplyCase kind) {
   switch (kind) {
@@ -35,10 +47,12 @@ v1::FdReply parse_reply(const fdpass::Message& message, v1::FdReply::ReplyCase e
                           " bytes does not decode as FdReply");
   }
   const auto kind = reply.reply_case();
-  if (message.fds.size() != fds_carried(kind)) {
-    throw Error::protocol(std::string("an ") + reply_name(kind) + " reply came with " +
-                          std::to_string(message.fds.size()) + " descriptors, " +
-                          std::to_string(fds_carried(kind)) + " expected; all were closed");
+  const std::size_t carried = fds_carried(reply);
+  if (message.fds.size() != carried) {
+    throw Error::protocol(std::string("an ") + reply_name(kind) +
+                          (announces_word(reply) ? " reply with a word buffer" : " reply") +
+                          " came with " + std::to_string(message.fds.size()) + " descriptors, " +
+                          std::to_string(carried) + " expected; all were closed");
   }
   if (kind == v1::FdReply::kError) {
     throw Error(ErrorSource::kFdReply, static_cast<Code>(reply.error().code()),
@@ -55,15 +69,17 @@ v1::FdReply parse_reply(const fdpass::Message& message, v1::FdReply::ReplyCase e
 
 FdSocket FdSocket::connect(const std::string& path) { return FdSocket(fdpass::connect(path)); }
 
-Exported FdSocket::redeem(std::string_view ticket) {
+Exported FdSocket::redeem(std::string_view ticket, bool word) {
   v1::FdRequest request;
   request.set_redeem(std::string(ticket));
+  request.set_word(word);
   return request_export(request);
 }
 
-Exported FdSocket::export_resource(std::string_view id) {
+Exported FdSocket::export_resource(std::string_view id, bool word) {
   v1::FdRequest request;
   request.set_export_(std::string(id));
+  request.set_word(word);
   return request_export(request);
 }
 
@@ -72,13 +88,21 @@ Exported FdSocket::request_export(const v1::FdRequest& request) {
   fdpass::send(sock_.get(), request.SerializeAsString());
   fdpass::Message message;
   try {
-    message = fdpass::recv(sock_.get(), 1, reply_timeout_);
+    // Room for one descriptor, two when the word was asked for: a word buffer that comes
+    // unasked is one too many, a protocol error like any other.
+    message = fdpass::recv(sock_.get(), max_fds_for_export(request), reply_timeout_);
   } catch (const Error& e) {
     if (e.errnum() == ETIMEDOUT) sock_.reset();  // A late reply would answer the next request.
     throw;
   }
+  // Exactly the descriptors the metadata announces, else a protocol error (`message` closes
+  // them all).
   v1::FdReply reply = parse_reply(message, v1::FdReply::kExported);
-  return Exported{std::move(message.fds.front()), std::move(*reply.mutable_exported())};
+  Exported out;
+  out.fd = std::move(message.fds[0]);
+  if (message.fds.size() == 2) out.word = std::move(message.fds[1]);
+  out.info = std::move(*reply.mutable_exported());
+  return out;
 }
 
 std::uint64_t FdSocket::wait(std::string_view id, std::uint64_t value, std::uint32_t timeout_ms,

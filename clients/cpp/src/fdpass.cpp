@@ -106,8 +106,8 @@ void send(int sock, std::string_view bytes) {
   }
 }
 
-Message recv(int sock, std::size_t expected_fds, std::chrono::milliseconds timeout) {
-  if (expected_fds > kMaxExpectedFds) {
+Message recv(int sock, std::size_t max_fds, std::chrono::milliseconds timeout) {
+  if (max_fds > kMaxExpectedFds) {
     throw Error::usage("cannot expect more than " + std::to_string(kMaxExpectedFds) +
                        " descriptors in one message");
   }
@@ -117,8 +117,8 @@ Message recv(int sock, std::size_t expected_fds, std::chrono::milliseconds timeo
   // where the kernel would not flag it.
   std::string bytes(kMaxMessage + 1, '\0');
   iovec iov{bytes.data(), bytes.size()};
-  // Exactly CMSG_SPACE for the descriptors expected: the kernel installs no more than fit and
-  // flags the rest with MSG_CTRUNC. Aligned for cmsghdr.
+  // Exactly CMSG_SPACE for the most descriptors the reply may carry: the kernel installs no
+  // more than fit and flags the rest with MSG_CTRUNC. Aligned for cmsghdr.
   union {
     cmsghdr align;
     unsigned char buf[CMSG_SPACE(sizeof(int) * kMaxExpectedFds)];
@@ -127,9 +127,9 @@ Message recv(int sock, std::size_t expected_fds, std::chrono::milliseconds timeo
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  if (expected_fds > 0) {
+  if (max_fds > 0) {
     msg.msg_control = control.buf;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * expected_fds);
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * max_fds);
   }
 
   ssize_t n;
@@ -156,17 +156,17 @@ Message recv(int sock, std::size_t expected_fds, std::chrono::milliseconds timeo
   }
   if (msg.msg_flags & MSG_CTRUNC) {
     throw Error::protocol("control data truncated (MSG_CTRUNC): more descriptors than the " +
-                          std::to_string(expected_fds) + " expected; the " +
+                          std::to_string(max_fds) + " there was room for; the " +
                           std::to_string(fds.size()) + " that arrived were closed");
   }
   if ((msg.msg_flags & MSG_TRUNC) || static_cast<std::size_t>(n) > kMaxMessage) {
     throw Error::protocol("message truncated (MSG_TRUNC): larger than " +
                           std::to_string(kMaxMessage) + " bytes");
   }
-  if (fds.size() > expected_fds) {
-    // CMSG_SPACE rounds up, so the buffer may admit one more than expected without MSG_CTRUNC.
-    throw Error::protocol(std::to_string(fds.size()) + " descriptors arrived, " +
-                          std::to_string(expected_fds) + " expected; all were closed");
+  if (fds.size() > max_fds) {
+    // CMSG_SPACE rounds up, so the buffer may admit one more than asked for without MSG_CTRUNC.
+    throw Error::protocol(std::to_string(fds.size()) + " descriptors arrived, at most " +
+                          std::to_string(max_fds) + " expected; all were closed");
   }
   if (n == 0 && fds.size() == 0) {
     // recvmsg returns 0 at end of stream; an empty FdReply would be invalid anyway.

@@ -79,6 +79,21 @@ std::string exported_reply() {
   return reply.SerializeAsString();
 }
 
+/// An exported semaphore; `word`: its metadata announces the word's buffer (a second
+/// descriptor).
+std::string semaphore_reply(bool word) {
+  v1::FdReply reply;
+  v1::ExportedFd* e = reply.mutable_exported();
+  e->set_resource_id("sem-00000000000000000000000000000001");
+  e->set_kind(v1::RESOURCE_KIND_SEMAPHORE);
+  v1::SemaphoreImport* s = e->mutable_semaphore();
+  s->set_timeline(true);
+  s->set_value(2);
+  s->set_word_exists(word);
+  if (word) s->mutable_word()->set_allocation_size(4096);
+  return reply.SerializeAsString();
+}
+
 std::string error_reply(Code code) {
   v1::FdReply reply;
   reply.mutable_error()->set_code(static_cast<int>(code));
@@ -143,6 +158,27 @@ void redeem_ok(FdSocket& s) {
 }
 
 void redeem(FdSocket& s) { s.redeem("0123456789abcdef"); }
+void redeem_word(FdSocket& s) { s.redeem("0123456789abcdef", true); }
+
+/// Asked for the word, announced, two descriptors: both handed out, close-on-exec.
+void redeem_word_ok(FdSocket& s) {
+  gpushare::Exported e = s.redeem("0123456789abcdef", true);
+  check(bool(e.fd) && bool(e.word), "not two descriptors");
+  check(e.fd.get() != e.word.get(), "the same descriptor twice");
+  for (const UniqueFd* fd : {&e.fd, &e.word}) {
+    const int flags = ::fcntl(fd->get(), F_GETFD);
+    check(flags >= 0 && (flags & FD_CLOEXEC), "descriptor not close-on-exec");
+  }
+  check(e.info.semaphore().has_word() && e.info.semaphore().word().allocation_size() == 4096,
+        "semaphore.word");
+}
+
+/// Asked for the word, a semaphore without one: one descriptor, no word.
+void redeem_word_none(FdSocket& s) {
+  gpushare::Exported e = s.redeem("0123456789abcdef", true);
+  check(bool(e.fd), "no descriptor");
+  check(!e.word, "a word descriptor for a semaphore without a word");
+}
 void wait_for_5(FdSocket& s) { check(s.wait("sem-x", 5, 0) == 5, "waited value"); }
 
 }  // namespace
@@ -161,6 +197,24 @@ int main() {
        exported_reply(), 3, false, redeem, false, P, Code::kInternal, "MSG_CTRUNC"},
       {"exported, 64 fds (MSG_CTRUNC)", exported_reply(), 64, false, redeem, false, P,
        Code::kInternal, "MSG_CTRUNC"},
+      {"word asked, announced, 2 fds: both, close-on-exec", semaphore_reply(true), 2, false,
+       redeem_word_ok, true, P, Code::kOk},
+      {"word asked, not announced, 1 fd: the descriptor, no word", semaphore_reply(false), 1,
+       false, redeem_word_none, true, P, Code::kOk},
+      {"word asked, announced, 1 fd: protocol error, closed", semaphore_reply(true), 1, false,
+       redeem_word, false, P, Code::kInternal},
+      {"word asked, not announced, 2 fds: protocol error, both closed", semaphore_reply(false),
+       2, false, redeem_word, false, P, Code::kInternal},
+      {"word asked, announced, 0 fds: protocol error", semaphore_reply(true), 0, false,
+       redeem_word, false, P, Code::kInternal},
+      {"word asked, 3 fds (MSG_CTRUNC): protocol error, those that arrived closed",
+       semaphore_reply(true), 3, false, redeem_word, false, P, Code::kInternal, "MSG_CTRUNC"},
+      {"word asked, 64 fds (MSG_CTRUNC)", semaphore_reply(true), 64, false, redeem_word, false,
+       P, Code::kInternal, "MSG_CTRUNC"},
+      {"word not asked, announced, 2 fds: protocol error, both closed", semaphore_reply(true), 2,
+       false, redeem, false, P, Code::kInternal},
+      {"word not asked, announced, 1 fd: protocol error, closed", semaphore_reply(true), 1,
+       false, redeem, false, P, Code::kInternal},
       {"error without fds: the daemon's code", error_reply(Code::kNotFound), 0, false, redeem,
        false, R, Code::kNotFound},
       {"error with 1 fd: protocol error, closed", error_reply(Code::kNotFound), 1, false, redeem,

@@ -105,7 +105,7 @@ struct Export {
       std::cerr << "vkGetMemoryFdKHR failed" << std::endl;
       std::exit(1);
     }
-    return Exported{gpushare::UniqueFd(fd), info};
+    return Exported{gpushare::UniqueFd(fd), info, gpushare::UniqueFd()};
   }
 };
 

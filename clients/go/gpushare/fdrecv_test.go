@@ -97,7 +97,7 @@ var (
 		ResourceId: "sem-0123456789abcdef0123456789abcdef",
 		Kind:       pb.ResourceKind_RESOURCE_KIND_SEMAPHORE,
 		Details: &pb.ExportedFd_Semaphore{Semaphore: &pb.SemaphoreImport{
-			Timeline: true, Value: 2, HasWord: true,
+			Timeline: true, Value: 2, WordExists: true,
 			Word: &pb.BufferImport{Size: 8, AllocationSize: 65536, Dedicated: true},
 		}},
 	}}}

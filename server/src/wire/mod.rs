@@ -232,7 +232,7 @@ pub(crate) fn exported(e: &Exported) -> v1::ExportedFd {
             v1::exported_fd::Details::Semaphore(v1::SemaphoreImport {
                 timeline: true,
                 value: e.value.unwrap_or(0),
-                has_word: s.word().is_some(),
+                word_exists: s.word().is_some(),
                 word: s
                     .word()
                     .filter(|_| e.word.is_some())

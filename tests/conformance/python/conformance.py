@@ -614,18 +614,18 @@ def fast_path() -> None:
         else:
             with c.export(sem.id, word=True) as e:
                 s = e.info.semaphore
-                if s.has_word != d.word or s.value != 2:
+                if s.word_exists != d.word or s.value != 2:
                     raise Fail(
-                        f"fd.sock export with word: has_word {s.has_word} value {s.value}, "
+                        f"fd.sock export with word: word_exists {s.word_exists} value {s.value}, "
                         f"expected {d.word} and 2"
                     )
-                if s.has_word:
+                if s.word_exists:
                     ok = e.word_fd >= 0 and s.HasField("word") and s.word.allocation_size >= 8
                 else:
                     ok = e.word_fd < 0 and not s.HasField("word")
                 if not ok:
                     raise Fail(
-                        f"fd.sock export with word: has_word {s.has_word}, word descriptor "
+                        f"fd.sock export with word: word_exists {s.word_exists}, word descriptor "
                         f"{e.word_fd}, word metadata {s.word if s.HasField('word') else None}"
                     )
         other.open(sem.id, signal=True, signal_path="semaphore")

@@ -47,6 +47,16 @@ struct CreateOptions {
   bool pin = false;
   /// The daemon's device index.
   std::uint32_t device = 0;
+  /// Semaphores and streams only (create_buffer refuses it, kUsage): mirror the semaphore (a
+  /// stream's timelines) in a memop word for CUDA users, the CUDA fast path, where the device
+  /// offers it (DeviceInfo.fast_path); elsewhere it is made without one, and
+  /// SemaphoreDetails.word_unavailable says why.
+  bool word = false;
+  /// Semaphores and streams only (create_buffer refuses it, kUsage): how the calling session
+  /// signals the semaphore (a stream's ready timeline). UNSPECIFIED means SIGNAL_PATH_SEMAPHORE:
+  /// the daemon then bridges this session's signals into the word. SIGNAL_PATH_WORD: through
+  /// the word (a CUDA fast-path signaler) or through the daemon only (Signal, ...).
+  v1::SignalPath signal_path = v1::SIGNAL_PATH_UNSPECIFIED;
 };
 
 /// An export ticket: redeem it on fd.sock within ttl_ms, from a process of the same uid.
@@ -111,7 +121,18 @@ class Client {
 
   v1::GetInfoResponse get_info();
   v1::Resource create_buffer(std::uint64_t size, const CreateOptions& options = {});
+  /// A timeline semaphore at `initial_value`; `options.word` and `options.signal_path` for the
+  /// CUDA fast path (describe() then says whether it got a word: SemaphoreDetails.word).
   v1::Resource create_semaphore(std::uint64_t initial_value, const CreateOptions& options = {});
+  /// CreateSemaphore with the whole request.
+  v1::Resource create_semaphore(const v1::CreateSemaphoreRequest& request);
+  /// Adds a reference of this client's session (it needs one) to resource `id`. With `signal`,
+  /// for a semaphore, the session also becomes one of its signalers, signaling by
+  /// `signal_path` (see CreateOptions::signal_path). Idempotent per session.
+  v1::Resource open(const std::string& id, bool signal = false,
+                    v1::SignalPath signal_path = v1::SIGNAL_PATH_UNSPECIFIED);
+  /// Open with the whole request (a capability token, or an owner's named resource).
+  v1::Resource open(const v1::OpenRequest& request);
   v1::Resource describe(const std::string& id);
   std::vector<v1::Resource> list_resources();
   /// Drops the session's reference (or the pin). Returns whether the resource was freed.
@@ -150,11 +171,15 @@ class Client {
                                      const CreateOptions& options = {}, bool no_producer = false);
   /// CreateStream with the whole request (image slots, ...).
   v1::StreamAttachment create_stream(const v1::CreateStreamRequest& request);
-  /// Attaches the caller's session as the producer of a stream created with no_producer.
-  v1::StreamAttachment attach_producer(const std::string& stream_id);
-  /// Attaches the caller's session as a consumer (`limit`: frames it may hold at once, >= 1).
-  v1::StreamAttachment attach_consumer(const std::string& stream_id, v1::DeliveryMode mode,
-                                       std::uint32_t limit);
+  /// Attaches the caller's session as the producer of a stream created with no_producer
+  /// (`signal_path`: how it signals the ready timeline, see CreateOptions::signal_path).
+  v1::StreamAttachment attach_producer(
+      const std::string& stream_id, v1::SignalPath signal_path = v1::SIGNAL_PATH_UNSPECIFIED);
+  /// Attaches the caller's session as a consumer (`limit`: frames it may hold at once, >= 1;
+  /// `signal_path`: how it signals its release timeline).
+  v1::StreamAttachment attach_consumer(
+      const std::string& stream_id, v1::DeliveryMode mode, std::uint32_t limit,
+      v1::SignalPath signal_path = v1::SIGNAL_PATH_UNSPECIFIED);
   /// Detaches a role: a producer's detach ends the stream (consumers drain, then ABORTED).
   v1::StreamInfo detach(const std::string& handle);
   v1::StreamInfo describe_stream(const std::string& stream_id);
@@ -164,10 +189,12 @@ class Client {
 
   /// Connects to this daemon's fd.sock.
   FdSocket connect_fd() const;
-  /// Redeems a ticket on a fresh fd.sock connection.
-  Exported redeem(std::string_view ticket) const;
-  /// Exports the caller's own resource directly on a fresh fd.sock connection.
-  Exported export_fd(const std::string& id) const;
+  /// Redeems a ticket on a fresh fd.sock connection (`word`: a semaphore's memop word buffer
+  /// too, Exported::word, when it has one).
+  Exported redeem(std::string_view ticket, bool word = false) const;
+  /// Exports the caller's own resource directly on a fresh fd.sock connection (`word`: as in
+  /// redeem).
+  Exported export_fd(const std::string& id, bool word = false) const;
 
  private:
   struct SessionStream;

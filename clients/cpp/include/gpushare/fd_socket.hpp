@@ -1,6 +1,8 @@
 // fd.sock: the daemon's SOCK_SEQPACKET socket that hands out descriptors (ticket redeem, direct
 // export), serves low-latency host waits and a frame stream's frame calls. One FdRequest
-// protobuf per message, one FdReply per message back, the descriptor as SCM_RIGHTS.
+// protobuf per message, one FdReply per message back, the descriptors as SCM_RIGHTS (an
+// `exported` reply carries one, or two for a semaphore's memop word when asked for; every other
+// reply none).
 //
 // gRPC cannot carry descriptors, so this is raw sendmsg/recvmsg, with the receiving rules every
 // gpushare client keeps (see fdpass.hpp). Not thread-safe: one request at a time per FdSocket
@@ -28,6 +30,11 @@ struct Exported {
   /// Its metadata: kind, handle type, device and driver UUIDs, the buffer's sizes and memory
   /// type, ...
   v1::ExportedFd info;
+  /// A semaphore's memop word buffer (the CUDA fast path), close-on-exec: only when the request
+  /// asked for it (`word` true) and the semaphore has one; `info.semaphore().word()` describes it
+  /// (import it as memory of that allocation size; the word is its first 8 bytes, a
+  /// little-endian u64). Empty otherwise.
+  UniqueFd word;
 };
 
 /// One connection to fd.sock. Open, use, destroy; the connection may carry any number of
@@ -44,11 +51,13 @@ class FdSocket {
   FdSocket(FdSocket&&) noexcept = default;
   FdSocket& operator=(FdSocket&&) noexcept = default;
 
-  /// Redeems an export ticket (ExportResponse.ticket, 16 bytes).
-  Exported redeem(std::string_view ticket);
+  /// Redeems an export ticket (ExportResponse.ticket, 16 bytes). `word` (FdRequest.word): for
+  /// a semaphore that has a memop word, the word's buffer comes too (Exported::word).
+  Exported redeem(std::string_view ticket, bool word = false);
 
-  /// Exports the caller's own resource `id` directly (one round trip, no ticket).
-  Exported export_resource(std::string_view id);
+  /// Exports the caller's own resource `id` directly (one round trip, no ticket). `word`: as in
+  /// redeem.
+  Exported export_resource(std::string_view id, bool word = false);
 
   /// Waits on the host until semaphore `id` reaches `value`, at most `timeout_ms` (capped by
   /// the daemon's max_wait_timeout_ms; 0 checks once). Returns the value seen (>= `value`).
@@ -95,7 +104,8 @@ class FdSocket {
 
  private:
   explicit FdSocket(UniqueFd sock) noexcept : sock_(std::move(sock)) {}
-  /// Sends `request` and returns the exported descriptor of its reply.
+  /// Sends `request` and returns the exported descriptors of its reply: exactly the ones its
+  /// metadata announces (the word's buffer second, only when `request.word()` asked for it).
   Exported request_export(const v1::FdRequest& request);
   /// Sends `request` and receives its reply, which carries no descriptor (room for none).
   v1::FdReply request_plain(const v1::FdRequest& request, v1::FdReply::ReplyCase expected,

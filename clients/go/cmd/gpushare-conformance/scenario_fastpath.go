@@ -127,7 +127,7 @@ func scenarioFastPath(e *env) error {
 	return nil
 }
 
-// checkWordExport checks an exported semaphore asked for with its word: has_word as the details
+// checkWordExport checks an exported semaphore asked for with its word: word_exists as the details
 // say, value 2, and the word's buffer (descriptor and metadata) exactly when it has one.
 func checkWordExport(exp *gpushare.Exported, id string, word bool) error {
 	info := exp.Info
@@ -136,9 +136,9 @@ func checkWordExport(exp *gpushare.Exported, id string, word bool) error {
 		return failf("fd.sock export with word: expected semaphore %s, got %s %q (details %v)",
 			id, info.GetKind(), info.GetResourceId(), s)
 	}
-	if s.GetHasWord() != word || s.GetValue() != 2 {
-		return failf("fd.sock export with word: expected has_word %v and value 2, got has_word %v, value %d",
-			word, s.GetHasWord(), s.GetValue())
+	if s.GetWordExists() != word || s.GetValue() != 2 {
+		return failf("fd.sock export with word: expected word_exists %v and value 2, got word_exists %v, value %d",
+			word, s.GetWordExists(), s.GetValue())
 	}
 	if word {
 		if exp.Word == nil || s.GetWord() == nil {

@@ -91,19 +91,19 @@ pub(crate) async fn fast_path(env: &Env) -> Outcome {
         let Some(v1::exported_fd::Details::Semaphore(s)) = &e.info.details else {
             fail!("fd.sock export with word: not a semaphore: {:?}", e.info);
         };
-        if s.has_word != d.word || s.value != 2 {
+        if s.word_exists != d.word || s.value != 2 {
             fail!(
-                "fd.sock export with word: has_word {} value {}, expected {} and 2",
-                s.has_word,
+                "fd.sock export with word: word_exists {} value {}, expected {} and 2",
+                s.word_exists,
                 s.value,
                 d.word
             );
         }
-        match (&e.word, &s.word, s.has_word) {
+        match (&e.word, &s.word, s.word_exists) {
             (Some(_), Some(b), true) if b.allocation_size >= 8 => {}
             (None, None, false) => {}
             (fd, b, has) => fail!(
-                "fd.sock export with word: has_word {has}, word descriptor {}, word metadata {b:?}",
+                "fd.sock export with word: word_exists {has}, word descriptor {}, word metadata {b:?}",
                 fd.is_some()
             ),
         }
