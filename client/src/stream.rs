@@ -96,8 +96,13 @@ impl Role {
         parse_reply(self.conn.call(&request, timeout, Duration::ZERO)?)
     }
 
-    async fn redeem(&self, part: Option<&v1::StreamPart>) -> Result<Option<Exported>> {
+    /// Redeems a part's ticket (`None` without one); `word`: a timeline's memop word too, when
+    /// it has one.
+    async fn redeem(&self, part: Option<&v1::StreamPart>, word: bool) -> Result<Option<Exported>> {
         match part {
+            Some(p) if !p.ticket.is_empty() && word => {
+                Ok(Some(self.client.redeem_with_word(&p.ticket).await?))
+            }
             Some(p) if !p.ticket.is_empty() => Ok(Some(self.client.redeem(&p.ticket).await?)),
             _ => Ok(None),
         }
@@ -107,7 +112,7 @@ impl Role {
         let mut out = Vec::with_capacity(self.attachment.slots.len());
         for p in &self.attachment.slots {
             out.push(
-                self.redeem(Some(p))
+                self.redeem(Some(p), false)
                     .await?
                     .ok_or(Error::MissingField("StreamPart.ticket"))?,
             );
@@ -177,9 +182,13 @@ impl Producer {
         self.role.import_slots().await
     }
 
-    /// Redeems the ready timeline's ticket (`None` with HOST points).
+    /// Redeems the ready timeline's ticket (`None` with HOST points), with its memop word when
+    /// it has one ([`Exported::word`]): `import_semaphore_cuda` then takes the CUDA fast path
+    /// (`CudaSemaphore::import` forces either path; a Vulkan import ignores the word).
     pub async fn import_ready(&self) -> Result<Option<Exported>> {
-        self.role.redeem(self.role.attachment.ready.as_ref()).await
+        self.role
+            .redeem(self.role.attachment.ready.as_ref(), true)
+            .await
     }
 
     /// A free slot, waiting up to `timeout` for one; with `host_wait` the daemon also waits
@@ -253,15 +262,20 @@ impl Consumer {
         self.role.import_slots().await
     }
 
-    /// Redeems the ready timeline's ticket (`None` with HOST points).
+    /// Redeems the ready timeline's ticket (`None` with HOST points), with its memop word when
+    /// it has one ([`Exported::word`]): `import_semaphore_cuda` then takes the CUDA fast path
+    /// (`CudaSemaphore::import` forces either path; a Vulkan import ignores the word).
     pub async fn import_ready(&self) -> Result<Option<Exported>> {
-        self.role.redeem(self.role.attachment.ready.as_ref()).await
+        self.role
+            .redeem(self.role.attachment.ready.as_ref(), true)
+            .await
     }
 
-    /// Redeems its release timeline's ticket (`None` with HOST points).
+    /// Redeems its release timeline's ticket (`None` with HOST points), with its memop word
+    /// when it has one (see [`Producer::import_ready`]).
     pub async fn import_release(&self) -> Result<Option<Exported>> {
         self.role
-            .redeem(self.role.attachment.release.as_ref())
+            .redeem(self.role.attachment.release.as_ref(), true)
             .await
     }
 

@@ -27,7 +27,9 @@
 //!    word of a shared buffer (the floor, target p50 ≤ 1.2×: `fast_ratio`) and against the
 //!    semaphore path (`sem_speedup`), all from one pair of processes; the round trip through two
 //!    worded streams against the floor (target ≤ 1.3×: `stream_hop_ratio`); part 4's pipeline
-//!    with worded streams against part 4's own figure (`pipeline_fps_fast`, `pipeline_fps_sem`).
+//!    with worded streams against part 4's own figure (`pipeline_fps_fast`, `pipeline_fps_sem`,
+//!    and each frame's latency from the producer's Present to the sink's check,
+//!    `pipeline_latency_p50_us_fast` and `_sem`).
 //!
 //! Parts 3 to 5 need CUDA and a device that exports timeline semaphores; elsewhere they are
 //! reported as skipped (and fail under `GPUSHARE_REQUIRE_GPU=1`).
@@ -135,10 +137,10 @@ fn run(json_path: &std::path::Path, fast_path_json: &std::path::Path) -> Res<boo
     let mut fast_ran = false;
     if gpu && cuda {
         hops(&rt, &d, &mut out)?;
-        let fps_sem = throughput(&rt, &d, &mut out)?;
+        let sem_pipeline = throughput(&rt, &d, &mut out)?;
         match rt.block_on(fast_path_offered(&d))? {
             Ok(()) => {
-                fast_path(&rt, &d, fps_sem, &mut fast)?;
+                fast_path(&rt, &d, sem_pipeline, &mut fast)?;
                 fast_ran = true;
             }
             Err(why) if gpushare_tests::gpu_required() => {
@@ -233,8 +235,15 @@ async fn gpu_points(d: &TestDaemon) -> Res<bool> {
 fn meta(n: u64) -> FrameMetadata {
     FrameMetadata {
         number: n,
+        timestamp_ns: monotonic_ns(),
         ..Default::default()
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process of the machine.
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
 /// Part 1: each frame call answered at once, against a raw fd.sock wait for a reached value.
@@ -576,9 +585,10 @@ fn hops(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<()> 
     Ok(())
 }
 
-/// 1080p RGBA8 frames per second through producer → filter → sink in three processes; with
-/// `word`, on the fast path. Every frame is checked by the sink.
-fn pipeline_fps(rt: &tokio::runtime::Runtime, d: &TestDaemon, word: bool) -> Res<f64> {
+/// 1080p RGBA8 frames per second through producer → filter → sink in three processes, and the
+/// p50 of a frame's latency from the producer's Present to the sink's check (µs); with `word`,
+/// on the fast path. Every frame is checked by the sink.
+fn pipeline_fps(rt: &tokio::runtime::Runtime, d: &TestDaemon, word: bool) -> Res<(f64, f64)> {
     let dir = d.runtime_dir().display().to_string();
     let owner = rt.block_on(Client::connect_with_session(&dir, "throughput"))?;
     let opts = StreamOptions {
@@ -600,21 +610,23 @@ fn pipeline_fps(rt: &tokio::runtime::Runtime, d: &TestDaemon, word: bool) -> Res
     producer.send("go")?;
     producer.finish()?;
     filter.finish()?;
-    let checked: u64 = sink.finish()?.parse()?;
+    let last = sink.finish()?;
+    let (checked, latency) = last.split_once(' ').ok_or("the sink's last line")?;
+    let (checked, latency): (u64, f64) = (checked.parse()?, latency.parse()?);
     let fps = checked as f64 / t0.elapsed().as_secs_f64();
     if checked != FRAMES {
         return Err(format!("the sink checked {checked} of {FRAMES} frames").into());
     }
-    Ok(fps)
+    Ok((fps, latency))
 }
 
 /// Part 4: 1080p RGBA8 frames through three processes, against one process. Returns the
-/// pipeline's frames per second.
-fn throughput(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<f64> {
+/// pipeline's frames per second and its latency p50 (µs).
+fn throughput(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Res<(f64, f64)> {
     let dir = d.runtime_dir().display().to_string();
     let one = LinePeer::spawn(&["single", &dir])?.finish()?;
     let single: f64 = one.parse()?;
-    let fps = pipeline_fps(rt, d, false)?;
+    let (fps, latency) = pipeline_fps(rt, d, false)?;
     let ratio = fps / single;
     out.rows.push(Row::new(
         "1080p RGBA8 frames/s, producer -> filter -> sink, 3 processes",
@@ -627,14 +639,18 @@ fn throughput(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Re
     out.fields.insert("fps_pipeline".into(), json!(fps));
     out.fields.insert("fps_single".into(), json!(single));
     out.fields.insert("fps_ratio".into(), json!(ratio));
+    out.fields
+        .insert("pipeline_latency_p50_us".into(), json!(latency));
     out.notes.push(format!(
         "throughput: {FRAMES} frames of {FRAME_BYTES} bytes; the producer fills each with its \
          number (cuMemsetD32), the filter copies it into its own stream's slot (device to \
          device), the sink reads back the first and last word and checks them; {SLOTS} slots per \
          stream; every hand-off on the GPUs (GPU points). One process: the same three steps on \
-         one CUDA stream, with the sink's check synchronizing each frame as in the pipeline."
+         one CUDA stream, with the sink's check synchronizing each frame as in the pipeline. \
+         Latency: the producer's Present (its CLOCK_MONOTONIC in the frame's metadata) to the \
+         sink's check done, p50."
     ));
-    Ok(fps)
+    Ok((fps, latency))
 }
 
 /// Part 5: the CUDA fast path (`fastpath.json`): the lockstep round trip through a worded
@@ -644,14 +660,14 @@ fn throughput(rt: &tokio::runtime::Runtime, d: &TestDaemon, out: &mut Out) -> Re
 fn fast_path(
     rt: &tokio::runtime::Runtime,
     d: &TestDaemon,
-    fps_sem: f64,
+    (fps_sem, latency_sem): (f64, f64),
     fast: &mut Out,
 ) -> Res<()> {
     let mut bare = bare_rounds(rt, d, true)?;
     let mut take = |mode: &str| bare.remove(mode).ok_or(format!("no {mode} rounds"));
     let (mut sem, mut word, mut floor) = (take("sem")?, take("word")?, take("memop")?);
     let mut streamed = stream_rounds(rt, d, true)?;
-    let fps_fast = pipeline_fps(rt, d, true)?;
+    let (fps_fast, latency_fast) = pipeline_fps(rt, d, true)?;
     let (sem50, word50, floor50) = (
         pct(&mut sem, 0.5),
         pct(&mut word, 0.5),
@@ -689,6 +705,12 @@ fn fast_path(
         format!("{fps_sem:.0} semaphore path"),
         Some(fps_ratio),
     ));
+    fast.rows.push(Row::info(
+        "1080p RGBA8 frame latency p50, Present to the sink's check, fast path",
+        format!("{latency_fast:.0} us"),
+        format!("{latency_sem:.0} us semaphore path"),
+        Some(latency_fast / latency_sem),
+    ));
     for (k, v) in [
         ("fast_rtt_p50_us", word50),
         ("fast_rtt_p99_us", word99),
@@ -701,6 +723,8 @@ fn fast_path(
         ("pipeline_fps_fast", fps_fast),
         ("pipeline_fps_sem", fps_sem),
         ("pipeline_fps_ratio", fps_ratio),
+        ("pipeline_latency_p50_us_fast", latency_fast),
+        ("pipeline_latency_p50_us_sem", latency_sem),
     ] {
         fast.fields.insert(k.into(), json!(v));
     }
@@ -988,6 +1012,8 @@ fn role(args: &[String]) -> Res<()> {
             let mut host = PinnedBuffer::new(&me.device, 8)?;
             say("ready");
             let mut n = 0u64;
+            // Per frame: from the producer's Present to this check done, in microseconds.
+            let mut latency = Vec::new();
             loop {
                 let f = match c.acquire_frame(LONG, false) {
                     Ok(f) => f,
@@ -998,10 +1024,17 @@ fn role(args: &[String]) -> Res<()> {
                 rt.block_on(me.wait_all(&[f.ready.clone().unwrap_or_default()]))?;
                 // SAFETY: the slot holds FRAME_BYTES bytes; the pinned buffer 8.
                 unsafe { check_frame(&me.device, &me.slots[f.slot as usize], &mut host, n)? };
+                let presented = f.metadata.map_or(0, |m| m.timestamp_ns);
+                latency.push(monotonic_ns().saturating_sub(presented) as f64 / 1e3);
                 me.signal(&release, n)?;
                 c.release_frame(f.slot, n)?;
             }
-            say(&n.to_string());
+            let p50 = if latency.is_empty() {
+                0.0
+            } else {
+                pct(&mut latency, 0.5)
+            };
+            say(&format!("{n} {p50:.1}"));
         }
         _ => return Err(format!("unknown role {a:?}").into()),
     }
