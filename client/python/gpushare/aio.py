@@ -31,6 +31,7 @@ from gpushare._common import (
     _sync,
     gpushare_pb2,
     gpushare_pb2_grpc,
+    signal_path_value,
 )
 from gpushare.client import (
     MAX_FD_REPLY_BYTES,
@@ -408,51 +409,69 @@ class AsyncClient:
     async def create_stream(
         self, slots: int, buffer_size: Optional[int] = None,
         image: Union[Mapping[str, Any], Any, None] = None, name: str = "", pin: bool = False,
-        device: int = 0, no_producer: Literal[False] = False,
+        device: int = 0, no_producer: Literal[False] = False, word: bool = False,
+        signal_path: Union[str, int] = "semaphore",
     ) -> "AsyncProducer": ...
 
     @overload
     async def create_stream(
         self, slots: int, buffer_size: Optional[int] = None,
         image: Union[Mapping[str, Any], Any, None] = None, name: str = "", pin: bool = False,
-        device: int = 0, *, no_producer: Literal[True],
+        device: int = 0, *, no_producer: Literal[True], word: bool = False,
+        signal_path: Union[str, int] = "semaphore",
     ) -> Any: ...
 
     @overload
     async def create_stream(
         self, slots: int, buffer_size: Optional[int] = None,
         image: Union[Mapping[str, Any], Any, None] = None, name: str = "", pin: bool = False,
-        device: int = 0, no_producer: bool = False,
+        device: int = 0, no_producer: bool = False, word: bool = False,
+        signal_path: Union[str, int] = "semaphore",
     ) -> Union["AsyncProducer", Any]: ...
 
     async def create_stream(
         self, slots: int, buffer_size: Optional[int] = None,
         image: Union[Mapping[str, Any], Any, None] = None, name: str = "", pin: bool = False,
-        device: int = 0, no_producer: bool = False,
+        device: int = 0, no_producer: bool = False, word: bool = False,
+        signal_path: Union[str, int] = "semaphore",
     ) -> Union["AsyncProducer", Any]:
         """:meth:`Client.create_stream`: an :class:`AsyncProducer` (``no_producer``: the
         ``StreamInfo``)."""
-        request = _create_stream_request(slots, buffer_size, image, name, pin, device, no_producer)
+        request = _create_stream_request(
+            slots, buffer_size, image, name, pin, device, no_producer, word, signal_path
+        )
         attachment = await self.call("CreateStream", request)
         if no_producer:
             return attachment.stream
         return AsyncProducer(self, attachment)
 
-    async def attach_producer(self, stream: ResourceId) -> "AsyncProducer":
+    async def attach_producer(
+        self, stream: ResourceId, signal_path: Union[str, int] = "semaphore"
+    ) -> "AsyncProducer":
         """:meth:`Client.attach_producer`."""
         attachment = await self.call(
-            "AttachProducer", gpushare_pb2.AttachProducerRequest(stream_id=_rid(stream))
+            "AttachProducer",
+            gpushare_pb2.AttachProducerRequest(
+                stream_id=_rid(stream), signal_path=signal_path_value(signal_path)
+            ),
         )
         return AsyncProducer(self, attachment)
 
     async def attach_consumer(
-        self, stream: ResourceId, mode: Union[str, int] = "fifo", limit: int = 1
+        self,
+        stream: ResourceId,
+        mode: Union[str, int] = "fifo",
+        limit: int = 1,
+        signal_path: Union[str, int] = "semaphore",
     ) -> "AsyncConsumer":
         """:meth:`Client.attach_consumer`."""
         attachment = await self.call(
             "AttachConsumer",
             gpushare_pb2.AttachConsumerRequest(
-                stream_id=_rid(stream), mode=delivery_mode(mode), limit=limit
+                stream_id=_rid(stream),
+                mode=delivery_mode(mode),
+                limit=limit,
+                signal_path=signal_path_value(signal_path),
             ),
         )
         return AsyncConsumer(self, attachment)

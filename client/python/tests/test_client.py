@@ -143,6 +143,30 @@ def test_buffer_write_export_zero_copy(client, info):
     assert exp.closed
 
 
+def test_fast_path_fields_reach_the_daemon(client, info):
+    """word and signal_path on creation, Open and streams; the daemon says why a semaphore got
+    no word where the device does not offer the fast path (lavapipe)."""
+    fast = info.devices[0].fast_path
+    sem = client.create_semaphore(2, word=True, signal_path="word")
+    d = client.describe(sem).semaphore
+    if fast.offered and d.exportable:
+        assert d.word and not d.word_unavailable
+    else:
+        assert not d.word and d.word_unavailable
+    plain = client.describe(client.create_semaphore(0)).semaphore
+    assert not plain.word and not plain.word_unavailable
+    with pytest.raises(ValueError, match="signal path"):
+        client.create_semaphore(word=True, signal_path="fast")
+    with pytest.raises(gpushare.GpushareError) as e:
+        client.create_semaphore(signal_path=7)
+    assert_code(e, grpc.StatusCode.INVALID_ARGUMENT)
+    client.open(sem, signal=True, signal_path="semaphore")
+    producer = client.create_stream(2, buffer_size=64, word=True, signal_path="word")
+    ready = client.describe(producer.attachment.ready.resource_id).semaphore
+    assert ready.word == d.word
+    producer.close()
+
+
 def test_fill_and_copy(client):
     a = client.create_buffer(4096)
     b = client.create_buffer(4096)
