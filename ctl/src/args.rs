@@ -120,6 +120,10 @@ pub(crate) enum StreamCommand {
         /// The daemon's device index.
         #[arg(long, default_value_t = 0, value_parser = parse_u32)]
         device: u32,
+        /// Mirror its timelines in memop words for CUDA producers and consumers (the CUDA fast
+        /// path), where the device offers it.
+        #[arg(long)]
+        word: bool,
     },
     /// List your streams.
     Ls,

@@ -165,11 +165,13 @@ pub(crate) async fn run(
             size,
             name,
             device,
+            word,
         } => {
             let opts = StreamOptions {
                 device,
                 name,
                 pin: true,
+                word,
                 ..StreamOptions::default()
             };
             let info = client
