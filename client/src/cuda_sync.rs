@@ -2,11 +2,12 @@
 //! CUDA fast path where the semaphore has a memop word, or through the timeline semaphore.
 //!
 //! On the fast path a signal of `v` is a `cuStreamWriteValue64` of the word on the caller's
-//! stream, and a wait is a `cuStreamWaitValue64` (GEQ) on it: ~10 µs per hand-off between
-//! processes on the H100, where the semaphore costs ~135 µs. The semaphore is signaled too, on a
-//! stream of the import's own that first waits for the word: Vulkan and host waiters see the
-//! value there, a few microseconds after CUDA waiters on the word, and the caller's stream never
-//! waits for it. The path is chosen at import ([`SyncPath`]) and reported
+//! stream, and a wait is a `cuStreamWaitValue64` (GEQ) on it: one driver call each, ~10 µs per
+//! hand-off between processes on the H100, where the semaphore costs ~135 µs. The semaphore is
+//! signaled too, on a stream of the import's own that first waits for the word, enqueued by the
+//! process's mirror thread (`mirror.rs`): Vulkan and host waiters see the value there, shortly
+//! after CUDA waiters on the word, and neither the caller's stream nor its thread waits for
+//! it. The path is chosen at import ([`SyncPath`]) and reported
 //! ([`CudaSemaphore::path`], [`CudaSemaphore::fallback`]): never silently.
 //!
 //! Not here: Vulkan imports ([`import`](crate::import)), which always use the semaphore.
@@ -19,6 +20,7 @@ use gpushare_interop::cuda::memops::{self, SharedWord, Support};
 use gpushare_interop::cuda::{CudaDevice, ExternalSemaphore};
 use gpushare_proto::v1;
 
+use crate::mirror::{self, Mirrored};
 use crate::{Error, Exported, Result};
 
 /// Which path [`CudaSemaphore::import`] should take.
@@ -95,9 +97,9 @@ fn usable(
 /// the path chosen at import.
 pub struct CudaSemaphore {
     id: String,
-    // Declared before the semaphore: its operations are tracked and settled first.
-    word: Option<(SharedWord, Arc<CudaStream>)>,
-    semaphore: ExternalSemaphore,
+    /// On the fast path: the word, and what mirrors it into the semaphore.
+    word: Option<Arc<Mirrored>>,
+    semaphore: Arc<ExternalSemaphore>,
     fallback: Option<String>,
 }
 
@@ -139,14 +141,22 @@ impl CudaSemaphore {
                 why,
             })?;
         let word = match (path, word, &details.word) {
-            (Path::Word, Some(fd), Some(b)) => {
-                let shared = SharedWord::import(device, fd, b.allocation_size, b.dedicated)?;
-                Some((shared, device.new_stream()?))
-            }
+            (Path::Word, Some(fd), Some(b)) => Some((
+                SharedWord::import(device, fd, b.allocation_size, b.dedicated)?,
+                device.new_stream()?,
+            )),
             // Not used: the descriptor closes here.
             _ => None,
         };
-        let semaphore = ExternalSemaphore::import_timeline_fd(device, fd)?;
+        let semaphore = Arc::new(ExternalSemaphore::import_timeline_fd(device, fd)?);
+        let word = word.map(|(word, stream)| {
+            Arc::new(Mirrored {
+                word,
+                semaphore: Arc::clone(&semaphore),
+                stream,
+                id: info.resource_id.clone(),
+            })
+        });
         Ok(CudaSemaphore {
             id: info.resource_id,
             word,
@@ -183,19 +193,26 @@ impl CudaSemaphore {
 
     /// The word's device address on the fast path (for kernels that poll or write it).
     pub fn word_ptr(&self) -> Option<u64> {
-        self.word.as_ref().map(|(w, _)| w.ptr())
+        self.word.as_ref().map(|m| m.word.ptr())
     }
 
     /// Enqueues on `stream` a signal of `value`, after the stream's earlier work: on the fast
-    /// path a write of the word, then (on the import's own stream, once the word holds it) the
-    /// semaphore's signal; otherwise the semaphore's signal. `value` must exceed the current
-    /// value (Vulkan's rule).
-    pub fn signal(&self, value: u64, stream: &CudaStream) -> Result<()> {
+    /// path a write of the word, and (by the mirror thread, on the import's own stream, once
+    /// the word holds it) the semaphore's signal; otherwise the semaphore's signal. `value`
+    /// must exceed the current value (Vulkan's rule).
+    pub fn signal(&self, value: u64, stream: &Arc<CudaStream>) -> Result<()> {
         match &self.word {
-            Some((word, mirror)) => {
-                word.write(stream, value)?;
-                word.wait_geq(mirror, value)?;
-                self.semaphore.signal(value, mirror)?;
+            Some(mirrored) => {
+                if value == 0 {
+                    return Err(gpushare_interop::cuda::Error::InvalidValue {
+                        what: "timeline signal value",
+                        value,
+                        reason: "a signal must exceed the current value",
+                    }
+                    .into());
+                }
+                mirrored.word.write(stream, value)?;
+                mirror::post(mirrored, value);
             }
             None => self.semaphore.signal(value, stream)?,
         }
@@ -204,9 +221,9 @@ impl CudaSemaphore {
 
     /// Enqueues on `stream` a wait until the semaphore reaches `value`: later work on the
     /// stream starts only then (on the fast path, a wait on the word).
-    pub fn wait(&self, value: u64, stream: &CudaStream) -> Result<()> {
+    pub fn wait(&self, value: u64, stream: &Arc<CudaStream>) -> Result<()> {
         match &self.word {
-            Some((word, _)) => word.wait_geq(stream, value)?,
+            Some(mirrored) => mirrored.word.wait_geq(stream, value)?,
             None => self.semaphore.wait(value, stream)?,
         }
         Ok(())

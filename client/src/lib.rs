@@ -29,6 +29,7 @@ mod host;
 mod host_wait;
 mod image;
 pub mod import;
+mod mirror;
 mod semaphore;
 mod stream;
 mod sync;

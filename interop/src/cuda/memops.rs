@@ -13,7 +13,7 @@
 
 use std::ffi::{c_void, CStr};
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{sys, CudaStream};
 
@@ -178,15 +178,18 @@ pub unsafe fn wait_value64_geq(stream: &CudaStream, ptr: u64, value: u64) -> Res
 }
 
 /// A 64-bit word of memory another process shares (a gpushare semaphore's word buffer),
-/// imported into this process's CUDA context: stream-ordered writes and GEQ waits on it, each
-/// followed by an event, so that the import is released only once they all completed (or
-/// leaked, never freed under the GPU, when some never complete).
+/// imported into this process's CUDA context: stream-ordered writes and GEQ waits on it. The
+/// streams they were enqueued on are kept; dropping the word waits (at most 2 s) until each
+/// has passed what it had enqueued then, and only then releases the import (else leaks it,
+/// never freeing it under the GPU). Nothing is recorded per operation: a write or a wait costs
+/// its one driver call, as a raw memory operation does.
 pub struct SharedWord {
     device: Arc<CudaDevice>,
     /// `None` once leaked in `Drop`.
     memory: Option<Arc<ExternalMemory>>,
     ptr: u64,
-    uses: Uses,
+    /// The streams operations were enqueued on (each once).
+    streams: Mutex<Vec<Arc<CudaStream>>>,
 }
 
 impl std::fmt::Debug for SharedWord {
@@ -215,44 +218,60 @@ impl SharedWord {
             device: Arc::clone(device),
             memory: Some(memory),
             ptr,
-            uses: Uses::new(device),
+            streams: Mutex::new(Vec::new()),
         })
     }
 
-    /// The word's device address (for kernels of the caller's own; memory operations through
-    /// [`SharedWord::write`] and [`SharedWord::wait_geq`] are tracked, raw ones are not).
+    /// The word's device address (for kernels of the caller's own: their streams are not
+    /// waited for when the word drops).
     pub fn ptr(&self) -> u64 {
         self.ptr
     }
 
+    /// Keeps `stream` among the streams to wait for at drop.
+    fn used(&self, stream: &Arc<CudaStream>) {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if !streams.iter().any(|s| s.cu_stream() == stream.cu_stream()) {
+            streams.push(Arc::clone(stream));
+        }
+    }
+
     /// Enqueues on `stream` a write of `value` (see [`write_value64`]).
-    pub fn write(&self, stream: &CudaStream, value: u64) -> Result<()> {
+    pub fn write(&self, stream: &Arc<CudaStream>, value: u64) -> Result<()> {
         self.device.check_stream("word write stream", stream)?;
-        let event = self.uses.event()?;
-        // SAFETY: `ptr` addresses the import's first 8 bytes, which stay mapped until the
-        // tracked operations completed (`Drop`); the stream is of this context (checked).
-        unsafe { write_value64(stream, self.ptr, value) }?;
-        self.uses.track(event, stream)
+        self.used(stream);
+        // SAFETY: `ptr` addresses the import's first 8 bytes, which stay mapped until every
+        // stream used has passed its work (`Drop`); the stream is of this context (checked).
+        unsafe { write_value64(stream, self.ptr, value) }
     }
 
     /// Enqueues on `stream` a wait until the word is at least `value` (see
     /// [`wait_value64_geq`]).
-    pub fn wait_geq(&self, stream: &CudaStream, value: u64) -> Result<()> {
+    pub fn wait_geq(&self, stream: &Arc<CudaStream>, value: u64) -> Result<()> {
         self.device.check_stream("word wait stream", stream)?;
-        let event = self.uses.event()?;
+        self.used(stream);
         // SAFETY: as in `write`.
-        unsafe { wait_value64_geq(stream, self.ptr, value) }?;
-        self.uses.track(event, stream)
+        unsafe { wait_value64_geq(stream, self.ptr, value) }
     }
 }
 
 impl Drop for SharedWord {
     fn drop(&mut self) {
-        let pending = self.uses.settle();
+        let streams = std::mem::take(self.streams.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let mut uses = Uses::new(&self.device);
+        let mut unrecorded = 0;
+        for s in &streams {
+            // An event after what the stream has now: the word's operations are among it.
+            let recorded = uses.event().and_then(|e| uses.track(e, s));
+            if recorded.is_err() {
+                unrecorded += 1;
+            }
+        }
+        let pending = uses.settle() + unrecorded;
         if pending > 0 {
             tracing::error!(
                 pending,
-                "leaking a shared word's import: writes or waits on it have not completed"
+                "leaking a shared word's import: streams that used it have not passed their work"
             );
             std::mem::forget(self.memory.take());
         }
