@@ -24,8 +24,9 @@ use gpushare_interop::vulkan::Device;
 
 use crate::buffer::{CudaViewError, SharedBuffer};
 
-/// Bytes of a word's buffer (the word is its first 8; drivers round the allocation up).
-pub(crate) const WORD_BUFFER_BYTES: u64 = 64;
+/// Bytes of a word's buffer: the word is its first 8; 4 KiB is what drivers allocate at least,
+/// and the size stream memory operations were measured on across processes (GPU.md).
+pub(crate) const WORD_BUFFER_BYTES: u64 = 4096;
 
 /// The value a semaphore's word is raised to when the semaphore ends.
 pub(crate) const WORD_POISON: u64 = u64::MAX;
