@@ -81,6 +81,10 @@ pub enum Error {
         /// How many the metadata announces.
         expected: usize,
     },
+    /// A stream point names a timeline this process has not imported
+    /// ([`Timelines`](crate::Timelines)).
+    #[error("timeline {0} is not imported here")]
+    NotImported(String),
     /// The CUDA fast path was required ([`SyncPath::Word`](crate::cuda::SyncPath::Word)) but
     /// cannot be used for this semaphore: why.
     #[error("the CUDA fast path cannot be used for semaphore {id:?}: {why}")]

@@ -33,6 +33,7 @@ mod mirror;
 mod semaphore;
 mod stream;
 mod sync;
+mod timelines;
 
 use std::path::PathBuf;
 
@@ -48,6 +49,7 @@ pub use image::{image_desc, ClearValue, Image, ImageSpec};
 pub use semaphore::{Semaphore, Watch};
 pub use stream::{Consumer, FrameMetadata, Producer, SlotKind, StreamOptions};
 pub use sync::Sync;
+pub use timelines::{Points, Timelines};
 
 /// Environment variable naming the daemon's runtime directory.
 pub const RUNTIME_DIR_ENV: &str = "GPUSHARE_RUNTIME_DIR";

@@ -1280,22 +1280,24 @@ class _CudaRole:
         frame) as a torch tensor of ``dtype`` (default torch.uint8) and ``shape`` (default: as
         many elements as fit) at byte ``offset``, without a copy. Made once per slot and view,
         then the same tensor is returned."""
-        index = self._index(slot)
-        key = ("torch", index, str(dtype), shape if shape is None else _shape_key(shape), offset)
-        view = self._views.get(key)
-        if view is None:
-            view = self._buffer(index).as_tensor(dtype, shape, offset)
-            self._views[key] = view
-        return view
+        return self._view("torch", slot, dtype, shape, offset)
 
     def array(self, slot: Any, dtype: Any = "uint8", shape: Union[int, Sequence[int], None] = None,
               offset: int = 0) -> Any:
         """Slot ``slot`` as a CuPy array (as :meth:`tensor`)."""
+        return self._view("cupy", slot, dtype, shape, offset)
+
+    def _view(self, kind: str, slot: Any, dtype: Any, shape: Union[int, Sequence[int], None],
+              offset: int) -> Any:
+        """A torch tensor (``kind`` "torch") or CuPy array ("cupy") over slot ``slot``, made
+        once per slot and view."""
         index = self._index(slot)
-        key = ("cupy", index, str(dtype), shape if shape is None else _shape_key(shape), offset)
+        key = (kind, index, str(dtype), shape if shape is None else _shape_key(shape), offset)
         view = self._views.get(key)
         if view is None:
-            view = self._buffer(index).as_cupy(dtype, shape, offset)
+            buffer = self._buffer(index)
+            view = buffer.as_tensor(dtype, shape, offset) if kind == "torch" else (
+                buffer.as_cupy(dtype, shape, offset))
             self._views[key] = view
         return view
 

@@ -3,13 +3,12 @@
 //! imported, and the helpers that import a stream's timelines and turn its points into waits
 //! and signals.
 
-use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::Arc;
 
 use gpushare_client::cuda::CudaSemaphore;
 use gpushare_client::cuda::InteropBuffer;
-use gpushare_client::{import, v1, Client, Consumer, Exported, Producer};
+use gpushare_client::{import, v1, Client, Consumer, Exported, Producer, Timelines};
 use gpushare_interop::cuda::kernels::{launch, Module};
 use gpushare_interop::cuda::CudaDevice;
 use gpushare_interop::vulkan::{
@@ -60,7 +59,7 @@ invert_rgb_done:
 /// Threads per block of the kernel.
 const BLOCK: u32 = 256;
 
-pub(crate) type Points = Vec<(String, u64)>;
+pub(crate) use gpushare_client::Points;
 
 /// One process's GPU: its slots (per stream, in slot order) and the timelines it imported.
 pub(crate) enum Gpu {
@@ -68,13 +67,13 @@ pub(crate) enum Gpu {
         device: Arc<Device>,
         transfer: Transfer,
         slots: Vec<Vec<ImportedBuffer>>,
-        timelines: HashMap<String, TimelineSemaphore>,
+        timelines: Timelines<TimelineSemaphore>,
     },
     Cuda {
         device: Arc<CudaDevice>,
         module: Module,
         slots: Vec<Vec<InteropBuffer>>,
-        timelines: HashMap<String, CudaSemaphore>,
+        timelines: Timelines<CudaSemaphore>,
     },
 }
 
@@ -87,7 +86,7 @@ impl Gpu {
             transfer: Transfer::new(&device)?,
             device,
             slots: Vec::new(),
-            timelines: HashMap::new(),
+            timelines: Timelines::new(),
         })
     }
 
@@ -103,7 +102,7 @@ impl Gpu {
             device,
             module,
             slots: Vec::new(),
-            timelines: HashMap::new(),
+            timelines: Timelines::new(),
         })
     }
 
@@ -133,27 +132,18 @@ impl Gpu {
         }
     }
 
-    fn has_timeline(&self, id: &str) -> bool {
-        match self {
-            Gpu::Vulkan { timelines, .. } => timelines.contains_key(id),
-            Gpu::Cuda { timelines, .. } => timelines.contains_key(id),
-        }
-    }
-
+    /// Imports timeline `id` from `exported`.
     fn add_timeline(&mut self, id: &str, exported: Exported) -> Res<()> {
         match self {
             Gpu::Vulkan {
                 device, timelines, ..
-            } => {
-                let t = import::import_semaphore_vulkan(device, exported)?;
-                timelines.insert(id.to_owned(), t);
-            }
+            } => timelines.insert(id, import::import_semaphore_vulkan(device, exported)?),
             Gpu::Cuda {
                 device, timelines, ..
-            } => {
-                let t = gpushare_client::cuda::import_semaphore_cuda(device, exported)?;
-                timelines.insert(id.to_owned(), t);
-            }
+            } => timelines.insert(
+                id,
+                gpushare_client::cuda::import_semaphore_cuda(device, exported)?,
+            ),
         }
         Ok(())
     }
@@ -253,13 +243,8 @@ impl Gpu {
         else {
             return Err("the kernel runs with CUDA".into());
         };
-        let get = |id: &String| {
-            timelines
-                .get(id)
-                .ok_or_else(|| format!("timeline {id} not imported"))
-        };
-        for (id, v) in wait {
-            get(id)?.wait(*v, device.stream())?;
+        for (t, v) in timelines.resolve(wait)? {
+            t.wait(v, device.stream())?;
         }
         let function = module.function(c"invert_rgb")?;
         let (a, b) = (&slots[si][src as usize], &slots[so][dst as usize]);
@@ -286,8 +271,8 @@ impl Gpu {
                 device.stream(),
             )
         }?;
-        for (id, v) in signal {
-            get(id)?.signal(*v, device.stream())?;
+        for (t, v) in timelines.resolve(signal)? {
+            t.signal(v, device.stream())?;
         }
         Ok(())
     }
@@ -302,24 +287,13 @@ impl Gpu {
 }
 
 fn vk_sync<'a>(
-    timelines: &'a HashMap<String, TimelineSemaphore>,
+    timelines: &'a Timelines<TimelineSemaphore>,
     wait: &Points,
     signal: &Points,
 ) -> Res<SyncPoints<'a>> {
-    let get = |id: &String| {
-        timelines
-            .get(id)
-            .ok_or_else(|| format!("timeline {id} not imported"))
-    };
     Ok(SyncPoints {
-        wait: wait
-            .iter()
-            .map(|(id, v)| Ok((get(id)?, *v)))
-            .collect::<Result<_, String>>()?,
-        signal: signal
-            .iter()
-            .map(|(id, v)| Ok((get(id)?, *v)))
-            .collect::<Result<_, String>>()?,
+        wait: timelines.resolve(wait)?,
+        signal: timelines.resolve(signal)?,
         timeout: Some(TIMEOUT),
     })
 }
@@ -332,21 +306,26 @@ pub(crate) async fn meet(
     gpu: &mut Gpu,
     points: &[v1::SemaphorePoint],
 ) -> Res<Points> {
-    let mut out = Vec::new();
-    for p in points {
-        if !gpu.has_timeline(&p.semaphore_id) {
-            match client.export_ticket(&p.semaphore_id).await {
-                Ok(t) => {
-                    let e = client.redeem(&t.ticket).await?;
-                    gpu.add_timeline(&p.semaphore_id, e)?;
-                }
-                Err(e) if e.code() == Some(tonic::Code::NotFound) => continue,
-                Err(e) => return Err(e.into()),
-            }
+    Ok(match gpu {
+        Gpu::Vulkan {
+            device, timelines, ..
+        } => {
+            timelines
+                .meet(client, points, |e| {
+                    import::import_semaphore_vulkan(device, e)
+                })
+                .await?
         }
-        out.push((p.semaphore_id.clone(), p.value));
-    }
-    Ok(out)
+        Gpu::Cuda {
+            device, timelines, ..
+        } => {
+            timelines
+                .meet(client, points, |e| {
+                    gpushare_client::cuda::import_semaphore_cuda(device, e)
+                })
+                .await?
+        }
+    })
 }
 
 /// The stream's ready timeline, imported (GPU points); its id.

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use gpushare_client::cuda::{cuda_device_for, CudaSemaphore, InteropBuffer, SyncPath};
 use gpushare_client::{
     v1, Client, Consumer, CreateOptions, FrameMetadata, HostWaiter, Producer, SlotKind,
-    StreamOptions,
+    StreamOptions, Timelines,
 };
 use gpushare_interop::cuda::{self, memops, CudaDevice, PinnedBuffer};
 use gpushare_tests::report::{self, Row};
@@ -379,7 +379,7 @@ struct Side {
     /// On the CUDA fast path: timelines imported with their words, signaled through them.
     word: bool,
     device: Arc<CudaDevice>,
-    timelines: std::collections::HashMap<String, CudaSemaphore>,
+    timelines: Timelines<CudaSemaphore>,
     slots: Vec<InteropBuffer>,
 }
 
@@ -400,21 +400,21 @@ impl Side {
         })
     }
 
-    async fn add(&mut self, id: &str, ticket: Option<Vec<u8>>) -> Res<()> {
-        if self.timelines.contains_key(id) {
-            return Ok(());
-        }
-        let ticket = match ticket {
-            Some(t) => t,
-            None => self.client.export_ticket(id).await?.ticket,
-        };
-        let (e, path) = if self.word {
-            (self.client.redeem_with_word(&ticket).await?, SyncPath::Word)
+    /// The path this side imports its timelines on.
+    fn sync_path(&self) -> SyncPath {
+        if self.word {
+            SyncPath::Word
         } else {
-            (self.client.redeem(&ticket).await?, SyncPath::Semaphore)
-        };
+            SyncPath::Semaphore
+        }
+    }
+
+    /// Imports timeline `id` from an attachment's `ticket`.
+    async fn add(&mut self, id: &str, ticket: Vec<u8>) -> Res<()> {
+        let e = self.client.redeem_with_word(&ticket).await?;
+        let path = self.sync_path();
         self.timelines
-            .insert(id.to_owned(), CudaSemaphore::import(&self.device, e, path)?);
+            .insert(id, CudaSemaphore::import(&self.device, e, path)?);
         Ok(())
     }
 
@@ -437,31 +437,38 @@ impl Side {
     async fn producer(&mut self, p: &Producer) -> Res<()> {
         let a = p.attachment();
         let ready = a.ready.clone().unwrap_or_default();
-        self.add(&ready.resource_id, Some(ready.ticket)).await?;
+        self.add(&ready.resource_id, ready.ticket).await?;
         Ok(())
     }
 
     async fn consumer(&mut self, c: &Consumer) -> Res<()> {
         let a = c.attachment();
         let ready = a.ready.clone().unwrap_or_default();
-        self.add(&ready.resource_id, Some(ready.ticket)).await?;
+        self.add(&ready.resource_id, ready.ticket).await?;
         let rel = a.release.clone().unwrap_or_default();
-        self.add(&rel.resource_id, Some(rel.ticket)).await?;
+        self.add(&rel.resource_id, rel.ticket).await?;
         Ok(())
     }
 
+    /// Enqueues waits for `points`, importing the timelines met for the first time.
     async fn wait_all(&mut self, points: &[v1::SemaphorePoint]) -> Res<()> {
-        for pt in points {
-            if self.add(&pt.semaphore_id, None).await.is_err() {
-                continue; // freed: poisoned before, so reached
-            }
-            self.timelines[&pt.semaphore_id].wait(pt.value, self.device.stream())?;
+        let (device, path) = (self.device.clone(), self.sync_path());
+        let met = self
+            .timelines
+            .meet(&self.client, points, |e| {
+                CudaSemaphore::import(&device, e, path)
+            })
+            .await?;
+        for (t, v) in self.timelines.resolve(&met)? {
+            t.wait(v, self.device.stream())?;
         }
         Ok(())
     }
 
     fn signal(&self, id: &str, value: u64) -> Res<()> {
-        self.timelines[id].signal(value, self.device.stream())?;
+        self.timelines
+            .get(id)?
+            .signal(value, self.device.stream())?;
         Ok(())
     }
 }

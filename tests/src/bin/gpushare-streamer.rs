@@ -27,7 +27,6 @@
 //! acquires that many frames, prints `holding`, and sleeps until killed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -35,7 +34,7 @@ use std::time::Duration;
 
 use gpushare_client::cuda::CudaSemaphore;
 use gpushare_client::cuda::InteropBuffer;
-use gpushare_client::{import, v1, Client, FrameMetadata};
+use gpushare_client::{import, v1, Client, FrameMetadata, Points, Timelines};
 use gpushare_interop::cuda::CudaDevice;
 use gpushare_interop::vulkan::{
     Device, ImportedBuffer, Instance, SyncPoints, TimelineSemaphore, Transfer,
@@ -67,12 +66,12 @@ enum Backend {
         device: Arc<Device>,
         buffers: Vec<ImportedBuffer>,
         transfer: Transfer,
-        timelines: HashMap<String, TimelineSemaphore>,
+        timelines: Timelines<TimelineSemaphore>,
     },
     Cuda {
         device: Arc<CudaDevice>,
         buffers: Vec<InteropBuffer>,
-        timelines: HashMap<String, CudaSemaphore>,
+        timelines: Timelines<CudaSemaphore>,
     },
 }
 
@@ -81,8 +80,6 @@ struct Slots {
     backend: Backend,
     size: u64,
 }
-
-type Points = Vec<(String, u64)>;
 
 fn want_cuda() -> bool {
     std::env::var("GPUSHARE_STREAMER_API").is_ok_and(|v| v == "cuda")
@@ -105,7 +102,7 @@ async fn import_slots(
         Backend::Cuda {
             device,
             buffers,
-            timelines: HashMap::new(),
+            timelines: Timelines::new(),
         }
     } else {
         let instance = Instance::new("gpushare-streamer")?;
@@ -118,14 +115,14 @@ async fn import_slots(
             transfer: Transfer::new(&device)?,
             device,
             buffers,
-            timelines: HashMap::new(),
+            timelines: Timelines::new(),
         }
     };
     Ok(Slots { backend, size })
 }
 
 impl Slots {
-    /// Imports timeline `id` (from `exported`) unless it is imported already.
+    /// Imports timeline `id` from `exported`.
     fn add_timeline(
         &mut self,
         id: &str,
@@ -134,25 +131,15 @@ impl Slots {
         match &mut self.backend {
             Backend::Vulkan {
                 device, timelines, ..
-            } => {
-                let t = import::import_semaphore_vulkan(device, exported)?;
-                timelines.insert(id.to_owned(), t);
-            }
+            } => timelines.insert(id, import::import_semaphore_vulkan(device, exported)?),
             Backend::Cuda {
                 device, timelines, ..
-            } => {
-                let t = gpushare_client::cuda::import_semaphore_cuda(device, exported)?;
-                timelines.insert(id.to_owned(), t);
-            }
+            } => timelines.insert(
+                id,
+                gpushare_client::cuda::import_semaphore_cuda(device, exported)?,
+            ),
         }
         Ok(())
-    }
-
-    fn has_timeline(&self, id: &str) -> bool {
-        match &self.backend {
-            Backend::Vulkan { timelines, .. } => timelines.contains_key(id),
-            Backend::Cuda { timelines, .. } => timelines.contains_key(id),
-        }
     }
 
     /// Writes `data` into `slot` once every `wait` point is reached (on the GPU), then
@@ -239,79 +226,66 @@ impl Slots {
 }
 
 fn vk_sync<'a>(
-    timelines: &'a HashMap<String, TimelineSemaphore>,
+    timelines: &'a Timelines<TimelineSemaphore>,
     wait: &Points,
     signal: &Points,
 ) -> Result<SyncPoints<'a>, Box<dyn std::error::Error>> {
-    let get = |id: &String| {
-        timelines
-            .get(id)
-            .ok_or_else(|| format!("timeline {id} not imported"))
-    };
     Ok(SyncPoints {
-        wait: wait
-            .iter()
-            .map(|(id, v)| Ok((get(id)?, *v)))
-            .collect::<Result<_, String>>()?,
-        signal: signal
-            .iter()
-            .map(|(id, v)| Ok((get(id)?, *v)))
-            .collect::<Result<_, String>>()?,
+        wait: timelines.resolve(wait)?,
+        signal: timelines.resolve(signal)?,
         timeout: Some(TIMEOUT),
     })
 }
 
 fn cuda_waits(
     device: &Arc<CudaDevice>,
-    timelines: &HashMap<String, CudaSemaphore>,
+    timelines: &Timelines<CudaSemaphore>,
     wait: &Points,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    for (id, v) in wait {
-        timelines
-            .get(id)
-            .ok_or_else(|| format!("timeline {id} not imported"))?
-            .wait(*v, device.stream())?;
+    for (t, v) in timelines.resolve(wait)? {
+        t.wait(v, device.stream())?;
     }
     Ok(())
 }
 
 fn cuda_signals(
     device: &Arc<CudaDevice>,
-    timelines: &HashMap<String, CudaSemaphore>,
+    timelines: &Timelines<CudaSemaphore>,
     signal: &Points,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    for (id, v) in signal {
-        timelines
-            .get(id)
-            .ok_or_else(|| format!("timeline {id} not imported"))?
-            .signal(*v, device.stream())?;
+    for (t, v) in timelines.resolve(signal)? {
+        t.signal(v, device.stream())?;
     }
     Ok(())
 }
 
 /// Imports the timelines of `points` this process has not met yet (a consumer that attached
-/// later: exported through the stream, which the caller reaches). A timeline gone already was
-/// poisoned before it went: its points are reached, and are left out.
+/// later: exported through the stream, which the caller reaches); see [`Timelines::meet`].
 async fn meet(
     client: &Client,
     slots: &mut Slots,
     points: &[v1::SemaphorePoint],
 ) -> Result<Points, Box<dyn std::error::Error>> {
-    let mut out = Vec::new();
-    for p in points {
-        if !slots.has_timeline(&p.semaphore_id) {
-            match client.export_ticket(&p.semaphore_id).await {
-                Ok(t) => {
-                    let e = client.redeem(&t.ticket).await?;
-                    slots.add_timeline(&p.semaphore_id, e)?;
-                }
-                Err(e) if e.code() == Some(tonic::Code::NotFound) => continue,
-                Err(e) => return Err(e.into()),
-            }
+    Ok(match &mut slots.backend {
+        Backend::Vulkan {
+            device, timelines, ..
+        } => {
+            timelines
+                .meet(client, points, |e| {
+                    import::import_semaphore_vulkan(device, e)
+                })
+                .await?
         }
-        out.push((p.semaphore_id.clone(), p.value));
-    }
-    Ok(out)
+        Backend::Cuda {
+            device, timelines, ..
+        } => {
+            timelines
+                .meet(client, points, |e| {
+                    gpushare_client::cuda::import_semaphore_cuda(device, e)
+                })
+                .await?
+        }
+    })
 }
 
 async fn produce(
